@@ -1,0 +1,209 @@
+"""The provider contract: one request in, an async iterator of small normalized deltas out.
+
+A provider translates one `ProviderRequest` into one wire protocol and the wire stream back
+into the deltas below. It knows nothing of routing, breakers, budgets or events; it never
+retries, falls back, computes cost, logs tokens or reads global config. Failures are raised
+as `ProviderError`.
+
+Deltas are plain slotted classes (not pydantic): they are built once per chunk.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import SecretStr
+
+if TYPE_CHECKING:  # httpx costs ~100 ms to import: only adapters that speak HTTP load it.
+    import httpx
+
+# Normalized finish reasons a provider may report ("budget"/"cancelled" are the router's own).
+ProviderFinish = Literal["stop", "length", "tool_calls", "content_filter"]
+
+ErrorCodeName = Literal[
+    "rate_limited",
+    "overloaded",
+    "timeout",
+    "connection",
+    "auth",
+    "bad_request",
+    "context_length",
+    "content_filter",
+    "provider_error",
+    "protocol_error",
+]
+
+# Codes that are worth retrying (on the same or another deployment) by default.
+RETRYABLE_CODES: frozenset[str] = frozenset(
+    {"rate_limited", "overloaded", "timeout", "connection", "provider_error", "protocol_error"}
+)
+# Client errors: the request itself is at fault; they never count against a breaker.
+CLIENT_ERROR_CODES: frozenset[str] = frozenset(
+    {"bad_request", "auth", "context_length", "content_filter"}
+)
+
+
+class ProviderError(Exception):
+    """A failure of one provider call, already mapped to the router's error codes.
+
+    `retry_after` is in seconds (from `retry-after`, `retry-after-ms` or the body).
+    The message must never contain credentials.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCodeName,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code: ErrorCodeName = code
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.retryable = code in RETRYABLE_CODES if retryable is None else retryable
+
+    def __repr__(self) -> str:
+        return (
+            f"ProviderError(code={self.code!r}, status={self.status!r}, "
+            f"retry_after={self.retry_after!r}, retryable={self.retryable!r}, "
+            f"message={self.message!r})"
+        )
+
+
+# --- deltas -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A fragment of one tool call. `index` is ours: 0, 1, … in order of first appearance.
+    `id` and `name` are set on the first fragment of a call; `arguments` is a JSON text
+    fragment (adapters that receive an object serialize it once)."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass(slots=True)
+class UsageDelta:
+    """Cumulative usage so far, normalized: `input_tokens` includes cached input,
+    `output_tokens` includes reasoning. A later UsageDelta replaces an earlier one."""
+
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(slots=True)
+class FinishDelta:
+    """The provider's terminal marker was seen, with the normalized finish reason."""
+
+    reason: ProviderFinish
+
+
+Delta = TextDelta | ReasoningDelta | ToolCallDelta | UsageDelta | FinishDelta
+
+
+# --- request ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class ProviderRequest:
+    """One call to one model. `messages` are in the OpenAI chat shape (roles system, user,
+    assistant, tool; assistant `tool_calls`; tool `tool_call_id`), without the system prompt,
+    which is in `system`. A final assistant message is a prefill to continue.
+
+    `tool_choice`: "auto", "none", "required", or the name of one tool.
+    `options` are the deployment's provider-specific options from config."""
+
+    model: str
+    messages: Sequence[Mapping[str, Any]]
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    tools: Sequence[Tool] = ()
+    tool_choice: str | None = None
+    stop: Sequence[str] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --- provider -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class ProviderSettings:
+    """What an adapter is built from: one endpoint and its credentials."""
+
+    name: str
+    kind: str
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 600.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    settings: ProviderSettings
+
+    def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
+        """Open the call and yield deltas. Raises `ProviderError`. Closing the iterator
+        (`aclose()`) closes the upstream response at once."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# kind -> "module:Class"; imported lazily so `import router` stays fast.
+PROVIDER_KINDS: dict[str, str] = {
+    "simulated": "providers.simulated:SimulatedProvider",
+    "anthropic": "providers.anthropic:AnthropicProvider",
+    "openai": "providers.openai:OpenAIProvider",
+    "openai_compatible": "providers.openai:OpenAIProvider",
+    "ollama": "providers.ollama:OllamaProvider",
+    "gemini": "providers.gemini:GeminiProvider",
+}
+
+
+def create_provider(settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> Provider:
+    """Build the adapter for `settings.kind`. `client` lets tests inject a mocked client."""
+    module_name, _, class_name = PROVIDER_KINDS[settings.kind].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    provider: Provider = cls(settings, client=client)
+    return provider
+
+
+def make_client(settings: ProviderSettings) -> httpx.AsyncClient:
+    """One pooled keep-alive client per provider, with timeouts from config."""
+    import httpx
+    timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, headers=dict(settings.headers))

@@ -1,0 +1,198 @@
+"""Events v1: the one public schema of a routed stream (see ARCHITECTURE.md, "Events v1").
+
+Every event has `type`, `request_id`, `seq` (contiguous from 0 per request) and
+`elapsed_ms` (since `stream()` was called). Exactly one `done` or `error` ends a stream.
+
+The router builds events with `model_construct` on the hot path: it does not re-validate
+what it produced itself. Input from outside (JSON from a client or a log) goes through
+`decode_event`, which validates.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "budget", "cancelled"]
+ErrorCode = Literal[
+    "no_route",
+    "rate_limited",
+    "overloaded",
+    "timeout",
+    "connection",
+    "auth",
+    "bad_request",
+    "context_length",
+    "content_filter",
+    "circuit_open",
+    "budget_exceeded",
+    "provider_error",
+    "protocol_error",
+    "cancelled",
+]
+ResumeMode = Literal["continue", "restart"]
+BudgetLevel = Literal["warning", "exceeded"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Candidate(_Model):
+    deployment: str
+    eligible: bool
+    reason: str | None = None
+    estimated_cost_usd: float
+    estimated_ttft_ms: float
+    estimated_latency_ms: float
+
+
+class ToolCall(_Model):
+    id: str
+    name: str
+    arguments: Any
+
+
+class Usage(_Model):
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+
+class Cost(_Model):
+    input_usd: float = 0.0
+    output_usd: float = 0.0
+    total_usd: float = 0.0
+
+
+class Latency(_Model):
+    ttft_ms: float | None = None
+    total_ms: float = 0.0
+    tokens_per_s: float | None = None
+
+
+class _Event(_Model):
+    request_id: str
+    seq: int
+    elapsed_ms: float
+
+
+class RouteEvent(_Event):
+    type: Literal["route"] = "route"
+    deployment: str | None
+    provider: str | None
+    model: str | None
+    reason: str
+    estimated_cost_usd: float | None
+    estimated_ttft_ms: float | None
+    estimated_latency_ms: float | None
+    candidates: list[Candidate]
+
+
+class StartEvent(_Event):
+    type: Literal["start"] = "start"
+    deployment: str
+    provider: str
+    model: str
+    attempt: int
+    hedge: bool = False
+
+
+class TextEvent(_Event):
+    type: Literal["text"] = "text"
+    delta: str
+
+
+class ReasoningEvent(_Event):
+    type: Literal["reasoning"] = "reasoning"
+    delta: str
+
+
+class ToolCallEvent(_Event):
+    type: Literal["tool_call"] = "tool_call"
+    index: int
+    id: str | None
+    name: str | None
+    arguments_delta: str
+
+
+class RetryEvent(_Event):
+    type: Literal["retry"] = "retry"
+    deployment: str
+    attempt: int
+    error: ErrorCode
+    delay_ms: float
+
+
+class FallbackEvent(_Event):
+    type: Literal["fallback"] = "fallback"
+    from_deployment: str
+    to_deployment: str
+    error: ErrorCode
+    after_tokens: int
+    mode: ResumeMode | None
+
+
+class BudgetEvent(_Event):
+    type: Literal["budget"] = "budget"
+    scope: str
+    spent_usd: float
+    limit_usd: float
+    level: BudgetLevel
+
+
+class DoneEvent(_Event):
+    type: Literal["done"] = "done"
+    deployment: str
+    provider: str
+    model: str
+    finish_reason: FinishReason
+    tool_calls: list[ToolCall]
+    usage: Usage
+    cost_usd: float
+    cost: Cost
+    latency: Latency
+    attempts: int
+
+
+class ErrorEvent(_Event):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    retryable: bool
+    deployment: str | None = None
+    status: int | None = None
+    suggestion: str | None = None
+
+
+Event = Annotated[
+    RouteEvent
+    | StartEvent
+    | TextEvent
+    | ReasoningEvent
+    | ToolCallEvent
+    | RetryEvent
+    | FallbackEvent
+    | BudgetEvent
+    | DoneEvent
+    | ErrorEvent,
+    Field(discriminator="type"),
+]
+TerminalEvent = DoneEvent | ErrorEvent
+TERMINAL_TYPES = frozenset({"done", "error"})
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def encode_event(event: _Event) -> bytes:
+    """Compact JSON of one event (the only encoder used by CLI, server and logs)."""
+    return event.__pydantic_serializer__.to_json(event)
+
+
+def decode_event(data: bytes | str) -> Event:
+    """Validate JSON from outside back into an event."""
+    return EVENT_ADAPTER.validate_python(orjson.loads(data))
