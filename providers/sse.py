@@ -1,0 +1,205 @@
+"""One Server-Sent Events decoder for every HTTP provider.
+
+Follows the WHATWG HTML Living Standard, "Parsing an event stream" and "Interpreting an
+event stream" (https://html.spec.whatwg.org/multipage/server-sent-events.html
+#parsing-an-event-stream):
+
+- lines end with CRLF, LF or a lone CR, mixed freely; a CR at the end of one network chunk
+  followed by an LF at the start of the next is one line end, not two;
+- one leading U+FEFF BOM is stripped;
+- lines starting with `:` are comments (counted in `SSEDecoder.comments`, never dispatched,
+  so keep-alives are never mistaken for content);
+- `data` lines append to a buffer joined with `\\n`; `event`, `id`, `retry` fields;
+  unknown field names are ignored (kept in `SSEDecoder.stray`, see there);
+- an event is dispatched only at a blank line; an event with empty data is not dispatched;
+  at end of stream an unterminated event is discarded (`SSEDecoder.pending` says whether
+  there was one).
+
+The decoder works on bytes: line ends are ASCII, so splitting bytes never cuts a UTF-8
+character, and payloads are decoded once per event. `str.splitlines` is never used: it
+also splits on U+2028, U+0085 and friends, which may appear unescaped inside JSON strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+
+__all__ = ["SSEDecoder", "SSEEvent", "aiter_sse"]
+
+_BOM = b"\xef\xbb\xbf"
+_STRAY_MAX_LINES = 512  # bound the memory a misbehaving server can make us keep
+
+
+class SSEEvent:
+    """One dispatched event. `event` defaults to "message"; `id` is the last event id
+    seen so far in the stream (the spec's persistent "last event ID"); `retry` is the
+    reconnection time set by this stream, in ms."""
+
+    __slots__ = ("data", "event", "id", "retry")
+
+    def __init__(self, event: str, data: str, id: str | None, retry: int | None) -> None:
+        self.event = event
+        self.data = data
+        self.id = id
+        self.retry = retry
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SSEEvent):
+            return NotImplemented
+        return (self.event, self.data, self.id, self.retry) == (
+            other.event, other.data, other.id, other.retry
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable value object
+
+    def __repr__(self) -> str:
+        return f"SSEEvent(event={self.event!r}, data={self.data!r}, id={self.id!r})"
+
+
+class SSEDecoder:
+    """Incremental decoder: `feed(bytes) -> list[SSEEvent]`, chunks split anywhere.
+
+    Attributes a caller may read:
+    - `comments`: number of comment lines seen (keep-alives such as `: ping`).
+    - `stray`: lines whose field name is unknown, verbatim (at most 512). A conforming
+      parser ignores them; an adapter may inspect them after the stream ended (a raw JSON
+      error body appended after the events, as Gemini was seen to send).
+    - `pending`: true while an event is being accumulated (at EOF: it will be dropped).
+    """
+
+    __slots__ = (
+        "_buf",
+        "_data",
+        "_event",
+        "_head",
+        "_last_id",
+        "_retry",
+        "_skip_lf",
+        "_started",
+        "comments",
+        "stray",
+    )
+
+    def __init__(self) -> None:
+        self._buf: list[bytes] = []  # pieces of the incomplete last line (no CR/LF in it)
+        self._data: list[bytes] = []
+        self._event = b""
+        self._head = b""  # first bytes while we cannot yet tell whether they are a BOM
+        self._last_id: str | None = None
+        self._retry: int | None = None
+        self._skip_lf = False  # previous chunk ended with CR: a leading LF belongs to it
+        self._started = False
+        self.comments = 0
+        self.stray: list[bytes] = []
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._data or self._event or self._buf)
+
+    @property
+    def last_event_id(self) -> str | None:
+        return self._last_id
+
+    @property
+    def retry(self) -> int | None:
+        return self._retry
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Decode the next bytes; return the events completed by them (often none)."""
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if not self._started:
+            chunk = self._head + chunk
+            if len(chunk) < 3 and _BOM.startswith(chunk):
+                self._head = chunk
+                return []
+            self._started = True
+            self._head = b""
+            if chunk.startswith(_BOM):
+                chunk = chunk[3:]
+        if b"\r" in chunk:
+            # Normalize to LF. A trailing CR already ends its line; remember to swallow
+            # an LF that may start the next chunk.
+            self._skip_lf = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = chunk.find(b"\n")
+        if end < 0:
+            if chunk:
+                self._buf.append(chunk)  # a list: no quadratic re-copying of long lines
+            return []
+        if self._buf:
+            head = b"".join(self._buf)
+            self._buf.clear()
+            buf = head + chunk
+            end += len(head)
+        else:
+            buf = chunk
+        out: list[SSEEvent] = []
+        start = 0
+        data = self._data
+        while end >= 0:
+            if end == start:
+                if data or self._event:
+                    self._dispatch(out)
+                    data = self._data
+            elif buf.startswith(b"data:", start):
+                # The hot case: one `data:` line. Strip one optional leading space.
+                vstart = start + 6 if buf.startswith(b" ", start + 5) else start + 5
+                data.append(buf[vstart:end])
+            elif buf[start] == 0x3A:  # ":" comment
+                self.comments += 1
+            else:
+                self._field(buf[start:end])
+            start = end + 1
+            end = buf.find(b"\n", start)
+        if start < len(buf):
+            self._buf.append(buf[start:])
+        return out
+
+    def _dispatch(self, out: list[SSEEvent]) -> None:
+        data = self._data
+        event = self._event
+        self._data = []
+        self._event = b""
+        if not data:  # "If the data buffer is an empty string ... return" (no dispatch)
+            return
+        payload = data[0] if len(data) == 1 else b"\n".join(data)
+        out.append(
+            SSEEvent(
+                event.decode("utf-8", "replace") if event else "message",
+                payload.decode("utf-8", "replace"),
+                self._last_id,
+                self._retry,
+            )
+        )
+
+    def _field(self, line: bytes) -> None:
+        name, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":  # `data` without a colon: an empty line of data
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value
+        elif name == b"id":
+            if b"\x00" not in value:
+                self._last_id = value.decode("utf-8", "replace")
+        elif name == b"retry":
+            if value.isdigit() and value.isascii():
+                self._retry = int(value)
+        elif len(self.stray) < _STRAY_MAX_LINES:
+            self.stray.append(line)
+
+
+async def aiter_sse(
+    chunks: AsyncIterable[bytes], decoder: SSEDecoder | None = None
+) -> AsyncIterator[SSEEvent]:
+    """Events from an async byte iterator (e.g. `response.aiter_bytes()`). Pass your own
+    `decoder` to read `comments`, `stray` or `pending` afterwards."""
+    dec = decoder if decoder is not None else SSEDecoder()
+    feed = dec.feed
+    async for chunk in chunks:
+        for event in feed(chunk):
+            yield event
