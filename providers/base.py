@@ -77,6 +77,11 @@ class ProviderError(Exception):
         )
 
 
+def estimate_tokens(text: str) -> int:
+    """About four characters a token: the estimate used when nothing better is known."""
+    return (len(text) + 3) // 4
+
+
 # --- deltas -------------------------------------------------------------------------------
 
 
@@ -193,7 +198,9 @@ PROVIDER_KINDS: dict[str, str] = {
 }
 
 
-def create_provider(settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> Provider:
+def create_provider(
+    settings: ProviderSettings, client: httpx.AsyncClient | None = None
+) -> Provider:
     """Build the adapter for `settings.kind`. `client` lets tests inject a mocked client."""
     module_name, _, class_name = PROVIDER_KINDS[settings.kind].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)

@@ -42,6 +42,7 @@ from providers.base import (
     TextDelta,
     ToolCallDelta,
     UsageDelta,
+    estimate_tokens,
 )
 
 _WORDS = (
@@ -54,11 +55,6 @@ _WORDS = (
 _STATUS = {"rate_limited": 429, "overloaded": 529, "provider_error": 500, "auth": 401,
            "bad_request": 400, "context_length": 400, "content_filter": 400, "timeout": 408}
 _STALL_S = 3600.0
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters a token: the estimate used when nothing better is known."""
-    return (len(text) + 3) // 4
 
 
 def _content_text(content: Any) -> str:
@@ -105,7 +101,9 @@ class SimulatedProvider:
         options = {**self.settings.options, **request.options}
         return self._stream(request, options)
 
-    async def _stream(self, request: ProviderRequest, o: Mapping[str, Any]) -> AsyncIterator[Delta]:
+    async def _stream(
+        self, request: ProviderRequest, o: Mapping[str, Any]
+    ) -> AsyncIterator[Delta]:
         self.calls += 1
         self.open_streams += 1
         try:
@@ -119,7 +117,9 @@ class SimulatedProvider:
             return value
         return max(0.0, value * (1 + self._rng.uniform(-jitter, jitter)))
 
-    async def _generate(self, request: ProviderRequest, o: Mapping[str, Any]) -> AsyncIterator[Delta]:
+    async def _generate(
+        self, request: ProviderRequest, o: Mapping[str, Any]
+    ) -> AsyncIterator[Delta]:
         messages = list(request.messages)
         prompt = (request.system or "") + "\x00" + next(
             (_content_text(m.get("content")) for m in messages if m.get("role") == "user"), ""
@@ -165,7 +165,7 @@ class SimulatedProvider:
             pieces, finish = [], "tool_calls"
         for piece in pieces:
             if fail_after is not None and emitted - n_reasoning >= int(fail_after):
-                raise ProviderError("protocol_error", "simulated stream cut without terminal marker")
+                raise ProviderError("protocol_error", "simulated stream cut (no terminal marker)")
             if stall_after is not None and emitted - n_reasoning >= int(stall_after):
                 await asyncio.sleep(_STALL_S)
             yield TextDelta(piece)

@@ -255,7 +255,9 @@ def parse_config(
     data: Any, source: str = "<config>", env: Mapping[str, str] | None = None
 ) -> LoadedConfig:
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
     data = _interpolate(data, "", os.environ if env is None else env, source)
     try:
         config = RouterConfig.model_validate(data)
@@ -288,9 +290,9 @@ def _check_references(config: RouterConfig, source: str) -> None:
                     f"{source}: tasks.{name}.candidates[{j}]: unknown deployment {cand!r} "
                     f"(expected one of: {', '.join(ids)})"
                 )
-    task = config.defaults.task
-    if task is not None and task not in config.tasks:
+    default_task = config.defaults.task
+    if default_task is not None and default_task not in config.tasks:
         raise ConfigError(
-            f"{source}: defaults.task: unknown task {task!r} "
+            f"{source}: defaults.task: unknown task {default_task!r} "
             f"(expected one of: {', '.join(config.tasks) or 'no tasks defined'})"
         )

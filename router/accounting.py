@@ -1,0 +1,207 @@
+"""What one request produced and cost, across all its attempts.
+
+Spend is never under-counted: an attempt's cost uses the provider's reported usage when the
+stream completed; otherwise the larger of reported and counted output tokens, marked
+`estimated`. Failed attempts that produced nothing and reported nothing cost nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from providers.base import ProviderError, ProviderFinish, ToolCallDelta, UsageDelta
+from router.config import Deployment
+from router.cost import PER_TOKEN, input_cost, output_cost
+from router.events import Cost, DoneEvent, FinishReason, Latency, ToolCall, Usage
+from router.stats import StatsRegistry
+
+if TYPE_CHECKING:
+    from router.orchestrator import Emitter
+
+
+class Attempt:
+    """One call to one deployment, as seen so far."""
+
+    __slots__ = ("content_deltas", "deployment", "finish", "first_content_at", "input_estimate",
+                 "input_usd", "ledger", "number", "out_price", "output_tokens", "reasoning_tokens",
+                 "started_at", "usage")
+
+    def __init__(self, ledger: Ledger, dep: Deployment, number: int, input_estimate: int) -> None:
+        self.ledger = ledger
+        self.deployment = dep
+        self.number = number
+        self.input_estimate = input_estimate
+        self.out_price = dep.price.output_per_mtok * PER_TOKEN
+        self.input_usd = input_cost(dep.price, input_estimate)
+        self.output_tokens = 0  # counted from deltas (an estimate)
+        self.reasoning_tokens = 0
+        self.content_deltas = 0
+        self.usage: UsageDelta | None = None
+        self.finish: ProviderFinish | FinishReason | None = None
+        self.started_at = ledger.em.clock()
+        self.first_content_at: float | None = None
+
+    def add_output(self, text: str, reasoning: bool = False) -> bool:
+        """Count one content delta; True when the next one would pass the spending limit."""
+        tokens = (len(text) + 3) >> 2 or 1
+        self.output_tokens += tokens
+        self.content_deltas += 1
+        ledger = self.ledger
+        if reasoning:
+            self.reasoning_tokens += tokens
+        else:
+            ledger.text_parts.append(text)
+        if ledger.limit_usd is None:
+            return False
+        running = ledger.spent_usd + self.input_usd + self.output_tokens * self.out_price
+        return running + tokens * self.out_price > ledger.limit_usd
+
+    def set_usage(self, usage: UsageDelta) -> None:
+        self.usage = usage
+        if self.ledger.limit_usd is not None:
+            self.input_usd = input_cost(
+                self.deployment.price, max(usage.input_tokens, self.input_estimate),
+                usage.cached_input_tokens)
+
+    def add_tool_fragment(self, delta: ToolCallDelta) -> None:
+        calls = self.ledger.tool_calls
+        call = calls.get(delta.index)
+        if call is None:
+            calls[delta.index] = [delta.id or "", delta.name or "", delta.arguments]
+        else:
+            call[0] = call[0] or delta.id or ""
+            call[1] = call[1] or delta.name or ""
+            call[2] += delta.arguments
+
+    def final_usage(self) -> Usage:
+        reported = self.usage
+        complete = self.finish is not None and self.finish != "budget"
+        if reported is not None and complete:
+            return Usage.model_construct(
+                input_tokens=reported.input_tokens,
+                cached_input_tokens=reported.cached_input_tokens,
+                output_tokens=reported.output_tokens,
+                reasoning_tokens=reported.reasoning_tokens, estimated=False)
+        if reported is None and self.content_deltas == 0:
+            return Usage.model_construct(input_tokens=0, cached_input_tokens=0, output_tokens=0,
+                                         reasoning_tokens=0, estimated=False)
+        # Cut, stopped or failed mid-stream: never count less than what was seen.
+        return Usage.model_construct(
+            input_tokens=max(reported.input_tokens if reported else 0, self.input_estimate),
+            cached_input_tokens=reported.cached_input_tokens if reported else 0,
+            output_tokens=max(reported.output_tokens if reported else 0, self.output_tokens),
+            reasoning_tokens=max(reported.reasoning_tokens if reported else 0,
+                                 self.reasoning_tokens),
+            estimated=True)
+
+    def cost(self) -> Cost:
+        u = self.final_usage() if self.usage is not None or self.content_deltas else None
+        if u is None:
+            return Cost.model_construct(input_usd=0.0, output_usd=0.0, total_usd=0.0)
+        price = self.deployment.price
+        i = input_cost(price, u.input_tokens, u.cached_input_tokens)
+        o = output_cost(price, u.output_tokens)
+        return Cost.model_construct(input_usd=i, output_usd=o, total_usd=i + o)
+
+
+class Ledger:
+    """The request's text, tool calls, usage and cost over every attempt."""
+
+    def __init__(self, em: Emitter, limit_usd: float | None) -> None:
+        self.em = em
+        self.limit_usd = limit_usd
+        self.attempts: list[Attempt] = []
+        self.current: Attempt | None = None
+        self.text_parts: list[str] = []
+        self.tool_calls: dict[int, list[str]] = {}
+        self.spent_usd = 0.0  # closed attempts
+        self.first_content_at: float | None = None
+        self.finish: ProviderFinish | FinishReason | None = None
+        self.failure: tuple[ProviderError, str] | None = None
+        self._usage = [0, 0, 0, 0]
+        self._estimated = False
+        self._cost = [0.0, 0.0]
+
+    def begin(self, dep: Deployment, input_estimate: int) -> Attempt:
+        attempt = Attempt(self, dep, len(self.attempts) + 1, input_estimate)
+        self.attempts.append(attempt)
+        self.current = attempt
+        return attempt
+
+    def first_content(self, stats: StatsRegistry) -> None:
+        attempt = self.current
+        assert attempt is not None
+        now = self.em.clock()
+        attempt.first_content_at = now
+        if self.first_content_at is None:
+            self.first_content_at = now
+        stats.observe_ttft(attempt.deployment.id, (now - attempt.started_at) * 1000.0)
+
+    def end_attempt(self, stats: StatsRegistry | None = None) -> None:
+        attempt = self.current
+        if attempt is None:
+            return
+        self.current = None
+        usage = attempt.final_usage()
+        cost = attempt.cost()
+        self._usage[0] += usage.input_tokens
+        self._usage[1] += usage.cached_input_tokens
+        self._usage[2] += usage.output_tokens
+        self._usage[3] += usage.reasoning_tokens
+        self._estimated = self._estimated or usage.estimated
+        self._cost[0] += cost.input_usd
+        self._cost[1] += cost.output_usd
+        self.spent_usd += cost.total_usd
+        if stats is not None and attempt.first_content_at is not None and usage.output_tokens > 4:
+            seconds = self.em.clock() - attempt.first_content_at
+            if seconds > 0:
+                stats.observe_rate(attempt.deployment.id, usage.output_tokens / seconds)
+
+    def cost_usd(self) -> float:
+        """Everything spent so far, the running attempt included."""
+        running = self.current.cost().total_usd if self.current is not None else 0.0
+        return self.spent_usd + running
+
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    def parsed_tool_calls(self) -> list[ToolCall]:
+        out = []
+        for index in sorted(self.tool_calls):
+            call_id, name, args = self.tool_calls[index]
+            arguments: Any
+            try:
+                arguments = orjson.loads(args) if args.strip() else {}
+            except orjson.JSONDecodeError:
+                arguments = args  # malformed JSON from the model: keep it as text
+            out.append(ToolCall.model_construct(id=call_id, name=name, arguments=arguments))
+        return out
+
+    def done_event(self, finish: FinishReason) -> DoneEvent:
+        last = self.attempts[-1]
+        dep = last.deployment
+        em = self.em
+        now = em.clock()
+        ttft = (self.first_content_at - em.t0) * 1000.0 if self.first_content_at else None
+        rate = None
+        if last.first_content_at is not None and now > last.first_content_at:
+            rate = last.final_usage().output_tokens / (now - last.first_content_at)
+        seq = em.seq
+        em.seq += 1
+        u = self._usage
+        return DoneEvent.model_construct(
+            request_id=em.request_id, seq=seq, elapsed_ms=(now - em.t0) * 1000.0,
+            deployment=dep.id, provider=dep.provider, model=dep.model, finish_reason=finish,
+            tool_calls=self.parsed_tool_calls(),
+            usage=Usage.model_construct(input_tokens=u[0], cached_input_tokens=u[1],
+                                        output_tokens=u[2], reasoning_tokens=u[3],
+                                        estimated=self._estimated),
+            cost_usd=self.spent_usd,
+            cost=Cost.model_construct(input_usd=self._cost[0], output_usd=self._cost[1],
+                                      total_usd=self.spent_usd),
+            latency=Latency.model_construct(ttft_ms=ttft, total_ms=(now - em.t0) * 1000.0,
+                                            tokens_per_s=rate),
+            attempts=len(self.attempts),
+        )

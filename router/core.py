@@ -1,0 +1,223 @@
+"""`Router`: the configured fleet, its provider clients, live statistics and budgets.
+
+`Router.stream()` returns an `EventStream` (async iterator of events; also an async context
+manager). `Router.complete()` drains one into a `Completion` or raises the typed error.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from providers.base import Provider, ProviderSettings, create_provider
+from router.budget_gate import BudgetGate, BudgetNotice, Unlimited
+from router.config import Deployment, LoadedConfig, load_config
+from router.errors import StreamError, error_for
+from router.events import (
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    FallbackEvent,
+    FinishReason,
+    Latency,
+    ReasoningEvent,
+    TextEvent,
+    ToolCall,
+    Usage,
+)
+from router.policy import RouteDecision, choose_route
+from router.request import StreamParams, prepare
+from router.stats import StatsRegistry
+
+
+class Completion(BaseModel):
+    """The whole answer of one request (what `complete()` returns)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    text: str
+    reasoning: str
+    tool_calls: list[ToolCall]
+    usage: Usage
+    cost_usd: float
+    latency: Latency
+    finish_reason: FinishReason
+    deployment: str
+    provider: str
+    model: str
+    attempts: int
+    request_id: str
+
+
+class EventStream:
+    """The events of one request. Iterate it; leave early with `aclose()` or `async with`
+    to close the provider stream at once."""
+
+    __slots__ = ("_agen", "request_id")
+
+    def __init__(self, agen: AsyncIterator[Event], request_id: str) -> None:
+        self._agen = agen
+        self.request_id = request_id
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    def __anext__(self) -> Any:
+        return self._agen.__anext__()
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._agen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+class Router:
+    """Routes requests across the deployments of one config."""
+
+    def __init__(self, config: LoadedConfig | str | os.PathLike[str] | None = None, *,
+                 budgets: BudgetGate | None = None) -> None:
+        self.loaded = config if isinstance(config, LoadedConfig) else load_config(config)
+        self.stats = StatsRegistry()
+        self.budgets: BudgetGate = budgets or Unlimited()
+        self.notices: list[BudgetNotice] = []
+        self._providers: dict[str, Provider] = {}
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None) -> Router:
+        return cls(load_config(path))
+
+    # --- providers ------------------------------------------------------------------------
+
+    def provider_settings(self, name: str) -> ProviderSettings:
+        cfg = self.loaded.config.providers[name]
+        timeouts = self.loaded.config.resilience.timeouts
+        base_url, options, key_env = cfg.base_url, dict(cfg.options), cfg.api_key_env
+        if cfg.vendor is not None or cfg.kind == "openai":
+            from router.catalog import load_catalog
+
+            vendor = load_catalog().vendors.get(cfg.vendor or "openai")
+            if vendor is not None:
+                base_url = base_url or vendor.base_url
+                key_env = key_env or vendor.api_key_env
+                options = {**vendor.options, "include_usage": vendor.include_usage, **options}
+        return ProviderSettings(
+            name=name, kind=cfg.kind, base_url=base_url, api_key=cfg.api_key,
+            api_key_env=key_env, headers=cfg.headers,
+            connect_timeout_s=cfg.connect_timeout_s or timeouts.connect_s,
+            read_timeout_s=cfg.read_timeout_s or timeouts.total_s, options=options,
+        )
+
+    def provider(self, name: str) -> Provider:
+        provider = self._providers.get(name)
+        if provider is None:
+            provider = self._providers[name] = create_provider(self.provider_settings(name))
+        return provider
+
+    def set_provider(self, name: str, provider: Provider) -> None:
+        """Use `provider` for the config's provider `name` (tests inject mocked clients)."""
+        self._providers[name] = provider
+
+    def unavailable_reason(self, dep: Deployment) -> str | None:
+        """Why `dep` cannot serve now, or None. (Breakers add `circuit_open` here.)"""
+        cfg = self.loaded.config.providers[dep.provider]
+        if cfg.api_key is None and cfg.api_key_env is not None:
+            return f"missing_api_key: set {cfg.api_key_env}"
+        return None
+
+    # --- requests -------------------------------------------------------------------------
+
+    def stream(self, input: str | Sequence[Mapping[str, Any]], *, task: str | None = None,
+               model: str | None = None, prefer: str | None = None,
+               max_ttft_ms: float | None = None, max_latency_ms: float | None = None,
+               max_cost_usd: float | None = None, max_tokens: int | None = None,
+               temperature: float | None = None, system: str | None = None,
+               tools: Sequence[Mapping[str, Any]] | None = None,
+               tool_choice: str | Mapping[str, Any] | None = None,
+               stop: str | Sequence[str] | None = None,
+               metadata: Mapping[str, Any] | None = None,
+               request_id: str | None = None) -> EventStream:
+        from router.orchestrator import run_stream
+
+        params = StreamParams(
+            input=input, task=task, model=model, prefer=prefer, max_ttft_ms=max_ttft_ms,
+            max_latency_ms=max_latency_ms, max_cost_usd=max_cost_usd, max_tokens=max_tokens,
+            temperature=temperature, system=system, tools=tools, tool_choice=tool_choice,
+            stop=stop, metadata=metadata or {})
+        rid = request_id or uuid.uuid4().hex
+        return EventStream(run_stream(self, params, rid), rid)
+
+    async def complete(self, input: str | Sequence[Mapping[str, Any]],
+                       **options: Any) -> Completion:
+        """Drain `stream(...)` (same arguments) into a `Completion`, or raise the typed
+        error of its `error` event."""
+        text: list[str] = []
+        reasoning: list[str] = []
+        async with self.stream(input, **options) as events:
+            async for ev in events:
+                if isinstance(ev, TextEvent):
+                    text.append(ev.delta)
+                elif isinstance(ev, ReasoningEvent):
+                    reasoning.append(ev.delta)
+                elif isinstance(ev, FallbackEvent) and ev.mode == "restart":
+                    text.clear()  # the next deployment streams the whole answer again
+                    reasoning.clear()
+                elif isinstance(ev, DoneEvent):
+                    return Completion(
+                        text="".join(text), reasoning="".join(reasoning),
+                        tool_calls=ev.tool_calls, usage=ev.usage, cost_usd=ev.cost_usd,
+                        latency=ev.latency, finish_reason=ev.finish_reason,
+                        deployment=ev.deployment, provider=ev.provider, model=ev.model,
+                        attempts=ev.attempts, request_id=ev.request_id)
+                elif isinstance(ev, ErrorEvent):
+                    raise error_for(ev)
+        raise StreamError(ErrorEvent(request_id=events.request_id, seq=0, elapsed_ms=0.0,
+                                     code="protocol_error", message="stream ended without a "
+                                     "terminal event", retryable=False))
+
+    def route(self, input: str | Sequence[Mapping[str, Any]], **options: Any) -> RouteDecision:
+        """The routing decision for a request, calling no provider (a dry run)."""
+        req = prepare(StreamParams(input=input, **options), self.loaded)
+        return choose_route(req.constraints, self.loaded.deployments, self.stats,
+                            self.unavailable_reason)
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Per deployment: live statistics and availability."""
+        out: dict[str, dict[str, Any]] = {}
+        for dep in self.loaded.deployments.values():
+            s = self.stats.get(dep.id)
+            out[dep.id] = {
+                "available": self.unavailable_reason(dep) is None,
+                "reason": self.unavailable_reason(dep),
+                "ttft_ms": self.stats.estimate_ttft_ms(dep),
+                "tokens_per_s": self.stats.estimate_tokens_per_s(dep),
+                "observed": s.ttft_ms is not None,
+                "requests": s.requests,
+                "failures": s.failures,
+                "last_error": s.last_error,
+            }
+        return out
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        providers, self._providers = self._providers, {}
+        for provider in providers.values():
+            await provider.aclose()
+
+    async def __aenter__(self) -> Router:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()

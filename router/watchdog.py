@@ -1,0 +1,66 @@
+"""Per-attempt deadlines without per-chunk timers: time to first token, idle between content
+chunks, and total. One timer handle is re-armed only when it fires; the hot path just
+stores a timestamp. Time the consumer spends between events does not count as idle: the
+watchdog only fires while the stream is waiting on the provider (`waiting_since`). SSE
+keep-alive comments never reach the router as deltas, so they do not reset it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from providers.base import ProviderError
+
+
+class Watchdog:
+    __slots__ = ("_handle", "_loop", "_task", "fired", "got_content", "idle_s", "started",
+                 "time", "total_s", "ttft_s", "waiting_since")
+
+    def __init__(self, ttft_s: float, idle_s: float, total_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self.ttft_s, self.idle_s, self.total_s = ttft_s, idle_s, total_s
+        self.time = self._loop.time
+        self.started = self.time()
+        self.got_content = False
+        self.waiting_since: float | None = None
+        self.fired: str | None = None
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self._deadline()[0], self._check
+        )
+
+    def _deadline(self) -> tuple[float, str]:
+        total = self.started + self.total_s
+        if not self.got_content:
+            first = self.started + self.ttft_s
+            return (first, "ttft") if first < total else (total, "total")
+        since = self.waiting_since if self.waiting_since is not None else self.time()
+        idle = since + self.idle_s
+        return (idle, "idle") if idle < total else (total, "total")
+
+    def _check(self) -> None:
+        now = self.time()
+        when, which = self._deadline()
+        if now < when:
+            self._handle = self._loop.call_at(when, self._check)
+        elif self.waiting_since is None and which != "total":
+            # The consumer holds the stream: the provider is not late. Look again later.
+            self._handle = self._loop.call_at(now + self.idle_s, self._check)
+        elif self._task is not None:
+            self.fired = which
+            self._handle = None
+            self._task.cancel()
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def expired(self) -> ProviderError | None:
+        """After a CancelledError: the timeout it stands for, or None for a real cancel."""
+        if self.fired is None or self._task is None:
+            return None
+        if self._task.uncancel() > 0:
+            return None  # cancelled from outside as well: let the cancellation through
+        seconds = {"ttft": self.ttft_s, "idle": self.idle_s, "total": self.total_s}[self.fired]
+        what = {"ttft": "first token", "idle": "idle (no content)", "total": "total"}[self.fired]
+        return ProviderError("timeout", f"{what} timeout after {seconds:g} s")
