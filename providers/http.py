@@ -152,6 +152,8 @@ def _classify(status: int | None, kind: str, message: str) -> ErrorCodeName:
         return "overloaded"
     if status == 429 or any(k in kind for k in ("rate_limit", "resource_exhausted", "quota")):
         return "rate_limited"
+    if status == 409:  # lock/conflict: transient, retried by the official SDKs
+        return "provider_error"
     if status == 408 or "timeout" in kind or "deadline_exceeded" in kind:
         return "timeout"
     if status in (401, 403) or any(
