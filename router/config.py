@@ -125,6 +125,28 @@ class ResilienceConfig(_Strict):
     hedge: HedgeConfig = Field(default_factory=HedgeConfig)
 
 
+class ApiKeyConfig(_Strict):
+    """One server API key, stored as the SHA-256 hex of the key (never the key itself)."""
+
+    name: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scope: str | None = None  # budget scope (`metadata["key"]`); defaults to `name`
+    rate_per_min: float | None = Field(default=None, gt=0)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    heartbeat_s: float = Field(default=15, gt=0)
+    retention_s: float = Field(default=300, ge=0)
+    max_log_events: int = Field(default=20000, ge=16)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    cors_origins: list[str] = Field(default_factory=list)
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    log_prompts: bool = False
+    shutdown_grace_s: float = Field(default=10, ge=0)
+
+
 class RouterConfig(_Strict):
     version: Literal[1] = 1
     providers: dict[str, ProviderConfig]
@@ -132,6 +154,7 @@ class RouterConfig(_Strict):
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 @dataclass(frozen=True, slots=True)
