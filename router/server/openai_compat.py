@@ -1,0 +1,412 @@
+"""OpenAI-compatible endpoints: `POST /v1/chat/completions` (streaming and not) and
+`GET /v1/models`.
+
+Shapes follow the OpenAI API reference and openai-python's types (`ChatCompletion`,
+`ChatCompletionChunk`, `Model`, the `{"error": {...}}` body), so the official SDK works
+unchanged but for `base_url`. `model` is a task name, a deployment id or `auto`; routing
+options (`max_ttft_ms`, `max_latency_ms`, `max_cost_usd`, `prefer`, `task`) ride as extra
+body fields. The response's `model` is the deployment that served, and an extra `x_router`
+object (request id, deployment, cost, latency) rides on the final chunk / the completion.
+
+A stream's HTTP status is decided at its first content event: an error before any token is
+an HTTP error with OpenAI's status and body; after that it is an in-stream error object.
+Not supported: `n` > 1, logprobs, audio, the Responses API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from router.events import (
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    FallbackEvent,
+    ReasoningEvent,
+    StartEvent,
+    TextEvent,
+    ToolCallEvent,
+)
+from router.server.compat import (
+    RequestProblem,
+    catalog,
+    open_stream,
+    read_json,
+    resolve_model,
+    router_of,
+    routing_options,
+    scope_key_of,
+)
+
+if TYPE_CHECKING:
+    from router.core import EventStream, Router
+
+# Router error code -> (HTTP status, OpenAI error type, OpenAI error code).
+_ERRORS: dict[str, tuple[int, str, str | None]] = {
+    "no_route": (400, "invalid_request_error", "no_route"),
+    "bad_request": (400, "invalid_request_error", None),
+    "context_length": (400, "invalid_request_error", "context_length_exceeded"),
+    "content_filter": (400, "invalid_request_error", "content_filter"),
+    "auth": (502, "server_error", "upstream_auth"),
+    "rate_limited": (429, "requests", "rate_limit_exceeded"),
+    "budget_exceeded": (429, "insufficient_quota", "insufficient_quota"),
+    "overloaded": (503, "server_error", "overloaded"),
+    "circuit_open": (503, "server_error", "circuit_open"),
+    "timeout": (504, "server_error", "timeout"),
+    "connection": (502, "server_error", "connection"),
+    "provider_error": (500, "server_error", "provider_error"),
+    "protocol_error": (502, "server_error", "protocol_error"),
+    "cancelled": (500, "server_error", "cancelled"),
+}
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
+           "content_filter": "content_filter", "budget": "length", "cancelled": "stop"}
+_CHUNK_TAIL = b',"logprobs":null,"finish_reason":'
+
+
+def error_body(message: str, type_: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, type_: str, param: str | None = None,
+                   code: str | None = None, request_id: str | None = None) -> Response:
+    # `x-should-retry` steers the SDK's retry loop: only transient failures are retried.
+    headers = {"x-should-retry": "true" if status in (429, 503, 504) else "false"}
+    if request_id:
+        headers["x-request-id"] = request_id
+    return Response(orjson.dumps(error_body(message, type_, param, code)), status,
+                    headers=headers, media_type="application/json")
+
+
+def _event_error(ev: ErrorEvent) -> tuple[int, dict[str, Any]]:
+    status, type_, code = _ERRORS.get(ev.code, (500, "server_error", ev.code))
+    if ev.code == "no_route" and ev.retryable:
+        status, type_ = 503, "server_error"
+    if ev.code == "budget_exceeded" and not ev.retryable:
+        status = 429
+    message = ev.message if not ev.suggestion else f"{ev.message} ({ev.suggestion})"
+    return status, error_body(message, type_, _param_of(ev.message), code or ev.code)
+
+
+def _param_of(message: str) -> str | None:
+    """The request field a core validation message starts with (`input[2]: ...`)."""
+    head = message.split(":", 1)[0].split("[", 1)[0].strip()
+    return {"input": "messages", "tools": "tools", "tool_choice": "tool_choice",
+            "stop": "stop", "max_tokens": "max_tokens"}.get(head)
+
+
+def _problem_response(p: RequestProblem) -> Response:
+    return error_response(p.status, p.message, "invalid_request_error", p.param, p.code)
+
+
+# --- request ------------------------------------------------------------------------------
+
+
+def _messages(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list) or not raw:
+        raise RequestProblem("Missing required parameter: 'messages'.", "messages",
+                             "missing_required_parameter")
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise RequestProblem(f"Invalid value for 'messages[{i}]': expected a message "
+                                 "object with a role.", f"messages[{i}]", "invalid_value")
+        # `developer` is the newer name of the system role.
+        out.append({**m, "role": "system"} if m["role"] == "developer" else m)
+    return out
+
+
+def _stream_kwargs(body: Mapping[str, Any], router: Router,
+                   scope_key: str | None) -> dict[str, Any]:
+    """`Router.stream` keyword arguments from a chat completions body."""
+    if body.get("n") not in (None, 1):
+        raise RequestProblem("Only n=1 is supported.", "n", "unsupported_value")
+    kwargs = routing_options(body)
+    kwargs.update(resolve_model(body.get("model"), router, explicit_task=kwargs.get("task")))
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise RequestProblem("Invalid 'max_tokens': expected a positive integer.",
+                                 "max_tokens", "invalid_value")
+        kwargs["max_tokens"] = max_tokens
+    if body.get("temperature") is not None:
+        kwargs["temperature"] = body["temperature"]
+    if body.get("stop") is not None:
+        kwargs["stop"] = body["stop"]
+    if body.get("tools"):
+        kwargs["tools"] = body["tools"]
+    if body.get("tool_choice") is not None:
+        kwargs["tool_choice"] = body["tool_choice"]
+    if scope_key is not None:
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), "key": scope_key}
+    return kwargs
+
+
+# --- streaming ----------------------------------------------------------------------------
+
+
+class ChunkWriter:
+    """Renders events as `chat.completion.chunk` SSE frames.
+
+    Per token it only splices the JSON-escaped delta between precomputed bytes."""
+
+    __slots__ = (
+        "_created",
+        "_head",
+        "_id",
+        "_usage_null",
+        "include_usage",
+        "model",
+        "sent_content",
+    )
+
+    def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
+        self._id = completion_id
+        self._created = created
+        self.include_usage = include_usage
+        # OpenAI sends `"usage": null` on every chunk once include_usage is asked for.
+        self._usage_null = b',"usage":null' if include_usage else b""
+        self.sent_content = False
+        self.model = ""
+        self._head = b""
+        self.set_model(model)
+
+    def set_model(self, model: str) -> None:
+        if model == self.model:
+            return
+        self.model = model
+        self._head = (
+            b'data: {"id":' + orjson.dumps(self._id)
+            + b',"object":"chat.completion.chunk","created":' + str(self._created).encode()
+            + b',"model":' + orjson.dumps(model) + self._usage_null
+            + b',"choices":[{"index":0,"delta":'
+        )
+
+    def chunk(self, delta: bytes, finish: bytes = b"null") -> bytes:
+        return self._head + delta + _CHUNK_TAIL + finish + b"}]}\n\n"
+
+    def tool_call(self, ev: ToolCallEvent) -> bytes:
+        call: dict[str, Any] = {"index": ev.index}
+        fn: dict[str, Any] = {"arguments": ev.arguments_delta}
+        if ev.id is not None:
+            call["id"] = ev.id
+            call["type"] = "function"
+        if ev.name is not None:
+            fn["name"] = ev.name
+        call["function"] = fn
+        return self.chunk(b'{"tool_calls":[' + orjson.dumps(call) + b"]}")
+
+    def done(self, ev: DoneEvent) -> bytes:
+        finish = orjson.dumps(_FINISH[ev.finish_reason])
+        out = (self._head + b"{}" + _CHUNK_TAIL + finish + b"}],\"x_router\":"
+               + orjson.dumps(x_router(ev)) + b"}\n\n")
+        if self.include_usage:
+            out += b"data: " + orjson.dumps({
+                "id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                "model": self.model, "choices": [], "usage": usage(ev),
+            }) + b"\n\n"
+        return out + b"data: [DONE]\n\n"
+
+
+def usage(ev: DoneEvent) -> dict[str, Any]:
+    u = ev.usage
+    return {
+        "prompt_tokens": u.input_tokens,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": u.input_tokens + u.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_input_tokens},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+    }
+
+
+def x_router(ev: DoneEvent) -> dict[str, Any]:
+    """The router's own account of the request, as a vendor extra (like Groq's `x_groq`)."""
+    return {"request_id": ev.request_id, "deployment": ev.deployment, "provider": ev.provider,
+            "model": ev.model, "cost_usd": ev.cost_usd, "attempts": ev.attempts,
+            "usage_estimated": ev.usage.estimated, "latency": ev.latency.model_dump()}
+
+
+def _in_stream_error(ev: ErrorEvent) -> bytes:
+    # The SDK raises `APIError` on a data chunk whose JSON has a top-level `error`.
+    return b"data: " + orjson.dumps(_event_error(ev)[1]) + b"\n\n"
+
+
+def _restart_error(ev: FallbackEvent) -> bytes:
+    body = error_body(
+        f"{ev.from_deployment} failed after {ev.after_tokens} tokens and the router restarted "
+        f"the answer on {ev.to_deployment}; streamed text cannot be retracted. Retry the "
+        "request, or configure resilience.resume: continue.", "server_error", None, ev.error)
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+async def _sse(head: list[Event], rest: EventStream,
+               w: ChunkWriter) -> AsyncIterator[bytes]:
+    try:
+        yield w.chunk(b'{"role":"assistant","content":""}')
+        for ev in head:
+            out, last = _render(ev, w)
+            if out:
+                yield out
+            if last:
+                return
+        async for ev in rest:
+            out, last = _render(ev, w)
+            if out:
+                yield out
+            if last:
+                return
+    finally:
+        # Closing the router's stream closes the upstream connection (client gone, or end).
+        await rest.aclose()
+
+
+def _render(ev: Event, w: ChunkWriter) -> tuple[bytes | None, bool]:
+    """One event as SSE bytes, and whether the response ends with it."""
+    if isinstance(ev, TextEvent):
+        w.sent_content = True
+        return w.chunk(b'{"content":' + orjson.dumps(ev.delta) + b"}"), False
+    if isinstance(ev, ReasoningEvent):
+        # DeepSeek's field name, which most OpenAI-compatible clients read.
+        return w.chunk(b'{"reasoning_content":' + orjson.dumps(ev.delta) + b"}"), False
+    if isinstance(ev, ToolCallEvent):
+        w.sent_content = True
+        return w.tool_call(ev), False
+    if isinstance(ev, StartEvent):
+        w.set_model(ev.deployment)
+    elif isinstance(ev, FallbackEvent):
+        if ev.mode == "restart" and w.sent_content:
+            return _restart_error(ev), True
+        w.set_model(ev.to_deployment)
+    elif isinstance(ev, DoneEvent):
+        return w.done(ev), True
+    elif isinstance(ev, ErrorEvent):
+        return _in_stream_error(ev), True
+    return None, False
+
+
+# --- non-streaming ------------------------------------------------------------------------
+
+
+def _completion(events: list[Event], done: DoneEvent, created: int) -> dict[str, Any]:
+    text: list[str] = []
+    reasoning: list[str] = []
+    for ev in events:
+        if isinstance(ev, TextEvent):
+            text.append(ev.delta)
+        elif isinstance(ev, ReasoningEvent):
+            reasoning.append(ev.delta)
+        elif isinstance(ev, FallbackEvent) and ev.mode == "restart":
+            text.clear()  # the restarted answer replaces the partial one
+            reasoning.clear()
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None,
+                               "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = "".join(reasoning)
+    if done.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {
+                "name": c.name,
+                "arguments": c.arguments if isinstance(c.arguments, str)
+                else orjson.dumps(c.arguments).decode()}}
+            for c in done.tool_calls
+        ]
+    elif message["content"] is None:
+        message["content"] = ""
+    return {
+        "id": f"chatcmpl-{done.request_id}", "object": "chat.completion", "created": created,
+        "model": done.deployment,
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": _FINISH[done.finish_reason]}],
+        "usage": usage(done), "x_router": x_router(done),
+    }
+
+
+async def _drain(head: list[Event], rest: EventStream) -> list[Event]:
+    events = list(head)
+    try:
+        if events and events[-1].type not in ("done", "error"):
+            async for ev in rest:
+                events.append(ev)
+    finally:
+        await rest.aclose()
+    return events
+
+
+# --- endpoints ----------------------------------------------------------------------------
+
+
+async def chat_completions(request: Request) -> Response:
+    router = router_of(request)
+    try:
+        body = await read_json(request)
+        messages = _messages(body.get("messages"))
+        kwargs = _stream_kwargs(body, router, scope_key_of(request))
+    except RequestProblem as p:
+        return _problem_response(p)
+    created = int(time.time())
+    head, rest = await open_stream(router, messages, kwargs)
+    last = head[-1] if head else None
+    if isinstance(last, ErrorEvent):
+        await rest.aclose()
+        status, err = _event_error(last)
+        return error_response(status, **_flat(err), request_id=last.request_id)
+    request_id = head[0].request_id if head else ""
+    headers = {"x-request-id": request_id}
+    if not body.get("stream"):
+        events = await _drain(head, rest)
+        end = events[-1] if events else None
+        if isinstance(end, ErrorEvent):
+            status, err = _event_error(end)
+            return error_response(status, **_flat(err), request_id=request_id)
+        if not isinstance(end, DoneEvent):
+            return error_response(500, "The stream ended without a result.", "server_error")
+        return Response(orjson.dumps(_completion(events, end, created)),
+                        headers=headers, media_type="application/json")
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    model = next((ev.deployment for ev in reversed(head) if isinstance(ev, StartEvent)),
+                 str(body.get("model")))
+    writer = ChunkWriter(f"chatcmpl-{request_id}", created, model, include_usage)
+    headers |= {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(_sse(head, rest, writer), headers=headers,
+                             media_type="text/event-stream")
+
+
+def _flat(err: dict[str, Any]) -> dict[str, Any]:
+    e = err["error"]
+    return {"message": e["message"], "type_": e["type"], "param": e["param"],
+            "code": e["code"]}
+
+
+def _model_object(entry: Any) -> dict[str, Any]:
+    return {"id": entry.id, "object": "model", "created": 0, "owned_by": entry.owned_by,
+            "kind": entry.kind, "description": entry.description}
+
+
+async def list_models(request: Request) -> Response:
+    data = [_model_object(e) for e in catalog(router_of(request))]
+    return Response(orjson.dumps({"object": "list", "data": data}),
+                    media_type="application/json")
+
+
+async def retrieve_model(request: Request) -> Response:
+    model_id = request.path_params["model"]
+    for entry in catalog(router_of(request)):
+        if entry.id == model_id:
+            return Response(orjson.dumps(_model_object(entry)), media_type="application/json")
+    return error_response(404, f"The model `{model_id}` does not exist or you do not have "
+                          "access to it.", "invalid_request_error", "model", "model_not_found")
+
+
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+]
