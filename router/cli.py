@@ -1,0 +1,296 @@
+"""`llm-router`: stream, dry-run routes, check configs, list deployments.
+
+Bad input prints one clear line on stderr and exits non-zero (2 for bad input or config,
+1 when a request fails), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from router.config import load_config
+from router.core import Router
+from router.errors import ConfigError
+from router.events import DoneEvent, ErrorEvent, Event, RouteEvent, encode_event
+from router.policy import RouteDecision
+from router.request import RequestError
+
+app = typer.Typer(
+    help="Route LLM requests across providers by task, latency and cost; stream the answer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Validate configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+T = TypeVar("T")
+
+
+def _console(stderr: bool = False) -> Console:
+    # Piped output is not wrapped at 80 columns: tables and summaries stay one row a line.
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 200)
+
+
+err = _console(stderr=True)
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="Config file (default: "
+                      "$LLM_ROUTER_CONFIG, ./router.yaml, then the embedded simulated fleet).")]
+TaskOpt = Annotated[str | None, typer.Option(help="Task name from the config.")]
+ModelOpt = Annotated[str | None, typer.Option(help="Pin one deployment id (no routing).")]
+PreferOpt = Annotated[str | None, typer.Option(help="cost | latency | quality | balanced")]
+TtftOpt = Annotated[float | None, typer.Option(help="Latency budget for the first token.")]
+LatencyOpt = Annotated[float | None, typer.Option(help="Latency budget for the whole answer.")]
+CostOpt = Annotated[float | None, typer.Option(help="Hard cost cap in USD for this request.")]
+TokensOpt = Annotated[int | None, typer.Option(help="Maximum output tokens.")]
+
+
+class Exit(Exception):
+    def __init__(self, code: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run a command body: clear one-line errors instead of tracebacks."""
+    try:
+        return fn()
+    except Exit as exc:
+        if exc.message:
+            err.print(exc.message, markup=False)
+        raise typer.Exit(exc.code) from None
+    except ConfigError as exc:
+        err.print(f"config error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    except RequestError as exc:
+        err.print(f"error: {exc.message}", markup=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("cancelled")
+        raise typer.Exit(130) from None
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout must stay writable at exit
+        raise typer.Exit(0) from None
+    except (OSError, ValueError) as exc:
+        if os.environ.get("LLM_ROUTER_DEBUG"):
+            raise
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+
+
+@dataclass(frozen=True)
+class RouteOptions:
+    task: str | None
+    model: str | None
+    prefer: str | None
+    max_ttft_ms: float | None
+    max_latency_ms: float | None
+    max_cost_usd: float | None
+    max_tokens: int | None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _prompt(prompt: str) -> str:
+    text = sys.stdin.read() if prompt == "-" else prompt
+    if not text.strip():
+        raise Exit(2, "error: the prompt is empty")
+    return text
+
+
+def _route_table(candidates: list[tuple[str, bool, str | None, float, float, float]],
+                 title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("deployment", "eligible", "reason", "est. cost $", "est. TTFT ms",
+                "est. latency ms"):
+        table.add_column(col, justify="right" if col.startswith("est") else "left")
+    for dep, eligible, reason, cost, ttft, latency in candidates:
+        table.add_row(dep, "yes" if eligible else "no", reason or "", f"{cost:.6f}",
+                      f"{ttft:.0f}", f"{latency:.0f}")
+    return table
+
+
+def _event_table(ev: RouteEvent) -> Table:
+    rows = [(c.deployment, c.eligible, c.reason, c.estimated_cost_usd, c.estimated_ttft_ms,
+             c.estimated_latency_ms) for c in ev.candidates]
+    return _route_table(rows, f"route: {ev.deployment or 'none'} — {ev.reason}")
+
+
+def _decision_table(d: RouteDecision) -> Table:
+    chosen = d.chosen
+    rows = [(e.deployment.id, e.eligible,
+             e.reason if not e.eligible else ("chosen" if e is chosen else "eligible"),
+             e.cost_usd, e.ttft_ms, e.latency_ms) for e in d.candidates]
+    return _route_table(rows, f"route: {chosen.deployment.id if chosen else 'none'} — {d.reason}")
+
+
+def _summary(done: DoneEvent) -> str:
+    lat, u = done.latency, done.usage
+    ttft = f"{lat.ttft_ms:.0f} ms" if lat.ttft_ms is not None else "-"
+    rate = f"{lat.tokens_per_s:.0f} tok/s" if lat.tokens_per_s else "-"
+    est = " (estimated)" if u.estimated else ""
+    return (f"{done.deployment} ({done.provider}/{done.model}) · TTFT {ttft} · total "
+            f"{lat.total_ms:.0f} ms · {rate} · tokens in {u.input_tokens} / out "
+            f"{u.output_tokens}{est} · cost ${done.cost_usd:.6f} · finish {done.finish_reason}"
+            f" · attempts {done.attempts}")
+
+
+async def _run_stream(router: Router, text: str, opts: RouteOptions, as_json: bool) -> int:
+    out = sys.stdout
+    code = 1
+    route: RouteEvent | None = None
+    try:
+        async with router.stream(text, **opts.as_kwargs()) as events:
+            async for ev in events:
+                if isinstance(ev, RouteEvent):
+                    route = ev
+                if as_json:
+                    out.write(encode_event(ev).decode() + "\n")
+                    out.flush()
+                else:
+                    _render(ev, out, route)
+                code = _code(ev, code)
+    finally:
+        await router.aclose()
+    return code
+
+
+def _code(ev: Event, current: int) -> int:
+    if isinstance(ev, DoneEvent):
+        return 0
+    if isinstance(ev, ErrorEvent):
+        return 2 if ev.code == "bad_request" else 1
+    return current
+
+
+def _render(ev: Event, out: Any, route: RouteEvent | None) -> None:
+    kind = ev.type
+    if kind == "text" or kind == "reasoning":
+        out.write(ev.delta)  # type: ignore[union-attr]
+        out.flush()
+    elif isinstance(ev, DoneEvent):
+        out.write("\n")
+        out.flush()
+        err.print(_summary(ev), markup=False)
+    elif isinstance(ev, ErrorEvent):
+        out.flush()
+        if ev.code == "no_route" and route is not None:
+            err.print(_event_table(route))
+        err.print(f"error: {ev.code}: {ev.message}", markup=False)
+        if ev.suggestion:
+            err.print(f"hint: {ev.suggestion}", markup=False)
+    elif ev.type in ("retry", "fallback", "budget"):
+        err.print(f"[{ev.type}] " + encode_event(ev).decode(), markup=False)
+
+
+@app.command()
+def stream(
+    prompt: Annotated[str, typer.Argument(help="The prompt, or - to read it from stdin.")],
+    task: TaskOpt = None, model: ModelOpt = None, prefer: PreferOpt = None,
+    max_ttft_ms: TtftOpt = None, max_latency_ms: LatencyOpt = None,
+    max_cost_usd: CostOpt = None, max_tokens: TokensOpt = None, config: ConfigOpt = None,
+    json: Annotated[bool, typer.Option("--json", help="One event per line (NDJSON).")] = False,
+) -> None:
+    """Stream a routed answer: tokens to stdout, a summary on stderr."""
+    opts = RouteOptions(task, model, prefer, max_ttft_ms, max_latency_ms, max_cost_usd,
+                        max_tokens)
+
+    def body() -> int:
+        text = _prompt(prompt)
+        router = Router(load_config(config))
+        return asyncio.run(_run_stream(router, text, opts, json))
+
+    raise typer.Exit(_guard(body))
+
+
+@app.command()
+def route(
+    prompt: Annotated[str, typer.Argument(help="The prompt, or - to read it from stdin.")],
+    task: TaskOpt = None, model: ModelOpt = None, prefer: PreferOpt = None,
+    max_ttft_ms: TtftOpt = None, max_latency_ms: LatencyOpt = None,
+    max_cost_usd: CostOpt = None, max_tokens: TokensOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Dry run: the candidate table, the decision and every exclusion; calls no provider."""
+    opts = RouteOptions(task, model, prefer, max_ttft_ms, max_latency_ms, max_cost_usd,
+                        max_tokens)
+
+    def body() -> int:
+        router = Router(load_config(config))
+        decision = router.route(_prompt(prompt), **opts.as_kwargs())
+        _console().print(_decision_table(decision))
+        if decision.chosen is None:
+            err.print("error: no_route: no eligible deployment: "
+                      + decision.explain_exclusions(), markup=False)
+            return 1
+        return 0
+
+    raise typer.Exit(_guard(body))
+
+
+@config_app.command("check")
+def config_check(
+    path: Annotated[str | None, typer.Argument(help="Config file (default: discovered).")] = None,
+) -> None:
+    """Validate a config: a summary, or the clear error and exit code 2."""
+
+    def body() -> int:
+        loaded = load_config(path)
+        cfg = loaded.config
+        con = _console()
+        con.print(f"{loaded.source}: ok — {len(cfg.providers)} providers, "
+                  f"{len(loaded.deployments)} deployments, {len(cfg.tasks)} tasks "
+                  f"(default task: {cfg.defaults.task or 'none'})", markup=False)
+        for name, prov in cfg.providers.items():
+            if prov.api_key is None and prov.api_key_env is not None:
+                con.print(f"warning: providers.{name}: {prov.api_key_env} is not set; its "
+                          "deployments are excluded from routing until it is", markup=False)
+        return 0
+
+    raise typer.Exit(_guard(body))
+
+
+@app.command()
+def deployments(config: ConfigOpt = None) -> None:
+    """Deployments with prices, context, latency priors and live state."""
+
+    def body() -> int:
+        router = Router(load_config(config))
+        health = router.health()
+        table = Table(title=f"deployments ({router.loaded.source})", title_justify="left")
+        for col in ("id", "provider/model", "$ in/cached/out per Mtok", "context",
+                    "prior TTFT ms", "prior tok/s", "quality", "capabilities", "state"):
+            table.add_column(col)
+        for dep in router.loaded.deployments.values():
+            p = dep.price
+            cached = p.cached_input_per_mtok if p.cached_input_per_mtok is not None else "-"
+            h = health[dep.id]
+            state = str(h.get("breaker", "closed")) if h["available"] else str(h["reason"])
+            table.add_row(dep.id, f"{dep.provider}/{dep.model}",
+                          f"{p.input_per_mtok:g} / {cached} / {p.output_per_mtok:g}",
+                          f"{dep.context_window:,}", f"{dep.latency_prior.ttft_ms:g}",
+                          f"{dep.latency_prior.tokens_per_s:g}", f"{dep.quality:g}",
+                          ", ".join(sorted(dep.capabilities)), state)
+        _console().print(table)
+        return 0
+
+    raise typer.Exit(_guard(body))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
