@@ -292,7 +292,19 @@ def parse_config(
     return LoadedConfig(source, config, resolve_deployments(config, source))
 
 
+# Wire protocols whose endpoints always need a key (openai_compatible depends on the vendor).
+_KEYED_KINDS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY",
+                "gemini": "GEMINI_API_KEY"}
+
+
 def _check_references(config: RouterConfig, source: str) -> None:
+    for name, prov in config.providers.items():
+        env_name = _KEYED_KINDS.get(prov.kind)
+        if env_name and prov.api_key is None and prov.api_key_env is None:
+            raise ConfigError(
+                f"{source}: providers.{name}.api_key: required for kind {prov.kind} "
+                f"(expected e.g. api_key: ${{{env_name}}})"
+            )
     ids: dict[str, int] = {}
     for i, dep in enumerate(config.deployments):
         if dep.id in ids:

@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from providers.base import Provider, ProviderSettings, create_provider
 from router.budget_gate import BudgetGate, BudgetNotice, Unlimited
+from router.catalog import Vendor
 from router.config import Deployment, LoadedConfig, load_config
 from router.errors import StreamError, error_for
 from router.events import (
@@ -100,19 +101,17 @@ class Router:
     # --- providers ------------------------------------------------------------------------
 
     def provider_settings(self, name: str) -> ProviderSettings:
+        """The adapter's settings: config, completed by the catalog's vendor row."""
         cfg = self.loaded.config.providers[name]
         timeouts = self.loaded.config.resilience.timeouts
-        base_url, options, key_env = cfg.base_url, dict(cfg.options), cfg.api_key_env
-        if cfg.vendor is not None or cfg.kind == "openai":
-            from router.catalog import load_catalog
-
-            vendor = load_catalog().vendors.get(cfg.vendor or "openai")
-            if vendor is not None:
-                base_url = base_url or vendor.base_url
-                key_env = key_env or vendor.api_key_env
-                options = {**vendor.options, "include_usage": vendor.include_usage, **options}
+        base_url, options = cfg.base_url, dict(cfg.options)
+        vendor = self._vendor(name)
+        if vendor is not None:
+            base_url = base_url or vendor.base_url
+            options = {**vendor.options, "include_usage": vendor.include_usage, **options}
+        api_key, key_env = self._credentials(name)
         return ProviderSettings(
-            name=name, kind=cfg.kind, base_url=base_url, api_key=cfg.api_key,
+            name=name, kind=cfg.kind, base_url=base_url, api_key=api_key,
             api_key_env=key_env, headers=cfg.headers,
             connect_timeout_s=cfg.connect_timeout_s or timeouts.connect_s,
             read_timeout_s=cfg.read_timeout_s or timeouts.total_s, options=options,
@@ -128,11 +127,30 @@ class Router:
         """Use `provider` for the config's provider `name` (tests inject mocked clients)."""
         self._providers[name] = provider
 
+    def _vendor(self, name: str) -> Vendor | None:
+        cfg = self.loaded.config.providers[name]
+        if cfg.vendor is None and cfg.kind != "openai":
+            return None
+        from router.catalog import load_catalog
+
+        return load_catalog().vendors.get(cfg.vendor or "openai")
+
+    def _credentials(self, name: str) -> tuple[SecretStr | None, str | None]:
+        """The provider's key and the environment variable it comes from. A vendor row's
+        variable is read from the environment when the config gives no key."""
+        cfg = self.loaded.config.providers[name]
+        vendor = self._vendor(name)
+        key_env = cfg.api_key_env or (vendor.api_key_env if vendor else None)
+        key = cfg.api_key
+        if key is None and cfg.api_key_env is None and key_env and os.environ.get(key_env):
+            key = SecretStr(os.environ[key_env])
+        return key, key_env
+
     def unavailable_reason(self, dep: Deployment) -> str | None:
         """Why `dep` cannot serve now, or None. (Breakers add `circuit_open` here.)"""
-        cfg = self.loaded.config.providers[dep.provider]
-        if cfg.api_key is None and cfg.api_key_env is not None:
-            return f"missing_api_key: set {cfg.api_key_env}"
+        key, key_env = self._credentials(dep.provider)
+        if key is None and key_env is not None:
+            return f"missing_api_key: set {key_env}"
         return None
 
     # --- requests -------------------------------------------------------------------------
