@@ -334,8 +334,9 @@ async def drain(
 ) -> bool:
     """Read what follows the terminal marker to the end of the body, so httpx returns the
     connection to the pool instead of closing it (a client that stops reading at `[DONE]`
-    opens a new TCP+TLS connection per request). Bounded in bytes and time; True if the
-    body ended cleanly."""
+    opens a new TCP+TLS connection per request). `chunks` is the iterator the caller was
+    reading (`aiter_body(...)` or `response.aiter_bytes()`). Bounded in bytes and time;
+    True if the body ended cleanly."""
     size = 0
     try:
         async with asyncio.timeout(timeout_s):
@@ -343,6 +344,6 @@ async def drain(
                 size += len(chunk)
                 if size > max_bytes:
                     return False
-    except (TimeoutError, ProviderError):
+    except (TimeoutError, ProviderError, httpx.HTTPError):
         return False
     return True
