@@ -1,0 +1,205 @@
+"""Breakers: transitions on a fake clock, one probe at a time, client errors not counted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pybreaker
+import pytest
+
+from router.breaker import BreakerRegistry, Permit
+from router.config import BreakerConfig
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def changes() -> list[tuple[str, str, str]]:
+    return []
+
+
+@pytest.fixture
+def reg(clock: FakeClock, changes: list[tuple[str, str, str]]) -> BreakerRegistry:
+    return BreakerRegistry(BreakerConfig(fail_max=3, reset_timeout_s=30), clock=clock,
+                           on_change=lambda *c: changes.append(c))
+
+
+def admit(reg: BreakerRegistry, dep: str = "a") -> Permit:
+    permit = reg.admit(dep)
+    assert permit is not None
+    return permit
+
+
+def trip(reg: BreakerRegistry, dep: str = "a", n: int = 3) -> None:
+    for _ in range(n):
+        admit(reg, dep).failure("overloaded")
+
+
+def test_closed_breaker_opens_after_fail_max_consecutive_failures(reg: BreakerRegistry) -> None:
+    trip(reg, n=2)
+    assert reg.get("a").state == "closed"
+    assert reg.snapshot()["a"].fail_counter == 2
+    admit(reg).failure("timeout")
+    assert reg.get("a").state == "open"
+    assert reg.admit("a") is None
+    assert reg.unavailable_reason("a") == "circuit_open"
+
+
+def test_success_resets_the_consecutive_failure_count(reg: BreakerRegistry) -> None:
+    trip(reg, n=2)
+    admit(reg).success()
+    trip(reg, n=2)
+    assert reg.get("a").state == "closed"
+    assert reg.snapshot()["a"].fail_counter == 2
+
+
+@pytest.mark.parametrize("code", ["bad_request", "auth", "context_length", "content_filter"])
+def test_client_errors_never_count(reg: BreakerRegistry, code: str) -> None:
+    for _ in range(10):
+        admit(reg).failure(code)
+    assert reg.get("a").state == "closed"
+    assert reg.snapshot()["a"].fail_counter == 0
+
+
+def test_open_until_reset_timeout_then_one_probe_at_a_time(
+        reg: BreakerRegistry, clock: FakeClock) -> None:
+    trip(reg)
+    clock.advance(29.9)
+    assert reg.admit("a") is None
+    clock.advance(0.2)
+    assert reg.unavailable_reason("a") is None  # routable: a probe may go
+    probe = admit(reg)
+    assert probe.probe
+    assert reg.get("a").state == "half_open"
+    # Others route elsewhere while the probe is out.
+    assert reg.admit("a") is None
+    assert reg.unavailable_reason("a") == "circuit_open"
+    assert reg.snapshot()["a"].probe_in_flight
+    probe.success()
+    assert reg.get("a").state == "closed"
+    assert reg.snapshot()["a"].fail_counter == 0
+    assert not admit(reg).probe
+
+
+def test_failed_probe_reopens_for_a_full_reset_timeout(
+        reg: BreakerRegistry, clock: FakeClock) -> None:
+    trip(reg)
+    clock.advance(31)
+    admit(reg).failure("connection")
+    snap = reg.snapshot()["a"]
+    assert snap.state == "open"
+    assert snap.opened_at == clock.now  # stamped with the injected clock
+    assert snap.retry_at == clock.now + timedelta(seconds=30)
+    clock.advance(29)
+    assert reg.admit("a") is None
+    clock.advance(2)
+    assert admit(reg).probe
+
+
+def test_released_probe_frees_the_slot_without_deciding(
+        reg: BreakerRegistry, clock: FakeClock) -> None:
+    trip(reg)
+    clock.advance(30)
+    admit(reg).release()  # e.g. the caller left before an outcome
+    assert reg.get("a").state == "half_open"
+    probe = admit(reg)
+    probe.failure("bad_request")  # a client error neither closes nor reopens it
+    assert reg.get("a").state == "half_open"
+    admit(reg).success()
+    assert reg.get("a").state == "closed"
+
+
+def test_outcomes_of_permits_admitted_before_the_trip_are_ignored(
+        reg: BreakerRegistry, clock: FakeClock) -> None:
+    early_ok, early_bad = admit(reg), admit(reg)
+    trip(reg)
+    early_ok.success()  # a long stream that began before the trip
+    assert reg.get("a").state == "open"
+    clock.advance(30)
+    probe = admit(reg)
+    early_bad.failure("overloaded")
+    assert reg.get("a").state == "half_open"  # only the probe decides
+    probe.success()
+    assert reg.get("a").state == "closed"
+
+
+def test_a_permit_resolves_once(reg: BreakerRegistry) -> None:
+    permit = admit(reg)
+    for _ in range(5):
+        permit.failure("overloaded")
+    permit.success()
+    assert reg.snapshot()["a"].fail_counter == 1
+
+
+def test_breakers_are_per_deployment(reg: BreakerRegistry) -> None:
+    trip(reg, "a")
+    assert reg.admit("a") is None
+    assert reg.admit("b") is not None
+    assert reg.unavailable_reason("never-used") is None
+
+
+def test_state_changes_are_reported_and_snapshot_is_json(
+        reg: BreakerRegistry, clock: FakeClock, changes: list[tuple[str, str, str]]) -> None:
+    trip(reg)
+    clock.advance(30)
+    admit(reg).success()
+    assert changes == [("a", "closed", "open"), ("a", "open", "half_open"),
+                       ("a", "half_open", "closed")]
+    trip(reg)
+    doc = json.loads(json.dumps(reg.snapshot()["a"].as_dict()))
+    assert doc == {"deployment": "a", "state": "open", "fail_counter": 3, "fail_max": 3,
+                   "opened_at": clock.now.isoformat(),
+                   "retry_at": (clock.now + timedelta(seconds=30)).isoformat(),
+                   "probe_in_flight": False}
+
+
+def test_manual_reset_closes(reg: BreakerRegistry) -> None:
+    trip(reg)
+    reg.get("a").reset()
+    assert reg.get("a").state == "closed"
+    assert reg.admit("a") is not None
+
+
+def test_shared_storage_is_seen_by_every_registry(clock: FakeClock) -> None:
+    """Stand-in for pybreaker's Redis storage: two routers sharing one storage per
+    deployment see each other's trips and recoveries."""
+    shared: dict[str, pybreaker.CircuitBreakerStorage] = {}
+
+    def storage(dep: str) -> pybreaker.CircuitBreakerStorage:
+        return shared.setdefault(dep, pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED))
+
+    cfg = BreakerConfig(fail_max=2, reset_timeout_s=10)
+    one = BreakerRegistry(cfg, clock=clock, storage_factory=storage)
+    two = BreakerRegistry(cfg, clock=clock, storage_factory=storage)
+    admit(one).failure("overloaded")
+    admit(two).failure("overloaded")
+    assert one.admit("a") is None and two.admit("a") is None
+    clock.advance(10)
+    admit(two).success()
+    assert one.get("a").state == "closed"
+    assert one.admit("a") is not None
+
+
+def test_importing_the_module_does_not_import_pybreaker() -> None:
+    code = ("import sys, router.breaker; "
+            "assert 'pybreaker' not in sys.modules, 'pybreaker imported eagerly'")
+    subprocess.run([sys.executable, "-c", code], check=True)
