@@ -312,6 +312,7 @@ class LoopbackProvider:
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._seen = asyncio.Event()
         self.requests: list[RecordedRequest] = []
         self.open_connections = 0
         self.total_connections = 0
@@ -380,6 +381,13 @@ class LoopbackProvider:
                 return self._defaults[key]
         raise AssertionError("unreachable: a global default always exists")
 
+    async def wait_requests(self, n: int, within_s: float = 5.0) -> None:
+        """Wait until the server has seen at least `n` requests in total."""
+        async with asyncio.timeout(within_s):
+            while len(self.requests) < n:
+                self._seen.clear()
+                await self._seen.wait()
+
     async def wait_idle(self, within_s: float = 5.0) -> None:
         """Wait until every connection is closed; raises TimeoutError after `within_s`."""
         await asyncio.wait_for(self._idle.wait(), within_s)
@@ -437,6 +445,7 @@ class LoopbackProvider:
         model = _model_of(protocol, path, parsed)
         self.requests.append(RecordedRequest(method, path, query, headers, body, parsed,
                                              protocol, model))
+        self._seen.set()
         keep_alive = headers.get("connection", "").lower() != "close"
         if protocol is None or method != "POST":
             await self._send_plain(conn, 404, {}, orjson.dumps(
