@@ -61,9 +61,10 @@ _FILTER_MARKERS = ("content_filter", "content_policy", "content management polic
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every non-empty secret replaced by `***`."""
+    """`text` with every secret replaced by `***` (secrets under 8 characters, such as
+    placeholder keys of local servers, are not real credentials and are left alone)."""
     for secret in secrets:
-        if secret and secret in text:
+        if len(secret) >= 8 and secret in text:
             text = text.replace(secret, "***")
     return text
 

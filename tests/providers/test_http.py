@@ -164,6 +164,7 @@ def test_messages_redact_secrets_and_never_show_headers() -> None:
                          httpx.Headers({"authorization": f"Bearer {key}"}), secrets=[key])
     assert key not in err.message and key not in repr(err) and "Bearer" not in err.message
     assert redact(f"a {key} b", [key, ""]) == "a *** b"
+    assert redact("Token limit", ["k"]) == "Token limit"
 
 
 # --- httpx exceptions ---------------------------------------------------------------------
