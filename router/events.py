@@ -187,6 +187,47 @@ TERMINAL_TYPES = frozenset({"done", "error"})
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
+# --- hot-path builders ----------------------------------------------------------------------
+# One event per chunk: build the model's state directly (what `model_construct` does, minus
+# its per-field default handling, ~8x faster). Only for values the router produced itself.
+_new = object.__new__
+_set = object.__setattr__
+_TEXT_FIELDS = set(TextEvent.model_fields)
+_REASONING_FIELDS = set(ReasoningEvent.model_fields)
+_TOOL_FIELDS = set(ToolCallEvent.model_fields)
+
+
+def text_event(request_id: str, seq: int, elapsed_ms: float, delta: str) -> TextEvent:
+    ev: TextEvent = _new(TextEvent)
+    _set(ev, "__dict__", {"request_id": request_id, "seq": seq, "elapsed_ms": elapsed_ms,
+                          "type": "text", "delta": delta})
+    _set(ev, "__pydantic_fields_set__", _TEXT_FIELDS)
+    _set(ev, "__pydantic_extra__", None)
+    _set(ev, "__pydantic_private__", None)
+    return ev
+
+
+def reasoning_event(request_id: str, seq: int, elapsed_ms: float, delta: str) -> ReasoningEvent:
+    ev: ReasoningEvent = _new(ReasoningEvent)
+    _set(ev, "__dict__", {"request_id": request_id, "seq": seq, "elapsed_ms": elapsed_ms,
+                          "type": "reasoning", "delta": delta})
+    _set(ev, "__pydantic_fields_set__", _REASONING_FIELDS)
+    _set(ev, "__pydantic_extra__", None)
+    _set(ev, "__pydantic_private__", None)
+    return ev
+
+
+def tool_call_event(request_id: str, seq: int, elapsed_ms: float, index: int, id: str | None,
+                    name: str | None, arguments_delta: str) -> ToolCallEvent:
+    ev: ToolCallEvent = _new(ToolCallEvent)
+    _set(ev, "__dict__", {"request_id": request_id, "seq": seq, "elapsed_ms": elapsed_ms,
+                          "type": "tool_call", "index": index, "id": id, "name": name,
+                          "arguments_delta": arguments_delta})
+    _set(ev, "__pydantic_fields_set__", _TOOL_FIELDS)
+    _set(ev, "__pydantic_extra__", None)
+    _set(ev, "__pydantic_private__", None)
+    return ev
+
 
 def encode_event(event: _Event) -> bytes:
     """Compact JSON of one event (the only encoder used by CLI, server and logs)."""

@@ -32,11 +32,11 @@ from router.events import (
     ErrorEvent,
     Event,
     FallbackEvent,
-    ReasoningEvent,
     RouteEvent,
     StartEvent,
-    TextEvent,
-    ToolCallEvent,
+    reasoning_event,
+    text_event,
+    tool_call_event,
 )
 from router.policy import RouteDecision, choose_route
 from router.request import PreparedRequest, RequestError, StreamParams, prepare
@@ -240,8 +240,7 @@ async def _attempt(router: Router, dep: Deployment, req: PreparedRequest, em: Em
                     ledger.first_content(router.stats)
                 seq = em.seq
                 em.seq = seq + 1
-                yield TextEvent.model_construct(
-                    request_id=rid, seq=seq, elapsed_ms=(clock() - t0) * 1000.0, delta=text)
+                yield text_event(rid, seq, (clock() - t0) * 1000.0, text)
                 if attempt.add_output(text):
                     attempt.finish = "budget"
                     break
@@ -252,8 +251,7 @@ async def _attempt(router: Router, dep: Deployment, req: PreparedRequest, em: Em
                     ledger.first_content(router.stats)
                 seq = em.seq
                 em.seq = seq + 1
-                yield ReasoningEvent.model_construct(
-                    request_id=rid, seq=seq, elapsed_ms=(clock() - t0) * 1000.0, delta=text)
+                yield reasoning_event(rid, seq, (clock() - t0) * 1000.0, text)
                 if attempt.add_output(text, reasoning=True):
                     attempt.finish = "budget"
                     break
@@ -265,10 +263,8 @@ async def _attempt(router: Router, dep: Deployment, req: PreparedRequest, em: Em
                 attempt.add_tool_fragment(delta)
                 seq = em.seq
                 em.seq = seq + 1
-                yield ToolCallEvent.model_construct(
-                    request_id=rid, seq=seq, elapsed_ms=(clock() - t0) * 1000.0,
-                    index=delta.index, id=delta.id, name=delta.name,
-                    arguments_delta=delta.arguments)
+                yield tool_call_event(rid, seq, (clock() - t0) * 1000.0, delta.index,
+                                      delta.id, delta.name, delta.arguments)
                 if attempt.add_output(delta.arguments):
                     attempt.finish = "budget"
                     break
