@@ -1,0 +1,407 @@
+"""The Anthropic adapter: every recorded Anthropic transcript replayed through respx
+(whole, re-chunked at random, byte by byte) against expected.json; request translation;
+errors; cancellation; keep-alive draining; secrets."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import respx
+from pydantic import SecretStr
+
+from providers.anthropic import AnthropicProvider, _build_request
+from providers.base import (
+    Delta,
+    FinishDelta,
+    ProviderError,
+    ProviderRequest,
+    ProviderSettings,
+    ReasoningDelta,
+    TextDelta,
+    Tool,
+    ToolCallDelta,
+    UsageDelta,
+)
+
+TRANSCRIPTS = Path(__file__).parent.parent / "transcripts"
+EXPECTED: dict[str, Any] = json.loads((TRANSCRIPTS / "expected.json").read_text())
+CASES = sorted(k for k, v in EXPECTED.items() if v["wire_format"] == "anthropic")
+URL = "https://api.anthropic.com/v1/messages"
+KEY = "sk-ant-api03-TESTKEY-0123456789abcdef"
+SETTINGS = ProviderSettings(name="anthropic", kind="anthropic", api_key=SecretStr(KEY),
+                            api_key_env="ANTHROPIC_API_KEY")
+REQUEST = ProviderRequest(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}],
+                          max_tokens=256)
+
+
+class Chunks(httpx.AsyncByteStream):
+    """A response body delivered in the given pieces; records how far it was read."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+        self.read_to_end = False
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+        self.read_to_end = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class Result:
+    deltas: list[Delta] = field(default_factory=list)
+    error: ProviderError | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(d.text for d in self.deltas if isinstance(d, TextDelta))
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(d.text for d in self.deltas if isinstance(d, ReasoningDelta))
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        calls: dict[int, dict[str, Any]] = {}
+        for d in self.deltas:
+            if isinstance(d, ToolCallDelta):
+                call = calls.setdefault(d.index, {"id": d.id, "name": d.name, "arguments": ""})
+                call["arguments"] += d.arguments
+        return [{**c, "arguments": json.loads(c["arguments"] or "{}")} for c in calls.values()]
+
+    @property
+    def usage(self) -> UsageDelta | None:
+        return next((d for d in reversed(self.deltas) if isinstance(d, UsageDelta)), None)
+
+    @property
+    def finish(self) -> str | None:
+        return next((d.reason for d in self.deltas if isinstance(d, FinishDelta)), None)
+
+
+def chunkings(data: bytes, seed: int) -> dict[str, list[bytes]]:
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(data)), min(40, len(data) - 1)))
+    bounds = [0, *cuts, len(data)]
+    return {
+        "whole": [data],
+        "random": [data[a:b] for a, b in itertools.pairwise(bounds)],
+        "bytes": [data[i : i + 1] for i in range(len(data))],
+    }
+
+
+async def replay(
+    pieces: list[bytes], request: ProviderRequest = REQUEST, status: int = 200,
+    headers: dict[str, str] | None = None, settings: ProviderSettings = SETTINGS,
+) -> tuple[Result, Chunks, respx.Route]:
+    body = Chunks(pieces)
+    result = Result()
+    async with respx.mock(assert_all_called=False) as mock, httpx.AsyncClient() as client:
+        route = mock.post(URL).respond(status, stream=body, headers=headers or {})
+        provider = AnthropicProvider(settings, client=client)
+        try:
+            async for delta in provider.stream(request):
+                result.deltas.append(delta)
+        except ProviderError as exc:
+            result.error = exc
+    return result, body, route
+
+
+def normalized_usage(raw: dict[str, Any]) -> tuple[int, int, int, int]:
+    read = raw.get("cache_read_input_tokens") or 0
+    created = raw.get("cache_creation_input_tokens") or 0
+    return raw["input_tokens"] + read + created, raw["output_tokens"], read, 0
+
+
+# --- transcripts --------------------------------------------------------------------------
+
+
+def test_all_anthropic_transcripts_are_covered() -> None:
+    assert len(CASES) == 11
+
+
+@pytest.mark.parametrize("name", CASES)
+async def test_transcript_normalizes_to_expected_under_any_chunking(name: str) -> None:
+    data = (TRANSCRIPTS / name).read_bytes()
+    expected = EXPECTED[name]["expected"]
+    runs = {label: (await replay(pieces))[0]
+            for label, pieces in chunkings(data, seed=len(data)).items()}
+    whole = runs["whole"]
+    for label, run in runs.items():  # chunking never changes a single delta
+        assert run.deltas == whole.deltas, label
+        assert (run.error and run.error.code) == (whole.error and whole.error.code), label
+    assert whole.text == expected["text"]
+    assert whole.reasoning == expected["reasoning"]
+    assert whole.tool_calls == expected["tool_calls"]
+    usage = whole.usage
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens,
+            usage.reasoning_tokens) == normalized_usage(expected["usage_raw_mapped"])
+    if expected["errors"]:
+        # An in-stream `error` event after HTTP 200: raised, mapped, no finish.
+        assert whole.error is not None and whole.finish is None
+        assert whole.error.code == "overloaded" and whole.error.retryable
+    elif not expected["terminal_marker_seen"]:
+        # The sdk-* fixtures lack the final newline: per the WHATWG rules the unterminated
+        # `message_stop` is dropped, so the stream ended without its terminal marker.
+        assert whole.error is not None and whole.error.code == "protocol_error"
+        assert whole.finish is None
+    else:
+        assert whole.error is None
+        assert whole.finish == expected["finish_reason_normalized"]
+        assert isinstance(whole.deltas[-1], FinishDelta)
+
+
+@pytest.mark.parametrize("name", ["anthropic/sdk-basic-text.sse",
+                                  "anthropic/sdk-text-then-tool-use.sse"])
+async def test_unterminated_fixture_completes_once_terminated(name: str) -> None:
+    data = (TRANSCRIPTS / name).read_bytes() + b"\n\n"
+    result, _, _ = await replay([data])
+    assert result.error is None
+    assert result.finish == EXPECTED[name]["expected"]["finish_reason_normalized"]
+
+
+async def test_deltas_are_emitted_per_event_not_buffered() -> None:
+    data = (TRANSCRIPTS / "anthropic" / "vercel-text.sse").read_bytes()
+    result, _, _ = await replay([data])
+    texts = [d.text for d in result.deltas if isinstance(d, TextDelta)]
+    assert texts == ["Hello", "! I", "'m doing well, thank you for asking",
+                     ". How are you doing today?", " Is", " there anything I can help you with?"]
+    assert isinstance(result.deltas[0], UsageDelta)  # input known at message_start
+
+
+async def test_message_delta_overrides_input_tokens() -> None:
+    data = (TRANSCRIPTS / "anthropic" / "vercel-message-delta-input-tokens.sse").read_bytes()
+    result, _, _ = await replay([data])
+    usages = [d for d in result.deltas if isinstance(d, UsageDelta)]
+    assert [(u.input_tokens, u.output_tokens) for u in usages] == [(43, 1), (61, 2)]
+
+
+async def test_cache_tokens_count_as_input() -> None:
+    data = (TRANSCRIPTS / "anthropic" / "pydantic-compaction-cache-padded-json.sse").read_bytes()
+    result, _, _ = await replay([data])
+    first = next(d for d in result.deltas if isinstance(d, UsageDelta))
+    assert (first.input_tokens, first.cached_input_tokens) == (100 + 55096, 55096)
+
+
+async def test_tool_index_is_ours_not_the_block_index() -> None:
+    data = (TRANSCRIPTS / "anthropic" / "sdk-text-then-tool-use.sse").read_bytes()
+    result, _, _ = await replay([data])
+    assert {d.index for d in result.deltas if isinstance(d, ToolCallDelta)} == {0}
+
+
+# --- stream lifecycle ---------------------------------------------------------------------
+
+
+async def test_body_is_drained_after_message_stop_and_closed() -> None:
+    data = (TRANSCRIPTS / "anthropic" / "vercel-text.sse").read_bytes()
+    result, body, _ = await replay([data, b": trailing\n\n", b"event: ping\n"])
+    assert result.finish == "stop"
+    assert body.read_to_end and body.closed
+
+
+async def test_closing_the_iterator_closes_the_response_at_once() -> None:
+    data = (TRANSCRIPTS / "anthropic" / "vercel-text.sse").read_bytes()
+    body = Chunks([data[:600], data[600:]])
+    async with respx.mock() as mock, httpx.AsyncClient() as client:
+        mock.post(URL).respond(200, stream=body)
+        stream = AnthropicProvider(SETTINGS, client=client).stream(REQUEST)
+        first = await anext(stream)
+        assert isinstance(first, UsageDelta)
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert body.closed and not body.read_to_end
+
+
+async def test_cut_stream_is_a_protocol_error() -> None:
+    data = (TRANSCRIPTS / "anthropic" / "vercel-text.sse").read_bytes()
+    result, _, _ = await replay([data[: data.index(b"event: message_delta")]])
+    assert result.error is not None and result.error.code == "protocol_error"
+    assert result.text.startswith("Hello! I'm doing well")
+
+
+async def test_malformed_json_is_a_protocol_error() -> None:
+    result, _, _ = await replay([b"event: message_start\ndata: {not json\n\n"])
+    assert result.error is not None and result.error.code == "protocol_error"
+
+
+async def test_connection_reset_mid_body() -> None:
+    class Reset(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b'event: ping\ndata: {"type": "ping"}\n\n'
+            raise httpx.ReadError("Connection reset by peer")
+
+    async with respx.mock() as mock, httpx.AsyncClient() as client:
+        mock.post(URL).respond(200, stream=Reset())
+        with pytest.raises(ProviderError) as info:
+            async for _ in AnthropicProvider(SETTINGS, client=client).stream(REQUEST):
+                pass
+    assert info.value.code == "connection"
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "headers", "code", "retry_after"),
+    [
+        (529, (TRANSCRIPTS / "errors" / "anthropic-http-529-overloaded.body.json").read_bytes(),
+         {"x-should-retry": "true"}, "overloaded", None),
+        (429, b'{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}',
+         {"retry-after": "20"}, "rate_limited", 20.0),
+        (401, b'{"type":"error","error":{"type":"authentication_error","message":"invalid '
+              b'x-api-key"}}', {}, "auth", None),
+        (400, b'{"type":"error","error":{"type":"invalid_request_error","message":"prompt is '
+              b'too long: 210000 tokens > 200000 maximum"}}', {}, "context_length", None),
+    ],
+)
+async def test_http_errors(status: int, raw: bytes, headers: dict[str, str], code: str,
+                           retry_after: float | None) -> None:
+    result, body, _ = await replay([raw], status=status, headers=headers)
+    assert result.error is not None
+    assert (result.error.code, result.error.status, result.error.retry_after) == (
+        code, status, retry_after)
+    assert body.closed
+
+
+# --- request translation ------------------------------------------------------------------
+
+
+def test_build_request_translates_openai_shaped_history() -> None:
+    request = ProviderRequest(
+        model="claude-sonnet-4-5",
+        system="Be brief.",
+        messages=[
+            {"role": "user", "content": "Weather in Paris and Rome?"},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [
+                {"id": "toolu_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+                {"id": "toolu_2", "type": "function",
+                 "function": {"name": "get_weather", "arguments": ""}},
+            ]},
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
+            {"role": "tool", "tool_call_id": "toolu_2", "content": "25C"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "And this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ]},
+            {"role": "assistant", "content": "It is "},
+        ],
+        max_tokens=100,
+        temperature=0.2,
+        stop=["END"],
+        tools=[Tool("get_weather", "Weather by city",
+                    {"type": "object", "properties": {"city": {"type": "string"}}})],
+        tool_choice="get_weather",
+        options={"thinking": {"type": "enabled", "budget_tokens": 1024}, "seed": 3},
+    )
+    body = _build_request(request)
+    assert body == {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 100,
+        "stream": True,
+        "system": "Be brief.",
+        "temperature": 0.2,
+        "stop_sequences": ["END"],
+        "tools": [{"name": "get_weather", "description": "Weather by city",
+                   "input_schema": {"type": "object",
+                                    "properties": {"city": {"type": "string"}}}}],
+        "tool_choice": {"type": "tool", "name": "get_weather"},
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Weather in Paris and Rome?"}]},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                 "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {}},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": "25C"},
+                {"type": "text", "text": "And this?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                             "data": "AAAA"}},
+            ]},
+            # The prefill is continued natively; the API rejects trailing whitespace.
+            {"role": "assistant", "content": [{"type": "text", "text": "It is"}]},
+        ],
+    }
+
+
+@pytest.mark.parametrize(("choice", "wire"), [
+    ("auto", {"type": "auto"}), ("none", {"type": "none"}), ("required", {"type": "any"}),
+])
+def test_tool_choice_values(choice: str, wire: dict[str, str]) -> None:
+    request = ProviderRequest(model="m", messages=[{"role": "user", "content": "x"}],
+                              tools=[Tool("t", "d", {"type": "object"})], tool_choice=choice)
+    assert _build_request(request)["tool_choice"] == wire
+
+
+def test_system_messages_in_history_join_the_system_prompt_and_max_tokens_default() -> None:
+    request = ProviderRequest(model="m", system="A", messages=[
+        {"role": "system", "content": "B"}, {"role": "user", "content": "x"}])
+    body = _build_request(request)
+    assert body["system"] == "A\n\nB" and body["max_tokens"] == 4096
+    assert "tools" not in body and "tool_choice" not in body
+
+
+async def test_wire_request_headers_url_and_options() -> None:
+    settings = ProviderSettings(
+        name="anthropic", kind="anthropic", api_key=SecretStr(KEY),
+        base_url="https://proxy.example.test/v1", headers={"x-team": "sales"},
+        options={"anthropic_beta": ["a-1", "b-2"], "top_k": 5},
+    )
+    data = (TRANSCRIPTS / "anthropic" / "vercel-text.sse").read_bytes()
+    async with respx.mock() as mock, httpx.AsyncClient() as client:
+        route = mock.post("https://proxy.example.test/v1/messages").respond(200, content=data)
+        async for _ in AnthropicProvider(settings, client=client).stream(REQUEST):
+            pass
+    sent = route.calls.last.request
+    assert sent.headers["x-api-key"] == KEY
+    assert sent.headers["anthropic-version"] == "2023-06-01"
+    assert sent.headers["anthropic-beta"] == "a-1,b-2"
+    assert sent.headers["x-team"] == "sales"
+    body = orjson.loads(sent.content)
+    assert body["top_k"] == 5 and body["stream"] is True and "anthropic_beta" not in body
+
+
+async def test_missing_key_fails_before_any_network_call() -> None:
+    settings = ProviderSettings(name="anthropic", kind="anthropic",
+                                api_key_env="ANTHROPIC_API_KEY")
+    result, _, route = await replay([b""], settings=settings)
+    assert result.error is not None
+    assert (result.error.code, result.error.retryable) == ("auth", False)
+    assert "ANTHROPIC_API_KEY" in result.error.message
+    assert not route.called
+
+
+async def test_owned_client_is_closed() -> None:
+    provider = AnthropicProvider(SETTINGS)
+    await provider.aclose()
+    assert provider._client.is_closed
+
+
+# --- secrets ------------------------------------------------------------------------------
+
+
+async def test_key_never_in_reprs_errors_or_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    echo = json.dumps({"type": "error", "error": {"type": "authentication_error",
+                                                  "message": f"invalid x-api-key {KEY}"}})
+    result, _, _ = await replay([echo.encode()], status=401)
+    assert result.error is not None and result.error.code == "auth"
+    provider = AnthropicProvider(SETTINGS, client=httpx.AsyncClient())
+    texts = [repr(provider), str(provider), repr(SETTINGS), str(result.error),
+             repr(result.error), caplog.text]
+    await provider.aclose()
+    assert all(KEY not in t for t in texts)
