@@ -1,0 +1,270 @@
+"""The ASGI app: `create_app(router, settings)`.
+
+Routes of this module: `GET /healthz`, `POST /v1/stream`, `GET /v1/streams/{id}` (status),
+`GET /v1/streams/{id}/events` (resume), `POST /v1/streams/{id}/cancel`,
+`GET|POST /v1/runs/{run_id}/events`, `GET /v1/deployments`, `GET /metrics`, and the
+WebSocket `/v1/ws`. The OpenAI- and Anthropic-compatible endpoints and the playground plug
+in from their modules' `routes` lists (see `_extension_routes`).
+
+What routes may rely on (`request.app.state`): `router`, `settings` (`ServerConfig`),
+`hub` (`StreamHub`), `streams` / `runs` (event logs), `metrics`; and on
+`request.state.principal` / `request.state.key_scope` set by the auth layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from router.config import ServerConfig
+from router.server.auth import (
+    ANONYMOUS_PRINCIPAL,
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    KeyRing,
+    Principal,
+    RateLimiter,
+    problem,
+)
+from router.server.eventlog import EventLog, LogGap, StreamLog
+from router.server.hub import StreamHub, stream_status
+from router.server.metrics import CONTENT_TYPE, ServerMetrics, deployment_rows, live_snapshot
+from router.server.params import early_error_response, parse_stream_body, stream_kwargs
+from router.server.runs import RunError, RunRegistry
+from router.server.sse import EventStreamResponse, frame, last_event_id
+from router.server.ws import websocket_endpoint
+
+EXTENSIONS = ("openai_compat", "anthropic_compat", "playground")
+_JSON = "application/json"
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=_JSON)
+
+
+def principal_of(request: Request) -> Principal:
+    p = getattr(request.state, "principal", None)
+    return p if isinstance(p, Principal) else ANONYMOUS_PRINCIPAL
+
+
+def _owned(request: Request, slog: StreamLog | None, what: str) -> Response | None:
+    """404 when the log does not exist, 403 when another key owns it."""
+    if slog is None:
+        return problem(404, "not_found", f"no such {what} (unknown, or expired after "
+                       "server.retention_s)")
+    if slog.owner is not None and slog.owner != principal_of(request).name:
+        return problem(403, "forbidden", f"this {what} belongs to another API key")
+    return None
+
+
+async def follow_frames(slog: StreamLog, after: int, heartbeat_s: float
+                        ) -> AsyncIterator[bytes]:
+    try:
+        async for seq, entry in slog.follow(after, heartbeat_s):
+            yield frame(seq, entry)
+    except LogGap:
+        return  # a reader too slow for the log's bound; it resumes from a newer id
+
+
+async def healthz(request: Request) -> Response:
+    hub: StreamHub = request.app.state.hub
+    return _json({"status": "ok", "active_streams": len(hub.streams.active())})
+
+
+async def post_stream(request: Request) -> Response | EventStreamResponse:
+    state = request.app.state
+    principal = principal_of(request)
+    parsed = parse_stream_body(await request.body())
+    if isinstance(parsed, Response):
+        return parsed
+    input_, kwargs = stream_kwargs(parsed, principal)
+    try:
+        started = await state.hub.start(input_, kwargs, owner=principal.name,
+                                        detach=parsed.detach)
+    except RunError as exc:
+        return problem(exc.status, exc.code, exc.message, exc.param)
+    early = started.early_error
+    if early is not None:
+        refused = early_error_response(early)
+        if refused is not None:
+            return refused
+    slog = started.log
+    hub: StreamHub = state.hub
+
+    def on_disconnect() -> None:
+        if not slog.detach:
+            hub.cancel(slog)
+
+    return EventStreamResponse(follow_frames(slog, -1, state.settings.heartbeat_s),
+                               on_disconnect,
+                               [(b"x-request-id", slog.key.encode())])
+
+
+async def get_stream(request: Request) -> Response:
+    slog = request.app.state.streams.get(request.path_params["request_id"])
+    refused = _owned(request, slog, "stream")
+    if refused is not None or slog is None:
+        return refused or Response(status_code=404)
+    return _json(stream_status(slog))
+
+
+async def stream_events(request: Request) -> Response | EventStreamResponse:
+    slog = request.app.state.streams.get(request.path_params["request_id"])
+    refused = _owned(request, slog, "stream")
+    if refused is not None or slog is None:
+        return refused or Response(status_code=404)
+    return _resume(request, slog)
+
+
+def _resume(request: Request, slog: StreamLog) -> Response | EventStreamResponse:
+    after = last_event_id(dict(request.headers), dict(request.query_params))
+    after = -1 if after is None else after
+    if after + 1 < slog.dropped:
+        return problem(410, "events_dropped", f"events before id {slog.dropped} are no longer "
+                       "kept (server.max_log_events)", "Last-Event-ID")
+    return EventStreamResponse(follow_frames(slog, after, request.app.state.settings.heartbeat_s),
+                               headers=[(b"x-request-id", slog.key.encode())])
+
+
+async def cancel_stream(request: Request) -> Response:
+    slog = request.app.state.streams.get(request.path_params["request_id"])
+    refused = _owned(request, slog, "stream")
+    if refused is not None or slog is None:
+        return refused or Response(status_code=404)
+    return _json({"request_id": slog.key, "cancelled": request.app.state.hub.cancel(slog)},
+                 202)
+
+
+async def run_events(request: Request) -> Response | EventStreamResponse:
+    slog = request.app.state.runs.log.get(request.path_params["run_id"])
+    refused = _owned(request, slog, "run")
+    if refused is not None or slog is None:
+        return refused or Response(status_code=404)
+    return _resume(request, slog)
+
+
+async def publish_run_event(request: Request) -> Response:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        return problem(422, "invalid_json", f"body: not JSON ({exc})", "body")
+    events = body if isinstance(body, list) else [body]
+    runs: RunRegistry = request.app.state.runs
+    numbers = []
+    try:
+        for ev in events:
+            if not isinstance(ev, dict):
+                return problem(422, "invalid_event", "body: expected a JSON object (or a "
+                               "list of objects) with a `type`", "body")
+            numbers.append(runs.publish(request.path_params["run_id"], ev,
+                                        principal_of(request).name))
+    except RunError as exc:
+        return problem(exc.status, exc.code, exc.message, exc.param)
+    return _json({"run_id": request.path_params["run_id"], "ids": numbers}, 201)
+
+
+async def deployments(request: Request) -> Response:
+    return _json({"deployments": deployment_rows(request.app.state.router)})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _extension_routes() -> tuple[list[BaseRoute], list[str]]:
+    """Routes (and public paths, e.g. the playground's static page) of the compatible
+    endpoints and the playground, from the modules of those that exist."""
+    routes: list[BaseRoute] = []
+    public: list[str] = []
+    for name in EXTENSIONS:
+        module_name = f"router.server.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        routes.extend(getattr(module, "routes", []))
+        public.extend(getattr(module, "PUBLIC_PATHS", ()))
+    return routes, public
+
+
+def create_app(router: Any, settings: ServerConfig | None = None, *,
+               close_router: bool = False) -> Starlette:
+    """The server for `router`. `settings` defaults to the router config's `server:`
+    section; `close_router` closes the router when the app shuts down."""
+    if settings is None:
+        settings = router.loaded.config.server
+    streams = EventLog(settings.max_log_events, settings.retention_s)
+    runs = RunRegistry(EventLog(settings.max_log_events, settings.retention_s,
+                                expire_idle=True))
+    server_metrics = ServerMetrics(lambda: live_snapshot(router))
+    hub = StreamHub(router, streams, runs, server_metrics, log_prompts=settings.log_prompts)
+    extra_routes, public = _extension_routes()
+    keys, limiter = KeyRing(settings.api_keys), RateLimiter()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(_sweep(streams, runs.log, settings.retention_s))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await hub.shutdown(settings.shutdown_grace_s)
+            if close_router:
+                await router.aclose()
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/v1/stream", post_stream, methods=["POST"]),
+        Route("/v1/streams/{request_id}", get_stream, methods=["GET"]),
+        Route("/v1/streams/{request_id}/events", stream_events, methods=["GET"]),
+        Route("/v1/streams/{request_id}/cancel", cancel_stream, methods=["POST"]),
+        Route("/v1/runs/{run_id}/events", run_events, methods=["GET"]),
+        Route("/v1/runs/{run_id}/events", publish_run_event, methods=["POST"]),
+        Route("/v1/deployments", deployments, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        WebSocketRoute("/v1/ws", websocket_endpoint),
+        *extra_routes,
+    ]
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"], expose_headers=["x-request-id"],
+            allow_headers=["authorization", "x-api-key", "content-type", "last-event-id"]))
+    middleware += [
+        Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
+        Middleware(AuthMiddleware, keys=keys, limiter=limiter, public_paths=public),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.router = router
+    app.state.settings = settings
+    app.state.hub = hub
+    app.state.streams = streams
+    app.state.runs = runs
+    app.state.metrics = server_metrics
+    app.state.keys = keys
+    app.state.limiter = limiter
+    return app
+
+
+async def _sweep(streams: EventLog, runs: EventLog, retention_s: float) -> None:
+    while True:
+        await asyncio.sleep(min(max(retention_s, 1.0), 30.0))
+        streams.sweep()
+        runs.sweep()
+
+
+__all__ = ["create_app", "principal_of"]

@@ -1,0 +1,153 @@
+"""The event log behind resume and run channels: in memory, bounded per stream.
+
+Each log is an append-only sequence of `(type, json)` entries numbered from 0 — for a routed
+stream the number is the event's `seq`, for a run channel the run's own counter. Readers
+`follow(after)` a log: they get every entry numbered above `after` once, in order, then the
+live ones as they arrive, and stop after the log is closed (its terminal entry). A log is
+kept `retention_s` after it closes (or after its last entry, for a run nobody closes), then
+swept. Past `max_events` the oldest entries are dropped; a reader asking for a dropped entry
+gets `LogGap` rather than a silent hole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+Entry = tuple[str, bytes]  # (event type, compact JSON object)
+HEARTBEAT: Entry = ("", b"")  # yielded by `follow` when `heartbeat_s` passes in silence
+
+
+class LogGap(Exception):
+    """The entries a reader asked for were dropped (the log's bound was reached)."""
+
+    def __init__(self, first_kept: int) -> None:
+        super().__init__(f"events before {first_kept} are no longer kept")
+        self.first_kept = first_kept
+
+
+class StreamLog:
+    __slots__ = ("_waiters", "closed", "detach", "dropped", "entries", "key", "max_events",
+                 "owner", "task", "touched_at")
+
+    def __init__(self, key: str, owner: str | None, max_events: int, now: float) -> None:
+        self.key = key
+        self.owner = owner
+        self.max_events = max_events
+        self.entries: deque[Entry] = deque()
+        self.dropped = 0  # number of entries dropped from the front
+        self.closed = False
+        self.detach = False
+        self.touched_at = now
+        # The task producing the entries of a routed stream; cancelling it cancels upstream.
+        self.task: asyncio.Task[Any] | None = None
+        self._waiters: list[asyncio.Future[bool]] = []
+
+    @property
+    def next_seq(self) -> int:
+        return self.dropped + len(self.entries)
+
+    def append(self, etype: str, data: bytes) -> int:
+        """Add one entry; returns its number. Wakes the readers waiting for it."""
+        entries = self.entries
+        entries.append((etype, data))
+        if len(entries) > self.max_events:
+            entries.popleft()
+            self.dropped += 1
+        if self._waiters:
+            self._wake()
+        return self.dropped + len(entries) - 1
+
+    def close(self, now: float) -> None:
+        self.closed = True
+        self.touched_at = now
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(False)
+
+    def replay(self, after: int) -> Iterator[tuple[int, Entry]]:
+        """The kept entries numbered above `after` (a snapshot; raises LogGap)."""
+        start = after + 1
+        if start < self.dropped:
+            raise LogGap(self.dropped)
+        entries = self.entries
+        for i in range(start - self.dropped, len(entries)):
+            yield self.dropped + i, entries[i]
+
+    async def follow(self, after: int, heartbeat_s: float | None = None
+                     ) -> AsyncIterator[tuple[int, Entry]]:
+        """Entries numbered above `after`, then live ones until the log closes. Yields
+        `(-1, HEARTBEAT)` after `heartbeat_s` without an entry."""
+        loop = asyncio.get_running_loop()
+        nxt = after + 1
+        while True:
+            if nxt < self.dropped:
+                raise LogGap(self.dropped)
+            entries = self.entries
+            while nxt - self.dropped < len(entries):
+                yield nxt, entries[nxt - self.dropped]
+                nxt += 1
+                if nxt < self.dropped:
+                    raise LogGap(self.dropped)
+            if self.closed:
+                return
+            fut: asyncio.Future[bool] = loop.create_future()
+            self._waiters.append(fut)
+            timer = loop.call_later(heartbeat_s, _expire, fut) if heartbeat_s else None
+            try:
+                beat = await fut
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if beat:
+                yield -1, HEARTBEAT
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(True)
+
+
+class EventLog:
+    """The logs of one kind (routed streams, or run channels), by key."""
+
+    def __init__(self, max_events: int, retention_s: float, *, expire_idle: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        # Run channels have no terminal event of their own: they expire after idling.
+        self.expire_idle = expire_idle
+        self.max_events = max_events
+        self.retention_s = retention_s
+        self.clock = clock
+        self._logs: dict[str, StreamLog] = {}
+
+    def __len__(self) -> int:
+        return len(self._logs)
+
+    def get(self, key: str) -> StreamLog | None:
+        return self._logs.get(key)
+
+    def open(self, key: str, owner: str | None) -> StreamLog:
+        log = self._logs.get(key)
+        if log is None:
+            log = self._logs[key] = StreamLog(key, owner, self.max_events, self.clock())
+        return log
+
+    def active(self) -> list[StreamLog]:
+        return [log for log in self._logs.values() if not log.closed]
+
+    def sweep(self) -> int:
+        """Drop logs closed (or idle) longer than `retention_s`; returns how many."""
+        horizon = self.clock() - self.retention_s
+        stale = [k for k, log in self._logs.items()
+                 if log.touched_at <= horizon and (log.closed or self.expire_idle)]
+        for key in stale:
+            log = self._logs.pop(key)
+            log.close(log.touched_at)
+        return len(stale)

@@ -1,0 +1,223 @@
+"""Where the server's streams run: one producer task per routed request, writing its events
+into the event log, from which every reader (the SSE response that started it, a resume, a
+WebSocket, a run channel) follows.
+
+The producer is decoupled from the client so a `detach`ed stream can outlive its
+connection; without `detach`, the connection's end cancels the producer, which closes the
+core's stream and with it the upstream provider connection. A stream cut that way ends in
+the log with an `error` event of code `cancelled`, so readers and status see its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from router.events import (
+    TERMINAL_TYPES,
+    ErrorCode,
+    ErrorEvent,
+    Event,
+    encode_event,
+)
+from router.server.eventlog import EventLog, StreamLog
+from router.server.metrics import OBSERVED_TYPES, ServerMetrics
+from router.server.runs import RunRegistry
+
+log = logging.getLogger("router.server")
+_HEAD_END = frozenset({"start"}) | TERMINAL_TYPES
+
+
+@dataclass(slots=True)
+class Started:
+    """A started stream: its log, and the events read before the response began (up to the
+    first `start`, or the end: an early `error` can still become an HTTP error status)."""
+
+    log: StreamLog
+    head: list[Event]
+
+    @property
+    def early_error(self) -> ErrorEvent | None:
+        last = self.head[-1] if self.head else None
+        return last if isinstance(last, ErrorEvent) else None
+
+
+class StreamHub:
+    def __init__(self, router: Any, streams: EventLog, runs: RunRegistry,
+                 metrics: ServerMetrics, *, log_prompts: bool = False) -> None:
+        self.router = router
+        self.streams = streams
+        self.runs = runs
+        self.metrics = metrics
+        self.log_prompts = log_prompts
+
+    async def start(self, input_: Any, kwargs: Mapping[str, Any], *, owner: str | None,
+                    detach: bool = False) -> Started:
+        """Start `router.stream(input_, **kwargs)`; its run channel is
+        `kwargs["metadata"]["run_id"]` when given."""
+        t0 = time.perf_counter()
+        metadata = kwargs.get("metadata") or {}
+        run_id = metadata.get("run_id") if isinstance(metadata, Mapping) else None
+        # Checked before starting: a refused run channel must not leave a stream running.
+        run = self.runs.channel(str(run_id), owner) if run_id is not None else None
+        gen: AsyncGenerator[Event, None] = self.router.stream(input_, **kwargs)
+        head: list[Event] = []
+        try:
+            # The core emits `route` and `start` before waiting on the network: reading this
+            # far costs no latency and still lets budget/validation refusals be HTTP errors.
+            async for ev in gen:
+                head.append(ev)
+                if ev.type in _HEAD_END:
+                    break
+        except BaseException:
+            await gen.aclose()
+            raise
+        if not head:
+            await gen.aclose()
+            raise RuntimeError("router.stream() ended without an event")
+        rid = head[0].request_id
+        slog = self.streams.open(rid, owner)
+        slog.detach = detach
+        self._log_start(rid, owner, input_, kwargs, detach)
+        for ev in head:
+            self._record(slog, run, ev)
+        if head[-1].type in TERMINAL_TYPES:
+            await gen.aclose()
+            slog.close(self.streams.clock())
+        else:
+            slog.task = asyncio.create_task(self._produce(gen, slog, run, t0),
+                                            name=f"stream-{rid}")
+        return Started(slog, head)
+
+    def _record(self, slog: StreamLog, run: StreamLog | None, ev: Event) -> None:
+        data = encode_event(ev)
+        etype = ev.type
+        slog.append(etype, data)
+        if run is not None and not run.closed:
+            self.runs.append(run, etype, data)
+        if etype in OBSERVED_TYPES:
+            self.metrics.observe(ev)
+
+    async def _produce(self, gen: AsyncGenerator[Event, None], slog: StreamLog,
+                       run: StreamLog | None, t0: float) -> None:
+        metrics = self.metrics
+        metrics.active.inc()
+        ended = False
+        try:
+            # The hot path: per event one encode and one append (plus the run's).
+            async for ev in gen:
+                data = encode_event(ev)
+                etype = ev.type
+                slog.append(etype, data)
+                if run is not None:
+                    self.runs.append(run, etype, data)
+                if etype in OBSERVED_TYPES:
+                    metrics.observe(ev)
+                    ended = etype in TERMINAL_TYPES
+        except asyncio.CancelledError:
+            if not ended:
+                self._end(slog, run, t0, "cancelled", "the stream was cancelled (client "
+                          "disconnected, cancel requested, or server shutting down)")
+            raise
+        except Exception:
+            log.exception("stream %s failed inside the router", slog.key)
+            if not ended:
+                self._end(slog, run, t0, "provider_error", "internal server error")
+        else:
+            if not ended:
+                self._end(slog, run, t0, "protocol_error", "the stream ended without a "
+                          "terminal event")
+        finally:
+            await gen.aclose()
+            slog.close(self.streams.clock())
+            metrics.active.dec()
+
+    def _end(self, slog: StreamLog, run: StreamLog | None, t0: float, code: ErrorCode,
+             message: str) -> None:
+        ev = ErrorEvent.model_construct(
+            request_id=slog.key, seq=slog.next_seq,
+            elapsed_ms=(time.perf_counter() - t0) * 1000.0, code=code, message=message,
+            retryable=code != "cancelled", deployment=_last_deployment(slog), status=None,
+            suggestion=None)
+        self._record(slog, run, ev)
+
+    def cancel(self, slog: StreamLog) -> bool:
+        """Cancel a running stream (upstream closed at once). False if it had ended."""
+        task = slog.task
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Let running streams finish for up to `grace_s`, then cancel the rest."""
+        tasks = [s.task for s in self.streams.active() if s.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace_s or None)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    def _log_start(self, rid: str, owner: str | None, input_: Any,
+                   kwargs: Mapping[str, Any], detach: bool) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        if self.log_prompts:
+            log.info("stream %s key=%s task=%s model=%s detach=%s input=%s", rid, owner,
+                     kwargs.get("task"), kwargs.get("model"), detach,
+                     orjson.dumps(input_).decode())
+        else:
+            log.info("stream %s key=%s task=%s model=%s detach=%s", rid, owner,
+                     kwargs.get("task"), kwargs.get("model"), detach)
+
+
+def _last_deployment(slog: StreamLog) -> str | None:
+    for etype, data in reversed(slog.entries):
+        if etype == "start":
+            dep = orjson.loads(data).get("deployment")
+            return dep if isinstance(dep, str) else None
+    return None
+
+
+def stream_status(slog: StreamLog) -> dict[str, Any]:
+    """What a polling client needs: state, deployment, text so far, usage, cost."""
+    state, deployment = "running", None
+    text: list[str] = []
+    reasoning: list[str] = []
+    terminal: dict[str, Any] | None = None
+    for etype, data in slog.entries:
+        if etype == "text":
+            text.append(orjson.loads(data)["delta"])
+        elif etype == "reasoning":
+            reasoning.append(orjson.loads(data)["delta"])
+        elif etype == "start":
+            deployment = orjson.loads(data)["deployment"]
+        elif etype == "fallback" and orjson.loads(data).get("mode") == "restart":
+            text.clear()  # the consumer discards the text it has after a restart
+        elif etype in TERMINAL_TYPES:
+            terminal = orjson.loads(data)
+    out: dict[str, Any] = {
+        "request_id": slog.key, "state": state, "deployment": deployment,
+        "text": "".join(text), "reasoning": "".join(reasoning), "usage": None,
+        "cost_usd": None, "cost": None, "latency": None, "finish_reason": None,
+        "error": None, "events": slog.next_seq, "last_event_id": slog.next_seq - 1,
+        "truncated": slog.dropped > 0, "detached": slog.detach,
+    }
+    if terminal is not None and terminal["type"] == "done":
+        out.update(state="done", deployment=terminal["deployment"], usage=terminal["usage"],
+                   cost_usd=terminal["cost_usd"], cost=terminal["cost"],
+                   latency=terminal["latency"], finish_reason=terminal["finish_reason"])
+    elif terminal is not None:
+        out.update(state="cancelled" if terminal["code"] == "cancelled" else "error",
+                   error={k: terminal.get(k) for k in ("code", "message", "retryable",
+                                                       "status", "suggestion")})
+    return out
+
