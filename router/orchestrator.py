@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from providers.base import (
@@ -149,8 +150,11 @@ async def run_stream(router: Router, params: StreamParams, request_id: str) -> A
     ledger = Ledger(em, reservation.limit_usd)
     settled = False
     try:
-        async for event in _serve(router, req, decision, em, ledger):
-            yield event
+        # aclosing: closing this generator must close the provider stream at once, not
+        # whenever the abandoned inner generators are garbage collected.
+        async with aclosing(_serve(router, req, decision, em, ledger)) as served:
+            async for event in served:
+                yield event
         settled = True
         stopped = ledger.finish == "budget"
         for notice in await reservation.settle(ledger.cost_usd(), stopped):
@@ -186,8 +190,9 @@ async def _serve(router: Router, req: PreparedRequest, decision: RouteDecision, 
         dep = est.deployment
         last_dep = dep
         try:
-            async for event in _attempt(router, dep, req, em, ledger):
-                yield event
+            async with aclosing(_attempt(router, dep, req, em, ledger)) as events:
+                async for event in events:
+                    yield event
             return
         except AttemptFailed as failed:
             err = failed.error
