@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
@@ -180,7 +180,7 @@ def budget_event(em: Emitter, notice: BudgetNotice) -> BudgetEvent:
 
 
 async def _serve(router: Router, req: PreparedRequest, decision: RouteDecision, em: Emitter,
-                 ledger: Ledger) -> AsyncIterator[Event]:
+                 ledger: Ledger) -> AsyncGenerator[Event, None]:
     """Try the ranked candidates in order; on success `ledger.finish` is set, on failure
     `ledger.failure`."""
     ranked = decision.ranked
@@ -212,7 +212,7 @@ async def _serve(router: Router, req: PreparedRequest, decision: RouteDecision, 
 
 
 async def _attempt(router: Router, dep: Deployment, req: PreparedRequest, em: Emitter,
-                   ledger: Ledger) -> AsyncIterator[Event]:
+                   ledger: Ledger) -> AsyncGenerator[Event, None]:
     """One call to one deployment. Yields its events; raises AttemptFailed."""
     preq = provider_request(dep, req)
     provider = router.provider(dep.provider)
