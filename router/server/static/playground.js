@@ -99,6 +99,7 @@ function showRoute(ev) {
     cells.forEach((v, i) => {
       const td = document.createElement("td");
       if (i >= 3) td.className = "num";
+      if (i === 2) td.className = "reason";
       td.textContent = v;
       tr.appendChild(td);
     });
