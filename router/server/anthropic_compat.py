@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from router.events import (
@@ -34,6 +34,8 @@ from router.events import (
 )
 from router.server.anthropic_request import stream_kwargs, to_openai_messages
 from router.server.compat import (
+    ClosingStreamingResponse,
+    ObservedStream,
     RequestProblem,
     open_stream,
     read_json,
@@ -42,7 +44,7 @@ from router.server.compat import (
 )
 
 if TYPE_CHECKING:
-    from router.core import EventStream
+    pass
 
 # Router error code -> (HTTP status, Anthropic error type).
 _ERRORS: dict[str, tuple[int, str]] = {
@@ -223,7 +225,7 @@ def _render(ev: Event, w: BlockWriter) -> tuple[bytes | None, bool]:
     return None, False
 
 
-async def _sse(head: list[Event], rest: EventStream,
+async def _sse(head: list[Event], rest: ObservedStream,
                w: BlockWriter) -> AsyncIterator[bytes]:
     try:
         yield w.start()
@@ -274,7 +276,7 @@ def _message(events: list[Event], done: DoneEvent) -> dict[str, Any]:
             "usage": usage(done), "x_router": x_router(done)}
 
 
-async def _drain(head: list[Event], rest: EventStream) -> list[Event]:
+async def _drain(head: list[Event], rest: ObservedStream) -> list[Event]:
     events = list(head)
     try:
         if events and events[-1].type not in ("done", "error"):
@@ -297,7 +299,7 @@ async def messages(request: Request) -> Response:
     except RequestProblem as p:
         type_ = "not_found_error" if p.status == 404 else "invalid_request_error"
         return _error_response(p.status, type_, p.message, None)
-    head, rest = await open_stream(router, input_, kwargs)
+    head, rest = await open_stream(request, input_, kwargs)
     last = head[-1] if head else None
     if isinstance(last, ErrorEvent):
         await rest.aclose()
@@ -318,8 +320,7 @@ async def messages(request: Request) -> Response:
                  str(body.get("model")))
     writer = BlockWriter(f"msg_{request_id}", model)
     headers |= {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_sse(head, rest, writer), headers=headers,
-                             media_type="text/event-stream")
+    return ClosingStreamingResponse(_sse(head, rest, writer), rest, headers)
 
 
 routes = [Route("/v1/messages", messages, methods=["POST"])]

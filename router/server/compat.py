@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from router.events import Event
 
@@ -21,6 +23,8 @@ AUTO_MODEL = "auto"
 _NUMBERS = ("max_ttft_ms", "max_latency_ms", "max_cost_usd")
 # Events that decide a stream's HTTP status: the first content, or the end.
 _DECISIVE = frozenset({"text", "reasoning", "tool_call", "done", "error"})
+# The per-request events the server's metrics account (never per token).
+_OBSERVED = frozenset({"done", "error", "retry", "fallback"})
 
 
 class RequestProblem(Exception):
@@ -126,12 +130,60 @@ def catalog(router: Router) -> list[CatalogEntry]:
     return out
 
 
+class ObservedStream:
+    """`router.stream`'s events, accounted in the server's metrics (active streams, TTFT,
+    latency, tokens, cost, errors) like those of `/v1/stream`."""
+
+    __slots__ = ("_events", "_metrics", "_open", "request_id")
+
+    def __init__(self, events: EventStream, metrics: Any) -> None:
+        self._events = events
+        self._metrics = metrics
+        self.request_id = events.request_id
+        self._open = metrics is not None
+        if metrics is not None:
+            metrics.active.inc()
+
+    def __aiter__(self) -> ObservedStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        ev: Event = await self._events.__anext__()
+        if self._metrics is not None and ev.type in _OBSERVED:
+            self._metrics.observe(ev)
+        return ev
+
+    async def aclose(self) -> None:
+        """Close the stream (and its upstream connection); safe to call twice."""
+        if self._open:
+            self._open = False
+            self._metrics.active.dec()
+        await self._events.aclose()
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A streaming response that closes the router's stream however it ends: finished,
+    client gone, or cancelled before its body started."""
+
+    def __init__(self, content: Any, stream: ObservedStream, headers: Mapping[str, str]) -> None:
+        super().__init__(content, headers=headers, media_type="text/event-stream")
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._stream.aclose()
+
+
 async def open_stream(
-    router: Router, input_: Any, kwargs: Mapping[str, Any]
-) -> tuple[list[Event], EventStream]:
+    request: Request, input_: Any, kwargs: Mapping[str, Any]
+) -> tuple[list[Event], ObservedStream]:
     """Start `router.stream` and read it up to its first content event or its end, so the
     caller can still answer an early failure with an HTTP error status."""
-    events = router.stream(input_, **kwargs)
+    state = request.app.state
+    events = ObservedStream(router_of(request).stream(input_, **kwargs),
+                            getattr(state, "metrics", None))
     head: list[Event] = []
     try:
         async for ev in events:

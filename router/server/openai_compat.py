@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from router.events import (
@@ -35,6 +35,8 @@ from router.events import (
     ToolCallEvent,
 )
 from router.server.compat import (
+    ClosingStreamingResponse,
+    ObservedStream,
     RequestProblem,
     catalog,
     open_stream,
@@ -46,7 +48,7 @@ from router.server.compat import (
 )
 
 if TYPE_CHECKING:
-    from router.core import EventStream, Router
+    from router.core import Router
 
 # Router error code -> (HTTP status, OpenAI error type, OpenAI error code).
 _ERRORS: dict[str, tuple[int, str, str | None]] = {
@@ -246,7 +248,7 @@ def _restart_error(ev: FallbackEvent) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-async def _sse(head: list[Event], rest: EventStream,
+async def _sse(head: list[Event], rest: ObservedStream,
                w: ChunkWriter) -> AsyncIterator[bytes]:
     try:
         yield w.chunk(b'{"role":"assistant","content":""}')
@@ -328,7 +330,7 @@ def _completion(events: list[Event], done: DoneEvent, created: int) -> dict[str,
     }
 
 
-async def _drain(head: list[Event], rest: EventStream) -> list[Event]:
+async def _drain(head: list[Event], rest: ObservedStream) -> list[Event]:
     events = list(head)
     try:
         if events and events[-1].type not in ("done", "error"):
@@ -351,7 +353,7 @@ async def chat_completions(request: Request) -> Response:
     except RequestProblem as p:
         return _problem_response(p)
     created = int(time.time())
-    head, rest = await open_stream(router, messages, kwargs)
+    head, rest = await open_stream(request, messages, kwargs)
     last = head[-1] if head else None
     if isinstance(last, ErrorEvent):
         await rest.aclose()
@@ -375,8 +377,7 @@ async def chat_completions(request: Request) -> Response:
                  str(body.get("model")))
     writer = ChunkWriter(f"chatcmpl-{request_id}", created, model, include_usage)
     headers |= {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_sse(head, rest, writer), headers=headers,
-                             media_type="text/event-stream")
+    return ClosingStreamingResponse(_sse(head, rest, writer), rest, headers)
 
 
 def _flat(err: dict[str, Any]) -> dict[str, Any]:

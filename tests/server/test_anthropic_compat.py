@@ -1,0 +1,339 @@
+"""The Anthropic-compatible endpoint, driven by the official `anthropic` SDK over a real
+loopback socket (what it gets must equal the router's own events for the same request), and
+the request translation into `Router.stream`'s OpenAI-shaped input."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+import pytest
+import uvicorn
+
+from router.config import parse_config
+from router.core import Router
+from router.events import DoneEvent, Event, ReasoningEvent, TextEvent
+from router.server.anthropic_request import stream_kwargs, to_openai_messages
+from router.server.app import create_app
+from router.server.compat import RequestProblem
+
+KEY = "sk-ant-test-compat-0123456789"
+
+CONFIG: dict[str, Any] = {
+    "providers": {"sim": {"kind": "simulated", "options": {"seed": 5}}},
+    "deployments": [
+        {"id": "fast", "provider": "sim", "model": "sim-flash", "capabilities": ["tools"],
+         "price": {"input_per_mtok": 0.1, "cached_input_per_mtok": 0.01,
+                   "output_per_mtok": 0.4},
+         "latency_prior": {"ttft_ms": 50, "tokens_per_s": 400},
+         "options": {"ttft_ms": 2, "tokens_per_s": 4000}},
+        {"id": "thinker", "provider": "sim", "model": "sim-pro",
+         "capabilities": ["tools", "reasoning"],
+         "price": {"input_per_mtok": 3.0, "output_per_mtok": 15.0},
+         "latency_prior": {"ttft_ms": 400, "tokens_per_s": 50},
+         "options": {"ttft_ms": 2, "tokens_per_s": 4000, "reasoning_tokens": 3}},
+        {"id": "cut", "provider": "sim", "model": "sim-cut",
+         "price": {"input_per_mtok": 1.0, "output_per_mtok": 1.0},
+         "options": {"fail_after_tokens": 2}},
+        {"id": "limited", "provider": "sim", "model": "sim-limited",
+         "price": {"input_per_mtok": 1.0, "output_per_mtok": 1.0},
+         "options": {"error_rate": 1.0, "error_code": "rate_limited"}},
+    ],
+    "tasks": {"chat": {"candidates": ["fast", "thinker"], "prefer": "latency"}},
+    "defaults": {"task": "chat"},
+    "resilience": {"retry": {"attempts": 1, "initial_backoff_ms": 1, "max_backoff_ms": 1}},
+    "server": {"api_keys": [{"name": "ant", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]},
+}
+TOOL = {"name": "lookup_lead", "description": "Find a lead",
+        "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}
+
+
+class RecordingRouter:
+    """A `Router` that keeps the events it streams, by request id."""
+
+    def __init__(self, inner: Router) -> None:
+        self._inner = inner
+        self.events: dict[str, list[Event]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        self.last_args, self.last_kwargs = args, kwargs
+        inner = self._inner.stream(*args, **kwargs)
+        log = self.events.setdefault(inner.request_id, [])
+
+        class Recorded:
+            request_id = inner.request_id
+
+            def __aiter__(self) -> Any:
+                return self
+
+            async def __anext__(self) -> Event:
+                ev: Event = await inner.__anext__()
+                log.append(ev)
+                return ev
+
+            async def aclose(self) -> None:
+                await inner.aclose()
+
+        return Recorded()
+
+    def of(self, message_id: str) -> list[Event]:
+        return self.events[message_id.removeprefix("msg_")]
+
+    def done(self, message_id: str) -> DoneEvent:
+        end = self.of(message_id)[-1]
+        assert isinstance(end, DoneEvent), end
+        return end
+
+    def text(self, message_id: str) -> str:
+        return "".join(e.delta for e in self.of(message_id) if isinstance(e, TextEvent))
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.005)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def router() -> AsyncIterator[RecordingRouter]:
+    inner = Router(parse_config(CONFIG))
+    yield RecordingRouter(inner)
+    await inner.aclose()
+
+
+@pytest.fixture
+async def base_url(router: RecordingRouter) -> AsyncIterator[str]:
+    async with serve(create_app(router)) as url:  # type: ignore[arg-type]
+        yield url
+
+
+@pytest.fixture
+async def client(base_url: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    async with anthropic.AsyncAnthropic(base_url=base_url, api_key=KEY, max_retries=0) as c:
+        yield c
+
+
+def _usage(done: DoneEvent) -> tuple[int, int]:
+    return done.usage.input_tokens - done.usage.cached_input_tokens, done.usage.output_tokens
+
+
+# --- through the SDK ----------------------------------------------------------------------
+
+
+async def test_message_returns_the_routed_text_and_usage(
+    client: anthropic.AsyncAnthropic, router: RecordingRouter
+) -> None:
+    msg = await client.messages.create(
+        model="chat", max_tokens=200, system="Be brief.",
+        messages=[{"role": "user", "content": "Qualify this lead: Acme"}])
+    done = router.done(msg.id)
+    assert msg.type == "message" and msg.role == "assistant"
+    assert msg.model == done.deployment == "fast"
+    assert [b.type for b in msg.content] == ["text"]
+    assert msg.content[0].text == router.text(msg.id) != ""  # type: ignore[union-attr]
+    assert msg.stop_reason == "end_turn"
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == _usage(done)
+    assert router.last_kwargs["system"] == "Be brief."
+
+
+async def test_stream_helper_yields_the_text_and_final_usage(
+    client: anthropic.AsyncAnthropic, router: RecordingRouter
+) -> None:
+    async with client.messages.stream(
+        model="auto", max_tokens=200,
+        messages=[{"role": "user", "content": "Qualify this lead: Globex"}],
+    ) as stream:
+        pieces = [t async for t in stream.text_stream]
+        final = await stream.get_final_message()
+    done = router.done(final.id)
+    assert "".join(pieces) == router.text(final.id) != ""
+    assert len(pieces) > 1  # streamed, not delivered whole
+    assert final.content[0].text == "".join(pieces)  # type: ignore[union-attr]
+    assert final.stop_reason == "end_turn"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == _usage(done)
+
+
+async def test_raw_stream_follows_the_messages_event_order(
+    client: anthropic.AsyncAnthropic, router: RecordingRouter
+) -> None:
+    stream = await client.messages.create(
+        model="thinker", max_tokens=4, stream=True,
+        messages=[{"role": "user", "content": "think first"}])
+    events = [ev async for ev in stream]
+    types = [ev.type for ev in events]
+    assert types[0] == "message_start" and types[-2:] == ["message_delta", "message_stop"]
+    starts = [ev for ev in events if ev.type == "content_block_start"]
+    assert [(ev.index, ev.content_block.type) for ev in starts] == [(0, "thinking"), (1, "text")]
+    stops = [ev.index for ev in events if ev.type == "content_block_stop"]
+    assert stops == [0, 1]
+    msg_id = events[0].message.id  # type: ignore[union-attr]
+    thinking = "".join(ev.delta.thinking for ev in events  # type: ignore[union-attr]
+                       if ev.type == "content_block_delta" and ev.delta.type == "thinking_delta")
+    reasoning = "".join(e.delta for e in router.of(msg_id) if isinstance(e, ReasoningEvent))
+    assert thinking == reasoning == "step 1 step 2 step 3 "
+    delta = events[-2]
+    assert delta.delta.stop_reason == "max_tokens"  # type: ignore[union-attr]
+    assert delta.usage.output_tokens == router.done(msg_id).usage.output_tokens  # type: ignore[union-attr]
+
+
+async def test_stream_tool_use_accumulates_to_the_done_tool_calls(
+    client: anthropic.AsyncAnthropic, router: RecordingRouter
+) -> None:
+    async with client.messages.stream(
+        model="chat", max_tokens=200, tools=[TOOL],  # type: ignore[list-item]
+        tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "find Initech"}],
+    ) as stream:
+        final = await stream.get_final_message()
+    done = router.done(final.id)
+    assert final.stop_reason == "tool_use"
+    uses = [b for b in final.content if b.type == "tool_use"]
+    assert [(u.id, u.name, u.input) for u in uses] == [
+        (t.id, t.name, t.arguments) for t in done.tool_calls]
+    assert uses[0].input == {"query": "find Initech"}
+
+
+async def test_tool_result_turn_round_trips(
+    client: anthropic.AsyncAnthropic, router: RecordingRouter
+) -> None:
+    msg = await client.messages.create(
+        model="fast", max_tokens=400, tools=[TOOL],  # type: ignore[list-item]
+        messages=[
+            {"role": "user", "content": "find Initech"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Looking it up."},
+                {"type": "tool_use", "id": "toolu_1", "name": "lookup_lead",
+                 "input": {"query": "Initech"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1",
+                 "content": [{"type": "text", "text": "Initech: 200 staff"}]}]},
+        ])
+    assert msg.stop_reason == "end_turn"
+    assert msg.content[0].text == router.text(msg.id) != ""  # type: ignore[union-attr]
+    # The router received the turn in the OpenAI chat shape.
+    assert [m["role"] for m in router.last_args[0]] == ["user", "assistant", "tool"]
+    assert router.last_args[0][2] == {"role": "tool", "tool_call_id": "toolu_1",
+                                      "content": "Initech: 200 staff"}
+
+
+async def test_unknown_model_is_not_found(client: anthropic.AsyncAnthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as info:
+        await client.messages.create(model="claude-nonexistent", max_tokens=10,
+                                     messages=[{"role": "user", "content": "hi"}])
+    assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
+async def test_unsupported_block_is_a_400_naming_where(client: anthropic.AsyncAnthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await client.messages.create(
+            model="chat", max_tokens=10,
+            messages=[{"role": "user", "content": [{"type": "document", "source": {}}]}])
+    assert "messages.0.content.0.type" in info.value.message
+
+
+async def test_rate_limit_before_first_token_is_an_http_429(
+    client: anthropic.AsyncAnthropic,
+) -> None:
+    with pytest.raises(anthropic.RateLimitError) as info:
+        await client.messages.create(model="limited", max_tokens=10, stream=True,
+                                     messages=[{"role": "user", "content": "hi"}])
+    assert info.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+
+
+async def test_failure_after_tokens_is_an_error_event(
+    client: anthropic.AsyncAnthropic, router: RecordingRouter
+) -> None:
+    text = ""
+    with pytest.raises(anthropic.APIStatusError) as info:
+        async with client.messages.stream(
+            model="cut", max_tokens=50, messages=[{"role": "user", "content": "hello"}],
+        ) as stream:
+            async for piece in stream.text_stream:
+                text += piece
+    (events,) = router.events.values()
+    assert text == "".join(e.delta for e in events if isinstance(e, TextEvent)) != ""
+    assert events[-1].type == "error"
+    assert info.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+
+
+async def test_bearer_auth_works_and_a_wrong_key_is_refused(base_url: str) -> None:
+    async with anthropic.AsyncAnthropic(base_url=base_url, auth_token=KEY, api_key=None,
+                                        max_retries=0) as bearer:
+        msg = await bearer.messages.create(model="fast", max_tokens=5,
+                                           messages=[{"role": "user", "content": "hi"}])
+        assert msg.content
+    async with anthropic.AsyncAnthropic(base_url=base_url, api_key="sk-ant-wrong",
+                                        max_retries=0) as wrong:
+        with pytest.raises(anthropic.AuthenticationError):
+            await wrong.messages.create(model="fast", max_tokens=5,
+                                        messages=[{"role": "user", "content": "hi"}])
+
+
+# --- translation --------------------------------------------------------------------------
+
+
+def test_messages_translate_to_the_openai_chat_shape() -> None:
+    out = to_openai_messages([
+        {"role": "user", "content": "find Initech"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+            {"type": "text", "text": "Looking."},
+            {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "Initech"}},
+            {"type": "tool_use", "id": "toolu_2", "name": "lookup", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "text", "text": "and also"},
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "200 staff"},
+            {"type": "tool_result", "tool_use_id": "toolu_2", "is_error": True,
+             "content": [{"type": "text", "text": "timeout"}]},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": "iVBO"}}]},
+    ])
+    assert out == [
+        {"role": "user", "content": "find Initech"},
+        {"role": "assistant", "content": "Looking.", "tool_calls": [
+            {"id": "toolu_1", "type": "function",
+             "function": {"name": "lookup", "arguments": '{"q":"Initech"}'}},
+            {"id": "toolu_2", "type": "function",
+             "function": {"name": "lookup", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "200 staff"},
+        {"role": "tool", "tool_call_id": "toolu_2", "content": "Error: timeout"},
+        {"role": "user", "content": [
+            {"type": "text", "text": "and also"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]},
+    ]
+
+
+def test_request_fields_map_onto_stream_arguments() -> None:
+    router = Router(parse_config(CONFIG))
+    kwargs = stream_kwargs({
+        "model": "chat", "max_tokens": 64, "temperature": 0.2, "stop_sequences": ["END"],
+        "system": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}],
+        "tools": [TOOL], "tool_choice": {"type": "tool", "name": "lookup_lead"},
+        "max_latency_ms": 900, "prefer": "cost", "metadata": {"user_id": "u1"},
+    }, router, "team-a")
+    assert kwargs == {
+        "task": "chat", "max_tokens": 64, "temperature": 0.2, "stop": ["END"],
+        "system": "Be brief.", "tools": [TOOL], "tool_choice": "lookup_lead",
+        "max_latency_ms": 900, "prefer": "cost",
+        "metadata": {"user_id": "u1", "key": "team-a"},
+    }
+    assert stream_kwargs({"model": "fast", "tool_choice": {"type": "any"}}, router,
+                         None) == {"model": "fast", "tool_choice": "required"}
+    with pytest.raises(RequestProblem, match="max_cost_usd"):
+        stream_kwargs({"model": "chat", "max_cost_usd": "cheap"}, router, None)
