@@ -12,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from providers.base import ProviderRequest, ProviderSettings, TextDelta
+from providers.simulated import SimulatedProvider
 from router.core import Completion, EventStream, Router
 from router.errors import AuthError, InvalidRequestError, NoRouteError, StreamError
 from router.events import (
@@ -20,6 +22,7 @@ from router.events import (
     ErrorEvent,
     Event,
     FallbackEvent,
+    ReasoningEvent,
     RouteEvent,
     StartEvent,
     TextEvent,
@@ -98,3 +101,298 @@ async def test_cancelling_the_consumer_task_closes_the_provider_stream(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert provider.open_streams == 0
+
+
+# --- event invariants over many seeded runs -------------------------------------------------
+
+TOOL = {"type": "function", "function": {"name": "lookup", "description": "Look it up",
+                                         "parameters": {"type": "object"}}}
+# `pair` tries mid first (higher quality), then fast: the fallback path of the fault runs.
+PAIR = {"pair": {"candidates": ["mid", "fast"], "prefer": "quality"}}
+FAILURE_CODES = ("overloaded", "rate_limited", "provider_error", "connection", "timeout")
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "seed": draw(st.integers(0, 2**31 - 1)),
+        "prompt": draw(st.text(min_size=1, max_size=60).filter(str.strip)),
+        "output_tokens": draw(st.integers(1, 120)),
+        "max_tokens": draw(st.none() | st.integers(1, 150)),
+        "shape": draw(st.sampled_from(["text", "reasoning", "tool"])),
+        "fault": draw(st.none() | st.sampled_from(FAILURE_CODES)),
+    }
+
+
+def _scenario_config(fleet: Any, sc: dict[str, Any]) -> dict[str, Any]:
+    common: dict[str, Any] = {"output_tokens": sc["output_tokens"]}
+    if sc["shape"] == "reasoning":
+        common["reasoning_tokens"] = 5
+    mid = dict(common)
+    if sc["fault"] is not None:
+        mid.update(error_rate=1.0, error_code=sc["fault"])
+    cfg: dict[str, Any] = fleet.config(seed=sc["seed"], tasks=PAIR,
+                                       options={"mid": mid, "fast": common})
+    return cfg
+
+
+def _options(sc: dict[str, Any]) -> dict[str, Any]:
+    opts: dict[str, Any] = {"task": "pair", "max_tokens": sc["max_tokens"]}
+    if sc["shape"] == "tool":
+        opts.update(tools=[TOOL], tool_choice="lookup")
+    return opts
+
+
+def assert_stream_invariants(events: list[Event]) -> None:
+    """What every consumer relies on, whatever happened in the stream."""
+    assert [ev.seq for ev in events] == list(range(len(events)))
+    terminal = [i for i, ev in enumerate(events) if ev.type in ("done", "error")]
+    assert terminal == [len(events) - 1], "exactly one terminal event, and it is last"
+    assert len({ev.request_id for ev in events}) == 1
+    elapsed = [ev.elapsed_ms for ev in events]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 0
+    for ev in events:
+        # The hot path builds events with model_construct: the schema must still hold.
+        assert EVENT_ADAPTER.validate_python(ev.model_dump()) == ev
+        assert decode_event(encode_event(ev)) == ev
+
+
+async def _run_scenario(fleet: Any, sc: dict[str, Any]) -> None:
+    cfg = _scenario_config(fleet, sc)
+    r = fleet.router(cfg)
+    events = await fleet.collect(r, sc["prompt"], **_options(sc))
+    assert_stream_invariants(events)
+    assert isinstance(events[0], RouteEvent) and events[0].deployment == "mid"
+    done = events[-1]
+    assert isinstance(done, DoneEvent), done
+
+    # Served by the fallback exactly when the primary failed before its first token.
+    fallbacks = [ev for ev in events if isinstance(ev, FallbackEvent)]
+    starts = [ev for ev in events if isinstance(ev, StartEvent)]
+    if sc["fault"] is None:
+        assert (done.deployment, done.attempts, fallbacks) == ("mid", 1, [])
+    else:
+        assert done.deployment == "fast"
+        assert [(f.from_deployment, f.to_deployment, f.error, f.after_tokens, f.mode)
+                for f in fallbacks] == [("mid", "fast", sc["fault"], 0, None)]
+        assert starts[-1].deployment == "fast" and done.attempts == len(starts)
+    served_by = r.loaded.deployments[done.deployment]
+    assert done.model == served_by.model and done.provider == served_by.provider
+
+    # The text is exactly the simulated answer, cut at max_tokens, each token once.
+    texts = [ev.delta for ev in events if isinstance(ev, TextEvent)]
+    n_answer = sc["output_tokens"]
+    limit = sc["max_tokens"]
+    if sc["shape"] == "tool":
+        assert texts == [] and done.finish_reason == "tool_calls"
+        assert [(c.name, c.arguments) for c in done.tool_calls] == [
+            ("lookup", {"query": sc["prompt"][:40]})]
+    else:
+        assert len(texts) == min(n_answer, limit or n_answer)
+        assert done.finish_reason == ("length" if limit is not None and limit < n_answer
+                                      else "stop")
+        assert done.tool_calls == []
+
+    # Usage is what the provider reported; cost is usage at the serving deployment's prices
+    # (the failed attempt produced and reported nothing, so it costs nothing).
+    n_reasoning = 5 if sc["shape"] == "reasoning" else 0
+    n_tool = 2 if sc["shape"] == "tool" else 0
+    assert done.usage.output_tokens == len(texts) + n_reasoning + n_tool
+    assert done.usage.reasoning_tokens == n_reasoning
+    assert not done.usage.estimated and done.usage.input_tokens > 0
+    price = served_by.price
+    expected = (done.usage.input_tokens * price.input_per_mtok
+                + done.usage.output_tokens * price.output_per_mtok) / 1e6
+    assert done.cost_usd == pytest.approx(expected, rel=1e-9)
+    assert done.cost.total_usd == pytest.approx(done.cost_usd)
+    assert done.cost.input_usd + done.cost.output_usd == pytest.approx(done.cost_usd)
+
+    if sc["shape"] == "text":
+        assert "".join(texts) == await _direct_answer(sc, limit or 400)
+
+    # complete() on an identical fresh router returns the concatenated deltas.
+    result = await fleet.router(cfg).complete(sc["prompt"], **_options(sc))
+    assert result.text == "".join(texts)
+    assert result.deployment == done.deployment and result.usage == done.usage
+    assert result.finish_reason == done.finish_reason
+    assert result.tool_calls == done.tool_calls
+    reasoning = "".join(ev.delta for ev in events if isinstance(ev, ReasoningEvent))
+    assert result.reasoning == reasoning and (reasoning != "") == (n_reasoning > 0)
+
+
+async def _direct_answer(sc: dict[str, Any], max_tokens: int) -> str:
+    """The answer drained from the simulated provider directly, without the router."""
+    provider = SimulatedProvider(ProviderSettings(name="sim", kind="simulated",
+                                                  options={"seed": sc["seed"]}))
+    request = ProviderRequest(model="sim-flash", max_tokens=max_tokens,
+                              messages=[{"role": "user", "content": sc["prompt"]}],
+                              options={"output_tokens": sc["output_tokens"]})
+    return "".join([d.text async for d in provider.stream(request) if isinstance(d, TextDelta)])
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sc=scenarios())
+def test_event_invariants_hold_over_seeded_simulated_runs(fleet: Any, sc: dict[str, Any]
+                                                          ) -> None:
+    asyncio.run(_run_scenario(fleet, sc))
+
+
+# --- done, complete() and typed errors -------------------------------------------------------
+
+
+async def test_done_reports_latency_and_the_whole_request(make_router: MakeRouter,
+                                                          fleet: Any) -> None:
+    r = make_router(options={"fast": {"ttft_ms": 30, "output_tokens": 20}})
+    events = await fleet.collect(r, "Summarize this", model="fast", request_id="req-1")
+    done = events[-1]
+    assert isinstance(done, DoneEvent)
+    assert {ev.request_id for ev in events} == {"req-1"}
+    assert done.latency.ttft_ms is not None and done.latency.ttft_ms >= 30
+    assert done.latency.ttft_ms <= done.latency.total_ms == pytest.approx(done.elapsed_ms)
+    assert done.latency.tokens_per_s is not None and done.latency.tokens_per_s > 0
+    assert (done.deployment, done.provider, done.model, done.attempts) == (
+        "fast", "sim", "sim-flash", 1)
+    assert done.usage.output_tokens == 20
+
+
+async def test_complete_returns_the_done_fields(make_router: MakeRouter) -> None:
+    r = make_router()
+    result = await r.complete([{"role": "system", "content": "Be brief."},
+                               {"role": "user", "content": "hi"}], model="mid")
+    assert isinstance(result, Completion)
+    assert result.deployment == "mid" and result.model == "sim-standard"
+    assert result.text and result.finish_reason == "stop" and result.attempts == 1
+    assert result.cost_usd > 0 and result.usage.output_tokens > 0
+
+
+async def test_stream_and_event_stream_share_the_request_id(make_router: MakeRouter) -> None:
+    r = make_router()
+    stream = r.stream("hi")
+    events = [ev async for ev in stream]
+    assert {ev.request_id for ev in events} == {stream.request_id}
+    assert len(stream.request_id) >= 16
+
+
+async def test_no_route_names_every_exclusion_and_raises_no_route_error(
+        make_router: MakeRouter, fleet: Any) -> None:
+    r = make_router()
+    events = await fleet.collect(r, "hi", max_cost_usd=1e-9)
+    assert [ev.type for ev in events] == ["route", "error"]
+    route, err = events
+    assert isinstance(route, RouteEvent) and isinstance(err, ErrorEvent)
+    assert route.deployment is None and route.reason == "no eligible candidate"
+    assert all(not c.eligible and c.reason and c.reason.startswith("max_cost_usd")
+               for c in route.candidates)
+    assert err.code == "no_route" and not err.retryable and err.suggestion
+    for dep in ("mid", "fast", "strong"):
+        assert f"{dep}: max_cost_usd: estimated $" in err.message
+    with pytest.raises(NoRouteError) as caught:
+        await r.complete("hi", max_cost_usd=1e-9)
+    assert caught.value.event.code == "no_route" and caught.value.code == "no_route"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"task": "nope"}, "unknown task 'nope'"),
+    ({"model": "nope"}, "unknown model 'nope'"),
+    ({"prefer": "fastest"}, "prefer: 'fastest' is not one of"),
+    ({"max_latency_ms": -1}, "max_latency_ms: expected a positive number"),
+    ({"tools": [{"description": "no name"}]}, "tools[0]: expected a tool with a name"),
+])
+async def test_bad_requests_end_with_one_error_event(
+        make_router: MakeRouter, fleet: Any, options: dict[str, Any], message: str) -> None:
+    r = make_router()
+    events = await fleet.collect(r, "hi", **options)
+    assert len(events) == 1
+    err = events[0]
+    assert isinstance(err, ErrorEvent) and err.seq == 0
+    assert err.code == "bad_request" and message in err.message
+    with pytest.raises(InvalidRequestError):
+        await r.complete("hi", **options)
+    assert fleet.sim(r).calls == 0
+
+
+async def test_empty_prompt_is_a_bad_request(make_router: MakeRouter) -> None:
+    with pytest.raises(InvalidRequestError, match="the prompt is empty"):
+        await make_router().complete("   ")
+
+
+async def test_client_error_of_a_pinned_model_raises_its_typed_error(make_router: MakeRouter,
+                                                             fleet: Any) -> None:
+    r = make_router(options={"mid": {"error_rate": 1.0, "error_code": "auth"}})
+    events = await fleet.collect(r, "hi", model="mid")
+    err = events[-1]
+    assert isinstance(err, ErrorEvent)
+    assert (err.code, err.deployment, err.status, err.retryable) == ("auth", "mid", 401, False)
+    assert not any(isinstance(ev, FallbackEvent) for ev in events)
+    with pytest.raises(AuthError):
+        await r.complete("hi", model="mid")
+
+
+async def test_auth_failure_is_not_hidden_by_other_candidates(make_router: MakeRouter,
+                                                              fleet: Any) -> None:
+    r = make_router(options={"strong": {"error_rate": 1.0, "error_code": "auth"}},
+                    tasks={"strong_first": {"candidates": ["strong", "fast"],
+                                            "prefer": "quality"}})
+    events = await fleet.collect(r, "hi", task="strong_first")
+    assert [ev.type for ev in events] == ["route", "start", "error"]
+    assert isinstance(events[-1], ErrorEvent) and events[-1].code == "auth"
+    assert fleet.sim(r).calls == 1
+
+
+async def test_pinned_model_is_never_replaced(make_router: MakeRouter, fleet: Any) -> None:
+    r = make_router(options={"mid": {"error_rate": 1.0, "error_code": "overloaded"}})
+    events = await fleet.collect(r, "hi", model="mid")
+    route = events[0]
+    assert isinstance(route, RouteEvent)
+    assert route.reason == "pinned model mid"
+    assert [c.deployment for c in route.candidates] == ["mid"]
+    assert {ev.deployment for ev in events if isinstance(ev, StartEvent)} == {"mid"}
+    err = events[-1]
+    assert isinstance(err, ErrorEvent) and err.code == "overloaded" and err.retryable
+    with pytest.raises(StreamError) as caught:
+        await r.complete("hi", model="mid")
+    assert caught.value.code == "overloaded"
+
+
+async def test_cut_stream_is_an_error_and_is_counted_against_the_deployment(
+        make_router: MakeRouter, fleet: Any) -> None:
+    r = make_router(options={"fast": {"fail_after_tokens": 3}})
+    events = await fleet.collect(r, "hi", model="fast")
+    assert [ev.type for ev in events[2:5]] == ["text"] * 3
+    err = events[-1]
+    assert isinstance(err, ErrorEvent) and err.code == "protocol_error"
+    health = r.health()["fast"]
+    assert (health["requests"], health["failures"], health["last_error"]) == (
+        1, 1, "protocol_error")
+
+
+async def test_observed_latency_changes_the_next_route(make_router: MakeRouter,
+                                                       fleet: Any) -> None:
+    # Priors say fast (120 ms TTFT, 400 tok/s) beats strong (900 ms, 50 tok/s); strong
+    # actually answers instantly, and once observed it wins on latency.
+    r = make_router()
+    before = r.route("hi", task="quick")
+    assert before.chosen is not None and before.chosen.deployment.id == "fast"
+    await r.complete("hi", model="strong")
+    assert r.health()["strong"]["observed"]
+    after = r.route("hi", task="quick")
+    assert after.chosen is not None and after.chosen.deployment.id == "strong"
+    assert after.chosen.ttft_ms < 120
+
+
+async def test_router_context_manager_closes_its_providers(fleet: Any) -> None:
+    closed: list[str] = []
+
+    class Recording:
+        settings = None
+
+        def stream(self, request: Any) -> Any:
+            raise NotImplementedError
+
+        async def aclose(self) -> None:
+            closed.append("sim")
+
+    async with fleet.router() as r:
+        r.set_provider("sim", Recording())
+    assert closed == ["sim"]
