@@ -8,7 +8,7 @@ implements the gate for configured budgets; `Unlimited` serves when there are no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -41,9 +41,11 @@ class Reservation(Protocol):
     # The budget scope that sets `limit_usd`, or None when it is the request's own cap.
     limit_scope: str | None
 
-    async def settle(self, cost_usd: float, stopped: bool) -> Sequence[BudgetNotice]:
-        """Book the actual cost; `stopped` says the stream was stopped at `limit_usd`.
-        Returns the notices to emit as `budget` events (warning crossed, or the scope
+    async def settle(self, cost_usd: float, stopped: bool,
+                     by_deployment: Mapping[str, float] | None = None) -> Sequence[BudgetNotice]:
+        """Book the actual cost (`by_deployment`: the same cost split per deployment, for
+        reports); `stopped` says the stream was stopped at `limit_usd`. Settling twice books
+        once. Returns the notices to emit as `budget` events (warning crossed, or the scope
         that stopped the stream, `exceeded`)."""
         ...
 
@@ -61,7 +63,8 @@ class CapOnly:
     limit_usd: float | None
     limit_scope: str | None = None
 
-    async def settle(self, cost_usd: float, stopped: bool) -> Sequence[BudgetNotice]:
+    async def settle(self, cost_usd: float, stopped: bool,
+                     by_deployment: Mapping[str, float] | None = None) -> Sequence[BudgetNotice]:
         return ()
 
 

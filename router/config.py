@@ -16,8 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from router.budgets import BudgetConfig, check_budget_references
 from router.config_errors import format_validation_error
 from router.errors import ConfigError
+from router.state import StateConfig
 
 Capability = Literal["tools", "reasoning", "prefill", "vision"]
 Prefer = Literal["cost", "latency", "quality", "balanced"]
@@ -155,6 +157,8 @@ class RouterConfig(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    budgets: list[BudgetConfig] = Field(default_factory=list)
+    state: StateConfig = Field(default_factory=StateConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +329,7 @@ def _check_references(config: RouterConfig, source: str) -> None:
                     f"{source}: tasks.{name}.candidates[{j}]: unknown deployment {cand!r} "
                     f"(expected one of: {', '.join(ids)})"
                 )
+    check_budget_references(config, source)
     default_task = config.defaults.task
     if default_task is not None and default_task not in config.tasks:
         raise ConfigError(

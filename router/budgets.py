@@ -1,0 +1,345 @@
+"""Budgets per scope and window: reserve at request start, settle to the actual cost at the end.
+
+A budget is `{scope, limit_usd, window, warn_at}`. Its scope is `key`, `user` or `session`
+(read from the request's `metadata`), `task:<name>` or `global`; each distinct value
+(`user:alice`, `user:bob`) has its own spend. Windows are calendar-aligned in UTC (`hour`,
+`day`, `month`: spend starts again from zero at the top of the hour, at midnight UTC, on the
+1st) or rolling (`rolling:24h`: the spend of the last 24 hours, kept in 60 buckets, so a
+cent drops out at most 1/60 of the window late — never early).
+
+At start a request reserves its cap (or, without one, its estimated cost) against every
+budget it falls under; when one cannot cover it (spend plus in-flight reservations plus
+this request would pass the limit) the request is refused with `budget_exceeded`. The
+stream may then spend at most its cap, and never more than any budget's headroom, so a
+stream stopped by a budget ends with `finish_reason: budget` and a `budget` event
+`exceeded`. At the end the reservation is released and the actual cost booked, per
+deployment, in one atomic step; the first settle that takes a budget past `warn_at` gets
+the `warning`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from router.budget_gate import BudgetNotice, Refusal, Reservation
+from router.errors import ConfigError
+from router.state import (
+    Booking,
+    LimitCheck,
+    StateBackend,
+    StateConfig,
+    Watch,
+    create_state,
+    to_nano,
+    to_usd,
+)
+
+if TYPE_CHECKING:
+    from router.config import LoadedConfig, RouterConfig
+    from router.request import PreparedRequest
+
+WindowKind = Literal["hour", "day", "month", "rolling"]
+METADATA_SCOPES = ("key", "user", "session")
+ROLLING_BUCKETS = 60
+# How long finished calendar windows stay readable for `spend` reports.
+RETENTION_S = {"hour": 2 * 86400, "day": 40 * 86400, "month": 400 * 86400}
+UNATTRIBUTED = "(unattributed)"
+
+_SCOPE = re.compile(r"^(key|user|session|global|task:[^\s|]+)$")
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """`90s`, `30m`, `24h`, `7d`, `1h30m` -> seconds."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {text!r} (expected e.g. 30m, 24h, 7d)")
+    seconds = sum(int(n) * _UNIT_S[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {text!r} (expected more than zero)")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A budget window: calendar (`hour`, `day`, `month`, UTC) or rolling (`seconds`)."""
+
+    kind: WindowKind
+    seconds: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        if text in ("hour", "day", "month"):
+            return cls(text)  # type: ignore[arg-type]
+        if text.startswith("rolling:"):
+            return cls("rolling", parse_duration(text[len("rolling:"):]))
+        raise ValueError(
+            f"invalid window {text!r} (expected hour, day, month or rolling:<duration>, "
+            "e.g. rolling:24h)")
+
+    @property
+    def bucket_s(self) -> int:
+        return max(1, math.ceil(self.seconds / ROLLING_BUCKETS))
+
+    def spent_buckets(self, now: float) -> tuple[str, ...]:
+        """The buckets whose spend counts in the window that contains `now`."""
+        if self.kind != "rolling":
+            return (calendar_bucket(self.kind, now)[0],)
+        b = self.bucket_s
+        first, last = math.floor((now - self.seconds) / b), math.floor(now / b)
+        return tuple(f"r{b}:{j}" for j in range(first, last + 1))
+
+    def booking(self, now: float) -> tuple[str, int]:
+        """The bucket that spend made at `now` goes to, and how long to keep it."""
+        if self.kind != "rolling":
+            bucket, end = calendar_bucket(self.kind, now)
+            return bucket, math.ceil(end - now) + RETENTION_S[self.kind]
+        b = self.bucket_s
+        j = math.floor(now / b)
+        return f"r{b}:{j}", math.ceil((j + 2) * b + self.seconds - now)
+
+    def flag(self, now: float) -> tuple[str, int]:
+        """The once-only warning flag's window id and lifetime: until the calendar window
+        ends, or for one rolling window length."""
+        if self.kind != "rolling":
+            bucket, end = calendar_bucket(self.kind, now)
+            return bucket, max(1, math.ceil(end - now))
+        return "rolling", self.seconds
+
+
+def calendar_bucket(kind: WindowKind, now: float) -> tuple[str, float]:
+    """The UTC calendar window containing `now`: its id and its end (epoch seconds)."""
+    dt = datetime.fromtimestamp(now, UTC)
+    if kind == "hour":
+        start = dt.replace(minute=0, second=0, microsecond=0)
+        return "h" + start.strftime("%Y-%m-%dT%H"), (start + timedelta(hours=1)).timestamp()
+    if kind == "day":
+        start = dt.replace(hour=0, minute=0, second=0, microsecond=0)
+        return "d" + start.strftime("%Y-%m-%d"), (start + timedelta(days=1)).timestamp()
+    start = dt.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
+        month=start.month + 1)
+    return "m" + start.strftime("%Y-%m"), nxt.timestamp()
+
+
+class BudgetConfig(BaseModel):
+    """One entry of `budgets:` in the config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    scope: str
+    limit_usd: float = Field(gt=0)
+    window: str = "day"
+    warn_at: float | None = Field(default=None, gt=0, le=1)
+
+    @field_validator("scope")
+    @classmethod
+    def _check_scope(cls, value: str) -> str:
+        if not _SCOPE.match(value):
+            raise ValueError(f"invalid scope {value!r} (expected key, user, session, global "
+                             "or task:<name>)")
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, value: str) -> str:
+        Window.parse(value)
+        return value
+
+
+def check_budget_references(config: RouterConfig, source: str) -> None:
+    """A `task:<name>` scope must name a configured task."""
+    for i, budget in enumerate(config.budgets):
+        if budget.scope.startswith("task:") and budget.scope[5:] not in config.tasks:
+            raise ConfigError(
+                f"{source}: budgets[{i}].scope: unknown task {budget.scope[5:]!r} "
+                f"(expected one of: {', '.join(config.tasks) or 'no tasks defined'})")
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A configured budget, parsed."""
+
+    scope: str
+    limit: int  # nano-USD
+    window: Window
+    window_text: str
+    warn_at: float | None
+
+    @property
+    def ident(self) -> str:
+        return f"{self.scope}/{self.window_text}/{self.limit}"
+
+    def scope_value(self, scopes: Mapping[str, str]) -> str | None:
+        """The value of this budget's scope for a request (`user:alice`), or None when the
+        request does not fall under it."""
+        if self.scope.startswith("task:"):
+            return self.scope if scopes.get("task") == self.scope else None
+        return scopes.get(self.scope)
+
+
+def request_scopes(request: PreparedRequest) -> dict[str, str]:
+    """Scope kind -> value for a request: `global`, and `key`/`user`/`session` from its
+    metadata, `task` from its task."""
+    scopes = {"global": "global"}
+    meta = request.metadata
+    for kind in METADATA_SCOPES:
+        value = meta.get(kind)
+        if value is not None and value != "":
+            scopes[kind] = f"{kind}:{value}"
+    if request.task:
+        scopes["task"] = f"task:{request.task}"
+    return scopes
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One budget a request falls under."""
+
+    budget: Budget
+    scope: str  # e.g. user:alice
+
+    @property
+    def label(self) -> str:
+        return f"{self.scope}/{self.budget.window_text}"
+
+
+class BudgetManager:
+    """The budget gate for configured budgets; also books every request's spend for
+    reporting (per scope, calendar window and deployment), budgets or not."""
+
+    def __init__(self, budgets: Sequence[BudgetConfig] = (), state: StateBackend | None = None,
+                 *, prefix: str = "llmr:", clock: Callable[[], float] = time.time,
+                 hold_ttl_s: int = 3600) -> None:
+        self.budgets = [
+            Budget(b.scope, to_nano(b.limit_usd), Window.parse(b.window), b.window, b.warn_at)
+            for b in budgets]
+        self.state: StateBackend = state or create_state(StateConfig(), clock)
+        self.prefix = prefix
+        self.clock = clock
+        # In-flight reservations expire after this long should a router die mid-request.
+        self.hold_ttl_s = hold_ttl_s
+        rolling = {b.window for b in self.budgets if b.window.kind == "rolling"}
+        self._record_windows = (Window("hour"), Window("day"), Window("month"), *rolling)
+
+    @classmethod
+    def from_config(cls, loaded: LoadedConfig,
+                    clock: Callable[[], float] = time.time) -> BudgetManager:
+        cfg = loaded.config
+        return cls(cfg.budgets, create_state(cfg.state, clock), prefix=cfg.state.prefix,
+                   clock=clock)
+
+    # --- keys ---------------------------------------------------------------------------
+
+    def spend_key(self, scope: str, bucket: str) -> str:
+        return f"{self.prefix}spend|{scope}|{bucket}"
+
+    def held_key(self, scope: str) -> str:
+        return f"{self.prefix}held|{scope}"
+
+    def _spent_keys(self, line: Line, now: float) -> tuple[str, ...]:
+        return tuple(self.spend_key(line.scope, b) for b in line.budget.window.spent_buckets(now))
+
+    # --- the gate -----------------------------------------------------------------------
+
+    def lines(self, scopes: Mapping[str, str]) -> list[Line]:
+        out = []
+        for budget in self.budgets:
+            value = budget.scope_value(scopes)
+            if value is not None:
+                out.append(Line(budget, value))
+        return out
+
+    async def reserve(self, request: PreparedRequest, estimate_usd: float,
+                      cap_usd: float | None) -> Reservation | Refusal:
+        scopes = request_scopes(request)
+        lines = self.lines(scopes)
+        amount = to_nano(cap_usd if cap_usd is not None else estimate_usd)
+        if not lines:
+            return BudgetReservation(self, scopes, [], 0, cap_usd, None)
+        now = self.clock()
+        checks = [LimitCheck(self.held_key(ln.scope), self._spent_keys(ln, now), ln.budget.limit)
+                  for ln in lines]
+        adm = await self.state.reserve(checks, amount, self.hold_ttl_s)
+        if adm.failed is not None:
+            ln = lines[adm.failed]
+            spent, held = adm.spent[adm.failed], adm.held[adm.failed]
+            return Refusal(ln.label, (
+                f"budget {ln.label}: spent ${to_usd(spent):.6f} of ${to_usd(ln.budget.limit):.6f}"
+                f" (${to_usd(held):.6f} more reserved by requests in flight); this request "
+                f"needs ${to_usd(amount):.6f}"))
+        # The stream may spend its cap, but never more than a budget's headroom.
+        limit, limit_scope = cap_usd, None
+        for i, ln in enumerate(lines):
+            headroom = to_usd(ln.budget.limit - adm.spent[i] - adm.held[i])
+            if limit is None or headroom < limit:
+                limit, limit_scope = headroom, ln.label
+        return BudgetReservation(self, scopes, lines, amount, limit, limit_scope)
+
+    async def settle(self, res: BudgetReservation, cost_usd: float, stopped: bool,
+                     by_deployment: Mapping[str, float] | None) -> list[BudgetNotice]:
+        now = self.clock()
+        parts = {k: to_nano(v) for k, v in (by_deployment or {}).items() if v > 0}
+        if not parts and cost_usd > 0:
+            parts = {UNATTRIBUTED: to_nano(cost_usd)}
+        bookings = []
+        for scope in res.scopes.values():
+            for window in self._record_windows:
+                if window.kind == "rolling" and not any(
+                        ln.scope == scope and ln.budget.window == window for ln in res.lines):
+                    continue
+                bucket, ttl = window.booking(now)
+                key = self.spend_key(scope, bucket)
+                bookings += [Booking(key, dep, n, ttl) for dep, n in parts.items()]
+        watches = []
+        for ln in res.lines:
+            flag, ttl = ln.budget.window.flag(now)
+            warn = ln.budget.warn_at
+            watches.append(Watch(
+                self._spent_keys(ln, now),
+                None if warn is None else math.ceil(ln.budget.limit * warn),
+                f"{self.prefix}warned|{ln.budget.ident}|{ln.scope}|{flag}", ttl))
+        held = [self.held_key(ln.scope) for ln in res.lines]
+        results = await self.state.settle(held, res.amount, bookings, watches)
+        notices = []
+        for ln, r in zip(res.lines, results, strict=True):
+            limit = to_usd(ln.budget.limit)
+            if r.crossed:
+                notices.append(BudgetNotice(ln.label, to_usd(r.spent), limit, "warning"))
+            if stopped and ln.label == res.limit_scope:
+                notices.append(BudgetNotice(ln.label, to_usd(r.spent), limit, "exceeded"))
+        return notices
+
+    async def aclose(self) -> None:
+        await self.state.aclose()
+
+
+class BudgetReservation:
+    """What one request holds against its budgets until it settles (once)."""
+
+    __slots__ = ("amount", "limit_scope", "limit_usd", "lines", "manager", "scopes", "settled")
+
+    def __init__(self, manager: BudgetManager, scopes: Mapping[str, str], lines: list[Line],
+                 amount: int, limit_usd: float | None, limit_scope: str | None) -> None:
+        self.manager = manager
+        self.scopes = scopes
+        self.lines = lines
+        self.amount = amount
+        self.limit_usd = limit_usd
+        self.limit_scope = limit_scope
+        self.settled = False
+
+    async def settle(self, cost_usd: float, stopped: bool,
+                     by_deployment: Mapping[str, float] | None = None) -> Sequence[BudgetNotice]:
+        if self.settled:
+            return ()
+        self.settled = True
+        return await self.manager.settle(self, cost_usd, stopped, by_deployment)
