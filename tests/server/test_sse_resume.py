@@ -1,0 +1,169 @@
+"""Resume: the event log (replay then live, bounds, retention) and SSE framing, then a real
+client that drops mid-stream and reconnects with `Last-Event-ID` / `?after=`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from router.server.eventlog import HEARTBEAT, EventLog, LogGap
+from router.server.sse import frame, last_event_id
+from tests.server.conftest import SLOW, eventually, frames, read_until_terminal
+
+KEY = "sk-resume-0123456789"
+
+
+def test_frame_is_whatwg_sse() -> None:
+    assert frame(7, ("text", b'{"delta":"a\\nb"}')) == (
+        b'id: 7\nevent: text\ndata: {"delta":"a\\nb"}\n\n')
+    assert frame(-1, HEARTBEAT) == b": ping\n\n"
+
+
+def test_last_event_id_prefers_the_header_then_after() -> None:
+    assert last_event_id({"last-event-id": "12"}, {"after": "3"}) == 12
+    assert last_event_id({}, {"after": "3"}) == 3
+    assert last_event_id({}, {}) is None
+    assert last_event_id({"last-event-id": "x"}, {}) is None
+
+
+async def test_follow_replays_then_goes_live_exactly_once() -> None:
+    log = EventLog(max_events=100, retention_s=10).open("r", None)
+    for i in range(3):
+        log.append("text", b"%d" % i)
+    got: list[int] = []
+
+    async def reader() -> None:
+        async for seq, (_, data) in log.follow(0):
+            assert int(data) == seq
+            got.append(seq)
+
+    task = asyncio.create_task(reader())
+    await eventually(lambda: got == [1, 2])
+    for i in range(3, 6):
+        log.append("text", b"%d" % i)
+    log.close(0.0)
+    await asyncio.wait_for(task, 2)
+    assert got == [1, 2, 3, 4, 5]
+
+
+async def test_follow_beats_when_nothing_happens() -> None:
+    log = EventLog(max_events=100, retention_s=10).open("r", None)
+    seen = []
+    async for seq, entry in log.follow(-1, heartbeat_s=0.01):
+        seen.append((seq, entry))
+        if len(seen) == 2:
+            log.append("done", b"{}")
+            log.close(0.0)
+    assert seen[:2] == [(-1, HEARTBEAT), (-1, HEARTBEAT)]
+    assert seen[2] == (0, ("done", b"{}"))
+
+
+async def test_bounded_log_reports_a_gap_instead_of_a_hole() -> None:
+    log = EventLog(max_events=16, retention_s=10).open("r", None)
+    for i in range(20):
+        log.append("text", b"%d" % i)
+    assert log.dropped == 4 and log.next_seq == 20
+    assert [s for s, _ in log.replay(10)] == list(range(11, 20))
+    with pytest.raises(LogGap):
+        list(log.replay(1))
+    with pytest.raises(LogGap):
+        async for _ in log.follow(0):
+            pass
+
+
+def test_sweep_keeps_closed_logs_for_retention() -> None:
+    now = [0.0]
+    logs = EventLog(max_events=16, retention_s=30, clock=lambda: now[0])
+    done, running = logs.open("done", None), logs.open("running", None)
+    done.close(now[0])
+    now[0] = 29.0
+    assert logs.sweep() == 0
+    now[0] = 31.0
+    assert logs.sweep() == 1
+    assert logs.get("done") is None and logs.get("running") is running
+
+
+async def _drop_after(c, body, n_text: int):
+    """Start a stream, read up to its `n_text`-th text event, drop the connection."""
+    seen = []
+    async with c.stream("POST", "/v1/stream", json=body) as resp:
+        async for f in frames(resp):
+            if f.comment is None:
+                seen.append(f)
+            if sum(1 for s in seen if s.event == "text") == n_text:
+                break
+    return resp.headers["x-request-id"], seen
+
+
+@pytest.mark.parametrize("how", ["last-event-id", "after"])
+async def test_reconnect_gets_every_remaining_event_exactly_once(serve, fleet, how) -> None:
+    srv = await serve(keys={"a": KEY}, options={"mid": SLOW})
+    body = {"input": "Tell me about breakers", "model": "mid", "detach": True}
+    async with srv.client(KEY) as c:
+        rid, before = await _drop_after(c, body, 5)
+        last = before[-1].id
+        if how == "last-event-id":
+            req = c.stream("GET", f"/v1/streams/{rid}/events",
+                           headers={"last-event-id": str(last)})
+        else:
+            req = c.stream("GET", f"/v1/streams/{rid}/events", params={"after": last})
+        async with req as resp:
+            assert resp.status_code == 200
+            after = await read_until_terminal(resp)
+    ids = [f.id for f in before + after]
+    assert ids == list(range(len(ids)))  # nothing lost, nothing twice
+    assert after[-1].event == "done"
+    direct = await fleet.collect(fleet.router(options={"mid": SLOW}), body["input"],
+                                 model="mid")
+    assert [f.event for f in before + after] == [e.type for e in direct]
+    text = "".join(f.data["delta"] for f in before + after if f.event == "text")
+    assert text == "".join(e.delta for e in direct if e.type == "text")
+
+
+async def test_reconnect_twice_and_after_the_end(serve) -> None:
+    srv = await serve(options={"mid": SLOW})
+    async with srv.client() as c:
+        rid, first = await _drop_after(c, {"input": "x", "model": "mid", "detach": True}, 2)
+        async with c.stream("GET", f"/v1/streams/{rid}/events",
+                            headers={"last-event-id": str(first[-1].id)}) as resp:
+            second = []
+            async for f in frames(resp):
+                if f.comment is None:
+                    second.append(f)
+                if len(second) == 3:
+                    break
+        await eventually(lambda: srv.app.state.streams.get(rid).closed)
+        async with c.stream("GET", f"/v1/streams/{rid}/events",
+                            headers={"last-event-id": str(second[-1].id)}) as resp:
+            third = await read_until_terminal(resp)
+        # A fresh reader (no id) replays the whole stream.
+        async with c.stream("GET", f"/v1/streams/{rid}/events") as resp:
+            whole = await read_until_terminal(resp)
+    ids = [f.id for f in first + second + third]
+    assert ids == list(range(len(ids)))
+    assert [f.id for f in whole] == ids
+    assert [f.data for f in whole] == [f.data for f in first + second + third]
+
+
+async def test_resume_past_the_bound_is_410(serve) -> None:
+    srv = await serve(server={"max_log_events": 16}, options={"mid": {"output_tokens": 40}})
+    async with srv.client() as c:
+        r = await c.post("/v1/stream", json={"input": "x", "model": "mid"})
+        assert r.status_code == 200
+        rid = r.headers["x-request-id"]
+        gone = await c.get(f"/v1/streams/{rid}/events", headers={"last-event-id": "2"})
+        assert gone.status_code == 410 and gone.json()["error"]["code"] == "events_dropped"
+        async with c.stream("GET", f"/v1/streams/{rid}/events",
+                            headers={"last-event-id": "40"}) as resp:
+            tail = await read_until_terminal(resp)
+    assert tail[0].id == 41 and tail[-1].event == "done"
+
+
+async def test_stream_expires_after_retention(serve) -> None:
+    srv = await serve(server={"retention_s": 0})
+    async with srv.client() as c:
+        r = await c.post("/v1/stream", json={"input": "x"})
+        rid = r.headers["x-request-id"]
+        srv.app.state.streams.sweep()
+        assert (await c.get(f"/v1/streams/{rid}")).status_code == 404
