@@ -68,9 +68,11 @@ def _error_body(type_: str, message: str, request_id: str | None) -> bytes:
                          "request_id": request_id})
 
 
-def _error_response(status: int, type_: str, message: str, request_id: str | None) -> Response:
-    # `x-should-retry` steers the SDK's retry loop: only transient failures are retried.
-    headers = {"x-should-retry": "true" if status in (429, 504, 529) else "false"}
+def _error_response(status: int, type_: str, message: str, request_id: str | None,
+                    retryable: bool = False) -> Response:
+    # `x-should-retry` steers the SDK's retry loop: only transient failures are retried
+    # (an exhausted budget is a 429 the SDK must not hammer).
+    headers = {"x-should-retry": "true" if retryable else "false"}
     if request_id:
         headers["request-id"] = request_id
     return Response(_error_body(type_, message, request_id), status, headers=headers,
@@ -303,14 +305,14 @@ async def messages(request: Request) -> Response:
     last = head[-1] if head else None
     if isinstance(last, ErrorEvent):
         await rest.aclose()
-        return _error_response(*_event_error(last), last.request_id)
+        return _error_response(*_event_error(last), last.request_id, last.retryable)
     request_id = head[0].request_id if head else ""
     headers = {"request-id": request_id}
     if not body.get("stream"):
         events = await _drain(head, rest)
         end = events[-1] if events else None
         if isinstance(end, ErrorEvent):
-            return _error_response(*_event_error(end), request_id)
+            return _error_response(*_event_error(end), request_id, end.retryable)
         if not isinstance(end, DoneEvent):
             return _error_response(500, "api_error", "The stream ended without a result.",
                                    request_id)

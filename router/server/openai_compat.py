@@ -78,9 +78,11 @@ def error_body(message: str, type_: str, param: str | None = None,
 
 
 def error_response(status: int, message: str, type_: str, param: str | None = None,
-                   code: str | None = None, request_id: str | None = None) -> Response:
-    # `x-should-retry` steers the SDK's retry loop: only transient failures are retried.
-    headers = {"x-should-retry": "true" if status in (429, 503, 504) else "false"}
+                   code: str | None = None, request_id: str | None = None,
+                   retryable: bool = False) -> Response:
+    # `x-should-retry` steers the SDK's retry loop: only transient failures are retried
+    # (an exhausted budget is a 429 the SDK must not hammer).
+    headers = {"x-should-retry": "true" if retryable else "false"}
     if request_id:
         headers["x-request-id"] = request_id
     return Response(orjson.dumps(error_body(message, type_, param, code)), status,
@@ -358,7 +360,8 @@ async def chat_completions(request: Request) -> Response:
     if isinstance(last, ErrorEvent):
         await rest.aclose()
         status, err = _event_error(last)
-        return error_response(status, **_flat(err), request_id=last.request_id)
+        return error_response(status, **_flat(err), request_id=last.request_id,
+                              retryable=last.retryable)
     request_id = head[0].request_id if head else ""
     headers = {"x-request-id": request_id}
     if not body.get("stream"):
@@ -366,7 +369,8 @@ async def chat_completions(request: Request) -> Response:
         end = events[-1] if events else None
         if isinstance(end, ErrorEvent):
             status, err = _event_error(end)
-            return error_response(status, **_flat(err), request_id=request_id)
+            return error_response(status, **_flat(err), request_id=request_id,
+                                  retryable=end.retryable)
         if not isinstance(end, DoneEvent):
             return error_response(500, "The stream ended without a result.", "server_error")
         return Response(orjson.dumps(_completion(events, end, created)),

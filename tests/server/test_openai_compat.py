@@ -323,6 +323,7 @@ async def test_no_route_before_streaming_is_an_http_400(client: openai.AsyncOpen
             extra_body={"max_cost_usd": 1e-12})
     assert info.value.code == "no_route"
     assert "max_cost_usd" in info.value.message
+    assert info.value.response.headers["x-should-retry"] == "false"
 
 
 async def test_provider_rate_limit_before_first_token_is_an_http_429(
@@ -333,6 +334,7 @@ async def test_provider_rate_limit_before_first_token_is_an_http_429(
             model="limited", messages=[{"role": "user", "content": "hi"}], stream=True)
     assert info.value.status_code == 429
     assert info.value.code == "rate_limit_exceeded"
+    assert info.value.response.headers["x-should-retry"] == "true"
 
 
 async def test_failure_after_tokens_is_an_in_stream_error(
@@ -362,7 +364,7 @@ async def test_wrong_key_is_refused_with_401(base_url: str) -> None:
 
 
 async def test_client_disconnect_closes_the_upstream_stream(
-    client: openai.AsyncOpenAI, router: RecordingRouter
+    client: openai.AsyncOpenAI, router: RecordingRouter, base_url: str
 ) -> None:
     provider = router.provider("sim")
     stream = await client.chat.completions.create(
@@ -379,6 +381,29 @@ async def test_client_disconnect_closes_the_upstream_stream(
     assert provider.open_streams == 0  # type: ignore[attr-defined]
     rid = next(iter(router.events))
     assert not any(e.type in ("done", "error") for e in router.events[rid])
+    assert "llm_router_active_streams 0.0" in await _metrics(base_url)
+
+
+async def _metrics(base_url: str) -> str:
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        res = await http.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    assert res.status_code == 200
+    return res.text
+
+
+async def test_compat_streams_are_counted_in_the_server_metrics(
+    client: openai.AsyncOpenAI, base_url: str
+) -> None:
+    await client.chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "hi"}])
+    stream = await client.chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "hi"}], stream=True)
+    async for _ in stream:
+        pass
+    text = await _metrics(base_url)
+    assert 'llm_router_requests_total{deployment="fast",outcome="stop"} 2.0' in text
+    assert 'llm_router_ttft_seconds_count{deployment="fast"} 2.0' in text
+    assert "llm_router_active_streams 0.0" in text
 
 
 # --- models -------------------------------------------------------------------------------
