@@ -41,6 +41,7 @@ from router.events import (
 )
 from router.policy import RouteDecision, choose_route
 from router.request import PreparedRequest, RequestError, StreamParams, prepare
+from router.spend import costs_by_deployment
 from router.watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -157,7 +158,8 @@ async def run_stream(router: Router, params: StreamParams, request_id: str) -> A
                 yield event
         settled = True
         stopped = ledger.finish == "budget"
-        for notice in await reservation.settle(ledger.cost_usd(), stopped):
+        for notice in await reservation.settle(ledger.cost_usd(), stopped,
+                                               costs_by_deployment(ledger)):
             yield budget_event(em, notice)
         failure = ledger.failure
         if failure is None:
@@ -168,7 +170,7 @@ async def run_stream(router: Router, params: StreamParams, request_id: str) -> A
                            status=err.status)
     finally:
         if not settled:  # cancelled by the caller: the spend still counts
-            await reservation.settle(ledger.cost_usd(), False)
+            await reservation.settle(ledger.cost_usd(), False, costs_by_deployment(ledger))
 
 
 def budget_event(em: Emitter, notice: BudgetNotice) -> BudgetEvent:

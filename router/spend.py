@@ -1,0 +1,115 @@
+"""Spend reports: what `Router.spend()` returns and `llm-router spend` prints.
+
+Spend is booked at the end of every request (budgets configured or not) for each scope the
+request falls under (`global`, `key:…`, `user:…`, `session:…`, `task:…`), in the UTC hour,
+day and month it ended in, split per deployment. Failed, retried, cancelled and hedged
+attempts are included: it is the same number as `done.cost_usd`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from router.budgets import BudgetManager, Line, calendar_bucket
+from router.state import TOTAL, to_usd
+
+if TYPE_CHECKING:
+    from router.accounting import Ledger
+
+ReportWindow = Literal["hour", "day", "month"]
+
+
+class ScopeSpend(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    scope: str
+    spent_usd: float
+    by_deployment: dict[str, float]
+
+
+class BudgetStatus(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    scope: str  # e.g. user:alice
+    window: str  # as configured: day, rolling:24h, …
+    limit_usd: float
+    spent_usd: float
+    reserved_usd: float  # held by requests in flight
+    remaining_usd: float
+    warn_at: float | None
+
+
+class SpendReport(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    window: ReportWindow
+    period: str  # the calendar window reported, e.g. 2026-11-22 (UTC)
+    total_usd: float  # the global scope's spend in the period
+    scopes: list[ScopeSpend]
+    budgets: list[BudgetStatus]
+
+
+def costs_by_deployment(ledger: Ledger) -> dict[str, float]:
+    """A request's cost so far split per deployment, every attempt included."""
+    out: dict[str, float] = {}
+    for attempt in ledger.attempts:
+        cost = attempt.cost().total_usd
+        if cost > 0:
+            dep = attempt.deployment.id
+            out[dep] = out.get(dep, 0.0) + cost
+    return out
+
+
+def _matches(scope: str, wanted: str | None) -> bool:
+    """`user` selects every user, `user:alice` one of them."""
+    return wanted is None or scope == wanted or scope.startswith(wanted + ":")
+
+
+async def build_report(manager: BudgetManager, scope: str | None = None,
+                       window: ReportWindow = "day") -> SpendReport:
+    now = manager.clock()
+    bucket, _ = calendar_bucket(window, now)
+    head = manager.spend_key("", "")[:-1]  # "<prefix>spend|"
+    counters = await manager.state.scan(head, "")
+    # (scope, bucket) -> counter fields
+    parsed: dict[tuple[str, str], dict[str, int]] = {}
+    for key, fields in counters.items():
+        sc, _, bk = key[len(head):].rpartition("|")
+        parsed[(sc, bk)] = fields
+    rows = [
+        ScopeSpend(scope=sc, spent_usd=to_usd(fields.get(TOTAL, 0)),
+                   by_deployment={d: to_usd(n) for d, n in sorted(fields.items()) if d != TOTAL})
+        for (sc, bk), fields in sorted(parsed.items()) if bk == bucket and _matches(sc, scope)
+    ]
+    total = parsed.get(("global", bucket), {}).get(TOTAL, 0)
+    budgets = await _budget_statuses(manager, parsed, scope, now)
+    return SpendReport(window=window, period=bucket[1:], total_usd=to_usd(total), scopes=rows,
+                       budgets=budgets)
+
+
+async def _budget_statuses(manager: BudgetManager, parsed: dict[tuple[str, str], dict[str, int]],
+                           scope: str | None, now: float) -> list[BudgetStatus]:
+    lines: list[tuple[Line, tuple[str, ...]]] = []
+    for budget in manager.budgets:
+        buckets = budget.window.spent_buckets(now)
+        kind = budget.scope
+        values = {sc for sc, bk in parsed if bk in buckets and (
+            sc == kind or sc.startswith(kind + ":"))}
+        if kind in ("global",) or kind.startswith("task:"):
+            values.add(kind)
+        for value in sorted(values):
+            if _matches(value, scope):
+                lines.append((Line(budget, value), buckets))
+    held = await manager.state.held([manager.held_key(ln.scope) for ln, _ in lines])
+    out = []
+    for (ln, buckets), h in zip(lines, held, strict=True):
+        spent = sum(parsed.get((ln.scope, b), {}).get(TOTAL, 0) for b in buckets)
+        limit = ln.budget.limit
+        out.append(BudgetStatus(
+            scope=ln.scope, window=ln.budget.window_text, limit_usd=to_usd(limit),
+            spent_usd=to_usd(spent), reserved_usd=to_usd(h),
+            remaining_usd=to_usd(max(0, limit - spent - h)), warn_at=ln.budget.warn_at))
+    return out
+
+
+__all__ = ["BudgetStatus", "ScopeSpend", "SpendReport", "build_report",
+           "costs_by_deployment"]
