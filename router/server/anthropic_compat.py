@@ -104,6 +104,9 @@ def x_router(ev: DoneEvent) -> dict[str, Any]:
             "usage_estimated": ev.usage.estimated, "latency": ev.latency.model_dump()}
 
 
+_DELTA_TYPES = {"text": b"text_delta", "thinking": b"thinking_delta"}
+
+
 def _frame(name: bytes, data: bytes) -> bytes:
     return b"event: " + name + b"\ndata: " + data + b"\n\n"
 
@@ -122,7 +125,8 @@ class BlockWriter:
         self.message_id = message_id
         self.model = model
         self._next = 0
-        self._open: tuple[str, int] | None = None  # the open text/thinking block
+        # The open text/thinking block: kind, index, and its delta frame's leading bytes.
+        self._open: tuple[str, int, bytes] | None = None
         self._tools: dict[int, int] = {}  # our tool index -> block index
         self.sent_content = False
 
@@ -145,8 +149,12 @@ class BlockWriter:
             self._open = None
         index = self._next
         self._next += 1
-        if kind != "tool_use":
-            self._open = (kind, index)
+        if kind in _DELTA_TYPES:
+            # Per token only the JSON-escaped piece is spliced into these bytes.
+            prefix = (b'event: content_block_delta\ndata: {"type":"content_block_delta",'
+                      b'"index":' + str(index).encode() + b',"delta":{"type":"'
+                      + _DELTA_TYPES[kind] + b'","' + kind.encode() + b'":')
+            self._open = (kind, index, prefix)
         return out + _frame(b"content_block_start", b'{"type":"content_block_start","index":'
                             + str(index).encode() + b',"content_block":' + block + b"}"), index
 
@@ -162,14 +170,18 @@ class BlockWriter:
 
     def text(self, delta: str) -> bytes:
         self.sent_content = True
-        out, index = self._block("text", b'{"type":"text","text":""}')
-        return out + self._delta(index, b'{"type":"text_delta","text":'
-                                 + orjson.dumps(delta) + b"}")
+        o = self._open
+        if o is not None and o[0] == "text":
+            return o[2] + orjson.dumps(delta) + b"}}\n\n"
+        out, _ = self._block("text", b'{"type":"text","text":""}')
+        return out + self._open[2] + orjson.dumps(delta) + b"}}\n\n"  # type: ignore[index]
 
     def thinking(self, delta: str) -> bytes:
-        out, index = self._block("thinking", b'{"type":"thinking","thinking":"","signature":""}')
-        return out + self._delta(index, b'{"type":"thinking_delta","thinking":'
-                                 + orjson.dumps(delta) + b"}")
+        o = self._open
+        if o is not None and o[0] == "thinking":
+            return o[2] + orjson.dumps(delta) + b"}}\n\n"
+        out, _ = self._block("thinking", b'{"type":"thinking","thinking":"","signature":""}')
+        return out + self._open[2] + orjson.dumps(delta) + b"}}\n\n"  # type: ignore[index]
 
     def tool_call(self, ev: ToolCallEvent) -> bytes:
         self.sent_content = True
