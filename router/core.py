@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from providers.base import Provider, ProviderSettings, create_provider
-from router.budget_gate import BudgetGate, BudgetNotice, Unlimited
+from router.budget_gate import BudgetGate, BudgetNotice
+from router.budgets import BudgetManager
 from router.catalog import Vendor
 from router.config import Deployment, LoadedConfig, load_config
 from router.errors import StreamError, error_for
@@ -33,6 +34,7 @@ from router.events import (
 )
 from router.policy import RouteDecision, choose_route
 from router.request import StreamParams, prepare
+from router.spend import ReportWindow, SpendReport, build_report
 from router.stats import StatsRegistry
 
 
@@ -90,7 +92,9 @@ class Router:
                  budgets: BudgetGate | None = None) -> None:
         self.loaded = config if isinstance(config, LoadedConfig) else load_config(config)
         self.stats = StatsRegistry()
-        self.budgets: BudgetGate = budgets or Unlimited()
+        # Without budgets configured the manager still books spend for `spend()`.
+        self.budgets: BudgetGate = budgets or BudgetManager.from_config(self.loaded)
+        self._owns_budgets = budgets is None
         self.notices: list[BudgetNotice] = []
         self._providers: dict[str, Provider] = {}
 
@@ -226,12 +230,21 @@ class Router:
             }
         return out
 
+    async def spend(self, scope: str | None = None, window: ReportWindow = "day") -> SpendReport:
+        """Spend in the current UTC hour, day or month per scope and deployment, and each
+        budget's state. `scope`: `user` selects every user, `user:alice` one."""
+        if not isinstance(self.budgets, BudgetManager):
+            raise TypeError("spend() needs the router's BudgetManager as its budget gate")
+        return await build_report(self.budgets, scope, window)
+
     # --- lifecycle ------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         providers, self._providers = self._providers, {}
         for provider in providers.values():
             await provider.aclose()
+        if self._owns_budgets and isinstance(self.budgets, BudgetManager):
+            await self.budgets.aclose()
 
     async def __aenter__(self) -> Router:
         return self
