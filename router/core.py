@@ -97,6 +97,9 @@ class Router:
         self._owns_budgets = budgets is None
         self.notices: list[BudgetNotice] = []
         self._providers: dict[str, Provider] = {}
+        from router.resilience import Resilience
+
+        self.resilience = Resilience(self.loaded)
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None) -> Router:
@@ -151,11 +154,11 @@ class Router:
         return key, key_env
 
     def unavailable_reason(self, dep: Deployment) -> str | None:
-        """Why `dep` cannot serve now, or None. (Breakers add `circuit_open` here.)"""
+        """Why `dep` cannot serve now, or None."""
         key, key_env = self._credentials(dep.provider)
         if key is None and key_env is not None:
             return f"missing_api_key: set {key_env}"
-        return None
+        return self.resilience.breakers.unavailable_reason(dep.id)
 
     # --- requests -------------------------------------------------------------------------
 
@@ -214,9 +217,11 @@ class Router:
                             self.unavailable_reason)
 
     def health(self) -> dict[str, dict[str, Any]]:
-        """Per deployment: live statistics and availability."""
+        """Per deployment: live statistics, availability and circuit breaker."""
         out: dict[str, dict[str, Any]] = {}
+        breakers = self.resilience.breakers.snapshot()
         for dep in self.loaded.deployments.values():
+            breaker = breakers.get(dep.id)
             s = self.stats.get(dep.id)
             out[dep.id] = {
                 "available": self.unavailable_reason(dep) is None,
@@ -227,6 +232,10 @@ class Router:
                 "requests": s.requests,
                 "failures": s.failures,
                 "last_error": s.last_error,
+                "breaker": breaker.as_dict() if breaker else {
+                    "deployment": dep.id, "state": "closed", "fail_counter": 0,
+                    "fail_max": self.loaded.config.resilience.breaker.fail_max,
+                    "opened_at": None, "retry_at": None, "probe_in_flight": False},
             }
         return out
 

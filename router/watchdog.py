@@ -15,13 +15,16 @@ class Watchdog:
     __slots__ = ("_handle", "_loop", "_task", "fired", "got_content", "idle_s", "started",
                  "time", "total_s", "ttft_s", "waiting_since")
 
-    def __init__(self, ttft_s: float, idle_s: float, total_s: float) -> None:
+    def __init__(self, ttft_s: float, idle_s: float, total_s: float, *,
+                 started: float | None = None, got_content: bool = False) -> None:
+        # `started`/`got_content`: take over an attempt whose first token was awaited
+        # elsewhere (retry loop, hedge race), keeping its total deadline.
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self.ttft_s, self.idle_s, self.total_s = ttft_s, idle_s, total_s
         self.time = self._loop.time
-        self.started = self.time()
-        self.got_content = False
+        self.started = self.time() if started is None else started
+        self.got_content = got_content
         self.waiting_since: float | None = None
         self.fired: str | None = None
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(

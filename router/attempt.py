@@ -1,0 +1,213 @@
+"""One call to one deployment, in two phases split at the first content delta — the commit
+point of a stream:
+
+- `open_upstream`: open the provider stream and read up to its first content delta, under
+  the first-token and total deadlines. It sends nothing to the caller, so it can be retried,
+  raced against a hedge in another task, or abandoned; on any failure the upstream is
+  closed before the error propagates.
+- `stream_opened`: the hot path. Turn the buffered head and the rest of the stream into
+  events, with the idle and total deadlines of the `Watchdog`; account usage and cost;
+  report the outcome to the deployment's breaker; close the upstream on every path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from providers.base import (
+    Delta,
+    FinishDelta,
+    Provider,
+    ProviderError,
+    ProviderRequest,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    UsageDelta,
+)
+from router.accounting import Attempt, Ledger
+from router.breaker import Permit
+from router.config import Deployment
+from router.events import Event, reasoning_event, text_event, tool_call_event
+from router.resilience import Splice
+from router.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from router.core import Router
+
+CONTENT_TYPES = (TextDelta, ReasoningDelta, ToolCallDelta)
+
+
+class AttemptFailed(Exception):
+    """An attempt ended with a provider error after `after_tokens` content deltas."""
+
+    def __init__(self, error: ProviderError, after_tokens: int) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.after_tokens = after_tokens
+
+
+@dataclass(slots=True)
+class Opened:
+    """An attempt that produced its first content delta (or ended before any)."""
+
+    dep: Deployment
+    upstream: AsyncIterator[Delta]
+    head: list[Delta]  # every delta read so far, the first content delta last
+    attempt: Attempt
+    permit: Permit
+    started: float  # loop time the attempt started
+    splice: Splice | None = None
+
+
+async def close_quietly(upstream: AsyncIterator[Delta]) -> None:
+    close = getattr(upstream, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(ProviderError):  # a failure while closing changes nothing
+            await close()
+
+
+async def open_upstream(provider: Provider, preq: ProviderRequest, started: float,
+                        ttft_s: float, total_s: float) -> tuple[AsyncIterator[Delta], list[Delta]]:
+    """Open the stream and read up to the first content delta. Raises `ProviderError`
+    (`timeout` naming which deadline); the upstream is closed on every failure."""
+    first, total = started + ttft_s, started + total_s
+    which, deadline = ("first token", ttft_s) if first <= total else ("total", total_s)
+    upstream = provider.stream(preq)
+    anext_ = upstream.__anext__
+    head: list[Delta] = []
+    scope = asyncio.timeout_at(min(first, total))
+    try:
+        async with scope:
+            while True:
+                try:
+                    delta = await anext_()
+                except StopAsyncIteration:
+                    break
+                head.append(delta)
+                if isinstance(delta, CONTENT_TYPES):
+                    break
+    except TimeoutError:
+        await close_quietly(upstream)
+        if not scope.expired():
+            raise ProviderError("timeout", "timeout inside the provider call") from None
+        raise ProviderError("timeout", f"{which} timeout after {deadline:g} s") from None
+    except BaseException:
+        await close_quietly(upstream)
+        raise
+    return upstream, head
+
+
+def end_attempt(router: Router, ledger: Ledger, attempt: Attempt) -> None:
+    """Close `attempt`'s books even when another attempt (a hedge) is the current one."""
+    current = ledger.current
+    ledger.current = attempt
+    ledger.end_attempt(router.stats)
+    ledger.current = current if current is not attempt else None
+
+
+async def stream_opened(router: Router, opened: Opened,
+                        ledger: Ledger) -> AsyncGenerator[Event, None]:
+    """Events of an opened attempt to its end. Sets `attempt.finish`; raises AttemptFailed."""
+    dep, attempt, upstream = opened.dep, opened.attempt, opened.upstream
+    ledger.current = attempt
+    timeouts = router.loaded.config.resilience.timeouts
+    wd = Watchdog(timeouts.ttft_s, timeouts.idle_s, timeouts.total_s, started=opened.started)
+    buffered, splice = opened.head, opened.splice
+    anext_ = upstream.__anext__
+    em = ledger.em
+    rid, clock, t0, time_ = em.request_id, em.clock, em.t0, wd.time
+    outcome: str | None = "cancelled"  # what the breaker hears if we are left early
+    try:
+        while True:
+            if buffered:
+                delta = buffered.pop(0)
+            else:
+                wd.waiting_since = time_()
+                try:
+                    delta = await anext_()
+                except StopAsyncIteration:
+                    break
+                wd.waiting_since = None
+            kind = type(delta)
+            if kind is TextDelta:
+                text: str = delta.text  # type: ignore[union-attr]
+                if splice is not None:
+                    text = splice.feed(text)
+                    if splice.done:
+                        splice = None
+                    if not text:
+                        continue
+                if not wd.got_content:
+                    wd.got_content = True
+                    ledger.first_content(router.stats)
+                seq = em.seq
+                em.seq = seq + 1
+                yield text_event(rid, seq, (clock() - t0) * 1000.0, text)
+                if attempt.add_output(text):
+                    attempt.finish = "budget"
+                    break
+            elif kind is ReasoningDelta:
+                text = delta.text  # type: ignore[union-attr]
+                if not wd.got_content:
+                    wd.got_content = True
+                    ledger.first_content(router.stats)
+                seq = em.seq
+                em.seq = seq + 1
+                yield reasoning_event(rid, seq, (clock() - t0) * 1000.0, text)
+                if attempt.add_output(text, reasoning=True):
+                    attempt.finish = "budget"
+                    break
+            elif kind is ToolCallDelta:
+                assert isinstance(delta, ToolCallDelta)
+                if not wd.got_content:
+                    wd.got_content = True
+                    ledger.first_content(router.stats)
+                attempt.add_tool_fragment(delta)
+                seq = em.seq
+                em.seq = seq + 1
+                yield tool_call_event(rid, seq, (clock() - t0) * 1000.0, delta.index,
+                                      delta.id, delta.name, delta.arguments)
+                if attempt.add_output(delta.arguments):
+                    attempt.finish = "budget"
+                    break
+            elif kind is UsageDelta:
+                assert isinstance(delta, UsageDelta)
+                attempt.set_usage(delta)
+            elif kind is FinishDelta:
+                assert isinstance(delta, FinishDelta)
+                attempt.finish = delta.reason
+        if attempt.finish is None:
+            raise ProviderError("protocol_error", "stream ended without a finish marker")
+        if splice is not None and (rest := splice.flush()):
+            seq = em.seq
+            em.seq = seq + 1
+            yield text_event(rid, seq, (clock() - t0) * 1000.0, rest)
+            attempt.add_output(rest)
+        outcome = None
+    except ProviderError as err:
+        outcome = err.code
+        raise AttemptFailed(err, attempt.content_deltas) from None
+    except asyncio.CancelledError:
+        timeout = wd.expired()
+        if timeout is None:
+            raise
+        outcome = timeout.code
+        raise AttemptFailed(timeout, attempt.content_deltas) from None
+    finally:
+        wd.disarm()
+        await close_quietly(upstream)
+        end_attempt(router, ledger, attempt)
+        if outcome is None:
+            opened.permit.success()
+            router.stats.observe_outcome(dep.id, None)
+        elif outcome == "cancelled":
+            opened.permit.release()
+        else:
+            opened.permit.failure(outcome)
+            router.stats.observe_outcome(dep.id, outcome)
+    ledger.finish = attempt.finish

@@ -1,0 +1,295 @@
+"""Serving one request over its ranked candidates: breakers, retries, hedging, failover
+before the first token and failover with continuation after it.
+
+Before the first content delta nothing has reached the caller, so an attempt may be
+retried (tenacity loop, `retry` events), raced against a hedge, or abandoned for the next
+candidate (`fallback` with `after_tokens: 0`). After it, a failure moves on to the next
+candidate with the mode of `resilience.resume`: `continue` asks it for the rest of the
+answer (see `router.resilience`), `restart` streams the whole answer again after a
+`fallback` telling the caller to discard what it has (also used when tool-call fragments
+were sent: a JSON fragment cannot be continued), `fail` ends with the error. When every
+candidate failed, the original error is reported — the first real failure, never a 400
+from a continuation request or an open breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+from providers.base import CLIENT_ERROR_CODES, ProviderError, ProviderRequest, estimate_tokens
+from router.accounting import Attempt, Ledger
+from router.attempt import AttemptFailed, Opened, end_attempt, open_upstream, stream_opened
+from router.breaker import Permit
+from router.config import Deployment
+from router.events import Event, FallbackEvent, ResumeMode, RetryEvent, StartEvent
+from router.resilience import Splice, Way, continuation_messages
+
+if TYPE_CHECKING:
+    from router.core import Router
+    from router.orchestrator import Emitter
+    from router.request import PreparedRequest
+
+
+class Failover:
+    """The serving state of one request; `run()` yields its events up to the terminal one,
+    leaving `ledger.finish` (success) or `ledger.failure` set."""
+
+    def __init__(self, router: Router, req: PreparedRequest, ranked: list[Deployment],
+                 em: Emitter, ledger: Ledger) -> None:
+        self.router, self.req, self.ranked, self.em, self.ledger = router, req, ranked, em, ledger
+        self.res = router.resilience
+        self.timeouts = router.loaded.config.resilience.timeouts
+        self.input_estimate = estimate_tokens(req.system or "") + req.constraints.input_tokens
+        self.t0 = self.res.retry.clock()
+        self.original: tuple[ProviderError, str] | None = None  # what the caller is told
+        self.error: ProviderError | None = None  # how the last pre-token phase failed
+        self.opened: Opened | None = None
+        self._hedged_to: Deployment | None = None  # the hedge started by the last race
+        self._attempt: Attempt | None = None  # the attempt the last `start` event announced
+
+    # --- the candidate loop ---------------------------------------------------------------
+
+    async def run(self) -> AsyncGenerator[Event, None]:
+        resume = self.res.cfg.resume
+        ranked, i = self.ranked, 0
+        failed_on: Deployment | None = None
+        failure: ProviderError | None = None
+        while i < len(ranked):
+            dep, i = ranked[i], i + 1
+            if failure is not None and failure.code == "context_length" and failed_on and (
+                    dep.context_window <= failed_on.context_window):
+                continue  # only a larger context window can help
+            permit = self.res.breakers.admit(dep.id)
+            if permit is None:
+                continue  # opened since routing: route elsewhere
+            sent = self._content_sent()
+            mode: ResumeMode | None = None
+            if sent:
+                mode = "restart" if resume == "restart" or self.ledger.tool_calls else "continue"
+            if failed_on is not None and failure is not None:
+                yield self._fallback(failed_on, dep, failure, sent, mode)
+            if mode == "restart":
+                self.ledger.text_parts.clear()
+                self.ledger.tool_calls.clear()
+            hedge = ranked[i] if i < len(ranked) and not sent else None
+            async with aclosing(self._first_token(dep, permit, hedge, mode == "continue",
+                                                  has_alternative=i < len(ranked))) as events:
+                async for event in events:
+                    yield event
+            opened, self.opened = self.opened, None
+            if opened is None:
+                assert self.error is not None
+                failed_on, failure = self._failed(dep, self.error)
+                if self._hedged_to is not None:
+                    i = max(i, ranked.index(self._hedged_to) + 1)
+                if failure.code in CLIENT_ERROR_CODES and failure.code != "context_length":
+                    break
+                continue
+            if opened.dep is not dep:  # the hedge won: go on from it
+                i = ranked.index(opened.dep) + 1
+            try:
+                async with aclosing(stream_opened(self.router, opened, self.ledger)) as events:
+                    async for event in events:
+                        yield event
+                return
+            except AttemptFailed as failed:
+                failed_on, failure = self._failed(opened.dep, failed.error)
+                if resume == "fail":
+                    break
+        self.ledger.failure = self.original or self._all_open()
+
+    def _failed(self, dep: Deployment, err: ProviderError) -> tuple[Deployment, ProviderError]:
+        if self.original is None:
+            self.original = (err, dep.id)
+        return dep, err
+
+    def _all_open(self) -> tuple[ProviderError, str]:
+        return (ProviderError("overloaded", "every candidate's circuit breaker is open",
+                              retryable=True), self.ranked[0].id if self.ranked else "")
+
+    def _content_sent(self) -> int:
+        return sum(a.content_deltas for a in self.ledger.attempts)
+
+    # --- before the first token -----------------------------------------------------------
+
+    async def _first_token(self, dep: Deployment, permit: Permit, hedge: Deployment | None,
+                           continuing: bool, has_alternative: bool
+                           ) -> AsyncGenerator[Event, None]:
+        """Sets `self.opened`, or `self.error` with how `dep` failed."""
+        self._hedged_to = None
+        preq = provider_request(dep, self.req)
+        if not continuing:
+            async with aclosing(self._retrying(dep, preq, permit, has_alternative, None,
+                                               hedge)) as events:
+                async for event in events:
+                    yield event
+            return
+        partial = self.ledger.text()
+        ways = self.res.continuation_ways(dep)
+        for n, way in enumerate(ways):
+            messages, stripped = continuation_messages(self.req.messages, partial, way)
+            splice = Splice(partial, strip_leading_ws=stripped, repeat_check=way == "instruct")
+            cont = dataclasses.replace(preq, messages=messages)
+            async with aclosing(self._retrying(dep, cont, permit, has_alternative, splice,
+                                               None)) as events:
+                async for event in events:
+                    yield event
+            err = self.error
+            if self.opened is not None or err is None or err.code != "bad_request":
+                return
+            self._learn(dep, way)  # refused this way of continuing: try the other
+            if n + 1 < len(ways):
+                next_permit = self.res.breakers.admit(dep.id)
+                if next_permit is None:
+                    return
+                permit = next_permit
+
+    def _learn(self, dep: Deployment, way: Way) -> None:
+        self.res.learn_refusal(dep.id, way)
+
+    async def _retrying(self, dep: Deployment, preq: ProviderRequest, permit: Permit,
+                        has_alternative: bool, splice: Splice | None,
+                        hedge: Deployment | None) -> AsyncGenerator[Event, None]:
+        self.error = None
+        retry = self.res.retry
+        try:
+            async for attempt in retry.loop(has_alternative=has_alternative,
+                                            started_at=self.t0):
+                if attempt.number > 1:
+                    assert attempt.error is not None
+                    next_permit = self.res.breakers.admit(dep.id)
+                    if next_permit is None:  # tripped meanwhile: go elsewhere
+                        self.error = attempt.error
+                        return
+                    permit = next_permit
+                    yield self._retry_event(dep, attempt.number, attempt.error, attempt.delay_s)
+                    await retry.sleep(attempt.delay_s)
+                after_s = None
+                if hedge is not None and attempt.number == 1:
+                    after_s = self.res.hedge_after_s(self.req.task, dep, self.router.stats)
+                try:
+                    if after_s is not None and hedge is not None:
+                        async with aclosing(self._race(dep, preq, permit, hedge,
+                                                       after_s)) as events:
+                            async for event in events:
+                                yield event
+                        if self.opened is None:
+                            assert self.error is not None
+                            raise self.error
+                    else:
+                        yield self._start(dep, hedge=False)
+                        self.opened = await self._open(dep, preq, self._current(), permit)
+                except ProviderError as err:
+                    attempt.failed(err)
+                    continue
+                self.opened.splice = splice
+                attempt.succeeded()
+                return
+        except ProviderError as err:
+            self.error = err
+
+    def _current(self) -> Attempt:
+        assert self._attempt is not None
+        return self._attempt
+
+    def _start(self, dep: Deployment, hedge: bool) -> StartEvent:
+        self._attempt = self.ledger.begin(dep, self.input_estimate)
+        em = self.em
+        seq = em.seq
+        em.seq += 1
+        return StartEvent.model_construct(
+            request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(), deployment=dep.id,
+            provider=dep.provider, model=dep.model, attempt=self._attempt.number, hedge=hedge)
+
+    async def _open(self, dep: Deployment, preq: ProviderRequest, attempt: Attempt,
+                    permit: Permit) -> Opened:
+        """One attempt up to its first content delta. On failure its books are closed,
+        its breaker told, and the `ProviderError` raised."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        provider = self.router.provider(dep.provider)
+        try:
+            upstream, head = await open_upstream(provider, preq, started, self.timeouts.ttft_s,
+                                                 self.timeouts.total_s)
+        except ProviderError as err:
+            end_attempt(self.router, self.ledger, attempt)
+            permit.failure(err.code)
+            self.router.stats.observe_outcome(dep.id, err.code)
+            raise
+        except BaseException:
+            self.abandon(attempt, permit)
+            raise
+        return Opened(dep, upstream, head, attempt, permit, started)
+
+    def abandon(self, attempt: Attempt, permit: Permit) -> None:
+        """An attempt given up without an outcome (caller left, hedge lost): the provider
+        may bill the prompt, so its input is counted."""
+        from providers.base import UsageDelta
+
+        if attempt.usage is None:
+            attempt.set_usage(UsageDelta(attempt.input_estimate, attempt.output_tokens))
+        end_attempt(self.router, self.ledger, attempt)
+        permit.release()
+
+    # --- hedging --------------------------------------------------------------------------
+
+    async def _race(self, dep: Deployment, preq: ProviderRequest, permit: Permit,
+                    hedge: Deployment, after_s: float) -> AsyncGenerator[Event, None]:
+        """Start `dep`; if no first token after `after_s`, start `hedge` too. The first to
+        produce one wins (`self.opened`); the other is closed at once, its cost counted.
+        When both fail, `self.error` is `dep`'s failure."""
+        from router.hedge import Race
+
+        yield self._start(dep, hedge=False)
+        race = Race(self.ledger, self.abandon)
+        primary = self._current()
+        race.add(primary, self._open(dep, preq, primary, permit), permit)
+        try:
+            if not await race.wait(after_s):
+                hedge_permit = self.res.breakers.admit(hedge.id)
+                if hedge_permit is not None:
+                    yield self._start(hedge, hedge=True)
+                    self._hedged_to = hedge
+                    hreq = provider_request(hedge, self.req)
+                    second = self._current()
+                    race.add(second, self._open(hedge, hreq, second, hedge_permit), hedge_permit)
+                await race.wait(None)
+            self.opened, self.error = race.result()
+        finally:
+            await race.close_losers()
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _retry_event(self, dep: Deployment, number: int, err: ProviderError,
+                     delay_s: float) -> RetryEvent:
+        em = self.em
+        seq = em.seq
+        em.seq += 1
+        return RetryEvent.model_construct(
+            request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(), deployment=dep.id,
+            attempt=number, error=err.code, delay_ms=delay_s * 1000.0)
+
+    def _fallback(self, src: Deployment, dst: Deployment, err: ProviderError, sent: int,
+                  mode: ResumeMode | None) -> FallbackEvent:
+        em = self.em
+        seq = em.seq
+        em.seq += 1
+        return FallbackEvent.model_construct(
+            request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(),
+            from_deployment=src.id, to_deployment=dst.id, error=err.code, after_tokens=sent,
+            mode=mode)
+
+
+def provider_request(dep: Deployment, req: PreparedRequest) -> ProviderRequest:
+    max_tokens = req.max_tokens or dep.default_max_tokens
+    if dep.max_output_tokens is not None:
+        max_tokens = min(max_tokens, dep.max_output_tokens)
+    return ProviderRequest(
+        model=dep.model, messages=req.messages, system=req.system, max_tokens=max_tokens,
+        temperature=req.temperature, tools=req.tools, tool_choice=req.tool_choice,
+        stop=req.stop, options=dep.options,
+    )
