@@ -57,7 +57,8 @@ _CONTEXT_MARKERS = (
     "input token count",
     "exceeds the maximum number of tokens",
 )
-_FILTER_MARKERS = ("content_filter", "content_policy", "content management policy")
+_FILTER_MARKERS = ("content_filter", "content_policy", "content management policy",
+                   "content filter")  # Anthropic: "Output blocked by content filtering policy"
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
