@@ -16,7 +16,18 @@ import uvicorn
 
 from router.config import parse_config
 from router.core import Router
-from router.events import DoneEvent, Event, ReasoningEvent, TextEvent
+from router.events import (
+    Cost,
+    DoneEvent,
+    Event,
+    Latency,
+    ReasoningEvent,
+    StartEvent,
+    TextEvent,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
 from router.server.anthropic_request import stream_kwargs, to_openai_messages
 from router.server.app import create_app
 from router.server.compat import RequestProblem
@@ -337,3 +348,74 @@ def test_request_fields_map_onto_stream_arguments() -> None:
                          None) == {"model": "fast", "tool_choice": "required"}
     with pytest.raises(RequestProblem, match="max_cost_usd"):
         stream_kwargs({"model": "chat", "max_cost_usd": "cheap"}, router, None)
+
+
+# --- scripted event sequences -------------------------------------------------------------
+
+
+class ScriptedRouter(Router):
+    """Streams a fixed event list whatever the request: shapes the simulated provider never
+    produces (interleaved parallel tool calls) reach the SDK exactly as scripted."""
+
+    def __init__(self, events: list[Event]) -> None:
+        super().__init__(parse_config(CONFIG))
+        self.script = events
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        script = iter(self.script)
+
+        class Scripted:
+            request_id = "scripted"
+
+            def __aiter__(self) -> Any:
+                return self
+
+            async def __anext__(self) -> Event:
+                try:
+                    return next(script)
+                except StopIteration:
+                    raise StopAsyncIteration from None
+
+            async def aclose(self) -> None:
+                return None
+
+        return Scripted()
+
+
+def _script(*specs: tuple[type[Any], dict[str, Any]]) -> list[Event]:
+    return [cls(request_id="scripted", seq=i, elapsed_ms=float(i), **fields)
+            for i, (cls, fields) in enumerate(specs)]
+
+
+PARALLEL_TOOLS = _script(
+    (StartEvent, {"deployment": "fast", "provider": "sim", "model": "sim-flash", "attempt": 1}),
+    (TextEvent, {"delta": "Checking both."}),
+    (ToolCallEvent, {"index": 0, "id": "call_a", "name": "lookup", "arguments_delta": '{"q":'}),
+    (ToolCallEvent, {"index": 1, "id": "call_b", "name": "lookup",
+                     "arguments_delta": '{"q":"B"}'}),
+    (ToolCallEvent, {"index": 0, "id": None, "name": None, "arguments_delta": '"A"}'}),
+    (DoneEvent, {"deployment": "fast", "provider": "sim", "model": "sim-flash",
+                 "finish_reason": "tool_calls",
+                 "tool_calls": [ToolCall(id="call_a", name="lookup", arguments={"q": "A"}),
+                                ToolCall(id="call_b", name="lookup", arguments={"q": "B"})],
+                 "usage": Usage(input_tokens=30, cached_input_tokens=10, output_tokens=12),
+                 "cost_usd": 0.001, "cost": Cost(), "latency": Latency(total_ms=5.0),
+                 "attempts": 1}),
+)
+
+
+async def test_interleaved_parallel_tool_calls_reach_the_sdk_as_separate_blocks() -> None:
+    app = create_app(ScriptedRouter(PARALLEL_TOOLS))
+    async with serve(app) as url, anthropic.AsyncAnthropic(
+        base_url=url, api_key=KEY, max_retries=0
+    ) as client, client.messages.stream(
+        model="chat", max_tokens=100, messages=[{"role": "user", "content": "A and B"}],
+    ) as stream:
+        final = await stream.get_final_message()
+    assert [b.type for b in final.content] == ["text", "tool_use", "tool_use"]
+    assert final.content[0].text == "Checking both."  # type: ignore[union-attr]
+    assert [(b.id, b.input) for b in final.content[1:]] == [  # type: ignore[union-attr]
+        ("call_a", {"q": "A"}), ("call_b", {"q": "B"})]
+    assert final.stop_reason == "tool_use"
+    # Anthropic counts cache reads apart from input tokens.
+    assert final.usage.input_tokens == 20 and final.usage.cache_read_input_tokens == 10

@@ -17,7 +17,18 @@ import uvicorn
 
 from router.config import parse_config
 from router.core import Router
-from router.events import DoneEvent, Event, TextEvent, ToolCallEvent
+from router.events import (
+    Cost,
+    DoneEvent,
+    Event,
+    FallbackEvent,
+    Latency,
+    StartEvent,
+    TextEvent,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
 from router.server.app import create_app
 
 KEY = "sk-test-openai-compat-0123456789"
@@ -420,3 +431,122 @@ async def test_models_lists_auto_tasks_and_deployments(client: openai.AsyncOpenA
     assert one.id == "thinker" and one.owned_by == "sim"
     with pytest.raises(openai.NotFoundError):
         await client.models.retrieve("nope")
+
+
+# --- scripted event sequences -------------------------------------------------------------
+
+
+class ScriptedRouter(Router):
+    """Streams a fixed event list whatever the request: shapes the simulated provider never
+    produces (interleaved parallel tool calls, a restart) reach the SDK exactly as
+    scripted."""
+
+    def __init__(self, events: list[Event]) -> None:
+        super().__init__(parse_config(CONFIG))
+        self.script = events
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        script = iter(self.script)
+
+        class Scripted:
+            request_id = "scripted"
+
+            def __aiter__(self) -> Any:
+                return self
+
+            async def __anext__(self) -> Event:
+                try:
+                    return next(script)
+                except StopIteration:
+                    raise StopAsyncIteration from None
+
+            async def aclose(self) -> None:
+                return None
+
+        return Scripted()
+
+
+def _script(*specs: tuple[type[Any], dict[str, Any]]) -> list[Event]:
+    return [cls(request_id="scripted", seq=i, elapsed_ms=float(i), **fields)
+            for i, (cls, fields) in enumerate(specs)]
+
+
+def _start(dep: str) -> tuple[type[Any], dict[str, Any]]:
+    return StartEvent, {"deployment": dep, "provider": "sim", "model": "m", "attempt": 1}
+
+
+def _done(finish: str, calls: list[ToolCall]) -> tuple[type[Any], dict[str, Any]]:
+    return DoneEvent, {"deployment": "thinker", "provider": "sim", "model": "m",
+                       "finish_reason": finish, "tool_calls": calls,
+                       "usage": Usage(input_tokens=30, cached_input_tokens=10,
+                                      output_tokens=12, reasoning_tokens=2),
+                       "cost_usd": 0.001, "cost": Cost(), "latency": Latency(total_ms=5.0),
+                       "attempts": 2}
+
+
+@contextlib.asynccontextmanager
+async def scripted_client(*specs: tuple[type[Any], dict[str, Any]]
+                          ) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with serve(create_app(ScriptedRouter(_script(*specs)))) as url, openai.AsyncOpenAI(
+            base_url=f"{url}/v1", api_key=KEY, max_retries=0) as c:
+        yield c
+
+
+async def test_interleaved_parallel_tool_calls_accumulate_by_index() -> None:
+    calls = [ToolCall(id="call_a", name="lookup", arguments={"q": "A"}),
+             ToolCall(id="call_b", name="lookup", arguments={"q": "B"})]
+    async with scripted_client(
+        _start("thinker"),
+        (TextEvent, {"delta": "Checking both."}),
+        (ToolCallEvent, {"index": 0, "id": "call_a", "name": "lookup",
+                         "arguments_delta": '{"q":'}),
+        (ToolCallEvent, {"index": 1, "id": "call_b", "name": "lookup",
+                         "arguments_delta": '{"q":"B"}'}),
+        (ToolCallEvent, {"index": 0, "id": None, "name": None, "arguments_delta": '"A"}'}),
+        _done("tool_calls", calls),
+    ) as client, client.chat.completions.stream(
+        model="chat", messages=[{"role": "user", "content": "A and B"}],
+        stream_options={"include_usage": True},
+    ) as stream:
+        final = await stream.get_final_completion()
+    message = final.choices[0].message
+    assert message.content == "Checking both."
+    assert [(c.id, c.function.name, c.function.arguments)  # type: ignore[union-attr]
+            for c in message.tool_calls or ()] == [
+        ("call_a", "lookup", '{"q":"A"}'), ("call_b", "lookup", '{"q":"B"}')]
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert final.usage is not None
+    assert final.usage.prompt_tokens_details is not None
+    assert final.usage.prompt_tokens_details.cached_tokens == 10
+    assert final.usage.completion_tokens_details is not None
+    assert final.usage.completion_tokens_details.reasoning_tokens == 2
+
+
+RESTART = (
+    _start("fast"),
+    (TextEvent, {"delta": "The par"}),
+    (FallbackEvent, {"from_deployment": "fast", "to_deployment": "thinker",
+                     "error": "protocol_error", "after_tokens": 1, "mode": "restart"}),
+    _start("thinker"),
+    (TextEvent, {"delta": "The whole answer."}),
+    _done("stop", []),
+)
+
+
+async def test_a_restarted_answer_replaces_the_partial_one_when_not_streaming() -> None:
+    async with scripted_client(*RESTART) as client:
+        res = await client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}])
+    assert res.choices[0].message.content == "The whole answer."
+    assert res.model == "thinker"
+
+
+async def test_a_restart_after_streamed_text_ends_the_stream_with_an_error() -> None:
+    async with scripted_client(*RESTART) as client:
+        stream = await client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}], stream=True)
+        text = ""
+        with pytest.raises(openai.APIError, match="cannot be retracted"):
+            async for chunk in stream:
+                text += chunk.choices[0].delta.content or ""
+    assert text == "The par"
