@@ -35,6 +35,7 @@ from router.server.auth import (
     KeyRing,
     Principal,
     RateLimiter,
+    install_log_redaction,
     problem,
 )
 from router.server.eventlog import EventLog, LogGap, StreamLog
@@ -212,6 +213,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     server_metrics = ServerMetrics(lambda: live_snapshot(router))
     hub = StreamHub(router, streams, runs, server_metrics, log_prompts=settings.log_prompts)
     extra_routes, public = _extension_routes()
+    install_log_redaction()
     keys, limiter = KeyRing(settings.api_keys), RateLimiter()
 
     @contextlib.asynccontextmanager

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +46,27 @@ def hash_key(key: str) -> str:
 def redact(text: str) -> str:
     """`text` (an access-log line, a URL) with any `api_key=` query value removed."""
     return _REDACT.sub(r"\1[redacted]", text)
+
+
+class RedactKeys(logging.Filter):
+    """Removes `api_key=` query values from log records (uvicorn's access log prints full
+    paths, and EventSource clients put the key in the query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+                isinstance(a, str) and "api_key=" in a for a in record.args):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str) and "api_key=" in record.msg:
+            record.msg = redact(record.msg)
+        return True
+
+
+def install_log_redaction(names: Iterable[str] = ("uvicorn.access", "uvicorn.error")) -> None:
+    """Put `RedactKeys` on the loggers that may print request paths (idempotent)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactKeys) for f in logger.filters):
+            logger.addFilter(RedactKeys())
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,14 +113,15 @@ async def serve(fleet: Any) -> AsyncIterator[Callable[..., Awaitable[Served]]]:
                     server: Mapping[str, Any] | None = None,
                     options: Mapping[str, Mapping[str, Any]] | None = None,
                     key_options: Mapping[str, Mapping[str, Any]] | None = None,
-                    budgets: Any = None, config: Mapping[str, Any] | None = None) -> Served:
+                    budgets: Any = None, config: Mapping[str, Any] | None = None,
+                    log_level: str = "warning") -> Served:
         data = dict(config) if config is not None else fleet.config(options=options)
         api_keys = [key_entry(n, k, **(key_options or {}).get(n, {}))
                     for n, k in (keys or {}).items()]
         data["server"] = {**data.get("server", {}), **(server or {}), "api_keys": api_keys}
         router = Router(fleet.load(data), budgets=budgets)
         app = create_app(router, close_router=True)
-        cfg = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+        cfg = uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level,
                              lifespan="on", timeout_graceful_shutdown=5)
         srv = uvicorn.Server(cfg)
         task = asyncio.create_task(srv.serve())
