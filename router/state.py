@@ -207,8 +207,10 @@ class MemoryState:
         return [max(0, self._int(k)) for k in keys]
 
     async def scan(self, prefix: str, suffix: str) -> dict[str, dict[str, int]]:
+        least = len(prefix) + len(suffix)  # prefix and suffix do not overlap (as in Redis)
         return {k: dict(v) for k, v in list(self._hashes.items())
-                if k.startswith(prefix) and k.endswith(suffix) and self._alive(k)}
+                if len(k) >= least and k.startswith(prefix) and k.endswith(suffix)
+                and self._alive(k)}
 
     async def aclose(self) -> None:
         return None
@@ -291,10 +293,15 @@ class RedisState:
     """State in Redis: shared by router processes and kept across restarts. Checks and
     bookings run as Lua scripts, so each reserve and each settle is atomic."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_connections: int = 32) -> None:
         import redis.asyncio as aioredis
 
-        self._redis: Any = aioredis.Redis.from_url(url, decode_responses=True)
+        # A blocking pool: a burst of concurrent requests waits for a connection instead
+        # of failing with "too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=10, decode_responses=True)
+        self._pool: Any = pool
+        self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
 
@@ -355,6 +362,7 @@ class RedisState:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+        await self._pool.disconnect()
 
 
 def _glob_escape(text: str) -> str:
