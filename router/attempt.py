@@ -116,7 +116,9 @@ async def stream_opened(router: Router, opened: Opened,
     dep, attempt, upstream = opened.dep, opened.attempt, opened.upstream
     ledger.current = attempt
     timeouts = router.loaded.config.resilience.timeouts
-    wd = Watchdog(timeouts.ttft_s, timeouts.idle_s, timeouts.total_s, started=opened.started)
+    wd = Watchdog(timeouts.ttft_s, timeouts.idle_s, timeouts.total_s, started=opened.started,
+                  got_content=True)
+    fresh = True  # no content sent yet by this attempt
     buffered, splice = opened.head, opened.splice
     anext_ = upstream.__anext__
     em = ledger.em
@@ -142,8 +144,8 @@ async def stream_opened(router: Router, opened: Opened,
                         splice = None
                     if not text:
                         continue
-                if not wd.got_content:
-                    wd.got_content = True
+                if fresh:
+                    fresh = False
                     ledger.first_content(router.stats)
                 seq = em.seq
                 em.seq = seq + 1
@@ -153,8 +155,8 @@ async def stream_opened(router: Router, opened: Opened,
                     break
             elif kind is ReasoningDelta:
                 text = delta.text  # type: ignore[union-attr]
-                if not wd.got_content:
-                    wd.got_content = True
+                if fresh:
+                    fresh = False
                     ledger.first_content(router.stats)
                 seq = em.seq
                 em.seq = seq + 1
@@ -164,8 +166,8 @@ async def stream_opened(router: Router, opened: Opened,
                     break
             elif kind is ToolCallDelta:
                 assert isinstance(delta, ToolCallDelta)
-                if not wd.got_content:
-                    wd.got_content = True
+                if fresh:
+                    fresh = False
                     ledger.first_content(router.stats)
                 attempt.add_tool_fragment(delta)
                 seq = em.seq

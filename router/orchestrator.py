@@ -37,6 +37,15 @@ _SUGGESTIONS: dict[str, str] = {
     "context_length": "shorten the input or add a larger-context candidate",
     "content_filter": "rephrase the request",
     "budget_exceeded": "raise the budget or wait for its window to roll over",
+    "rate_limited": "retry later, or add candidates on other providers to the task",
+    "overloaded": "retry later, or add candidates on other providers to the task",
+    "circuit_open": "the deployments failed repeatedly; retry after the breaker's "
+                    "reset_timeout_s, or add candidates on other providers",
+    "timeout": "raise resilience.timeouts (ttft_s, idle_s, total_s), or add faster candidates",
+    "connection": "check the provider's base_url and the network; add candidates as fallbacks",
+    "provider_error": "retry later, or add candidates on other providers to the task",
+    "protocol_error": "the provider broke its stream protocol; retry, or add fallback candidates",
+    "cancelled": "the stream was cancelled before it finished",
 }
 
 
