@@ -1,0 +1,244 @@
+"""Routing decisions, table-driven: budgets and `prefer` against a fleet whose estimates are
+worked out by hand below; every exclusion carries its reason; live statistics override
+the priors once observed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from router.config import Deployment, LatencyPrior, Price
+from router.policy import RouteConstraints, choose_route
+from router.stats import StatsRegistry
+
+
+def dep(id: str, price: tuple[float, float], prior: tuple[float, float], quality: float,
+        context: int, caps: tuple[str, ...]) -> Deployment:
+    return Deployment(
+        id=id, provider="p", provider_kind="simulated", model=f"{id}-model",
+        price=Price(input_per_mtok=price[0], output_per_mtok=price[1]),
+        context_window=context, max_output_tokens=None, default_max_tokens=1024,
+        latency_prior=LatencyPrior(ttft_ms=prior[0], tokens_per_s=prior[1]),
+        quality=quality, capabilities=frozenset(caps), options={})
+
+
+# For 1,000 input and 500 output tokens (latency = ttft + 500 / tokens_per_s):
+#   id       cost $     ttft ms  latency ms   quality  context  capabilities
+#   fast     0.0003       120      1370        0.55     32768   tools
+#   mid      0.0024       350      4516.7      0.75    128000   tools, prefill
+#   strong   0.0105       900     10900        0.92    200000   tools, reasoning
+#   budget   0.0001      2000     18666.7      0.40      8192   -
+FLEET = {d.id: d for d in (
+    dep("fast", (0.10, 0.40), (120, 400), 0.55, 32768, ("tools",)),
+    dep("mid", (0.80, 3.20), (350, 120), 0.75, 128000, ("tools", "prefill")),
+    dep("strong", (3.00, 15.00), (900, 50), 0.92, 200000, ("tools", "reasoning")),
+    dep("budget", (0.05, 0.10), (2000, 30), 0.40, 8192, ()),
+)}
+ALL = ("fast", "mid", "strong", "budget")
+
+
+def constraints(**kw: Any) -> RouteConstraints:
+    base: dict[str, Any] = {"candidates": ALL, "prefer": "balanced", "input_tokens": 1000,
+                            "output_tokens": 500}
+    return RouteConstraints(**{**base, **kw})
+
+
+def available(d: Deployment) -> str | None:
+    return None
+
+
+def route(c: RouteConstraints, stats: StatsRegistry | None = None,
+          unavailable: Any = available) -> Any:
+    return choose_route(c, FLEET, stats or StatsRegistry(), unavailable)
+
+
+def ranked_ids(decision: Any) -> list[str]:
+    return [e.deployment.id for e in decision.ranked]
+
+
+def reasons(decision: Any) -> dict[str, str | None]:
+    return {e.deployment.id: e.reason for e in decision.candidates}
+
+
+# (constraints, expected ranking, expected exclusions {id: reason})
+TABLE: list[tuple[str, dict[str, Any], list[str], dict[str, str]]] = [
+    ("cost", {"prefer": "cost"}, ["budget", "fast", "mid", "strong"], {}),
+    ("latency", {"prefer": "latency"}, ["fast", "mid", "strong", "budget"], {}),
+    ("quality", {"prefer": "quality"}, ["strong", "mid", "fast", "budget"], {}),
+    # balanced = 0.5 quality + 0.25 relative cheapness + 0.25 relative speed:
+    # mid .757 > fast .750 > strong .564 > budget .448
+    ("balanced", {"prefer": "balanced"}, ["mid", "fast", "strong", "budget"], {}),
+    ("max_ttft_ms", {"prefer": "cost", "max_ttft_ms": 500}, ["fast", "mid"], {
+        "strong": "max_ttft_ms: estimated 900 ms > 500 ms",
+        "budget": "max_ttft_ms: estimated 2000 ms > 500 ms"}),
+    ("max_ttft_ms is inclusive", {"prefer": "quality", "max_ttft_ms": 900},
+     ["strong", "mid", "fast"], {"budget": "max_ttft_ms: estimated 2000 ms > 900 ms"}),
+    ("max_latency_ms", {"prefer": "quality", "max_latency_ms": 5000}, ["mid", "fast"], {
+        "strong": "max_latency_ms: estimated 10900 ms > 5000 ms",
+        "budget": "max_latency_ms: estimated 18667 ms > 5000 ms"}),
+    ("max_latency_ms counts the output", {"prefer": "cost", "max_latency_ms": 1200,
+                                          "output_tokens": 100},
+     ["fast", "mid"], {"strong": "max_latency_ms: estimated 2900 ms > 1200 ms",
+                       "budget": "max_latency_ms: estimated 5333 ms > 1200 ms"}),
+    ("max_cost_usd", {"prefer": "quality", "max_cost_usd": 0.001}, ["fast", "budget"], {
+        "mid": "max_cost_usd: estimated $0.0024 > $0.001",
+        "strong": "max_cost_usd: estimated $0.0105 > $0.001"}),
+    ("max_cost_usd and prefer latency", {"prefer": "latency", "max_cost_usd": 0.003},
+     ["fast", "mid", "budget"], {"strong": "max_cost_usd: estimated $0.0105 > $0.003"}),
+    ("all budgets at once", {"prefer": "balanced", "max_ttft_ms": 1000,
+                             "max_latency_ms": 5000, "max_cost_usd": 0.002},
+     ["fast"], {"mid": "max_cost_usd: estimated $0.0024 > $0.002",
+                "strong": "max_latency_ms: estimated 10900 ms > 5000 ms",
+                "budget": "max_ttft_ms: estimated 2000 ms > 1000 ms"}),
+    ("context window", {"prefer": "cost", "input_tokens": 10000},
+     ["fast", "mid", "strong"],
+     {"budget": "context_window: ~10000 input + 500 output tokens > 8192"}),
+    ("context window counts the output", {"prefer": "cost", "input_tokens": 32000,
+                                          "output_tokens": 1000},
+     ["mid", "strong"],
+     {"fast": "context_window: ~32000 input + 1000 output tokens > 32768",
+      "budget": "context_window: ~32000 input + 1000 output tokens > 8192"}),
+    ("requires tools", {"prefer": "cost", "requires": frozenset({"tools"})},
+     ["fast", "mid", "strong"], {"budget": "capability: lacks tools"}),
+    ("requires tools and reasoning", {"prefer": "cost",
+                                      "requires": frozenset({"tools", "reasoning"})},
+     ["strong"], {"fast": "capability: lacks reasoning", "mid": "capability: lacks reasoning",
+                  "budget": "capability: lacks reasoning, tools"}),
+    ("capability is checked before budgets", {"prefer": "cost", "max_ttft_ms": 500,
+                                              "requires": frozenset({"tools"})},
+     ["fast", "mid"], {"strong": "max_ttft_ms: estimated 900 ms > 500 ms",
+                       "budget": "capability: lacks tools"}),
+    ("task candidates only", {"prefer": "cost", "candidates": ("strong", "mid")},
+     ["mid", "strong"], {}),
+]
+
+
+@pytest.mark.parametrize(("overrides", "ranking", "excluded"),
+                         [pytest.param(*row[1:], id=row[0]) for row in TABLE])
+def test_routing_table(overrides: dict[str, Any], ranking: list[str],
+                       excluded: dict[str, str]) -> None:
+    c = constraints(**overrides)
+    decision = route(c)
+    assert ranked_ids(decision) == ranking
+    assert [e.deployment.id for e in decision.candidates] == list(c.candidates)
+    expected_reasons = {d: excluded.get(d) for d in c.candidates}
+    assert reasons(decision) == expected_reasons
+    assert all(e.eligible == (e.reason is None) for e in decision.candidates)
+    assert decision.chosen is decision.ranked[0]
+
+
+@pytest.mark.parametrize(("prefer", "why"), [
+    ("cost", "lowest estimated cost (prefer=cost) of 4 eligible"),
+    ("latency", "lowest estimated latency (prefer=latency) of 4 eligible"),
+    ("quality", "highest quality (prefer=quality) of 4 eligible"),
+    ("balanced", "best balance of quality, cost and latency (prefer=balanced) of 4 eligible"),
+])
+def test_the_decision_says_why(prefer: str, why: str) -> None:
+    assert route(constraints(prefer=prefer)).reason == why
+
+
+def test_estimates_are_the_priors_and_prices() -> None:
+    estimates = {e.deployment.id: e for e in route(constraints()).candidates}
+    mid = estimates["mid"]
+    assert mid.ttft_ms == 350
+    assert mid.latency_ms == pytest.approx(350 + 500 / 120 * 1000)
+    assert mid.cost_usd == pytest.approx((1000 * 0.80 + 500 * 3.20) / 1e6)
+    assert estimates["budget"].cost_usd == pytest.approx(0.0001)
+
+
+def test_an_excluded_candidate_still_carries_its_estimates() -> None:
+    strong = next(e for e in route(constraints(max_ttft_ms=100)).candidates
+                  if e.deployment.id == "strong")
+    assert not strong.eligible
+    assert (strong.ttft_ms, strong.latency_ms) == (900, 10900)
+    assert strong.cost_usd == pytest.approx(0.0105)
+
+
+def test_unavailable_deployments_are_excluded_first_with_their_reason() -> None:
+    def breaker(d: Deployment) -> str | None:
+        return "circuit_open" if d.id in ("fast", "budget") else None
+
+    # budget also lacks tools, but unavailability is what the user needs to see.
+    decision = route(constraints(prefer="latency", requires=frozenset({"tools"})),
+                     unavailable=breaker)
+    assert ranked_ids(decision) == ["mid", "strong"]
+    assert reasons(decision)["fast"] == "circuit_open"
+    assert reasons(decision)["budget"] == "circuit_open"
+
+
+def test_no_eligible_candidate_explains_each_exclusion() -> None:
+    decision = route(constraints(max_cost_usd=0.00005, max_ttft_ms=1000))
+    assert decision.chosen is None and decision.ranked == []
+    assert decision.reason == "no eligible candidate"
+    assert decision.explain_exclusions() == (
+        "fast: max_cost_usd: estimated $0.0003 > $5e-05; "
+        "mid: max_cost_usd: estimated $0.0024 > $5e-05; "
+        "strong: max_cost_usd: estimated $0.0105 > $5e-05; "
+        "budget: max_ttft_ms: estimated 2000 ms > 1000 ms")
+
+
+def test_pinned_model_is_the_only_candidate() -> None:
+    decision = route(constraints(candidates=("strong",), pinned=True, prefer="cost"))
+    assert ranked_ids(decision) == ["strong"]
+    assert decision.reason == "pinned model strong"
+
+
+def test_pinned_model_is_still_held_to_budgets() -> None:
+    decision = route(constraints(candidates=("strong",), pinned=True, max_cost_usd=0.001))
+    assert decision.chosen is None
+    assert reasons(decision) == {"strong": "max_cost_usd: estimated $0.0105 > $0.001"}
+
+
+def test_cost_ties_are_broken_by_latency_and_latency_ties_by_cost() -> None:
+    twin = {
+        "slow": dep("slow", (1, 1), (900, 50), 0.5, 10000, ()),
+        "quick": dep("quick", (1, 1), (100, 50), 0.5, 10000, ()),
+        "pricey": dep("pricey", (2, 2), (100, 50), 0.5, 10000, ()),
+    }
+    c = RouteConstraints(candidates=("slow", "quick", "pricey"), prefer="cost",
+                         input_tokens=100, output_tokens=100)
+    assert [e.deployment.id for e in choose_route(c, twin, StatsRegistry(), available).ranked
+            ] == ["quick", "slow", "pricey"]
+    c = RouteConstraints(candidates=("pricey", "quick", "slow"), prefer="latency",
+                         input_tokens=100, output_tokens=100)
+    assert [e.deployment.id for e in choose_route(c, twin, StatsRegistry(), available).ranked
+            ] == ["quick", "pricey", "slow"]
+
+
+# --- live statistics ---------------------------------------------------------------------
+
+
+def test_observed_latency_overrides_the_priors() -> None:
+    stats = StatsRegistry()
+    assert ranked_ids(route(constraints(prefer="latency"), stats))[0] == "fast"
+    # strong turns out to be quick; fast turns out to be slow.
+    stats.observe_ttft("strong", 80)
+    stats.observe_rate("strong", 1000)
+    stats.observe_ttft("fast", 3000)
+    decision = route(constraints(prefer="latency", max_ttft_ms=500), stats)
+    assert ranked_ids(decision) == ["strong", "mid"]
+    assert reasons(decision)["fast"] == "max_ttft_ms: estimated 3000 ms > 500 ms"
+    strong = decision.chosen
+    assert strong is not None
+    assert (strong.ttft_ms, strong.latency_ms) == (80, pytest.approx(80 + 500))
+
+
+def test_observations_are_decayed_averages_not_the_last_sample() -> None:
+    stats = StatsRegistry()
+    stats.observe_ttft("mid", 1000)
+    stats.observe_ttft("mid", 2000)
+    estimate = {e.deployment.id: e for e in route(constraints(), stats).candidates}["mid"]
+    assert 1000 < estimate.ttft_ms < 2000
+    # The output rate keeps its prior until a rate is observed.
+    assert estimate.latency_ms == pytest.approx(estimate.ttft_ms + 500 / 120 * 1000)
+
+
+def test_latency_budget_admits_a_deployment_once_it_proves_fast() -> None:
+    stats = StatsRegistry()
+    c = constraints(prefer="quality", max_latency_ms=2000)
+    assert ranked_ids(route(c, stats)) == ["fast"]
+    for _ in range(3):
+        stats.observe_ttft("strong", 200)
+        stats.observe_rate("strong", 800)
+    assert ranked_ids(route(c, stats)) == ["strong", "fast"]
