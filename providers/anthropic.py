@@ -208,8 +208,8 @@ def _build_request(
 class _State:
     """Per-stream parse state: our tool indices, usage so far, stop reason, end seen."""
 
-    __slots__ = ("cache_creation", "cache_read", "done", "input", "output", "stop_reason",
-                 "tool_args", "tools")
+    __slots__ = ("cache_creation", "cache_read", "done", "error", "input", "output",
+                 "stop_reason", "tool_args", "tools")
 
     def __init__(self) -> None:
         self.tools: dict[int, int] = {}  # Anthropic block index -> our tool-call index
@@ -219,7 +219,8 @@ class _State:
         self.cache_read = 0
         self.cache_creation = 0
         self.stop_reason: str | None = None
-        self.done = False
+        self.done = False  # message_stop or error: stop reading
+        self.error: Mapping[str, Any] | None = None  # the in-stream `error` event
 
     def usage(self, raw: Mapping[str, Any]) -> UsageDelta:
         """Override with every non-null count in `raw` (message_delta is cumulative)."""
@@ -287,6 +288,9 @@ def _parse_event(event: Mapping[str, Any], state: _State) -> Delta | None:
         return state.usage(usage) if usage else None
     if kind == "message_stop":
         state.done = True
+    elif kind == "error":
+        state.done = True
+        state.error = event
     return None  # ping and unknown events
 
 
@@ -343,10 +347,7 @@ class AnthropicProvider:
             try:
                 async for chunk in chunks:
                     for sse in feed(chunk):
-                        event = loads(sse.data)
-                        if sse.event == "error" or event.get("type") == "error":
-                            raise _map_error(event, self._secrets)
-                        delta = _parse_event(event, state)
+                        delta = _parse_event(loads(sse.data), state)
                         if delta is not None:
                             yield delta
                         if state.done:
@@ -358,6 +359,8 @@ class AnthropicProvider:
             except orjson.JSONDecodeError as exc:
                 raise ProviderError("protocol_error", "anthropic: malformed JSON in event") \
                     from exc
+            if state.error is not None:
+                raise _map_error(state.error, self._secrets)
             if not state.done:
                 raise ProviderError("protocol_error", "anthropic: stream ended without "
                                     "message_stop")

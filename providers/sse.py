@@ -139,41 +139,40 @@ class SSEDecoder:
         out: list[SSEEvent] = []
         start = 0
         data = self._data
+        event = self._event
         while end >= 0:
-            if end == start:
-                if data or self._event:
-                    self._dispatch(out)
-                    data = self._data
+            if end == start:  # blank line: dispatch (inlined: this loop is the hot path)
+                if data:
+                    payload = data[0] if len(data) == 1 else b"\n".join(data)
+                    out.append(SSEEvent(
+                        event.decode("utf-8", "replace") if event else "message",
+                        payload.decode("utf-8", "replace"),
+                        self._last_id,
+                        self._retry,
+                    ))
+                    data = []
+                # "If the data buffer is an empty string": no event, type reset anyway.
+                event = b""
             elif buf.startswith(b"data:", start):
-                # The hot case: one `data:` line. Strip one optional leading space.
+                # Strip one optional leading space.
                 vstart = start + 6 if buf.startswith(b" ", start + 5) else start + 5
                 data.append(buf[vstart:end])
+            elif buf.startswith(b"event:", start):
+                vstart = start + 7 if buf.startswith(b" ", start + 6) else start + 6
+                event = buf[vstart:end]
             elif buf[start] == 0x3A:  # ":" comment
                 self.comments += 1
-            else:
+            else:  # rare fields: id, retry, bare names, unknown lines
+                self._data, self._event = data, event
                 self._field(buf[start:end])
+                data, event = self._data, self._event
             start = end + 1
             end = buf.find(b"\n", start)
+        self._data = data
+        self._event = event
         if start < len(buf):
             self._buf.append(buf[start:])
         return out
-
-    def _dispatch(self, out: list[SSEEvent]) -> None:
-        data = self._data
-        event = self._event
-        self._data = []
-        self._event = b""
-        if not data:  # "If the data buffer is an empty string ... return" (no dispatch)
-            return
-        payload = data[0] if len(data) == 1 else b"\n".join(data)
-        out.append(
-            SSEEvent(
-                event.decode("utf-8", "replace") if event else "message",
-                payload.decode("utf-8", "replace"),
-                self._last_id,
-                self._retry,
-            )
-        )
 
     def _field(self, line: bytes) -> None:
         name, colon, value = line.partition(b":")
