@@ -32,6 +32,7 @@ from router.events import (
     TextEvent,
     ToolCallEvent,
 )
+from router.request import RequestError, StreamParams, prepare
 from router.server.anthropic_request import stream_kwargs, to_openai_messages
 from router.server.compat import (
     ClosingStreamingResponse,
@@ -337,4 +338,29 @@ async def messages(request: Request) -> Response:
     return ClosingStreamingResponse(_sse(head, rest, writer), rest, headers)
 
 
-routes = [Route("/v1/messages", messages, methods=["POST"])]
+async def count_tokens(request: Request) -> Response:
+    """`POST /v1/messages/count_tokens`: the router's own input estimate (the one routing
+    prices), not a provider tokenizer's count."""
+    router = router_of(request)
+    try:
+        body = await read_json(request)
+        input_ = to_openai_messages(body.get("messages"))
+        kwargs = stream_kwargs(body, router, None)
+        fields = {k: v for k, v in kwargs.items() if k in _COUNTED}
+        prepared = prepare(StreamParams(input=input_, **fields), router.loaded)
+    except RequestProblem as p:
+        type_ = "not_found_error" if p.status == 404 else "invalid_request_error"
+        return _error_response(p.status, type_, p.message, None)
+    except RequestError as e:
+        return _error_response(400, "invalid_request_error", e.message, None)
+    return Response(orjson.dumps({"input_tokens": prepared.constraints.input_tokens}),
+                    media_type="application/json")
+
+
+_COUNTED = frozenset({"task", "model", "system", "tools", "tool_choice"})
+
+
+routes = [
+    Route("/v1/messages", messages, methods=["POST"]),
+    Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+]

@@ -34,11 +34,11 @@ from router.events import (
     TextEvent,
     ToolCallEvent,
 )
+from router.server import models_api
 from router.server.compat import (
     ClosingStreamingResponse,
     ObservedStream,
     RequestProblem,
-    catalog,
     open_stream,
     read_json,
     resolve_model,
@@ -390,28 +390,7 @@ def _flat(err: dict[str, Any]) -> dict[str, Any]:
             "code": e["code"]}
 
 
-def _model_object(entry: Any) -> dict[str, Any]:
-    return {"id": entry.id, "object": "model", "created": 0, "owned_by": entry.owned_by,
-            "kind": entry.kind, "description": entry.description}
-
-
-async def list_models(request: Request) -> Response:
-    data = [_model_object(e) for e in catalog(router_of(request))]
-    return Response(orjson.dumps({"object": "list", "data": data}),
-                    media_type="application/json")
-
-
-async def retrieve_model(request: Request) -> Response:
-    model_id = request.path_params["model"]
-    for entry in catalog(router_of(request)):
-        if entry.id == model_id:
-            return Response(orjson.dumps(_model_object(entry)), media_type="application/json")
-    return error_response(404, f"The model `{model_id}` does not exist or you do not have "
-                          "access to it.", "invalid_request_error", "model", "model_not_found")
-
-
 routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    Route("/v1/models", list_models, methods=["GET"]),
-    Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+    *models_api.routes,
 ]

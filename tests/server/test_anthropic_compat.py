@@ -28,6 +28,7 @@ from router.events import (
     ToolCallEvent,
     Usage,
 )
+from router.request import StreamParams, prepare
 from router.server.anthropic_request import stream_kwargs, to_openai_messages
 from router.server.app import create_app
 from router.server.compat import RequestProblem
@@ -294,6 +295,27 @@ async def test_bearer_auth_works_and_a_wrong_key_is_refused(base_url: str) -> No
         with pytest.raises(anthropic.AuthenticationError):
             await wrong.messages.create(model="fast", max_tokens=5,
                                         messages=[{"role": "user", "content": "hi"}])
+
+
+async def test_count_tokens_is_the_routers_input_estimate(
+    client: anthropic.AsyncAnthropic, router: RecordingRouter
+) -> None:
+    messages: list[Any] = [{"role": "user", "content": "Qualify this lead: Acme"}]
+    count = await client.messages.count_tokens(model="chat", system="Be brief.",
+                                               messages=messages)
+    prepared = prepare(StreamParams(input=messages, task="chat", system="Be brief."),
+                       router.loaded)
+    assert count.input_tokens == prepared.constraints.input_tokens > 0
+
+
+async def test_models_list_in_the_anthropic_shape(client: anthropic.AsyncAnthropic) -> None:
+    page = await client.models.list()
+    ids = [m.id for m in page.data]
+    assert ids == ["auto", "chat", "fast", "thinker", "cut", "limited"]
+    assert all(m.type == "model" for m in page.data)
+    assert (await client.models.retrieve("fast")).display_name.startswith("fast (deployment")
+    with pytest.raises(anthropic.NotFoundError):
+        await client.models.retrieve("claude-nonexistent")
 
 
 # --- translation --------------------------------------------------------------------------
