@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +146,28 @@ class StreamHub:
             retryable=code != "cancelled", deployment=_last_deployment(slog), status=None,
             suggestion=None)
         self._record(slog, run, ev)
+
+    async def instrument(self, events: AsyncIterator[Event], *, run_id: str | None = None,
+                         owner: str | None = None) -> AsyncGenerator[Event, None]:
+        """Pass through a stream that an endpoint renders itself (the OpenAI- and
+        Anthropic-compatible ones), counting it in the metrics and copying its events into
+        run `run_id` when given. Closing the wrapper closes `events`."""
+        run = self.runs.channel(run_id, owner) if run_id is not None else None
+        metrics = self.metrics
+        metrics.active.inc()
+        try:
+            async for ev in events:
+                etype = ev.type
+                if run is not None and not run.closed:
+                    self.runs.append(run, etype, encode_event(ev))
+                if etype in OBSERVED_TYPES:
+                    metrics.observe(ev)
+                yield ev
+        finally:
+            metrics.active.dec()
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def cancel(self, slog: StreamLog) -> bool:
         """Cancel a running stream (upstream closed at once). False if it had ended."""
