@@ -65,8 +65,17 @@ BODY_OPTIONS = ("think", "keep_alive", "format")
 
 def _map_error(payload: Any, secrets: Sequence[str]) -> ProviderError:
     """An `{"error": "…"}` line inside a 200 stream; HTTP errors go through
-    `providers.http` (which reads the same body shape)."""
+    `providers.http` (which reads the same body shape) and `_refine`."""
     return map_error_payload(payload, secrets=secrets, where="ollama stream error")
+
+
+def _refine(error: ProviderError) -> ProviderError:
+    """Ollama answers 503 "server busy … maximum pending requests exceeded" when its queue
+    is full: that is overload, whatever the wording."""
+    if error.status == 503 and error.code == "provider_error":
+        return ProviderError("overloaded", error.message, status=503,
+                             retry_after=error.retry_after)
+    return error
 
 
 # --- request ------------------------------------------------------------------------------
@@ -273,8 +282,11 @@ class OllamaProvider:
     async def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
         options = {**self.settings.options, **request.options}
         content = orjson.dumps(_build_request(request, options))
-        response = await open_stream(self._client, self._url, content=content,
-                                     headers=self._headers, secrets=self._secrets)
+        try:
+            response = await open_stream(self._client, self._url, content=content,
+                                         headers=self._headers, secrets=self._secrets)
+        except ProviderError as exc:
+            raise _refine(exc) from exc
         state = _State()
         lines = _Lines()
         out: list[Delta] = []

@@ -348,7 +348,8 @@ _GEMINI_ERRORS: dict[str, tuple[str, str]] = {
     "auth": ("UNAUTHENTICATED", "API key not valid. Please pass a valid API key."),
     "context_length": ("INVALID_ARGUMENT", "The input token count (1200000) exceeds the "
                        "maximum number of tokens allowed (1048576)."),
-    "content_filter": ("INVALID_ARGUMENT", "The request was blocked due to SAFETY."),
+    # Gemini blocks prompts inside a 200 stream (promptFeedback); this is a stand-in.
+    "content_filter": ("INVALID_ARGUMENT", "Request blocked by the content filter: SAFETY."),
     "bad_request": ("INVALID_ARGUMENT", "Invalid JSON payload received. Unknown name "
                     "\"foo\": Cannot find field."),
     "not_found": ("NOT_FOUND", "models/unknown is not found for API version v1beta."),

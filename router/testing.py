@@ -313,6 +313,8 @@ class LoopbackProvider:
         self._idle = asyncio.Event()
         self._idle.set()
         self._seen = asyncio.Event()
+        self._no_streams = asyncio.Event()
+        self._no_streams.set()
         self.requests: list[RecordedRequest] = []
         self.open_connections = 0
         self.total_connections = 0
@@ -387,6 +389,11 @@ class LoopbackProvider:
             while len(self.requests) < n:
                 self._seen.clear()
                 await self._seen.wait()
+
+    async def wait_streams_closed(self, within_s: float = 5.0) -> None:
+        """Wait until no response is being streamed (a stalled one ends only when its
+        client hangs up); raises TimeoutError after `within_s`."""
+        await asyncio.wait_for(self._no_streams.wait(), within_s)
 
     async def wait_idle(self, within_s: float = 5.0) -> None:
         """Wait until every connection is closed; raises TimeoutError after `within_s`."""
@@ -494,10 +501,13 @@ class LoopbackProvider:
             return await self._send_plain(conn, reply.status, {**extra, **reply.headers},
                                           payload)
         self.active_streams += 1
+        self._no_streams.clear()
         try:
             return await self._stream(conn, wire, reply, model, body)
         finally:
             self.active_streams -= 1
+            if self.active_streams == 0:
+                self._no_streams.set()
 
     async def _stream(self, conn: _Conn, wire: Wire, reply: Reply, model: str,
                       body: Mapping[str, Any]) -> bool:

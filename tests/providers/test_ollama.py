@@ -249,7 +249,7 @@ async def test_closing_the_iterator_closes_the_response() -> None:
     (429, "too many requests", "rate_limited", True),
     (500, "llama runner process has terminated: exit status 2", "provider_error", True),
     (503, "server busy, please try again.  maximum pending requests exceeded",
-     "provider_error", True),
+     "overloaded", True),
     (401, "unauthorized", "auth", False),
 ])
 async def test_http_errors_map_to_codes(status: int, message: str, code: str,
