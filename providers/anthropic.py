@@ -46,7 +46,13 @@ from providers.base import (
     UsageDelta,
     make_client,
 )
-from providers.http import drain, map_error_payload, map_transport_error, open_stream
+from providers.http import (
+    drain,
+    error_in_text,
+    map_error_payload,
+    map_transport_error,
+    open_stream,
+)
 from providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -152,6 +158,8 @@ def _messages(messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any
         else:
             role = "user"
             blocks = _user_blocks(message.get("content"))
+        if not blocks:  # the API rejects empty content
+            continue
         if out and out[-1]["role"] == role:
             out[-1]["content"].extend(blocks)
         else:
@@ -340,7 +348,8 @@ class AnthropicProvider:
         response = await open_stream(self._client, self._url, content=content, headers=headers,
                                      secrets=self._secrets)
         state = _State()
-        feed = SSEDecoder().feed
+        decoder = SSEDecoder()
+        feed = decoder.feed
         loads = orjson.loads
         chunks = response.aiter_bytes()
         try:
@@ -362,6 +371,9 @@ class AnthropicProvider:
             if state.error is not None:
                 raise _map_error(state.error, self._secrets)
             if not state.done:
+                stray = error_in_text(decoder.leftover())  # JSON error instead of SSE
+                if stray is not None:
+                    raise _map_error(stray, self._secrets)
                 raise ProviderError("protocol_error", "anthropic: stream ended without "
                                     "message_stop")
             await drain(chunks)

@@ -31,6 +31,7 @@ from providers.base import ErrorCodeName, ProviderError
 __all__ = [
     "aiter_body",
     "drain",
+    "error_in_text",
     "map_error_payload",
     "map_http_error",
     "map_transport_error",
@@ -199,6 +200,19 @@ def map_error_payload(
         retry_after=retry_after if retry_after is not None else body_retry,
         retryable=retryable,
     )
+
+
+def error_in_text(text: bytes) -> Any | None:
+    """The error object of a JSON error body found where SSE was expected (a proxy's
+    `{"error": …}` with status 200, or one appended after the events), else None."""
+    text = text.strip()
+    if not text.startswith(b"{"):
+        return None
+    try:
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return payload if isinstance(payload, Mapping) and payload.get("error") else None
 
 
 def map_http_error(

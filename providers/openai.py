@@ -65,7 +65,13 @@ from providers.base import (
     UsageDelta,
     make_client,
 )
-from providers.http import drain, map_error_payload, map_transport_error, open_stream
+from providers.http import (
+    drain,
+    error_in_text,
+    map_error_payload,
+    map_transport_error,
+    open_stream,
+)
 from providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -280,7 +286,8 @@ class OpenAIProvider:
         response = await open_stream(self._client, self._url, content=content, headers=headers,
                                      secrets=self._secrets)
         state = _State()
-        feed = SSEDecoder().feed
+        decoder = SSEDecoder()
+        feed = decoder.feed
         loads = orjson.loads
         chunks = response.aiter_bytes()
         try:
@@ -305,6 +312,9 @@ class OpenAIProvider:
             if state.done:
                 await drain(chunks)
             elif not (state.finish and options.get("done_marker", True) is False):
+                stray = error_in_text(decoder.leftover())  # JSON error instead of SSE
+                if stray is not None:
+                    raise _map_error(stray, self._secrets, self._host)
                 raise ProviderError("protocol_error", f"{self._host}: stream ended without "
                                     "[DONE]")
             if state.finish in FAILED_FINISH:

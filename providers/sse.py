@@ -96,6 +96,12 @@ class SSEDecoder:
     def pending(self) -> bool:
         return bool(self._data or self._event or self._buf)
 
+    def leftover(self) -> bytes:
+        """What was not SSE: the stray lines and the unterminated tail, joined by LF.
+        Read at end of stream to recognize a plain JSON error body sent instead of (or
+        after) the events."""
+        return b"\n".join([*self.stray, b"".join(self._buf)])
+
     @property
     def last_event_id(self) -> str | None:
         return self._last_id

@@ -355,6 +355,21 @@ def test_system_messages_in_history_join_the_system_prompt_and_max_tokens_defaul
     assert "tools" not in body and "tool_choice" not in body
 
 
+def test_empty_turns_are_dropped() -> None:
+    request = ProviderRequest(model="m", messages=[
+        {"role": "user", "content": "x"}, {"role": "assistant", "content": ""},
+        {"role": "user", "content": "y"}])
+    assert _build_request(request)["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "text", "text": "y"}]}]
+
+
+async def test_plain_json_error_body_with_status_200_is_mapped() -> None:
+    raw = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    result, _, _ = await replay([raw])
+    assert result.error is not None
+    assert (result.error.code, result.error.retryable) == ("overloaded", True)
+
+
 async def test_wire_request_headers_url_and_options() -> None:
     settings = ProviderSettings(
         name="anthropic", kind="anthropic", api_key=SecretStr(KEY),

@@ -19,6 +19,7 @@ from providers.base import ProviderError
 from providers.http import (
     aiter_body,
     drain,
+    error_in_text,
     map_error_payload,
     map_http_error,
     map_transport_error,
@@ -304,3 +305,11 @@ async def test_drain_gives_up_on_an_endless_tail() -> None:
             yield b"x" * 1024
 
     assert await drain(endless(), max_bytes=10_000) is False
+
+
+def test_error_in_text_finds_json_error_bodies_only() -> None:
+    assert error_in_text(b'\n{"error": {"code": 503, "message": "overloaded"}}\n') == {
+        "error": {"code": 503, "message": "overloaded"}}
+    assert error_in_text(b'{"choices": []}') is None
+    assert error_in_text(b"{broken") is None
+    assert error_in_text(b"") is None

@@ -415,3 +415,11 @@ async def test_key_never_in_reprs_errors_or_logs(caplog: pytest.LogCaptureFixtur
              repr(result.error), repr(stream_err.error), caplog.text]
     await provider.aclose()
     assert all(KEY not in t for t in texts)
+
+
+async def test_plain_json_error_body_with_status_200_is_mapped() -> None:
+    raw = b'{"error":{"message":"The model `gpt-9` does not exist","type":"invalid_request_error"}}'
+    result, _, _ = await replay([raw])
+    assert result.error is not None
+    assert (result.error.code, result.error.retryable) == ("bad_request", False)
+    assert "gpt-9" in result.error.message

@@ -248,3 +248,9 @@ def test_any_chunking_matches_the_reference(
     data = (b"\xef\xbb\xbf" if bom else b"") + text.encode()
     cuts = [c for c in cuts if c <= len(data)]
     assert decode(split_at(data, cuts)) == reference(data)
+
+
+def test_leftover_holds_what_was_not_sse() -> None:
+    dec = SSEDecoder()
+    dec.feed(b'data: x\n\n{"error": {\n"code": 503}')
+    assert dec.leftover() == b'{"error": {\n"code": 503}'
