@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import Page, async_playwright, expect
 
 from router.config import parse_config
 from router.core import Router
@@ -43,10 +43,20 @@ CONFIG: dict[str, Any] = {
          "price": {"input_per_mtok": 3.0, "output_per_mtok": 15.0},
          "latency_prior": {"ttft_ms": 900, "tokens_per_s": 50},
          "options": {"ttft_ms": 5, "tokens_per_s": 60, "output_tokens": 30}},
+        {"id": "broken", "provider": "sim", "model": "sim-broken",
+         "price": {"input_per_mtok": 0.01, "output_per_mtok": 0.01},
+         "latency_prior": {"ttft_ms": 10, "tokens_per_s": 1000},
+         "options": {"error_rate": 1.0, "error_code": "overloaded"}},
+        {"id": "endless", "provider": "sim", "model": "sim-endless",
+         "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.4},
+         "latency_prior": {"ttft_ms": 50, "tokens_per_s": 400},
+         "options": {"ttft_ms": 1, "tokens_per_s": 20, "output_tokens": 2000}},
     ],
     "tasks": {"qualification": {"candidates": ["fast", "strong"], "prefer": "latency",
-                                "description": "lead qualification"}},
+                                "description": "lead qualification"},
+              "flaky": {"candidates": ["broken", "fast"], "prefer": "latency"}},
     "defaults": {"task": "qualification"},
+    "resilience": {"retry": {"attempts": 2, "initial_backoff_ms": 1, "max_backoff_ms": 2}},
     "server": {"api_keys": [{"name": "ui", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]},
 }
 
@@ -78,11 +88,34 @@ async def serve(app: Any) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def base_url() -> AsyncIterator[str]:
-    router = Router(parse_config(CONFIG))
+async def router() -> AsyncIterator[Router]:
+    r = Router(parse_config(CONFIG))
+    yield r
+    await r.aclose()
+
+
+@pytest.fixture
+async def base_url(router: Router) -> AsyncIterator[str]:
     async with serve(create_app(router)) as url:
         yield url
-    await router.aclose()
+
+
+@pytest.fixture
+async def page(base_url: str) -> AsyncIterator[Page]:
+    """The playground in headless chromium, with the API key entered."""
+    _require_chromium()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.add_init_script(_WATCH_OUTPUT)
+            await page.goto(f"{base_url}/")
+            await page.fill("#apikey", KEY)
+            await page.dispatch_event("#apikey", "change")  # stores the key, lists tasks
+            await expect(page.locator("#task option[value='task:flaky']")).to_be_attached()
+            yield page
+        finally:
+            await browser.close()
 
 
 def _require_chromium() -> None:
@@ -103,32 +136,20 @@ async def test_page_is_served_without_a_key_and_api_calls_need_one(base_url: str
     assert models.status_code == 401
 
 
-async def test_playground_streams_tokens_route_and_cost(base_url: str) -> None:
-    _require_chromium()
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page()
-            await page.add_init_script(_WATCH_OUTPUT)
-            await page.goto(f"{base_url}/")
-            await page.fill("#apikey", KEY)
-            await page.dispatch_event("#apikey", "change")  # stores the key, lists tasks
-            await expect(page.locator("#task option[value='task:qualification']")).to_be_attached()
-            await page.select_option("#task", "task:qualification")
-            await page.fill("#max_cost_usd", "0.05")
-            await page.fill("#prompt", "Qualify this lead: Acme, 40 staff, asks about pricing")
-            await page.click("#send")
+async def test_playground_streams_tokens_route_and_cost(page: Page) -> None:
+    await page.select_option("#task", "task:qualification")
+    await page.fill("#max_cost_usd", "0.05")
+    await page.fill("#prompt", "Qualify this lead: Acme, 40 staff, asks about pricing")
+    await page.click("#send")
 
-            await expect(page.locator("#cost")).to_have_text(re.compile(r"^\$\d+\.\d+$"))
-            await expect(page.locator("#status")).to_have_text("done")
-            answer = await page.text_content("#output")
-            rows = await page.locator("#route tbody tr").all_inner_texts()
-            chosen = await page.locator("#route tr.chosen td").first.inner_text()
-            timeline = await page.locator("#timeline").inner_text()
-            snapshots = await page.evaluate("window.__snapshots")
-            key_kept = await page.evaluate("sessionStorage.getItem('llm-router-api-key')")
-        finally:
-            await browser.close()
+    await expect(page.locator("#cost")).to_have_text(re.compile(r"^\$\d+\.\d+$"))
+    await expect(page.locator("#status")).to_have_text("done")
+    answer = await page.text_content("#output")
+    rows = await page.locator("#route tbody tr").all_inner_texts()
+    chosen = await page.locator("#route tr.chosen td").first.inner_text()
+    timeline = await page.locator("#timeline").inner_text()
+    snapshots = await page.evaluate("window.__snapshots")
+    key_kept = await page.evaluate("sessionStorage.getItem('llm-router-api-key')")
     assert answer is not None and len(answer.split()) == 30
     assert len(rows) == 2 and chosen == "fast"
     assert "start fast" in timeline and "done: stop" in timeline
@@ -136,3 +157,31 @@ async def test_playground_streams_tokens_route_and_cost(base_url: str) -> None:
     streaming = [length for length, cost in snapshots if cost == "—"]
     assert len(streaming) >= 3 and streaming == sorted(streaming) and streaming[0] > 0
     assert key_kept == KEY
+
+
+async def test_playground_shows_retries_and_the_fallback(page: Page) -> None:
+    await page.select_option("#task", "task:flaky")
+    await page.click("#send")
+    await expect(page.locator("#status")).to_have_text("done")
+    timeline = await page.locator("#timeline").inner_text()
+    await expect(page.locator("#task")).to_have_value("task:flaky")  # kept across reloads
+    assert "retry broken after overloaded" in timeline
+    assert "fallback broken → fast after overloaded" in timeline
+    assert await page.text_content("#m-deployment") == "fast"
+    assert await page.text_content("#m-attempts") == "3"
+    assert (await page.text_content("#output") or "").strip()
+
+
+async def test_stop_button_cancels_the_stream_upstream(page: Page, router: Router) -> None:
+    provider: Any = router.provider("sim")
+    await page.select_option("#task", "model:endless")
+    await page.click("#send")
+    await expect(page.locator("#output")).not_to_be_empty()
+    assert provider.open_streams == 1
+    await page.click("#stop")
+    await expect(page.locator("#status")).to_have_text("stopped")
+    for _ in range(400):
+        if provider.open_streams == 0:
+            break
+        await asyncio.sleep(0.005)
+    assert provider.open_streams == 0

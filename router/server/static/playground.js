@@ -25,15 +25,21 @@ function ms(x) {
   return x === null || x === undefined ? "—" : Math.round(x) + " ms";
 }
 
+let tasksLoad = 0;
+
 async function loadTasks() {
   const select = $("task");
+  const mine = ++tasksLoad;  // only the latest of overlapping loads fills the list
   try {
     const res = await fetch("/v1/models", { headers: authHeaders() });
+    if (mine !== tasksLoad) return;
     if (!res.ok) {
       setStatus(res.status === 401 ? "enter an API key to list tasks" : "could not list tasks", true);
       return;
     }
     const body = await res.json();
+    if (mine !== tasksLoad) return;
+    const chosen = select.value;
     select.length = 1;
     for (const m of body.data) {
       if (m.kind !== "task" && m.kind !== "deployment") continue;
@@ -42,9 +48,11 @@ async function loadTasks() {
       opt.textContent = m.kind === "deployment" ? "deployment · " + m.id : m.id;
       select.appendChild(opt);
     }
+    select.value = chosen;
+    if (select.selectedIndex < 0) select.selectedIndex = 0;
     setStatus("ready");
   } catch (err) {
-    setStatus("could not list tasks: " + err, true);
+    if (mine === tasksLoad) setStatus("could not list tasks: " + err, true);
   }
 }
 
@@ -83,7 +91,9 @@ function log(ev, cls, text) {
   const t = document.createElement("span");
   t.className = "t";
   t.textContent = ev.elapsed_ms.toFixed(0) + " ms";
-  li.append(t, text);
+  const what = document.createElement("span");
+  what.textContent = text;
+  li.append(t, what);
   $("timeline").appendChild(li);
 }
 
