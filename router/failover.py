@@ -186,7 +186,7 @@ class Failover:
                 except ProviderError as err:
                     attempt.failed(err)
                     continue
-                self.opened.splice = splice
+                self.opened.splice = splice if splice is not None and not splice.done else None
                 attempt.succeeded()
                 return
         except ProviderError as err:

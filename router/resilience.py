@@ -132,6 +132,8 @@ class Splice:
 
     def feed(self, text: str) -> str:
         """Text to send for one continuation delta ("" while holding back)."""
+        if self.done:
+            return text
         if self._strip:
             text = text.lstrip()
             if not text:
