@@ -288,6 +288,57 @@ def deployments(config: ConfigOpt = None) -> None:
     raise typer.Exit(_guard(body))
 
 
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: server.port).")] = None,
+) -> None:
+    """Run the HTTP server (SSE, WebSocket, OpenAI/Anthropic-compatible endpoints)."""
+    from router.server.app import serve as run_server
+
+    def body() -> int:
+        run_server(config, host, port)
+        return 0
+
+    raise typer.Exit(_guard(body))
+
+
+ScopeOpt = Annotated[str | None, typer.Option(
+    help="user (every user), user:alice (one), key, session, task:<name>, global.")]
+WindowOpt = Annotated[str, typer.Option(help="hour | day | month: the current UTC window.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
+
+
+@app.command()
+def spend(config: ConfigOpt = None, scope: ScopeOpt = None, window: WindowOpt = "day",
+          as_json: JsonOpt = False) -> None:
+    """Spend by scope and deployment, and the state of each budget."""
+    from router.spend import report_tables
+
+    def body() -> int:
+        if window not in ("hour", "day", "month"):
+            raise Exit(2, f"error: --window: expected hour, day or month, got {window!r}")
+        loaded = load_config(config)
+        if loaded.config.state.backend == "memory":
+            err.print("note: state is in memory, so this shows this process only; configure "
+                      "`state: {backend: redis}` to share spend between processes", markup=False)
+
+        async def run() -> Any:
+            async with Router(loaded) as router:
+                return await router.spend(scope, window)  # type: ignore[arg-type]
+
+        report = asyncio.run(run())
+        if as_json:
+            print(report.model_dump_json(indent=2))
+        else:
+            for table in report_tables(report):
+                _console().print(table)
+        return 0
+
+    raise typer.Exit(_guard(body))
+
+
 def main() -> None:
     app()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
+from rich.table import Table
 
 from router.budgets import BudgetManager, Line, calendar_bucket
 from router.state import TOTAL, to_usd
@@ -111,5 +112,30 @@ async def _budget_statuses(manager: BudgetManager, parsed: dict[tuple[str, str],
     return out
 
 
+def report_tables(report: SpendReport) -> list[Table]:
+    """The report as tables: spend per scope and deployment, then the budgets."""
+    spend = Table(title=f"spend {report.window} {report.period} (UTC): total "
+                  f"${report.total_usd:.6f}", title_justify="left", min_width=72)
+    for col in ("scope", "deployment", "spent $"):
+        spend.add_column(col, justify="right" if col.endswith("$") else "left")
+    for row in report.scopes:
+        spend.add_row(row.scope, "(all)", f"{row.spent_usd:.6f}")
+        for dep, usd in row.by_deployment.items():
+            spend.add_row("", dep, f"{usd:.6f}")
+    tables = [spend]
+    if report.budgets:
+        budgets = Table(title="budgets", title_justify="left")
+        for col in ("scope", "window", "limit $", "spent $", "reserved $", "remaining $",
+                    "used", "warn at"):
+            budgets.add_column(col, justify="left" if col in ("scope", "window") else "right")
+        for b in report.budgets:
+            budgets.add_row(b.scope, b.window, f"{b.limit_usd:.2f}", f"{b.spent_usd:.6f}",
+                            f"{b.reserved_usd:.6f}", f"{b.remaining_usd:.6f}",
+                            f"{b.spent_usd / b.limit_usd:.0%}",
+                            "-" if b.warn_at is None else f"{b.warn_at:.0%}")
+        tables.append(budgets)
+    return tables
+
+
 __all__ = ["BudgetStatus", "ScopeSpend", "SpendReport", "build_report",
-           "costs_by_deployment"]
+           "costs_by_deployment", "report_tables"]

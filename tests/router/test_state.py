@@ -234,3 +234,33 @@ async def test_spend_survives_a_router_restart_on_redis(redis_url: str) -> None:
     await second.aclose()
     assert [s.spent_usd for s in report.scopes] == [pytest.approx(done.cost_usd, abs=1e-9)]
     assert report.budgets[0].spent_usd == pytest.approx(done.cost_usd, abs=1e-9)
+
+
+async def test_cli_spend_reads_the_shared_state(redis_url: str, tmp_path: Any) -> None:
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from router.cli import app
+
+    data = _config(redis_url, f"t{uuid.uuid4().hex[:8]}:")
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(data))
+    r = Router(parse_config(data, str(path), env={}))
+    done = [ev async for ev in r.stream("hello", metadata={"user": "cli"})][-1]
+    await r.aclose()
+    assert done.type == "done"
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(app, ["spend", "-c", str(path), *args])
+
+    result = await asyncio.to_thread(run, "--scope", "user", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [(s["scope"], s["by_deployment"]) for s in report["scopes"]] == [
+        ("user:cli", {"sim-a": pytest.approx(done.cost_usd, abs=1e-9)})]
+    table = await asyncio.to_thread(run, "--window", "month")
+    assert table.exit_code == 0 and "user:cli" in table.stdout and "sim-a" in table.stdout
+    bad = await asyncio.to_thread(run, "--window", "week")
+    assert bad.exit_code == 2 and "expected hour, day or month" in bad.output
