@@ -70,6 +70,7 @@ FINISH_REASONS: dict[str, ProviderFinish] = {
     "refusal": "content_filter",
 }
 BODY_OPTIONS = ("thinking", "top_p", "top_k", "metadata", "service_tier")
+_MALFORMED = (orjson.JSONDecodeError, AttributeError, KeyError, TypeError)
 _TOOL_CHOICE = {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}}
 
 
@@ -365,9 +366,9 @@ class AnthropicProvider:
                         break
             except httpx.HTTPError as exc:
                 raise map_transport_error(exc, during="body", secrets=self._secrets) from exc
-            except orjson.JSONDecodeError as exc:
-                raise ProviderError("protocol_error", "anthropic: malformed JSON in event") \
-                    from exc
+            except _MALFORMED as exc:  # invalid JSON, or JSON of an unexpected shape
+                raise ProviderError("protocol_error", f"anthropic: malformed event "
+                                    f"({type(exc).__name__})") from exc
             if state.error is not None:
                 raise _map_error(state.error, self._secrets)
             if not state.done:

@@ -93,6 +93,7 @@ BODY_OPTIONS = (
     "user", "parallel_tool_calls", "service_tier", "frequency_penalty", "presence_penalty",
 )
 _DONE = "[DONE]"
+_MALFORMED = (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, IndexError)
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -307,8 +308,9 @@ class OpenAIProvider:
                         break
             except httpx.HTTPError as exc:
                 raise map_transport_error(exc, during="body", secrets=self._secrets) from exc
-            except (orjson.JSONDecodeError, AttributeError) as exc:
-                raise ProviderError("protocol_error", f"{self._host}: malformed chunk") from exc
+            except _MALFORMED as exc:  # invalid JSON, or JSON of an unexpected shape
+                raise ProviderError("protocol_error", f"{self._host}: malformed chunk "
+                                    f"({type(exc).__name__})") from exc
             if state.done:
                 await drain(chunks)
             elif not (state.finish and options.get("done_marker", True) is False):

@@ -420,3 +420,9 @@ async def test_key_never_in_reprs_errors_or_logs(caplog: pytest.LogCaptureFixtur
              repr(result.error), caplog.text]
     await provider.aclose()
     assert all(KEY not in t for t in texts)
+
+
+async def test_unexpected_event_shape_is_a_protocol_error() -> None:
+    result, _, _ = await replay([b'event: content_block_delta\ndata: {"type":"content_block_delta"'
+                                 b',"index":0}\n\n'])
+    assert result.error is not None and result.error.code == "protocol_error"

@@ -423,3 +423,8 @@ async def test_plain_json_error_body_with_status_200_is_mapped() -> None:
     assert result.error is not None
     assert (result.error.code, result.error.retryable) == ("bad_request", False)
     assert "gpt-9" in result.error.message
+
+
+async def test_unexpected_chunk_shape_is_a_protocol_error() -> None:
+    result, _, _ = await replay([sse('["not", "an", "object"]')])
+    assert result.error is not None and result.error.code == "protocol_error"
