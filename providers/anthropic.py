@@ -249,6 +249,26 @@ class _State:
                           self.cache_read, 0)
 
 
+def _block_edge(kind: str, event: Mapping[str, Any], state: _State) -> Delta | None:
+    """`content_block_start` / `content_block_stop`: tool calls open and close here."""
+    if kind == "content_block_start":
+        block = event.get("content_block") or {}
+        if block.get("type") == "tool_use":
+            index = len(state.tools)
+            state.tools[event.get("index", index)] = index
+            state.tool_args[index] = False
+            # `input` here is always {} and must not be prepended to the fragments.
+            return ToolCallDelta(index, block.get("id"), block.get("name"), "")
+        if block.get("type") == "text" and block.get("text"):
+            return TextDelta(block["text"])
+        return None
+    ours = state.tools.get(event.get("index", -1))
+    if ours is not None and not state.tool_args[ours]:
+        state.tool_args[ours] = True
+        return ToolCallDelta(ours, None, None, "{}")  # no input at all: no arguments
+    return None
+
+
 def _parse_event(event: Mapping[str, Any], state: _State) -> Delta | None:
     """One decoded event -> at most one delta (pure but for `state`)."""
     kind = event.get("type")
@@ -269,23 +289,8 @@ def _parse_event(event: Mapping[str, Any], state: _State) -> Delta | None:
             text = delta.get("thinking")
             return ReasoningDelta(text) if text else None
         return None  # signature_delta, citations_delta, compaction_delta, future types
-    if kind == "content_block_start":
-        block = event.get("content_block") or {}
-        if block.get("type") == "tool_use":
-            index = len(state.tools)
-            state.tools[event.get("index", index)] = index
-            state.tool_args[index] = False
-            # `input` here is always {} and must not be prepended to the fragments.
-            return ToolCallDelta(index, block.get("id"), block.get("name"), "")
-        if block.get("type") == "text" and block.get("text"):
-            return TextDelta(block["text"])
-        return None
-    if kind == "content_block_stop":
-        index = state.tools.get(event.get("index", -1))
-        if index is not None and not state.tool_args[index]:
-            state.tool_args[index] = True
-            return ToolCallDelta(index, None, None, "{}")  # no input at all: no arguments
-        return None
+    if kind == "content_block_start" or kind == "content_block_stop":
+        return _block_edge(kind, event, state)
     if kind == "message_delta":
         stop = (event.get("delta") or {}).get("stop_reason")
         if stop is not None:

@@ -110,8 +110,9 @@ class SSEDecoder:
     def retry(self) -> int | None:
         return self._retry
 
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
-        """Decode the next bytes; return the events completed by them (often none)."""
+    def _lines(self, chunk: bytes) -> tuple[bytes, int]:
+        """The bytes holding complete lines, LF-normalized, and the first LF's index
+        (-1: no complete line yet; the bytes were buffered)."""
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
@@ -120,7 +121,7 @@ class SSEDecoder:
             chunk = self._head + chunk
             if len(chunk) < 3 and _BOM.startswith(chunk):
                 self._head = chunk
-                return []
+                return b"", -1
             self._started = True
             self._head = b""
             if chunk.startswith(_BOM):
@@ -134,14 +135,18 @@ class SSEDecoder:
         if end < 0:
             if chunk:
                 self._buf.append(chunk)  # a list: no quadratic re-copying of long lines
-            return []
+            return b"", -1
         if self._buf:
             head = b"".join(self._buf)
             self._buf.clear()
-            buf = head + chunk
-            end += len(head)
-        else:
-            buf = chunk
+            return head + chunk, end + len(head)
+        return chunk, end
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Decode the next bytes; return the events completed by them (often none)."""
+        buf, end = self._lines(chunk)
+        if end < 0:
+            return []
         out: list[SSEEvent] = []
         start = 0
         data = self._data
