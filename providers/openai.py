@@ -34,6 +34,9 @@ Options (provider `options`, overridden by the deployment's):
     done_marker       bool  the vendor ends streams with `[DONE]` (default true)
     requires_key      bool  a missing key is an error (default: when `api_key_env` is set,
                             or for kind `openai`)
+    auth_header       str   send the key in this header instead of `Authorization: Bearer`
+                            (Azure OpenAI: `api-key`, with base_url
+                            https://<resource>.openai.azure.com/openai/v1)
     max_tokens_field  str   `max_tokens` (default) or `max_completion_tokens`
     prefill           str   how a final assistant message is continued: unset (sent as
                             is), `prefix` (DeepSeek: `"prefix": true` on it) or
@@ -273,7 +276,11 @@ class OpenAIProvider:
         headers = {**self.settings.headers, "content-type": "application/json",
                    "accept": "text/event-stream"}
         if self._secrets:
-            headers["authorization"] = f"Bearer {self._secrets[0]}"
+            auth = options.get("auth_header")  # Azure: `api-key: <key>` instead of Bearer
+            if auth:
+                headers[str(auth)] = self._secrets[0]
+            else:
+                headers["authorization"] = f"Bearer {self._secrets[0]}"
         elif options.get("requires_key",
                          self.settings.api_key_env is not None or self.settings.kind == "openai"):
             env = self.settings.api_key_env or "OPENAI_API_KEY"

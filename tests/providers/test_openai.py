@@ -428,3 +428,14 @@ async def test_plain_json_error_body_with_status_200_is_mapped() -> None:
 async def test_unexpected_chunk_shape_is_a_protocol_error() -> None:
     result, _, _ = await replay([sse('["not", "an", "object"]')])
     assert result.error is not None and result.error.code == "protocol_error"
+
+
+async def test_azure_style_api_key_header() -> None:
+    settings = ProviderSettings(name="azure", kind="openai_compatible", api_key=SecretStr(KEY),
+                                base_url="https://res.openai.azure.com/openai/v1",
+                                options={"auth_header": "api-key"})
+    body = sse(delta({"content": "x"}), delta({}, "stop"), "[DONE]")
+    _, _, route = await replay([body], settings=settings,
+                               url="https://res.openai.azure.com/openai/v1/chat/completions")
+    sent = route.calls.last.request
+    assert sent.headers["api-key"] == KEY and "authorization" not in sent.headers
