@@ -80,6 +80,14 @@ def _error_response(status: int, type_: str, message: str, request_id: str | Non
                     media_type="application/json")
 
 
+def _problem_response(p: RequestProblem) -> Response:
+    type_ = _PROBLEM_TYPES.get(p.status, "invalid_request_error")
+    return _error_response(p.status, type_, p.message, None)
+
+
+_PROBLEM_TYPES = {403: "permission_error", 404: "not_found_error"}
+
+
 def _event_error(ev: ErrorEvent) -> tuple[int, str, str]:
     status, type_ = _ERRORS.get(ev.code, (500, "api_error"))
     if ev.code == "no_route" and ev.retryable:
@@ -311,10 +319,9 @@ async def messages(request: Request) -> Response:
         body = await read_json(request)
         input_ = to_openai_messages(body.get("messages"))
         kwargs = stream_kwargs(body, router, scope_key_of(request))
+        head, rest = await open_stream(request, input_, kwargs)
     except RequestProblem as p:
-        type_ = "not_found_error" if p.status == 404 else "invalid_request_error"
-        return _error_response(p.status, type_, p.message, None)
-    head, rest = await open_stream(request, input_, kwargs)
+        return _problem_response(p)
     last = head[-1] if head else None
     if isinstance(last, ErrorEvent):
         await rest.aclose()
@@ -349,8 +356,7 @@ async def count_tokens(request: Request) -> Response:
         fields = {k: v for k, v in kwargs.items() if k in _COUNTED}
         prepared = prepare(StreamParams(input=input_, **fields), router.loaded)
     except RequestProblem as p:
-        type_ = "not_found_error" if p.status == 404 else "invalid_request_error"
-        return _error_response(p.status, type_, p.message, None)
+        return _problem_response(p)
     except RequestError as e:
         return _error_response(400, "invalid_request_error", e.message, None)
     return Response(orjson.dumps({"input_tokens": prepared.constraints.input_tokens}),

@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from router.events import Event
+from router.events import Event, encode_event
+from router.server.runs import RunError
 
 if TYPE_CHECKING:
     from router.core import EventStream, Router
@@ -132,13 +133,17 @@ def catalog(router: Router) -> list[CatalogEntry]:
 
 class ObservedStream:
     """`router.stream`'s events, accounted in the server's metrics (active streams, TTFT,
-    latency, tokens, cost, errors) like those of `/v1/stream`."""
+    latency, tokens, cost, errors) and copied to the request's run channel
+    (`metadata.run_id`), like those of `/v1/stream`."""
 
-    __slots__ = ("_events", "_metrics", "_open", "request_id")
+    __slots__ = ("_events", "_metrics", "_open", "_run", "_runs", "request_id")
 
-    def __init__(self, events: EventStream, metrics: Any) -> None:
+    def __init__(self, events: EventStream, metrics: Any, runs: Any = None,
+                 run: Any = None) -> None:
         self._events = events
         self._metrics = metrics
+        self._runs = runs
+        self._run = run
         self.request_id = events.request_id
         self._open = metrics is not None
         if metrics is not None:
@@ -149,6 +154,8 @@ class ObservedStream:
 
     async def __anext__(self) -> Event:
         ev: Event = await self._events.__anext__()
+        if self._run is not None and not self._run.closed:
+            self._runs.append(self._run, ev.type, encode_event(ev))
         if self._metrics is not None and ev.type in _OBSERVED:
             self._metrics.observe(ev)
         return ev
@@ -182,8 +189,9 @@ async def open_stream(
     """Start `router.stream` and read it up to its first content event or its end, so the
     caller can still answer an early failure with an HTTP error status."""
     state = request.app.state
+    runs, run = _run_channel(request, kwargs)
     events = ObservedStream(router_of(request).stream(input_, **kwargs),
-                            getattr(state, "metrics", None))
+                            getattr(state, "metrics", None), runs, run)
     head: list[Event] = []
     try:
         async for ev in events:
@@ -194,3 +202,18 @@ async def open_stream(
         await events.aclose()
         raise
     return head, events
+
+
+def _run_channel(request: Request, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The run registry and the run log named by `metadata.run_id`, if any."""
+    metadata = kwargs.get("metadata")
+    run_id = metadata.get("run_id") if isinstance(metadata, Mapping) else None
+    runs = getattr(request.app.state, "runs", None)
+    if run_id is None or runs is None:
+        return None, None
+    principal = getattr(request.state, "principal", None)
+    owner = getattr(principal, "name", None)
+    try:
+        return runs, runs.channel(str(run_id), owner)
+    except RunError as exc:
+        raise RequestProblem(exc.message, "metadata.run_id", exc.code, exc.status) from None

@@ -93,8 +93,6 @@ def _event_error(ev: ErrorEvent) -> tuple[int, dict[str, Any]]:
     status, type_, code = _ERRORS.get(ev.code, (500, "server_error", ev.code))
     if ev.code == "no_route" and ev.retryable:
         status, type_ = 503, "server_error"
-    if ev.code == "budget_exceeded" and not ev.retryable:
-        status = 429
     message = ev.message if not ev.suggestion else f"{ev.message} ({ev.suggestion})"
     return status, error_body(message, type_, _param_of(ev.message), code or ev.code)
 
@@ -352,10 +350,10 @@ async def chat_completions(request: Request) -> Response:
         body = await read_json(request)
         messages = _messages(body.get("messages"))
         kwargs = _stream_kwargs(body, router, scope_key_of(request))
+        created = int(time.time())
+        head, rest = await open_stream(request, messages, kwargs)
     except RequestProblem as p:
         return _problem_response(p)
-    created = int(time.time())
-    head, rest = await open_stream(request, messages, kwargs)
     last = head[-1] if head else None
     if isinstance(last, ErrorEvent):
         await rest.aclose()

@@ -417,6 +417,25 @@ async def test_compat_streams_are_counted_in_the_server_metrics(
     assert "llm_router_active_streams 0.0" in text
 
 
+async def test_metadata_run_id_copies_the_events_to_the_run_channel(
+    client: openai.AsyncOpenAI, router: RecordingRouter, base_url: str
+) -> None:
+    res = await client.chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "hi"}],
+        metadata={"run_id": "agent-run-7"})
+    types: list[str] = []
+    async with httpx.AsyncClient(base_url=base_url) as http, http.stream(
+        "GET", "/v1/runs/agent-run-7/events", headers={"Authorization": f"Bearer {KEY}"},
+    ) as sse:
+        assert sse.status_code == 200
+        async for line in sse.aiter_lines():
+            if line.startswith("event: "):
+                types.append(line.removeprefix("event: "))
+                if types[-1] == "done":
+                    break
+    assert types == [e.type for e in router.events[request_id_of(res.id)]]
+
+
 # --- models -------------------------------------------------------------------------------
 
 
