@@ -15,19 +15,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from router.testing import Reply
+from router._loopback_script import Reply
 
-__all__ = ["ERROR_KINDS", "WIRES", "Rendered", "Wire", "default_error_kind"]
-
-ERROR_KINDS = frozenset({
-    "rate_limited", "server_error", "unavailable", "overloaded", "auth",
-    "context_length", "content_filter", "bad_request", "not_found",
-})
+__all__ = ["WIRES", "Rendered", "Wire"]
 
 
 @dataclass(slots=True)
@@ -39,22 +33,6 @@ class Rendered:
     steps: list[bytes] = field(default_factory=list)
     tail: list[bytes] = field(default_factory=list)
     marker: list[bytes] = field(default_factory=list)
-
-
-def default_error_kind(status: int) -> str:
-    if status == 429:
-        return "rate_limited"
-    if status in (401, 403):
-        return "auth"
-    if status == 404:
-        return "not_found"
-    if status == 503:
-        return "unavailable"
-    if status == 529:
-        return "overloaded"
-    if status >= 500:
-        return "server_error"
-    return "bad_request"
 
 
 def _split_args(text: str, parts: int = 3) -> list[str]:

@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from router.testing import LoopbackProvider, Reply, ToolCall
+from router.testing import LoopbackProvider, LoopbackThread, Reply, ToolCall
 
 PATHS = {
     "openai": "/v1/chat/completions",
@@ -420,6 +420,29 @@ async def test_aclose_ends_stalled_and_silent_connections() -> None:
         await task
     await client.aclose()
     assert server.open_connections == 0
+
+
+def test_loopback_thread_serves_blocking_clients() -> None:
+    with LoopbackThread(Reply.from_text("sync works")) as srv:
+        srv.server.enqueue(Reply.rate_limited(retry_after=1))
+        with httpx.Client(base_url=srv.base_url) as client:
+            first = client.post(PATHS["ollama"], json={"model": "m"})
+            second = client.post(PATHS["ollama"], json={"model": "m"})
+        srv.wait_idle()
+        assert srv.server.open_connections == 0
+    assert first.status_code == 429 and first.headers["retry-after"] == "1"
+    assert _text_of("ollama", second.content) == "sync works"
+    assert len(srv.server.requests) == 2
+
+
+async def test_garbage_request_line_gets_400_and_a_close(srv: LoopbackProvider) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    writer.write(b"NONSENSE\r\n\r\n")
+    await writer.drain()
+    response = await reader.read()  # the server answers, then closes
+    writer.close()
+    await writer.wait_closed()
+    assert response.startswith(b"HTTP/1.1 400 ") and srv.requests == []
 
 
 def test_import_router_does_not_import_the_testing_module() -> None:
