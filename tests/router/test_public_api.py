@@ -71,6 +71,7 @@ def test_errors_form_one_hierarchy() -> None:
 def test_packages_are_typed() -> None:
     for package in ("router", "providers"):
         module = __import__(package)
+        assert module.__file__ is not None
         assert (Path(module.__file__).parent / "py.typed").is_file()
 
 
