@@ -348,6 +348,24 @@ async def test_provider_rate_limit_before_first_token_is_an_http_429(
     assert info.value.response.headers["x-should-retry"] == "true"
 
 
+async def test_an_exhausted_key_budget_is_a_429_the_sdk_does_not_retry() -> None:
+    config = {**CONFIG, "budgets": [{"scope": "key", "limit_usd": 1e-9, "window": "day"}]}
+    router = RecordingRouter(Router(parse_config(config)))
+    try:
+        async with serve(create_app(router)) as url, openai.AsyncOpenAI(
+                base_url=f"{url}/v1", api_key=KEY, max_retries=2) as client:
+            with pytest.raises(openai.RateLimitError) as info:
+                await client.chat.completions.create(
+                    model="fast", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        await router.aclose()
+    assert info.value.code == "insufficient_quota"
+    assert info.value.type == "insufficient_quota"
+    assert "key:tester" in info.value.message  # the key's budget scope was charged
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert len(router.events) == 1  # the SDK did not retry
+
+
 async def test_failure_after_tokens_is_an_in_stream_error(
     client: openai.AsyncOpenAI, router: RecordingRouter
 ) -> None:
