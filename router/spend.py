@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
-from rich.table import Table
 
 from router.budgets import BudgetManager, Line, calendar_bucket
 from router.state import TOTAL, to_usd
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from router.accounting import Ledger
 
 ReportWindow = Literal["hour", "day", "month"]
@@ -114,6 +115,8 @@ async def _budget_statuses(manager: BudgetManager, parsed: dict[tuple[str, str],
 
 def report_tables(report: SpendReport) -> list[Table]:
     """The report as tables: spend per scope and deployment, then the budgets."""
+    from rich.table import Table  # only the CLI renders: keeps `import router` light
+
     spend = Table(title=f"spend {report.window} {report.period} (UTC): total "
                   f"${report.total_usd:.6f}", title_justify="left", min_width=72)
     for col in ("scope", "deployment", "spent $"):
