@@ -51,7 +51,8 @@ PUBLIC = [
     "load_config",
     "stream",
 ]
-HEAVY = ("httpx", "pybreaker", "tenacity", "anthropic", "openai", "starlette", "redis")
+HEAVY = ("httpx", "pybreaker", "tenacity", "anthropic", "openai", "starlette", "redis",
+         "rich", "typer", "uvicorn")
 
 
 def test_all_is_pinned() -> None:
