@@ -135,7 +135,8 @@ async def _run(args: argparse.Namespace, port: int) -> dict[str, Any]:
     await router.aclose()
     await asyncio.sleep(0)
     tasks_left = len([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
-    return {"counts": counts, "wall": wall, "tasks_left": tasks_left, "sockets": _sockets() - sockets_before}
+    return {"counts": counts, "wall": wall, "tasks_left": tasks_left,
+            "sockets": _sockets() - sockets_before}
 
 
 def main() -> None:

@@ -157,17 +157,21 @@ class Splice:
         return self._decide()
 
     def _decide(self) -> str:
+        """Does the held-back text repeat a tail of the partial answer (all of it, when the
+        model started over)? The longest such repeat is dropped, or followed while it
+        goes on; otherwise the text is sent as is."""
         buf, partial = self._buf, self._partial
         self._buf = ""
-        head = buf.lstrip()
-        if head and partial.startswith(head[: len(partial)]):
-            # The model started over: drop what repeats the partial answer.
-            self._matched = 0
-            return self._drop_repeat(head)
+        for start in range(len(partial) - _MIN_OVERLAP + 1):
+            tail = partial[start:]
+            if len(buf) >= len(tail):
+                if buf.startswith(tail):
+                    self.done = True
+                    return buf[len(tail):]
+            elif tail.startswith(buf):
+                self._matched = start + len(buf)  # still repeating: keep dropping
+                return ""
         self.done = True
-        for k in range(min(len(buf), len(partial)), _MIN_OVERLAP - 1, -1):
-            if partial.endswith(buf[:k]):
-                return buf[k:]
         return buf
 
     def _drop_repeat(self, text: str) -> str:
