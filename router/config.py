@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from router.budgets import BudgetConfig, check_budget_references
@@ -254,6 +253,8 @@ def embedded_path(name: str) -> Path:
 
 
 def _read_yaml(path: Path) -> Any:
+    import yaml  # ~12 ms: loaded when a config is read, not by `import router`
+
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
