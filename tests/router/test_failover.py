@@ -1,0 +1,196 @@
+"""Failover policy on the seeded simulated provider (no network): resume modes, tool calls,
+larger-context fallback, the reported error, retry budget, and cleanup when the caller
+leaves during a backoff or a hedge race."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from providers.base import (
+    Delta,
+    FinishDelta,
+    ProviderError,
+    ProviderRequest,
+    ProviderSettings,
+    ToolCallDelta,
+    UsageDelta,
+)
+from router.core import Router
+from router.events import DoneEvent, ErrorEvent, Event, FallbackEvent
+
+
+Make = Callable[..., Router]
+Fleet = Any  # tests/conftest.py's helper, given by the `fleet` fixture
+CUT = {"strong": {"fail_after_tokens": 5}}
+
+
+def text_of(events: list[Event]) -> str:
+    return "".join(ev.delta for ev in events if ev.type == "text")
+
+
+async def reference(fleet: Fleet, make_router: Make) -> str:
+    return text_of(await fleet.collect(make_router(), task="best"))
+
+
+def resumed(**resilience: Any) -> dict[str, Any]:
+    base = {"retry": {"attempts": 1, "initial_backoff_ms": 0, "max_backoff_ms": 0},
+            "timeouts": {"ttft_s": 5, "idle_s": 5, "total_s": 30}}
+    return {**base, **resilience}
+
+
+async def test_continue_rescues_the_whole_answer_once(fleet: Fleet, make_router: Make) -> None:
+    full = await reference(fleet, make_router)
+    r = make_router(options=CUT)
+    events = await fleet.collect(r, task="best")
+    fb = [ev for ev in events if isinstance(ev, FallbackEvent)]
+    assert [(f.from_deployment, f.to_deployment, f.error, f.after_tokens, f.mode)
+            for f in fb] == [("strong", "mid", "protocol_error", 5, "continue")]
+    assert text_of(events) == full
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and done.attempts == 2
+    assert done.usage.estimated  # the cut attempt reported no usage: counted from deltas
+    assert fleet.sim(r).open_streams == 0
+
+
+async def test_restart_tells_the_caller_to_discard(fleet: Fleet, make_router: Make) -> None:
+    full = await reference(fleet, make_router)
+    r = make_router(options=CUT, resilience=resumed(resume="restart"))
+    events = await fleet.collect(r, task="best")
+    fb = next(ev for ev in events if isinstance(ev, FallbackEvent))
+    assert fb.mode == "restart" and fb.after_tokens == 5
+    after = events[events.index(fb):]
+    assert text_of(after) == full  # the whole answer again
+    completion = await r.complete("Explain circuit breakers", task="best")
+    assert completion.text == full  # complete() discarded the first try
+
+
+async def test_fail_ends_with_the_mid_stream_error(fleet: Fleet, make_router: Make) -> None:
+    r = make_router(options=CUT, resilience=resumed(resume="fail"))
+    events = await fleet.collect(r, task="best")
+    assert [ev.type for ev in events if ev.type != "text"] == ["route", "start", "error"]
+    err = events[-1]
+    assert isinstance(err, ErrorEvent)
+    assert (err.code, err.deployment) == ("protocol_error", "strong") and err.suggestion
+
+
+class ToolThenCut:
+    """The strong model sends half a tool call and is cut; the others send a whole one."""
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.settings = settings
+
+    async def aclose(self) -> None:
+        return None
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
+        if request.model == "sim-pro":
+            yield ToolCallDelta(0, "call_1", "search", '{"query": "circ')
+            raise ProviderError("protocol_error", "cut mid tool call")
+        yield ToolCallDelta(0, "call_2", "search", '{"query": "circuit breakers"}')
+        yield UsageDelta(input_tokens=20, output_tokens=8)
+        yield FinishDelta("tool_calls")
+
+
+async def test_tool_call_fragments_cannot_be_continued(fleet: Fleet, make_router: Make) -> None:
+    """A JSON fragment already sent cannot be continued: the next deployment restarts."""
+    r = make_router()
+    r.set_provider("sim", ToolThenCut(fleet.sim(r).settings))
+    events = await fleet.collect(r, task="best")
+    fb = next(ev for ev in events if isinstance(ev, FallbackEvent))
+    assert fb.mode == "restart" and fb.after_tokens == 1
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and done.finish_reason == "tool_calls"
+    assert [(c.id, c.name, c.arguments) for c in done.tool_calls] == [
+        ("call_2", "search", {"query": "circuit breakers"})]  # not two halves glued
+
+
+async def test_context_length_skips_candidates_no_larger(fleet: Fleet,
+                                                         make_router: Make) -> None:
+    # strong (200k) refuses as too long; mid (128k) is smaller, fast (32k) too: no rescue
+    # by a smaller window — the original error is reported.
+    r = make_router(options={"strong": {"error_rate": 1.0, "error_code": "context_length"}})
+    events = await fleet.collect(r, task="best")
+    assert [ev.type for ev in events] == ["route", "start", "error"]
+    err = events[-1]
+    assert isinstance(err, ErrorEvent) and err.code == "context_length" and err.suggestion
+    # From the smallest window, a larger one is tried.
+    r = make_router(options={"fast": {"error_rate": 1.0, "error_code": "context_length"}})
+    events = await fleet.collect(r, task="quick")
+    assert events[-1].type == "done"
+    fb = next(ev for ev in events if isinstance(ev, FallbackEvent))
+    assert fb.error == "context_length" and fb.after_tokens == 0
+
+
+async def test_all_failed_reports_the_original_error(fleet: Fleet, make_router: Make) -> None:
+    r = make_router(options={
+        "strong": {"error_rate": 1.0, "error_code": "rate_limited"},
+        "mid": {"error_rate": 1.0, "error_code": "overloaded"},
+        "fast": {"error_rate": 1.0, "error_code": "provider_error"}})
+    events = await fleet.collect(r, task="best")
+    assert [ev.type for ev in events] == ["route", "start", "fallback", "start", "fallback",
+                                          "start", "error"]
+    err = events[-1]
+    assert isinstance(err, ErrorEvent)
+    assert (err.code, err.deployment, err.status) == ("rate_limited", "strong", 429)
+    assert err.retryable and err.suggestion
+
+
+async def test_refused_prefill_never_masks_the_original_failure(fleet: Fleet,
+                                                                make_router: Make) -> None:
+    r = make_router(options={"strong": {"fail_after_tokens": 5},
+                             "mid": {"reject_prefill": True, "error_rate": 0.0},
+                             "fast": {"error_rate": 1.0}})
+    events = await fleet.collect(r, task="best")
+    assert events[-1].type == "done"  # mid continued the explicit way
+    assert r.resilience.refusals() == {"mid": ["prefill"]}
+    # Now mid fails outright too: the caller hears about the cut, not the 400.
+    r = make_router(options={"strong": {"fail_after_tokens": 5},
+                             "mid": {"reject_prefill": True, "fail_after_tokens": 0},
+                             "fast": {"error_rate": 1.0}})
+    events = await fleet.collect(r, task="best")
+    err = events[-1]
+    assert isinstance(err, ErrorEvent) and err.code == "protocol_error"
+    assert err.deployment == "strong"
+
+
+async def test_leaving_during_a_backoff_closes_everything(fleet: Fleet,
+                                                          make_router: Make) -> None:
+    r = make_router(options={"strong": {"error_rate": 1.0}}, resilience=resumed(
+        retry={"attempts": 3, "initial_backoff_ms": 20000, "max_backoff_ms": 20000}))
+    r.resilience.retry._rng = lambda: 1.0  # a long, certain backoff
+    stream = r.stream("Explain circuit breakers", task="best")
+    kinds = []
+    async for ev in stream:
+        kinds.append(ev.type)
+        if ev.type == "retry":
+            break
+    # The caller gives up while the router sleeps before the next attempt.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(stream), 0.05)
+    await asyncio.wait_for(stream.aclose(), 1)
+    assert kinds == ["route", "start", "retry"]
+    assert fleet.sim(r).open_streams == 0
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+async def test_leaving_during_a_hedge_race_cancels_both(fleet: Fleet, make_router: Make) -> None:
+    r = make_router(options={"strong": {"ttft_ms": 60000}, "mid": {"ttft_ms": 60000}},
+                    resilience=resumed(hedge={"enabled": True, "after_ms": 10}))
+    stream = r.stream("Explain circuit breakers", task="best")
+    starts = []
+    async for ev in stream:
+        if ev.type == "start":
+            starts.append(ev.hedge)
+        if len(starts) == 2:
+            break
+    await asyncio.wait_for(stream.aclose(), 1)
+    assert starts == [False, True]
+    assert fleet.sim(r).open_streams == 0
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    health = r.health()
+    assert health["strong"]["breaker"]["fail_counter"] == 0  # leaving is nobody's fault
+    assert health["mid"]["breaker"]["probe_in_flight"] is False
