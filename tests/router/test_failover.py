@@ -22,7 +22,6 @@ from providers.base import (
 from router.core import Router
 from router.events import DoneEvent, ErrorEvent, Event, FallbackEvent
 
-
 Make = Callable[..., Router]
 Fleet = Any  # tests/conftest.py's helper, given by the `fleet` fixture
 CUT = {"strong": {"fail_after_tokens": 5}}
