@@ -131,6 +131,9 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         # not yet held to the caller's max_tokens (see test_continuation_respects_max_tokens).
         sc.update(shape="text", max_tokens=None,
                   cut_after=draw(st.integers(1, sc["output_tokens"] - 1)))
+    # Whether the fallback takes a prefill: the continuation then goes as a final assistant
+    # message instead of an instruction to continue.
+    sc["fallback_prefill"] = draw(st.booleans())
     return sc
 
 
@@ -145,6 +148,8 @@ def _scenario_config(fleet: Any, sc: dict[str, Any]) -> dict[str, Any]:
         mid.update(fail_after_tokens=sc["cut_after"])
     cfg: dict[str, Any] = fleet.config(seed=sc["seed"], tasks=PAIR,
                                        options={"mid": mid, "fast": common})
+    if sc["fallback_prefill"]:
+        cfg["deployments"][0]["capabilities"] = ["tools", "prefill"]
     return cfg
 
 
