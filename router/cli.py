@@ -276,7 +276,7 @@ def deployments(config: ConfigOpt = None) -> None:
             p = dep.price
             cached = p.cached_input_per_mtok if p.cached_input_per_mtok is not None else "-"
             h = health[dep.id]
-            state = str(h.get("breaker", "closed")) if h["available"] else str(h["reason"])
+            state = str(h["breaker"]["state"]) if h["available"] else str(h["reason"])
             table.add_row(dep.id, f"{dep.provider}/{dep.model}",
                           f"{p.input_per_mtok:g} / {cached} / {p.output_per_mtok:g}",
                           f"{dep.context_window:,}", f"{dep.latency_prior.ttft_ms:g}",
