@@ -489,3 +489,17 @@ async def test_route_event_marks_the_chosen_and_eligible_candidates(
     chosen = next(c for c in route.candidates if c.deployment == "fast")
     assert (route.estimated_cost_usd, route.estimated_ttft_ms, route.estimated_latency_ms) == (
         chosen.estimated_cost_usd, chosen.estimated_ttft_ms, chosen.estimated_latency_ms)
+
+
+async def test_concurrent_streams_keep_their_own_numbering_and_all_close(
+        make_router: MakeRouter, fleet: Any) -> None:
+    # Paced streams interleave on the loop: each keeps its own request_id and seq.
+    r = make_router(options={name: {"tokens_per_s": 5000, "output_tokens": 15}
+                             for name in ("fast", "mid", "strong")})
+    prompts = [f"question {i}" for i in range(40)]
+    results = await asyncio.gather(*(fleet.collect(r, p) for p in prompts))
+    for events in results:
+        assert_stream_invariants(events)
+        assert isinstance(events[-1], DoneEvent)
+    assert len({events[0].request_id for events in results}) == len(prompts)
+    assert fleet.sim(r).open_streams == 0 and fleet.sim(r).calls == len(prompts)
