@@ -55,6 +55,26 @@ def memory_storage(name: str) -> pybreaker.CircuitBreakerStorage:
     return pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
 
 
+def redis_storage(url: str, namespace: str = "llm-router:breaker") -> StorageFactory:
+    """pybreaker's Redis storage: every router instance on `url` shares each deployment's
+    state, failure count and `opened_at`. (pybreaker's client is synchronous: each admit
+    and outcome costs a loopback round trip or two on the event loop.) If Redis cannot be
+    reached when a breaker is built, that breaker falls back to memory."""
+    import pybreaker
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    def make(deployment: str) -> pybreaker.CircuitBreakerStorage:
+        try:
+            return pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client,
+                                                 namespace=f"{namespace}:{deployment}")
+        except redis.RedisError:
+            return memory_storage(deployment)
+
+    return make
+
+
 class _Failed(Exception):
     """Raised inside `CircuitBreaker.call` so that pybreaker counts a failure."""
 
@@ -230,8 +250,9 @@ class BreakerRegistry:
 
     def __init__(self, cfg: BreakerConfig, *, clock: Clock = utc_now,
                  storage_factory: StorageFactory = memory_storage,
-                 on_change: StateChange | None = None) -> None:
+                 on_change: StateChange | None = None, shared: bool = False) -> None:
         self._cfg = cfg
+        self._shared = shared  # state may change elsewhere: always ask the storage
         self._clock = clock
         self._storage_factory = storage_factory
         self._on_change = on_change
@@ -251,9 +272,15 @@ class BreakerRegistry:
 
     def unavailable_reason(self, deployment: str) -> str | None:
         breaker = self._by_id.get(deployment)
-        # A deployment never used has a closed breaker: no need to build one (or import
-        # pybreaker) just to route.
+        if breaker is None and self._shared:
+            breaker = self.get(deployment)
+        # Unshared, a deployment never used has a closed breaker: no need to build one (or
+        # import pybreaker) just to route.
         return None if breaker is None else breaker.unavailable_reason()
 
-    def snapshot(self) -> dict[str, BreakerSnapshot]:
+    def snapshot(self, deployments: tuple[str, ...] = ()) -> dict[str, BreakerSnapshot]:
+        """Breakers built so far, and those of `deployments` when the state is shared."""
+        if self._shared:
+            for dep in deployments:
+                self.get(dep)
         return {dep: b.snapshot() for dep, b in self._by_id.items()}

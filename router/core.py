@@ -219,7 +219,7 @@ class Router:
     def health(self) -> dict[str, dict[str, Any]]:
         """Per deployment: live statistics, availability and circuit breaker."""
         out: dict[str, dict[str, Any]] = {}
-        breakers = self.resilience.breakers.snapshot()
+        breakers = self.resilience.breakers.snapshot(tuple(self.loaded.deployments))
         for dep in self.loaded.deployments.values():
             breaker = breakers.get(dep.id)
             s = self.stats.get(dep.id)

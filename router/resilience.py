@@ -24,7 +24,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from router.breaker import BreakerRegistry, Clock, StorageFactory, memory_storage, utc_now
+from router.breaker import (
+    BreakerRegistry,
+    Clock,
+    StorageFactory,
+    memory_storage,
+    redis_storage,
+    utc_now,
+)
 from router.config import Deployment, HedgeConfig, LoadedConfig
 from router.retry import RetryPolicy, Sleep
 from router.stats import StatsRegistry
@@ -45,13 +52,20 @@ class Resilience:
     """Breakers, retry policy and learned continuation refusals of one router."""
 
     def __init__(self, loaded: LoadedConfig, *, clock: Clock = utc_now,
-                 storage_factory: StorageFactory = memory_storage, sleep: Sleep = asyncio.sleep,
+                 storage_factory: StorageFactory | None = None, sleep: Sleep = asyncio.sleep,
                  rng: Callable[[], float] = random.random,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.loaded = loaded
         cfg = loaded.config.resilience
         self.cfg = cfg
-        self.breakers = BreakerRegistry(cfg.breaker, clock=clock, storage_factory=storage_factory)
+        state = loaded.config.state
+        shared = storage_factory is not None or state.backend == "redis"
+        if storage_factory is None:
+            # With `state: {backend: redis}` breakers are shared by every router instance.
+            storage_factory = redis_storage(state.url) if state.backend == "redis" else (
+                memory_storage)
+        self.breakers = BreakerRegistry(cfg.breaker, clock=clock, storage_factory=storage_factory,
+                                        shared=shared)
         self.retry = RetryPolicy(cfg.retry, sleep=sleep, rng=rng, clock=monotonic)
         self._refused: dict[str, set[Way]] = {}
 

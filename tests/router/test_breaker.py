@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pybreaker
 import pytest
+import redis
 
-from router.breaker import BreakerRegistry, Permit
+from router.breaker import BreakerRegistry, Permit, redis_storage
 from router.config import BreakerConfig
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -203,3 +208,50 @@ def test_importing_the_module_does_not_import_pybreaker() -> None:
     code = ("import sys, router.breaker; "
             "assert 'pybreaker' not in sys.modules, 'pybreaker imported eagerly'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server on loopback (no persistence), stopped after the module."""
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is required (Debian package redis-server)"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port)
+        for _ in range(500):  # up to ~5 s for the server to accept connections
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.01)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_redis_storage_shares_breakers_between_routers(redis_url: str) -> None:
+    """Two router instances on one Redis: a trip seen by one is seen by the other, and so
+    is the recovery. (Redis keeps `opened_at` in whole seconds of the wall clock, so the
+    fake clock starts just after now.)"""
+    clock = FakeClock()
+    clock.now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
+    cfg = BreakerConfig(fail_max=2, reset_timeout_s=30)
+    namespace = f"test-{time.monotonic_ns()}"
+    one = BreakerRegistry(cfg, clock=clock, storage_factory=redis_storage(redis_url, namespace),
+                          shared=True)
+    two = BreakerRegistry(cfg, clock=clock, storage_factory=redis_storage(redis_url, namespace),
+                          shared=True)
+    admit(one).failure("overloaded")
+    admit(two).failure("overloaded")
+    assert two.unavailable_reason("a") == "circuit_open"
+    assert one.snapshot(("a",))["a"].opened_at == clock.now
+    assert two.unavailable_reason("never-used-here") is None
+    clock.advance(31)
+    admit(one).success()  # the probe
+    assert two.get("a").state == "closed" and two.admit("a") is not None
