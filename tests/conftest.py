@@ -3,6 +3,10 @@
 Deployments run with `ttft_ms: 0` and `tokens_per_s: 0` unless a test says otherwise, so a
 whole stream takes well under a millisecond; latency *priors* are what routing sees, so
 routing decisions stay realistic while the streams themselves are instant.
+
+Fixtures: `fleet` (session; `fleet.config(options={id: {...}}, tasks=..., seed=...)`,
+`fleet.load`, `fleet.router`, `fleet.sim(router)`, `await fleet.collect(router, prompt, ...)`)
+and `make_router` (a factory whose routers are closed after the test).
 """
 
 from __future__ import annotations
