@@ -65,6 +65,11 @@ class Attempt:
                 self.deployment.price, max(usage.input_tokens, self.input_estimate),
                 usage.cached_input_tokens)
 
+    def over_limit(self) -> bool:
+        """The spending limit is already passed (e.g. by input usage reported up front)."""
+        limit = self.ledger.limit_usd
+        return limit is not None and self.ledger.spent_usd + self.input_usd >= limit
+
     def add_tool_fragment(self, delta: ToolCallDelta) -> None:
         calls = self.ledger.tool_calls
         call = calls.get(delta.index)

@@ -180,6 +180,9 @@ async def stream_opened(router: Router, opened: Opened,
             elif kind is UsageDelta:
                 assert isinstance(delta, UsageDelta)
                 attempt.set_usage(delta)
+                if fresh and attempt.over_limit():  # input billed up front passed the limit
+                    attempt.finish = "budget"
+                    break
             elif kind is FinishDelta:
                 assert isinstance(delta, FinishDelta)
                 attempt.finish = delta.reason

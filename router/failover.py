@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from providers.base import CLIENT_ERROR_CODES, ProviderError, ProviderRequest, estimate_tokens
 from router.accounting import Attempt, Ledger
 from router.attempt import AttemptFailed, Opened, end_attempt, open_upstream, stream_opened
 from router.breaker import Permit
 from router.config import Deployment
+from router.cost import input_cost
 from router.events import Event, FallbackEvent, ResumeMode, RetryEvent, StartEvent
 from router.resilience import Splice, Way, continuation_messages
 
@@ -50,6 +51,7 @@ class Failover:
         self.opened: Opened | None = None
         self._hedged_to: Deployment | None = None  # the hedge started by the last race
         self._attempt: Attempt | None = None  # the attempt the last `start` event announced
+        self._extra_input = 0  # input tokens a continuation request adds
 
     # --- the candidate loop ---------------------------------------------------------------
 
@@ -70,6 +72,9 @@ class Failover:
             mode: ResumeMode | None = None
             if sent:
                 mode = "restart" if resume == "restart" or self.ledger.tool_calls else "continue"
+            if sent and not self._affordable(dep, mode):
+                self.ledger.finish = "budget"  # the spending limit cannot pay for a resume
+                return
             if failed_on is not None and failure is not None:
                 yield self._fallback(failed_on, dep, failure, sent, mode)
             if mode == "restart":
@@ -102,6 +107,28 @@ class Failover:
                     break
         self.ledger.failure = self.original or self._all_open()
 
+    def _affordable(self, dep: Deployment, mode: ResumeMode | None) -> bool:
+        """A resumed attempt bills its input (with the partial answer when continuing) before
+        its first chunk: start none the spending limit cannot pay for, so that the limit is
+        passed by one chunk at most."""
+        limit = self.ledger.limit_usd
+        if limit is None:
+            return True
+        tokens = self.input_estimate
+        if mode == "continue":  # the continuation request as it will be sent
+            messages, _ = continuation_messages(self.req.messages, self.ledger.text(),
+                                                self.res.continuation_ways(dep)[0])
+            tokens += self._extra_tokens(messages)
+        return self.ledger.cost_usd() + input_cost(dep.price, tokens) < limit
+
+    def _extra_tokens(self, messages: list[Mapping[str, Any]]) -> int:
+        """The input a continuation adds to the request (the partial answer, an instruction):
+        billed, so counted in its attempt's input estimate."""
+        def size(ms: Sequence[Mapping[str, Any]]) -> int:
+            return sum(4 + estimate_tokens(str(m.get("content") or "")) for m in ms)
+
+        return max(0, size(messages) - size(self.req.messages))
+
     def _failed(self, dep: Deployment, err: ProviderError) -> tuple[Deployment, ProviderError]:
         if self.original is None:
             self.original = (err, dep.id)
@@ -122,6 +149,7 @@ class Failover:
         """Sets `self.opened`, or `self.error` with how `dep` failed."""
         self._hedged_to = None
         preq = provider_request(dep, self.req)
+        self._extra_input = 0
         if not continuing:
             async with aclosing(self._retrying(dep, preq, permit, has_alternative, None,
                                                hedge)) as events:
@@ -134,6 +162,7 @@ class Failover:
             messages, stripped = continuation_messages(self.req.messages, partial, way)
             splice = Splice(partial, strip_leading_ws=stripped, repeat_check=way == "instruct")
             cont = dataclasses.replace(preq, messages=messages)
+            self._extra_input = self._extra_tokens(messages)
             async with aclosing(self._retrying(dep, cont, permit, has_alternative, splice,
                                                None)) as events:
                 async for event in events:
@@ -197,7 +226,7 @@ class Failover:
         return self._attempt
 
     def _start(self, dep: Deployment, hedge: bool) -> StartEvent:
-        self._attempt = self.ledger.begin(dep, self.input_estimate)
+        self._attempt = self.ledger.begin(dep, self.input_estimate + self._extra_input)
         em = self.em
         seq = em.seq
         em.seq += 1
