@@ -50,6 +50,7 @@ class Failover:
         self.error: ProviderError | None = None  # how the last pre-token phase failed
         self.opened: Opened | None = None
         self._hedged_to: Deployment | None = None  # the hedge started by the last race
+        self._answer_from = 0  # the first attempt of the answer the caller keeps (restarts)
         self._attempt: Attempt | None = None  # the attempt the last `start` event announced
         self._extra_input = 0  # input tokens a continuation request adds
 
@@ -80,6 +81,10 @@ class Failover:
             if mode == "restart":
                 self.ledger.text_parts.clear()
                 self.ledger.tool_calls.clear()
+                self._answer_from = len(self.ledger.attempts)
+            elif mode == "continue" and self._tokens_left(dep) <= 0:
+                self.ledger.finish = "length"  # the caller's max_tokens was reached anyway
+                return
             hedge = ranked[i] if i < len(ranked) and not sent else None
             async with aclosing(self._first_token(dep, permit, hedge, mode == "continue",
                                                   has_alternative=i < len(ranked))) as events:
@@ -141,6 +146,12 @@ class Failover:
     def _content_sent(self) -> int:
         return sum(a.content_deltas for a in self.ledger.attempts)
 
+    def _tokens_left(self, dep: Deployment) -> int:
+        """What a continuation may still produce of the answer's `max_tokens`."""
+        asked = provider_request(dep, self.req).max_tokens or 0
+        sent = sum(a.output_tokens for a in self.ledger.attempts[self._answer_from:])
+        return asked - sent
+
     # --- before the first token -----------------------------------------------------------
 
     async def _first_token(self, dep: Deployment, permit: Permit, hedge: Deployment | None,
@@ -161,7 +172,8 @@ class Failover:
         for n, way in enumerate(ways):
             messages, stripped = continuation_messages(self.req.messages, partial, way)
             splice = Splice(partial, strip_leading_ws=stripped, repeat_check=way == "instruct")
-            cont = dataclasses.replace(preq, messages=messages)
+            cont = dataclasses.replace(preq, messages=messages,
+                                       max_tokens=max(1, self._tokens_left(dep)))
             self._extra_input = self._extra_tokens(messages)
             async with aclosing(self._retrying(dep, cont, permit, has_alternative, splice,
                                                None)) as events:

@@ -438,8 +438,6 @@ async def test_router_context_manager_closes_its_providers(fleet: Any) -> None:
     assert closed == ["sim"]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, reported: a continuation request asks "
-                   "for max_tokens again instead of what is left (router/failover.py)")
 async def test_continuation_respects_max_tokens(make_router: MakeRouter, fleet: Any) -> None:
     options = {"mid": {"output_tokens": 40, "fail_after_tokens": 5},
                "fast": {"output_tokens": 40}}
