@@ -18,9 +18,15 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from providers.base import CLIENT_ERROR_CODES, ProviderError, ProviderRequest, estimate_tokens
+from providers.base import (
+    CLIENT_ERROR_CODES,
+    ErrorCodeName,
+    ProviderError,
+    ProviderRequest,
+    estimate_tokens,
+)
 from router.accounting import Attempt, Ledger
 from router.attempt import AttemptFailed, Opened, end_attempt, open_upstream, stream_opened
 from router.breaker import Permit
@@ -140,8 +146,11 @@ class Failover:
         return dep, err
 
     def _all_open(self) -> tuple[ProviderError, str]:
-        return (ProviderError("overloaded", "every candidate's circuit breaker is open",
-                              retryable=True), self.ranked[0].id if self.ranked else "")
+        # Every breaker refused (each opened, or gave its probe to another request, since
+        # routing): the router's own `circuit_open`, not a provider's code.
+        code = cast(ErrorCodeName, "circuit_open")
+        return (ProviderError(code, "every candidate's circuit breaker is open", retryable=True),
+                self.ranked[0].id if self.ranked else "")
 
     def _content_sent(self) -> int:
         return sum(a.content_deltas for a in self.ledger.attempts)

@@ -19,8 +19,12 @@ from providers.base import (
     ToolCallDelta,
     UsageDelta,
 )
+from router.accounting import Ledger
 from router.core import Router
 from router.events import DoneEvent, ErrorEvent, Event, FallbackEvent
+from router.failover import Failover
+from router.orchestrator import Emitter
+from router.request import StreamParams, prepare
 
 Make = Callable[..., Router]
 Fleet = Any  # tests/conftest.py's helper, given by the `fleet` fixture
@@ -193,3 +197,24 @@ async def test_leaving_during_a_hedge_race_cancels_both(fleet: Fleet, make_route
     health = r.health()
     assert health["strong"]["breaker"]["fail_counter"] == 0  # leaving is nobody's fault
     assert health["mid"]["breaker"]["probe_in_flight"] is False
+
+
+async def test_breakers_refusing_after_routing_end_with_circuit_open(fleet: Fleet,
+                                                                     make_router: Make) -> None:
+    """Breakers that opened between routing and the attempt: no call is made and the error
+    is the router's own `circuit_open`."""
+    r = make_router()
+    fail_max = r.loaded.config.resilience.breaker.fail_max
+    for dep in ("strong", "mid"):
+        for _ in range(fail_max):
+            permit = r.resilience.breakers.admit(dep)
+            assert permit is not None
+            permit.failure("overloaded")
+    req = prepare(StreamParams(input="hi", task="best"), r.loaded)
+    ledger = Ledger(Emitter("req"), None)
+    ranked = [r.loaded.deployments[d] for d in ("strong", "mid")]
+    events = [ev async for ev in Failover(r, req, ranked, ledger.em, ledger).run()]
+    assert events == [] and ledger.attempts == []
+    assert ledger.failure is not None
+    assert (ledger.failure[0].code, ledger.failure[1]) == ("circuit_open", "strong")
+    assert fleet.sim(r).calls == 0
