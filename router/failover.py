@@ -102,8 +102,9 @@ class Failover:
                 failed_on, failure = self._failed(dep, self.error)
                 if self._hedged_to is not None:
                     i = max(i, ranked.index(self._hedged_to) + 1)
-                if failure.code in CLIENT_ERROR_CODES and failure.code != "context_length":
-                    break
+                if failure.code in CLIENT_ERROR_CODES and failure.code != "context_length" and (
+                        not sent):
+                    break  # the request itself is refused (a continuation's may go elsewhere)
                 continue
             if opened.dep is not dep:  # the hedge won: go on from it
                 i = ranked.index(opened.dep) + 1

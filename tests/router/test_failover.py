@@ -218,3 +218,25 @@ async def test_breakers_refusing_after_routing_end_with_circuit_open(fleet: Flee
     assert ledger.failure is not None
     assert (ledger.failure[0].code, ledger.failure[1]) == ("circuit_open", "strong")
     assert fleet.sim(r).calls == 0
+
+
+async def test_a_continuation_refused_outright_moves_on_to_the_next(fleet: Fleet,
+                                                                   make_router: Make) -> None:
+    """mid refuses every continuation (prefill, then the explicit way) with a 400: that
+    is mid's problem, not the request's, so fast continues the answer."""
+    full = await reference(fleet, make_router)
+    r = make_router(options=CUT)
+    sim = fleet.sim(r)
+    original = sim.stream
+
+    def refusing(request: ProviderRequest) -> AsyncIterator[Delta]:
+        if request.model == "sim-standard" and len(request.messages) > 1:
+            raise ProviderError("bad_request", "continuations not accepted", status=400)
+        return original(request)
+
+    sim.stream = refusing  # type: ignore[method-assign]
+    events = await fleet.collect(r, task="best")
+    assert [(ev.from_deployment, ev.to_deployment, ev.error) for ev in events
+            if isinstance(ev, FallbackEvent)] == [("strong", "mid", "protocol_error"),
+                                                  ("mid", "fast", "bad_request")]
+    assert events[-1].type == "done" and text_of(events) == full
