@@ -84,7 +84,8 @@ def _config(wire: str, base_url: str) -> dict[str, Any]:
             "retry": {"attempts": 2, "initial_backoff_ms": 20, "max_backoff_ms": 500},
             # A soak wants every stream to try the primary: keep its breaker from opening.
             "breaker": {"fail_max": 1000, "reset_timeout_s": 1},
-            "timeouts": {"connect_s": 5, "ttft_s": 1.0, "idle_s": 1.0, "total_s": 30},
+            # Generous deadlines: 100 concurrent streams share a busy 2-core machine here.
+            "timeouts": {"connect_s": 5, "ttft_s": 3.0, "idle_s": 3.0, "total_s": 60},
         },
     }
 
