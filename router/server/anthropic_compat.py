@@ -14,7 +14,7 @@ thinking signatures (thinking blocks are streamed with an empty signature).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -35,11 +35,12 @@ from router.events import (
 from router.request import RequestError, StreamParams, prepare
 from router.server.anthropic_request import stream_kwargs, to_openai_messages
 from router.server.compat import (
-    ClosingStreamingResponse,
+    EventBody,
     ObservedStream,
+    Render,
     RequestProblem,
-    open_stream,
     read_json,
+    routed_response,
     router_of,
     scope_key_of,
 )
@@ -250,23 +251,19 @@ def _render(ev: Event, w: BlockWriter) -> tuple[bytes | None, bool]:
 
 async def _sse(head: list[Event], rest: ObservedStream,
                w: BlockWriter) -> AsyncIterator[bytes]:
-    try:
-        yield w.start()
-        for ev in head:
-            out, last = _render(ev, w)
-            if out:
-                yield out
-            if last:
-                return
-        async for ev in rest:
-            out, last = _render(ev, w)
-            if out:
-                yield out
-            if last:
-                return
-    finally:
-        # Closing the router's stream closes the upstream connection (client gone, or end).
-        await rest.aclose()
+    yield w.start()
+    for ev in head:
+        out, last = _render(ev, w)
+        if out:
+            yield out
+        if last:
+            return
+    async for ev in rest:
+        out, last = _render(ev, w)
+        if out:
+            yield out
+        if last:
+            return
 
 
 # --- non-streaming ------------------------------------------------------------------------
@@ -301,12 +298,9 @@ def _message(events: list[Event], done: DoneEvent) -> dict[str, Any]:
 
 async def _drain(head: list[Event], rest: ObservedStream) -> list[Event]:
     events = list(head)
-    try:
-        if events and events[-1].type not in ("done", "error"):
-            async for ev in rest:
-                events.append(ev)
-    finally:
-        await rest.aclose()
+    if events and events[-1].type not in ("done", "error"):
+        async for ev in rest:
+            events.append(ev)
     return events
 
 
@@ -319,30 +313,33 @@ async def messages(request: Request) -> Response:
         body = await read_json(request)
         input_ = to_openai_messages(body.get("messages"))
         kwargs = stream_kwargs(body, router, scope_key_of(request))
-        head, rest = await open_stream(request, input_, kwargs)
+        return routed_response(request, input_, kwargs, _renderer(body))
     except RequestProblem as p:
         return _problem_response(p)
-    last = head[-1] if head else None
-    if isinstance(last, ErrorEvent):
-        await rest.aclose()
-        return _error_response(*_event_error(last), last.request_id, last.retryable)
-    request_id = head[0].request_id if head else ""
-    headers = {"request-id": request_id}
-    if not body.get("stream"):
-        events = await _drain(head, rest)
-        end = events[-1] if events else None
-        if isinstance(end, ErrorEvent):
-            return _error_response(*_event_error(end), request_id, end.retryable)
-        if not isinstance(end, DoneEvent):
-            return _error_response(500, "api_error", "The stream ended without a result.",
-                                   request_id)
-        return Response(orjson.dumps(_message(events, end)), headers=headers,
-                        media_type="application/json")
-    model = next((ev.deployment for ev in reversed(head) if isinstance(ev, StartEvent)),
-                 str(body.get("model")))
-    writer = BlockWriter(f"msg_{request_id}", model)
-    headers |= {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return ClosingStreamingResponse(_sse(head, rest, writer), rest, headers)
+
+
+def _renderer(body: Mapping[str, Any]) -> Render:
+    async def render(head: list[Event], rest: ObservedStream) -> Response | EventBody:
+        last = head[-1] if head else None
+        request_id = rest.request_id
+        if isinstance(last, ErrorEvent):
+            return _error_response(*_event_error(last), request_id, last.retryable)
+        headers = {"request-id": request_id}
+        if not body.get("stream"):
+            events = await _drain(head, rest)
+            end = events[-1] if events else None
+            if isinstance(end, ErrorEvent):
+                return _error_response(*_event_error(end), request_id, end.retryable)
+            if not isinstance(end, DoneEvent):
+                return _error_response(500, "api_error", "The stream ended without a result.",
+                                       request_id)
+            return Response(orjson.dumps(_message(events, end)), headers=headers,
+                            media_type="application/json")
+        model = next((ev.deployment for ev in reversed(head) if isinstance(ev, StartEvent)),
+                     str(body.get("model")))
+        return EventBody(_sse(head, rest, BlockWriter(f"msg_{request_id}", model)), headers)
+
+    return render
 
 
 async def count_tokens(request: Request) -> Response:

@@ -1,17 +1,19 @@
 """What the OpenAI- and Anthropic-compatible endpoints share: reading the body, mapping
 `model` (task, deployment or `auto`) and the routing extras onto `Router.stream`, and
-opening a stream far enough to know whether it failed before its first token.
+running the stream in one task and reading it far enough to know whether it failed before its
+first token (an HTTP error then) or streams.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from router.events import Event, encode_event
@@ -168,40 +170,84 @@ class ObservedStream:
         await self._events.aclose()
 
 
-class ClosingStreamingResponse(StreamingResponse):
-    """A streaming response that closes the router's stream however it ends: finished,
-    client gone, or cancelled before its body started."""
+@dataclass(frozen=True, slots=True)
+class EventBody:
+    """A streamed answer: the SSE bytes, and the headers to send before them."""
 
-    def __init__(self, content: Any, stream: ObservedStream, headers: Mapping[str, str]) -> None:
-        super().__init__(content, headers=headers, media_type="text/event-stream")
-        self._stream = stream
+    chunks: AsyncIterator[bytes]
+    headers: Mapping[str, str]
+
+
+# Turns the head of a stream (up to its first content event or its end) and the rest of it
+# into a plain response (an error, a non-streamed answer) or an `EventBody`.
+Render = Callable[[list[Event], "ObservedStream"], Awaitable["Response | EventBody"]]
+
+
+class RoutedResponse(Response):
+    """Runs one routed request inside the request's own task and answers it.
+
+    One task reads the whole stream: the core binds its time-to-first-token and idle
+    deadlines to the task that iterates it, so reading the head in the handler and the rest
+    in a body task would cancel the wrong task on a timeout. Meanwhile a watcher cancels
+    this task when the client disconnects (also while the first token is still awaited),
+    which closes the upstream connection at once."""
+
+    def __init__(self, events: ObservedStream, render: Render) -> None:
+        super().__init__()
+        self._events = events
+        self._render = render
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        gone: list[bool] = []
+        watcher = asyncio.create_task(_watch_disconnect(receive, task, gone))
         try:
-            await super().__call__(scope, receive, send)
+            head: list[Event] = []
+            async for ev in self._events:
+                head.append(ev)
+                if ev.type in _DECISIVE:
+                    break
+            result = await self._render(head, self._events)
+            if isinstance(result, Response):
+                await result(scope, receive, send)
+                return
+            headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                       for k, v in result.headers.items()]
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [*headers, *_SSE_HEADERS]})
+            async for chunk in result.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            # Our own cancel on disconnect ends the request quietly; any other propagates.
+            if not gone or task.uncancel() > 0:
+                raise
         finally:
-            await self._stream.aclose()
+            watcher.cancel()
+            await self._events.aclose()
 
 
-async def open_stream(
-    request: Request, input_: Any, kwargs: Mapping[str, Any]
-) -> tuple[list[Event], ObservedStream]:
-    """Start `router.stream` and read it up to its first content event or its end, so the
-    caller can still answer an early failure with an HTTP error status."""
+_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: list[bool]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.append(True)
+    task.cancel()
+
+
+def routed_response(request: Request, input_: Any, kwargs: Mapping[str, Any],
+                    render: Render) -> RoutedResponse:
+    """The response that runs `router.stream(input_, **kwargs)` and answers through
+    `render`. Raises `RequestProblem` when the run channel refuses the request."""
     state = request.app.state
     runs, run = _run_channel(request, kwargs)
     events = ObservedStream(router_of(request).stream(input_, **kwargs),
                             getattr(state, "metrics", None), runs, run)
-    head: list[Event] = []
-    try:
-        async for ev in events:
-            head.append(ev)
-            if ev.type in _DECISIVE:
-                break
-    except BaseException:
-        await events.aclose()
-        raise
-    return head, events
+    return RoutedResponse(events, render)
 
 
 def _run_channel(request: Request, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:

@@ -36,12 +36,13 @@ from router.events import (
 )
 from router.server import models_api
 from router.server.compat import (
-    ClosingStreamingResponse,
+    EventBody,
     ObservedStream,
+    Render,
     RequestProblem,
-    open_stream,
     read_json,
     resolve_model,
+    routed_response,
     router_of,
     routing_options,
     scope_key_of,
@@ -250,23 +251,19 @@ def _restart_error(ev: FallbackEvent) -> bytes:
 
 async def _sse(head: list[Event], rest: ObservedStream,
                w: ChunkWriter) -> AsyncIterator[bytes]:
-    try:
-        yield w.chunk(b'{"role":"assistant","content":""}')
-        for ev in head:
-            out, last = _render(ev, w)
-            if out:
-                yield out
-            if last:
-                return
-        async for ev in rest:
-            out, last = _render(ev, w)
-            if out:
-                yield out
-            if last:
-                return
-    finally:
-        # Closing the router's stream closes the upstream connection (client gone, or end).
-        await rest.aclose()
+    yield w.chunk(b'{"role":"assistant","content":""}')
+    for ev in head:
+        out, last = _render(ev, w)
+        if out:
+            yield out
+        if last:
+            return
+    async for ev in rest:
+        out, last = _render(ev, w)
+        if out:
+            yield out
+        if last:
+            return
 
 
 def _render(ev: Event, w: ChunkWriter) -> tuple[bytes | None, bool]:
@@ -332,12 +329,9 @@ def _completion(events: list[Event], done: DoneEvent, created: int) -> dict[str,
 
 async def _drain(head: list[Event], rest: ObservedStream) -> list[Event]:
     events = list(head)
-    try:
-        if events and events[-1].type not in ("done", "error"):
-            async for ev in rest:
-                events.append(ev)
-    finally:
-        await rest.aclose()
+    if events and events[-1].type not in ("done", "error"):
+        async for ev in rest:
+            events.append(ev)
     return events
 
 
@@ -350,36 +344,43 @@ async def chat_completions(request: Request) -> Response:
         body = await read_json(request)
         messages = _messages(body.get("messages"))
         kwargs = _stream_kwargs(body, router, scope_key_of(request))
-        created = int(time.time())
-        head, rest = await open_stream(request, messages, kwargs)
+        return routed_response(request, messages, kwargs, _renderer(body))
     except RequestProblem as p:
         return _problem_response(p)
-    last = head[-1] if head else None
-    if isinstance(last, ErrorEvent):
-        await rest.aclose()
-        status, err = _event_error(last)
-        return error_response(status, **_flat(err), request_id=last.request_id,
-                              retryable=last.retryable)
-    request_id = head[0].request_id if head else ""
-    headers = {"x-request-id": request_id}
-    if not body.get("stream"):
-        events = await _drain(head, rest)
-        end = events[-1] if events else None
-        if isinstance(end, ErrorEvent):
-            status, err = _event_error(end)
-            return error_response(status, **_flat(err), request_id=request_id,
-                                  retryable=end.retryable)
-        if not isinstance(end, DoneEvent):
-            return error_response(500, "The stream ended without a result.", "server_error")
-        return Response(orjson.dumps(_completion(events, end, created)),
-                        headers=headers, media_type="application/json")
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-    model = next((ev.deployment for ev in reversed(head) if isinstance(ev, StartEvent)),
-                 str(body.get("model")))
-    writer = ChunkWriter(f"chatcmpl-{request_id}", created, model, include_usage)
-    headers |= {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return ClosingStreamingResponse(_sse(head, rest, writer), rest, headers)
+
+
+def _renderer(body: Mapping[str, Any]) -> Render:
+    created = int(time.time())
+
+    async def render(head: list[Event], rest: ObservedStream) -> Response | EventBody:
+        last = head[-1] if head else None
+        if isinstance(last, ErrorEvent):
+            return _error_of(last)
+        headers = {"x-request-id": rest.request_id}
+        if not body.get("stream"):
+            events = await _drain(head, rest)
+            end = events[-1] if events else None
+            if isinstance(end, ErrorEvent):
+                return _error_of(end)
+            if not isinstance(end, DoneEvent):
+                return error_response(500, "The stream ended without a result.",
+                                      "server_error")
+            return Response(orjson.dumps(_completion(events, end, created)),
+                            headers=headers, media_type="application/json")
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        model = next((ev.deployment for ev in reversed(head) if isinstance(ev, StartEvent)),
+                     str(body.get("model")))
+        writer = ChunkWriter(f"chatcmpl-{rest.request_id}", created, model, include_usage)
+        return EventBody(_sse(head, rest, writer), headers)
+
+    return render
+
+
+def _error_of(ev: ErrorEvent) -> Response:
+    status, err = _event_error(ev)
+    return error_response(status, **_flat(err), request_id=ev.request_id,
+                          retryable=ev.retryable)
 
 
 def _flat(err: dict[str, Any]) -> dict[str, Any]:

@@ -57,14 +57,24 @@ CONFIG: dict[str, Any] = {
          "price": {"input_per_mtok": 1.0, "output_per_mtok": 1.0},
          "latency_prior": {"ttft_ms": 900, "tokens_per_s": 20},
          "options": {"error_rate": 1.0, "error_code": "rate_limited"}},
+        {"id": "stall", "provider": "sim", "model": "sim-stall",
+         "price": {"input_per_mtok": 0.01, "output_per_mtok": 0.01},
+         "latency_prior": {"ttft_ms": 1, "tokens_per_s": 4000},
+         "options": {"stall_after_tokens": 3}},
+        {"id": "thinks-long", "provider": "sim", "model": "sim-long",
+         "price": {"input_per_mtok": 1.0, "output_per_mtok": 1.0},
+         "latency_prior": {"ttft_ms": 900, "tokens_per_s": 20},
+         "options": {"ttft_ms": 1500}},
     ],
     "tasks": {
         "chat": {"candidates": ["fast", "thinker"], "prefer": "latency",
                  "description": "interactive chat"},
         "deep": {"candidates": ["thinker"], "prefer": "quality"},
+        "stally": {"candidates": ["stall", "fast"], "prefer": "latency"},
     },
     "defaults": {"task": "chat"},
-    "resilience": {"retry": {"attempts": 1, "initial_backoff_ms": 1, "max_backoff_ms": 1}},
+    "resilience": {"retry": {"attempts": 1, "initial_backoff_ms": 1, "max_backoff_ms": 1},
+                   "timeouts": {"ttft_s": 2, "idle_s": 0.3, "total_s": 10}},
     "server": {"api_keys": [{"name": "tester", "sha256": __import__("hashlib").sha256(
         KEY.encode()).hexdigest()}]},
 }
@@ -454,13 +464,55 @@ async def test_metadata_run_id_copies_the_events_to_the_run_channel(
     assert types == [e.type for e in router.events[request_id_of(res.id)]]
 
 
+async def test_idle_timeout_mid_stream_fails_over_with_continuation(
+    client: openai.AsyncOpenAI, router: RecordingRouter
+) -> None:
+    # The first deployment goes silent after 3 tokens; the core's idle deadline fires in
+    # the task that reads the stream and the answer continues on the next deployment.
+    stream = await client.chat.completions.create(
+        model="stally", messages=[{"role": "user", "content": "hello"}], stream=True)
+    chunks = [c async for c in stream]
+    rid = request_id_of(chunks[0].id)
+    types = [e.type for e in router.events[rid]]
+    assert "fallback" in types and types[-1] == "done"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == router.text(rid)
+    assert {c.model for c in chunks} == {"stall", "fast"}
+
+
+async def test_disconnect_before_the_first_token_closes_the_upstream(
+    base_url: str, router: RecordingRouter
+) -> None:
+    provider: Any = router.provider("sim")
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        request = asyncio.create_task(http.post(
+            "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+            json={"model": "thinks-long", "stream": True,
+                  "messages": [{"role": "user", "content": "hi"}]}))
+        for _ in range(400):
+            if provider.open_streams == 1:
+                break
+            await asyncio.sleep(0.005)
+        assert provider.open_streams == 1  # waiting for its first token
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+    for _ in range(100):  # 0.5 s: the first token is due only after 1.5 s
+        if provider.open_streams == 0:
+            break
+        await asyncio.sleep(0.005)
+    assert provider.open_streams == 0  # closed long before its first token was due
+    assert "llm_router_active_streams 0.0" in await _metrics(base_url)
+
+
 # --- models -------------------------------------------------------------------------------
 
 
 async def test_models_lists_auto_tasks_and_deployments(client: openai.AsyncOpenAI) -> None:
     page = await client.models.list()
     ids = [m.id for m in page.data]
-    assert ids == ["auto", "chat", "deep", "fast", "thinker", "slow", "cut", "limited"]
+    assert ids == ["auto", "chat", "deep", "stally", "fast", "thinker", "slow", "cut",
+                   "limited", "stall", "thinks-long"]
     kinds = {m.id: (m.model_extra or {}).get("kind") for m in page.data}
     assert kinds["chat"] == "task" and kinds["fast"] == "deployment"
     assert all(m.object == "model" for m in page.data)
