@@ -270,3 +270,27 @@ async def _sweep(streams: EventLog, runs: EventLog, retention_s: float) -> None:
 
 
 __all__ = ["create_app", "principal_of"]
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def serve(config: str | None = None, host: str | None = None, port: int | None = None,
+          log_level: str = "info") -> None:
+    """`llm-router serve`: the router of `config` (discovered if None) on uvicorn. Host and
+    port default to the `server:` section. A server without API keys only binds loopback."""
+    import uvicorn
+
+    from router.core import Router
+
+    router = Router.from_config(config)
+    settings: ServerConfig = router.loaded.config.server
+    host = host or settings.host
+    if not settings.api_keys and host not in _LOOPBACK:
+        raise ValueError(
+            f"refusing to serve on {host} without API keys: add server.api_keys "
+            "(sha256 of each key) to the config, or bind 127.0.0.1")
+    app = create_app(router, settings, close_router=True)
+    uvicorn.run(app, host=host, port=settings.port if port is None else port,
+                log_level=log_level, timeout_graceful_shutdown=int(settings.shutdown_grace_s)
+                or None, ws_ping_interval=max(settings.heartbeat_s, 1.0))
