@@ -79,8 +79,15 @@ class Failover:
             mode: ResumeMode | None = None
             if sent:
                 mode = "restart" if resume == "restart" or self.ledger.tool_calls else "continue"
+            # Decided before the `fallback` event: it must not announce a switch that is not
+            # made. The unused permit is released (a half-open breaker keeps its probe slot).
             if sent and not self._affordable(dep, mode):
+                permit.release()
                 self.ledger.finish = "budget"  # the spending limit cannot pay for a resume
+                return
+            if mode == "continue" and self._tokens_left(dep) <= 0:
+                permit.release()
+                self.ledger.finish = "length"  # the caller's max_tokens was reached anyway
                 return
             if failed_on is not None and failure is not None:
                 yield self._fallback(failed_on, dep, failure, sent, mode)
@@ -88,9 +95,6 @@ class Failover:
                 self.ledger.text_parts.clear()
                 self.ledger.tool_calls.clear()
                 self._answer_from = len(self.ledger.attempts)
-            elif mode == "continue" and self._tokens_left(dep) <= 0:
-                self.ledger.finish = "length"  # the caller's max_tokens was reached anyway
-                return
             hedge = ranked[i] if i < len(ranked) and not sent else None
             async with aclosing(self._first_token(dep, permit, hedge, mode == "continue",
                                                   has_alternative=i < len(ranked))) as events:
