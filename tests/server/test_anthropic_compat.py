@@ -54,10 +54,16 @@ CONFIG: dict[str, Any] = {
         {"id": "limited", "provider": "sim", "model": "sim-limited",
          "price": {"input_per_mtok": 1.0, "output_per_mtok": 1.0},
          "options": {"error_rate": 1.0, "error_code": "rate_limited"}},
+        {"id": "stall", "provider": "sim", "model": "sim-stall",
+         "price": {"input_per_mtok": 0.01, "output_per_mtok": 0.01},
+         "latency_prior": {"ttft_ms": 1, "tokens_per_s": 4000},
+         "options": {"stall_after_tokens": 3}},
     ],
-    "tasks": {"chat": {"candidates": ["fast", "thinker"], "prefer": "latency"}},
+    "tasks": {"chat": {"candidates": ["fast", "thinker"], "prefer": "latency"},
+              "stally": {"candidates": ["stall", "fast"], "prefer": "latency"}},
     "defaults": {"task": "chat"},
-    "resilience": {"retry": {"attempts": 1, "initial_backoff_ms": 1, "max_backoff_ms": 1}},
+    "resilience": {"retry": {"attempts": 1, "initial_backoff_ms": 1, "max_backoff_ms": 1},
+                   "timeouts": {"ttft_s": 2, "idle_s": 0.3, "total_s": 10}},
     "server": {"api_keys": [{"name": "ant", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]},
 }
 TOOL = {"name": "lookup_lead", "description": "Find a lead",
@@ -244,6 +250,20 @@ async def test_tool_result_turn_round_trips(
                                       "content": "Initech: 200 staff"}
 
 
+async def test_idle_timeout_mid_stream_continues_on_the_next_deployment(
+    client: anthropic.AsyncAnthropic, router: RecordingRouter
+) -> None:
+    async with client.messages.stream(
+        model="stally", max_tokens=400, messages=[{"role": "user", "content": "hello"}],
+    ) as stream:
+        pieces = [t async for t in stream.text_stream]
+        final = await stream.get_final_message()
+    types = [e.type for e in router.of(final.id)]
+    assert "fallback" in types and types[-1] == "done"
+    assert "".join(pieces) == router.text(final.id)
+    assert final.stop_reason == "end_turn"
+
+
 async def test_unknown_model_is_not_found(client: anthropic.AsyncAnthropic) -> None:
     with pytest.raises(anthropic.NotFoundError) as info:
         await client.messages.create(model="claude-nonexistent", max_tokens=10,
@@ -311,7 +331,7 @@ async def test_count_tokens_is_the_routers_input_estimate(
 async def test_models_list_in_the_anthropic_shape(client: anthropic.AsyncAnthropic) -> None:
     page = await client.models.list()
     ids = [m.id for m in page.data]
-    assert ids == ["auto", "chat", "fast", "thinker", "cut", "limited"]
+    assert ids == ["auto", "chat", "stally", "fast", "thinker", "cut", "limited", "stall"]
     assert all(m.type == "model" for m in page.data)
     assert (await client.models.retrieve("fast")).display_name.startswith("fast (deployment")
     with pytest.raises(anthropic.NotFoundError):
