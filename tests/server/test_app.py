@@ -205,3 +205,33 @@ async def test_shutdown_cancels_detached_streams_past_the_grace(fleet) -> None:
     assert last_type == "error" and orjson.loads(last)["code"] == "cancelled"
     assert fleet.sim(router).open_streams == 0
     await router.aclose()
+
+
+async def test_disconnect_closes_the_connection_to_a_real_provider(serve) -> None:
+    from router.testing import LoopbackProvider, Reply
+
+    words = " ".join(f"w{i}" for i in range(200))
+    async with LoopbackProvider(Reply.from_text(words, token_delay_s=0.02)) as upstream:
+        cfg = {
+            "version": 1,
+            "providers": {"lb": {"kind": "openai_compatible",
+                                 "base_url": upstream.base_url + "/v1", "api_key": "sk-up"}},
+            "deployments": [{"id": "lb", "provider": "lb", "model": "m",
+                             "price": {"input_per_mtok": 1.0, "output_per_mtok": 4.0},
+                             "context_window": 8000,
+                             "latency_prior": {"ttft_ms": 100, "tokens_per_s": 100}}],
+            "tasks": {"t": {"candidates": ["lb"]}}, "defaults": {"task": "t"},
+        }
+        srv = await serve(config=cfg)
+        async with srv.client() as c:
+            async with c.stream("POST", "/v1/stream", json={"input": "hi"}) as resp:
+                async for f in frames(resp):
+                    if f.event == "text":
+                        break
+                assert upstream.active_streams == 1 and upstream.open_connections == 1
+            # The client is gone: the provider's response must be abandoned, its socket
+            # closed, long before the 4 s the whole answer would take.
+            await eventually(lambda: upstream.open_connections == 0, within_s=1.0)
+            assert upstream.active_streams == 0
+            status = (await c.get(f"/v1/streams/{resp.headers['x-request-id']}")).json()
+        assert status["state"] == "cancelled"
