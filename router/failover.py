@@ -57,12 +57,30 @@ class Failover:
         self.opened: Opened | None = None
         self._hedged_to: Deployment | None = None  # the hedge started by the last race
         self._answer_from = 0  # the first attempt of the answer the caller keeps (restarts)
+        self._permits: list[Permit] = []  # every breaker admission of this request
         self._attempt: Attempt | None = None  # the attempt the last `start` event announced
         self._extra_input = 0  # input tokens a continuation request adds
 
     # --- the candidate loop ---------------------------------------------------------------
 
     async def run(self) -> AsyncGenerator[Event, None]:
+        try:
+            async with aclosing(self._serve()) as events:
+                async for event in events:
+                    yield event
+        finally:
+            # The caller may leave between an admission and its attempt's outcome (at a
+            # `fallback`, `start` or `retry` event): free every slot still held.
+            for permit in self._permits:
+                permit.release()
+
+    def _admit(self, dep: Deployment) -> Permit | None:
+        permit = self.res.breakers.admit(dep.id)
+        if permit is not None:
+            self._permits.append(permit)
+        return permit
+
+    async def _serve(self) -> AsyncGenerator[Event, None]:
         resume = self.res.cfg.resume
         ranked, i = self.ranked, 0
         failed_on: Deployment | None = None
@@ -72,7 +90,7 @@ class Failover:
             if failure is not None and failure.code == "context_length" and failed_on and (
                     dep.context_window <= failed_on.context_window):
                 continue  # only a larger context window can help
-            permit = self.res.breakers.admit(dep.id)
+            permit = self._admit(dep)
             if permit is None:
                 continue  # opened since routing: route elsewhere
             sent = self._content_sent()
@@ -198,7 +216,7 @@ class Failover:
                 return
             self._learn(dep, way)  # refused this way of continuing: try the other
             if n + 1 < len(ways):
-                next_permit = self.res.breakers.admit(dep.id)
+                next_permit = self._admit(dep)
                 if next_permit is None:
                     return
                 permit = next_permit
@@ -216,7 +234,7 @@ class Failover:
                                             started_at=self.t0):
                 if attempt.number > 1:
                     assert attempt.error is not None
-                    next_permit = self.res.breakers.admit(dep.id)
+                    next_permit = self._admit(dep)
                     if next_permit is None:  # tripped meanwhile: go elsewhere
                         self.error = attempt.error
                         return
@@ -305,7 +323,7 @@ class Failover:
         race.add(primary, self._open(dep, preq, primary, permit), permit)
         try:
             if not await race.wait(after_s):
-                hedge_permit = self.res.breakers.admit(hedge.id)
+                hedge_permit = self._admit(hedge)
                 if hedge_permit is not None:
                     yield self._start(hedge, hedge=True)
                     self._hedged_to = hedge

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from router.events import DoneEvent, ErrorEvent, Event, FallbackEvent
 from router.failover import Failover
 from router.orchestrator import Emitter
 from router.request import StreamParams, prepare
+from router.resilience import Resilience
 
 Make = Callable[..., Router]
 Fleet = Any  # tests/conftest.py's helper, given by the `fleet` fixture
@@ -240,3 +242,25 @@ async def test_a_continuation_refused_outright_moves_on_to_the_next(fleet: Fleet
             if isinstance(ev, FallbackEvent)] == [("strong", "mid", "protocol_error"),
                                                   ("mid", "fast", "bad_request")]
     assert events[-1].type == "done" and text_of(events) == full
+
+
+async def test_leaving_at_a_start_event_frees_the_probe_slot(fleet: Fleet,
+                                                            make_router: Make) -> None:
+    r = make_router()
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    r.resilience = Resilience(r.loaded, clock=lambda: now[0])
+    cfg = r.loaded.config.resilience.breaker
+    for _ in range(cfg.fail_max):
+        permit = r.resilience.breakers.admit("strong")
+        assert permit is not None
+        permit.failure("overloaded")
+    now[0] += timedelta(seconds=cfg.reset_timeout_s)
+    stream = r.stream("Explain circuit breakers", task="best")
+    async for ev in stream:
+        if ev.type == "start":
+            assert ev.deployment == "strong"  # the probe
+            break
+    await stream.aclose()
+    snap = r.health()["strong"]["breaker"]
+    assert snap["state"] == "half_open" and not snap["probe_in_flight"]
+    assert r.resilience.breakers.admit("strong") is not None  # the next probe may go
