@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 class Attempt:
     """One call to one deployment, as seen so far."""
 
-    __slots__ = ("content_deltas", "deployment", "finish", "first_content_at", "input_estimate",
-                 "input_usd", "ledger", "number", "out_price", "output_tokens", "reasoning_tokens",
-                 "started_at", "usage")
+    __slots__ = ("content_deltas", "deployment", "finish", "first_content_at", "hidden_chars",
+                 "input_estimate", "input_usd", "ledger", "number", "out_price", "output_tokens",
+                 "reasoning_tokens", "started_at", "usage")
 
     def __init__(self, ledger: Ledger, dep: Deployment, number: int, input_estimate: int) -> None:
         self.ledger = ledger
@@ -36,6 +36,7 @@ class Attempt:
         self.out_price = dep.price.output_per_mtok * PER_TOKEN
         self.input_usd = input_cost(dep.price, input_estimate)
         self.output_tokens = 0  # counted from deltas (an estimate)
+        self.hidden_chars = 0  # streamed but not (yet) shown: see add_hidden
         self.reasoning_tokens = 0
         self.content_deltas = 0
         self.usage: UsageDelta | None = None
@@ -64,6 +65,19 @@ class Attempt:
             self.input_usd = input_cost(
                 self.deployment.price, max(usage.input_tokens, self.input_estimate),
                 usage.cached_input_tokens)
+
+    def add_hidden(self, chars: int) -> bool:
+        """Count output the provider streamed (and bills) but the caller was not shown —
+        text a continuation repeated, which the splice drops or holds back (negative when
+        held text is released and counted as shown). True when the limit is passed."""
+        before = (self.hidden_chars + 3) >> 2
+        self.hidden_chars += chars
+        self.output_tokens += ((self.hidden_chars + 3) >> 2) - before
+        ledger = self.ledger
+        if ledger.limit_usd is None:
+            return False
+        running = ledger.spent_usd + self.input_usd + self.output_tokens * self.out_price
+        return running > ledger.limit_usd
 
     def over_limit(self) -> bool:
         """The spending limit is already passed (e.g. by input usage reported up front)."""

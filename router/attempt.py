@@ -139,9 +139,13 @@ async def stream_opened(router: Router, opened: Opened,
             if kind is TextDelta:
                 text: str = delta.text  # type: ignore[union-attr]
                 if splice is not None:
+                    fed = len(text)
                     text = splice.feed(text)
                     if splice.done:
                         splice = None
+                    if fed != len(text) and attempt.add_hidden(fed - len(text)):
+                        attempt.finish = "budget"  # billed repeats passed the limit
+                        break
                     if not text:
                         continue
                 if fresh:
@@ -192,6 +196,7 @@ async def stream_opened(router: Router, opened: Opened,
             seq = em.seq
             em.seq = seq + 1
             yield text_event(rid, seq, (clock() - t0) * 1000.0, rest)
+            attempt.add_hidden(-len(rest))  # held back until now: counted as shown instead
             attempt.add_output(rest)
         outcome = None
     except ProviderError as err:
