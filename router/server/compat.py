@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from router.events import Event, encode_event
+from router.events import Event
 from router.server.runs import RunError
 
 if TYPE_CHECKING:
@@ -26,8 +26,6 @@ AUTO_MODEL = "auto"
 _NUMBERS = ("max_ttft_ms", "max_latency_ms", "max_cost_usd")
 # Events that decide a stream's HTTP status: the first content, or the end.
 _DECISIVE = frozenset({"text", "reasoning", "tool_call", "done", "error"})
-# The per-request events the server's metrics account (never per token).
-_OBSERVED = frozenset({"done", "error", "retry", "fallback"})
 
 
 class RequestProblem(Exception):
@@ -134,40 +132,27 @@ def catalog(router: Router) -> list[CatalogEntry]:
 
 
 class ObservedStream:
-    """`router.stream`'s events, accounted in the server's metrics (active streams, TTFT,
-    latency, tokens, cost, errors) and copied to the request's run channel
-    (`metadata.run_id`), like those of `/v1/stream`."""
+    """`router.stream`'s events as the server accounts them (`StreamHub.instrument`: the
+    metrics, and the run channel of `metadata.run_id`), like those of `/v1/stream`; its
+    `request_id` is known before the first event."""
 
-    __slots__ = ("_events", "_metrics", "_open", "_run", "_runs", "request_id")
+    __slots__ = ("_events", "request_id")
 
-    def __init__(self, events: EventStream, metrics: Any, runs: Any = None,
-                 run: Any = None) -> None:
-        self._events = events
-        self._metrics = metrics
-        self._runs = runs
-        self._run = run
+    def __init__(self, events: EventStream, hub: Any, run_id: str | None,
+                 owner: str | None) -> None:
         self.request_id = events.request_id
-        self._open = metrics is not None
-        if metrics is not None:
-            metrics.active.inc()
+        self._events: AsyncIterator[Event] = (
+            hub.instrument(events, run_id=run_id, owner=owner) if hub is not None else events)
 
     def __aiter__(self) -> ObservedStream:
         return self
 
     async def __anext__(self) -> Event:
-        ev: Event = await self._events.__anext__()
-        if self._run is not None and not self._run.closed:
-            self._runs.append(self._run, ev.type, encode_event(ev))
-        if self._metrics is not None and ev.type in _OBSERVED:
-            self._metrics.observe(ev)
-        return ev
+        return await self._events.__anext__()
 
     async def aclose(self) -> None:
         """Close the stream (and its upstream connection); safe to call twice."""
-        if self._open:
-            self._open = False
-            self._metrics.active.dec()
-        await self._events.aclose()
+        await self._events.aclose()  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,23 +228,24 @@ def routed_response(request: Request, input_: Any, kwargs: Mapping[str, Any],
                     render: Render) -> RoutedResponse:
     """The response that runs `router.stream(input_, **kwargs)` and answers through
     `render`. Raises `RequestProblem` when the run channel refuses the request."""
-    state = request.app.state
-    runs, run = _run_channel(request, kwargs)
-    events = ObservedStream(router_of(request).stream(input_, **kwargs),
-                            getattr(state, "metrics", None), runs, run)
+    hub = getattr(request.app.state, "hub", None)
+    run_id, owner = _run_channel(request, kwargs, hub)
+    events = ObservedStream(router_of(request).stream(input_, **kwargs), hub, run_id, owner)
     return RoutedResponse(events, render)
 
 
-def _run_channel(request: Request, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
-    """The run registry and the run log named by `metadata.run_id`, if any."""
-    metadata = kwargs.get("metadata")
-    run_id = metadata.get("run_id") if isinstance(metadata, Mapping) else None
-    runs = getattr(request.app.state, "runs", None)
-    if run_id is None or runs is None:
-        return None, None
+def _run_channel(request: Request, kwargs: Mapping[str, Any],
+                 hub: Any) -> tuple[str | None, str | None]:
+    """`metadata.run_id` and the key that would own it, checked now so a refusal is an
+    HTTP error rather than a broken stream."""
     principal = getattr(request.state, "principal", None)
     owner = getattr(principal, "name", None)
+    metadata = kwargs.get("metadata")
+    run_id = metadata.get("run_id") if isinstance(metadata, Mapping) else None
+    if run_id is None or hub is None:
+        return None, owner
     try:
-        return runs, runs.channel(str(run_id), owner)
+        hub.runs.channel(str(run_id), owner)
     except RunError as exc:
         raise RequestProblem(exc.message, "metadata.run_id", exc.code, exc.status) from None
+    return str(run_id), owner
