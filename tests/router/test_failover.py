@@ -264,3 +264,16 @@ async def test_leaving_at_a_start_event_frees_the_probe_slot(fleet: Fleet,
     snap = r.health()["strong"]["breaker"]
     assert snap["state"] == "half_open" and not snap["probe_in_flight"]
     assert r.resilience.breakers.admit("strong") is not None  # the next probe may go
+
+
+async def test_total_deadline_ends_a_slow_stream_naming_which(fleet: Fleet,
+                                                              make_router: Make) -> None:
+    r = make_router(options={"strong": {"tokens_per_s": 40, "output_tokens": 200}},
+                    resilience=resumed(resume="fail",
+                                       timeouts={"ttft_s": 5, "idle_s": 5, "total_s": 0.3}))
+    events = await fleet.collect(r, task="best")
+    err = events[-1]
+    assert isinstance(err, ErrorEvent) and err.code == "timeout"
+    assert err.message == "total timeout after 0.3 s"
+    assert 0 < len([ev for ev in events if ev.type == "text"]) < 200
+    assert fleet.sim(r).open_streams == 0

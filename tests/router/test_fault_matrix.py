@@ -8,6 +8,7 @@ or task outlives the stream."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -329,3 +330,21 @@ async def test_hedge_wins_and_the_loser_is_closed(srv: LoopbackProvider, wire: s
     await settle(srv, router)
 
 
+
+
+async def test_a_provider_that_refuses_connections_fails_over(srv: LoopbackProvider) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    data = config("openai", srv.base_url)
+    data["providers"]["down"] = {"kind": "openai_compatible", "api_key": "sk-test",
+                                 "base_url": f"http://127.0.0.1:{dead}/v1"}
+    data["deployments"][0]["provider"] = "down"
+    router = Router(parse_config(data, "down.yaml", env={}))
+    events = [ev async for ev in router.stream("Say hello")]
+    assert compress(events) == ["route", "start", "retry", "start", "fallback", "start", "text",
+                                "done"]
+    fb = next(ev for ev in events if isinstance(ev, FallbackEvent))
+    assert fb.error == "connection"
+    assert "".join(ev.delta for ev in events if ev.type == "text") == ANSWER
+    await settle(srv, router)
