@@ -17,7 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from providers.base import Delta, FinishDelta, ProviderRequest, TextDelta, UsageDelta
+from providers.base import (
+    Delta,
+    FinishDelta,
+    ProviderError,
+    ProviderRequest,
+    TextDelta,
+    UsageDelta,
+)
 from router.budget_gate import Refusal
 from router.budgets import (
     BudgetConfig,
@@ -30,7 +37,7 @@ from router.budgets import (
 from router.config import parse_config
 from router.core import Router
 from router.errors import ConfigError
-from router.events import BudgetEvent, DoneEvent, Event, TextEvent
+from router.events import BudgetEvent, DoneEvent, ErrorEvent, Event, TextEvent
 from router.state import MemoryState, to_nano, to_usd
 
 T0 = datetime(2026, 3, 14, 23, 0, 0, tzinfo=UTC).timestamp()
@@ -443,3 +450,102 @@ def test_router_builds_its_budget_manager_from_config() -> None:
     assert isinstance(r.budgets, BudgetManager)
     assert [(b.scope, to_usd(b.limit)) for b in r.budgets.budgets] == [("user", 2.0)]
 
+
+
+# --- the cap across failover with continuation ---------------------------------------------
+
+
+class Script:
+    """A provider of given chunks, cut after `cut_at` (ProviderError). It bills its input
+    as the router estimates it (every message: the partial answer of a continuation too),
+    up front when `usage_first` (as Anthropic does); asked to continue, it first repeats
+    the last `repeat` characters of the partial answer (which the router's splice drops)."""
+
+    def __init__(self, chunks: list[str], cut_at: int | None = None, usage_first: bool = False,
+                 repeat: int = 0) -> None:
+        self.chunks, self.cut_at = chunks, cut_at
+        self.usage_first, self.repeat = usage_first, repeat
+        self.calls = 0
+        self.open = 0
+        self.settings: Any = None
+
+    def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
+        return self._gen(request)
+
+    async def _gen(self, request: ProviderRequest) -> AsyncIterator[Delta]:
+        self.calls += 1
+        self.open += 1
+        try:
+            input_tokens = sum(4 + (len(str(m.get("content") or "")) + 3) // 4
+                               for m in request.messages)
+            if self.usage_first:
+                yield UsageDelta(input_tokens=input_tokens, output_tokens=0)
+            partial = next((str(m["content"]) for m in reversed(request.messages)
+                            if m["role"] == "assistant"), "")
+            chunks = ([partial[-self.repeat:]] if partial and self.repeat else []) + self.chunks
+            for i, chunk in enumerate(chunks):
+                if i == self.cut_at:
+                    raise ProviderError("provider_error", "cut")
+                yield TextDelta(chunk)
+                await asyncio.sleep(0)
+            tokens = sum((len(c) + 3) // 4 for c in chunks)
+            yield UsageDelta(input_tokens=input_tokens, output_tokens=tokens)
+            yield FinishDelta("stop")
+        finally:
+            self.open -= 1
+
+    async def aclose(self) -> None:
+        return None
+
+
+def two_scripts(first: Script, second: Script, in2: float = 50.0) -> Router:
+    data = {
+        "providers": {"p1": {"kind": "simulated"}, "p2": {"kind": "simulated"}},
+        "deployments": [
+            {"id": "d1", "provider": "p1", "model": "m1",
+             "price": {"input_per_mtok": 1, "output_per_mtok": 100}},
+            {"id": "d2", "provider": "p2", "model": "m2",
+             "price": {"input_per_mtok": in2, "output_per_mtok": 100}}],
+        "tasks": {"t": {"candidates": ["d1", "d2"], "prefer": "cost",
+                        "expected_output_tokens": 10}},
+        "defaults": {"task": "t"},
+        "resilience": {"retry": {"attempts": 1, "initial_backoff_ms": 0, "max_backoff_ms": 0}},
+    }
+    r = Router(parse_config(data, "t.yaml", env={}), budgets=BudgetManager())
+    r.set_provider("p1", first)  # type: ignore[arg-type]
+    r.set_provider("p2", second)  # type: ignore[arg-type]
+    return r
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cap=st.floats(0.002, 0.05), sizes=st.lists(st.integers(1, 40), min_size=2, max_size=80),
+       cut=st.integers(1, 79), usage_first=st.booleans(), repeat=st.sampled_from([0, 30, 300]),
+       in2=st.floats(1, 200))
+async def test_cap_holds_within_one_chunk_across_failover(
+        cap: float, sizes: list[int], cut: int, usage_first: bool, repeat: int,
+        in2: float) -> None:
+    chunks = ["".join(random.Random(n).choices("abcdefgh ", k=n)) for n in sizes]
+    r = two_scripts(Script(chunks, cut_at=min(cut, len(chunks) - 1)),
+                    Script(chunks, usage_first=usage_first, repeat=repeat), in2)
+    evs = await events_of(r, max_cost_usd=cap)
+    await r.aclose()
+    last = evs[-1]
+    if isinstance(last, ErrorEvent) and last.code == "no_route":
+        return  # the estimate alone is above the cap
+    spent = (await r.spend()).total_usd  # also what a failed request cost
+    if isinstance(last, DoneEvent):
+        assert spent == pytest.approx(last.cost_usd, abs=1e-8)
+    shown = max(((len(e.delta) + 3) // 4 for e in evs if isinstance(e, TextEvent)), default=0)
+    assert spent <= cap + shown * 100e-6 + 1e-12
+
+
+async def test_a_resume_the_cap_cannot_pay_for_is_not_started() -> None:
+    first = Script(["abcd"] * 80, cut_at=60)
+    second = Script(["abcd"] * 80)
+    r = two_scripts(first, second, in2=100.0)
+    evs = await events_of(r, max_cost_usd=0.01)
+    await r.aclose()
+    done = evs[-1]
+    assert isinstance(done, DoneEvent) and done.finish_reason == "budget"
+    assert [e.type for e in evs].count("start") == 1 and second.calls == 0
+    assert done.cost_usd <= 0.01
