@@ -168,9 +168,9 @@ class Splice:
         if self.done or self._matched >= 0:
             self.done = True
             return ""
-        return self._decide()
+        return self._decide(final=True)
 
-    def _decide(self) -> str:
+    def _decide(self, final: bool = False) -> str:
         """Does the held-back text repeat a tail of the partial answer (all of it, when the
         model started over)? The longest such repeat is dropped, or followed while it
         goes on; otherwise the text is sent as is."""
@@ -182,8 +182,10 @@ class Splice:
                 if buf.startswith(tail):
                     self.done = True
                     return buf[len(tail):]
-            elif tail.startswith(buf):
-                self._matched = start + len(buf)  # still repeating: keep dropping
+            elif not final and tail.startswith(buf):
+                # Still repeating: keep dropping. Not at the end: a short last piece that
+                # merely occurs in the partial answer is new text, not a repeat to the seam.
+                self._matched = start + len(buf)
                 return ""
         self.done = True
         return buf
