@@ -127,10 +127,10 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         "cut_after": None,
     }
     if kind == "cut":
-        # A cut before the end of a text answer. max_tokens stays unset: a continuation is
-        # not yet held to the caller's max_tokens (see test_continuation_respects_max_tokens).
-        sc.update(shape="text", max_tokens=None,
-                  cut_after=draw(st.integers(1, sc["output_tokens"] - 1)))
+        # A cut before the end of a text answer and before max_tokens (else mid finishes).
+        cut = draw(st.integers(1, sc["output_tokens"] - 1))
+        sc.update(shape="text", cut_after=cut,
+                  max_tokens=draw(st.none() | st.integers(cut + 1, 150)))
     # Whether the fallback takes a prefill: the continuation then goes as a final assistant
     # message instead of an instruction to continue.
     sc["fallback_prefill"] = draw(st.booleans())
@@ -186,7 +186,7 @@ async def _run_scenario(fleet: Any, sc: dict[str, Any]) -> None:
     served_by = r.loaded.deployments[done.deployment]
     assert done.model == served_by.model and done.provider == served_by.provider
     texts = [ev.delta for ev in events if isinstance(ev, TextEvent)]
-    await _check_answer(sc, texts, done)
+    await _check_answer(sc, events, done)
     _check_usage_and_cost(sc, r, texts, done)
 
     # complete() on an identical fresh router returns the concatenated deltas.
@@ -208,6 +208,11 @@ def _check_failover(sc: dict[str, Any], events: list[Event], done: DoneEvent) ->
     if sc["fault"] is not None:
         assert fallbacks == [("mid", "fast", sc["fault"], 0, None)]
     elif sc["cut_after"] is not None:
+        if not fallbacks:
+            # What mid sent already counts as max_tokens: nothing is left to continue.
+            assert sc["max_tokens"] is not None and done.finish_reason == "length"
+            assert (done.deployment, done.attempts, starts) == ("mid", 1, ["mid"])
+            return
         assert fallbacks == [("mid", "fast", "protocol_error", sc["cut_after"], "continue")]
     else:
         assert (done.deployment, done.attempts, fallbacks, starts) == ("mid", 1, [], ["mid"])
@@ -215,22 +220,55 @@ def _check_failover(sc: dict[str, Any], events: list[Event], done: DoneEvent) ->
     assert done.deployment == "fast" and starts == ["mid", "fast"] and done.attempts == 2
 
 
-async def _check_answer(sc: dict[str, Any], texts: list[str], done: DoneEvent) -> None:
+async def _check_answer(sc: dict[str, Any], events: list[Event], done: DoneEvent) -> None:
     """The text is exactly the simulated answer, cut at max_tokens, each token once (also
     across a continuation)."""
     n_answer, limit = sc["output_tokens"], sc["max_tokens"]
+    texts = [ev.delta for ev in events if isinstance(ev, TextEvent)]
     if sc["shape"] == "tool":
         assert texts == [] and done.finish_reason == "tool_calls"
         assert [(c.name, c.arguments) for c in done.tool_calls] == [
             ("lookup", {"query": sc["prompt"][:40]})]
         return
     assert done.tool_calls == []
+    text = "".join(texts)
+    if sc["cut_after"] is not None:
+        await _check_continued_answer(sc, events, done)
+        return
     assert done.finish_reason == ("length" if limit is not None and limit < n_answer
                                   else "stop")
-    if sc["cut_after"] is None:
-        assert len(texts) == min(n_answer, limit or n_answer)
+    assert len(texts) == min(n_answer, limit or n_answer)
     if sc["shape"] == "text":
-        assert "".join(texts) == await _direct_answer(sc, limit or 400)
+        assert text == await _direct_answer(sc, limit or 400)
+
+
+async def _check_continued_answer(sc: dict[str, Any], events: list[Event],
+                                  done: DoneEvent) -> None:
+    """After a cut, the next deployment continues: no token twice, none lost, and never more
+    words than max_tokens (a continuation gets what is left, counted ~4 characters a token,
+    which never undercounts a simulated word)."""
+    at = next((i for i, ev in enumerate(events) if isinstance(ev, FallbackEvent)), None)
+    if at is None:  # nothing was left of max_tokens to continue (see _check_failover)
+        text = "".join(ev.delta for ev in events if isinstance(ev, TextEvent))
+        assert (await _direct_answer(sc, 400)).startswith(text)
+        return
+    before = "".join(ev.delta for ev in events[:at] if isinstance(ev, TextEvent))
+    after = "".join(ev.delta for ev in events[at:] if isinstance(ev, TextEvent))
+    full = await _direct_answer(sc, 400)
+    # (A continuation with a token or so left may produce only the whitespace the splice
+    # drops: then the answer ends there, at max_tokens.)
+    assert full.startswith(before) and (after or done.finish_reason == "length")
+    rest = full[len(before):]
+    # An instructed continuation may repeat the end of the partial answer; the router trims
+    # a repeat of >= 8 characters of its tail at the seam (so an answer that really repeats
+    # itself there loses that repeat). A prefill continuation is joined as is.
+    seams = [""] if sc["fallback_prefill"] else [""] + [
+        before[i:] for i in range(len(before) - 7) if rest.startswith(before[i:])]
+    assert any(rest[len(seam):].startswith(after) for seam in seams), (before, after, full)
+    if sc["max_tokens"] is not None:
+        assert len((before + after).split()) <= sc["max_tokens"]
+    else:
+        assert done.finish_reason == "stop"
 
 
 def _check_usage_and_cost(sc: dict[str, Any], r: Router, texts: list[str],
@@ -241,7 +279,7 @@ def _check_usage_and_cost(sc: dict[str, Any], r: Router, texts: list[str],
     if sc["cut_after"] is not None:
         # The cut attempt reported nothing: its tokens are counted and marked estimated;
         # every token is billed at mid's or fast's price.
-        assert usage.estimated and usage.output_tokens >= sc["output_tokens"]
+        assert usage.estimated and usage.output_tokens >= len("".join(texts).split())
         bounds = [(usage.input_tokens * r.loaded.deployments[d].price.input_per_mtok
                    + usage.output_tokens * r.loaded.deployments[d].price.output_per_mtok) / 1e6
                   for d in ("mid", "fast")]
@@ -438,17 +476,50 @@ async def test_router_context_manager_closes_its_providers(fleet: Any) -> None:
     assert closed == ["sim"]
 
 
-async def test_continuation_respects_max_tokens(make_router: MakeRouter, fleet: Any) -> None:
-    options = {"mid": {"output_tokens": 40, "fail_after_tokens": 5},
-               "fast": {"output_tokens": 40}}
+async def test_continuation_gets_what_is_left_of_max_tokens(make_router: MakeRouter,
+                                                             fleet: Any) -> None:
+    options = {"mid": {"output_tokens": 60, "fail_after_tokens": 5},
+               "fast": {"output_tokens": 60}}
     r = make_router(tasks=PAIR, options=options)
-    events = await fleet.collect(r, "Explain circuit breakers", task="pair", max_tokens=10)
+    events = await fleet.collect(r, "Explain circuit breakers", task="pair", max_tokens=30)
     assert any(isinstance(ev, FallbackEvent) and ev.mode == "continue" for ev in events)
     text = "".join(ev.delta for ev in events if isinstance(ev, TextEvent))
     full = await make_router(tasks=PAIR, options=options).complete(
         "Explain circuit breakers", model="fast")
-    # Simulated tokens are words: the caller asked for at most 10 of them.
-    assert full.text.startswith(text) and len(text.split()) <= 10
+    # Simulated tokens are words: the caller asked for at most 30 of them.
+    assert full.text.startswith(text) and 5 < len(text.split()) <= 30
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and done.finish_reason == "length"
+
+
+async def test_a_short_last_continuation_is_not_mistaken_for_a_repeat(
+        make_router: MakeRouter, fleet: Any) -> None:
+    # mid is cut 2 words before the end with 1 token of max_tokens left: fast's one-word
+    # continuation also occurs earlier in the answer, and must still reach the caller.
+    options = {"mid": {"output_tokens": 48, "fail_after_tokens": 46},
+               "fast": {"output_tokens": 48}}
+    r = make_router(seed=0, tasks=PAIR, options=options)
+    events = await fleet.collect(r, "0", task="pair", max_tokens=83)
+    at = next(i for i, ev in enumerate(events) if isinstance(ev, FallbackEvent))
+    after = [ev.delta for ev in events[at:] if isinstance(ev, TextEvent)]
+    assert len(after) == 1 and after[0].strip()
+    text = "".join(ev.delta for ev in events if isinstance(ev, TextEvent))
+    full = await make_router(seed=0, tasks=PAIR, options=options).complete("0", model="fast")
+    assert full.text.startswith(text) and len(text.split()) == 47
+
+
+async def test_no_fallback_is_announced_when_max_tokens_is_already_used_up(
+        make_router: MakeRouter, fleet: Any) -> None:
+    # mid is cut after 3 words ("For caps agent ", counted as 5 tokens) of the 4 asked for:
+    # nothing is left for a continuation.
+    r = make_router(tasks=PAIR, options={"mid": {"output_tokens": 60, "fail_after_tokens": 3}})
+    events = await fleet.collect(r, "Explain circuit breakers", task="pair", max_tokens=4)
+    assert_stream_invariants(events)
+    assert [ev.type for ev in events] == ["route", "start"] + ["text"] * 3 + ["done"]
+    done = events[-1]
+    assert isinstance(done, DoneEvent)
+    assert (done.deployment, done.finish_reason, done.attempts) == ("mid", "length", 1)
+    assert fleet.sim(r).calls == 1
 
 
 # --- spending caps ---------------------------------------------------------------------------
