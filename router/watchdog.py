@@ -12,8 +12,8 @@ from providers.base import ProviderError
 
 
 class Watchdog:
-    __slots__ = ("_handle", "_loop", "_task", "fired", "got_content", "idle_s", "started",
-                 "time", "total_s", "ttft_s", "waiting_since")
+    __slots__ = ("_handle", "_loop", "_since", "_task", "fired", "got_content", "idle_s",
+                 "started", "time", "total_s", "ttft_s")
 
     def __init__(self, ttft_s: float, idle_s: float, total_s: float, *,
                  started: float | None = None, got_content: bool = False) -> None:
@@ -25,11 +25,23 @@ class Watchdog:
         self.time = self._loop.time
         self.started = self.time() if started is None else started
         self.got_content = got_content
-        self.waiting_since: float | None = None
+        self._since: float | None = None
         self.fired: str | None = None
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(
             self._deadline()[0], self._check
         )
+
+    @property
+    def waiting_since(self) -> float | None:
+        return self._since
+
+    @waiting_since.setter
+    def waiting_since(self, value: float | None) -> None:
+        # The task that waits on the provider is the one to cancel: a consumer may read the
+        # first events in one task and the rest in another (a server handing a stream over).
+        if value is not None:
+            self._task = asyncio.current_task()
+        self._since = value
 
     def _deadline(self) -> tuple[float, str]:
         total = self.started + self.total_s
