@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -50,7 +51,7 @@ WindowKind = Literal["hour", "day", "month", "rolling"]
 METADATA_SCOPES = ("key", "user", "session")
 ROLLING_BUCKETS = 60
 # How long finished calendar windows stay readable for `spend` reports.
-RETENTION_S = {"hour": 2 * 86400, "day": 40 * 86400, "month": 400 * 86400}
+RETENTION_S = {"hour": 400 * 86400, "day": 40 * 86400, "month": 400 * 86400}
 UNATTRIBUTED = "(unattributed)"
 
 _SCOPE = re.compile(r"^(key|user|session|global|task:[^\s|]+)$")
@@ -94,9 +95,7 @@ class Window:
         """The buckets whose spend counts in the window that contains `now`."""
         if self.kind != "rolling":
             return (calendar_bucket(self.kind, now)[0],)
-        b = self.bucket_s
-        first, last = math.floor((now - self.seconds) / b), math.floor(now / b)
-        return tuple(f"r{b}:{j}" for j in range(first, last + 1))
+        return _rolling_buckets(self.seconds, self.bucket_s, math.floor(now / self.bucket_s))
 
     def booking(self, now: float) -> tuple[str, int]:
         """The bucket that spend made at `now` goes to, and how long to keep it."""
@@ -116,9 +115,25 @@ class Window:
         return "rolling", self.seconds
 
 
+@lru_cache(maxsize=16)
+def _rolling_buckets(seconds: int, b: int, last: int) -> tuple[str, ...]:
+    # Every bucket that overlaps (now - seconds, now]: a cent is forgotten late, never early.
+    # (`now` is somewhere in bucket `last`; this also covers its earliest instant.)
+    return tuple(f"r{b}:{j}" for j in range(last - math.ceil(seconds / b), last + 1))
+
+
+HOUR = Window("hour")
+
+
 def calendar_bucket(kind: WindowKind, now: float) -> tuple[str, float]:
     """The UTC calendar window containing `now`: its id and its end (epoch seconds)."""
-    dt = datetime.fromtimestamp(now, UTC)
+    # Hours, days and months all begin on a UTC hour: the window is the hour's.
+    return _calendar_bucket(kind, math.floor(now / 3600))
+
+
+@lru_cache(maxsize=64)
+def _calendar_bucket(kind: WindowKind, hour: int) -> tuple[str, float]:
+    dt = datetime.fromtimestamp(hour * 3600, UTC)
     if kind == "hour":
         start = dt.replace(minute=0, second=0, microsecond=0)
         return "h" + start.strftime("%Y-%m-%dT%H"), (start + timedelta(hours=1)).timestamp()
@@ -214,7 +229,7 @@ class Line:
 
 class BudgetManager:
     """The budget gate for configured budgets; also books every request's spend for
-    reporting (per scope, calendar window and deployment), budgets or not."""
+    reporting (per scope, UTC hour and deployment), budgets or not."""
 
     def __init__(self, budgets: Sequence[BudgetConfig] = (), state: StateBackend | None = None,
                  *, prefix: str = "llmr:", clock: Callable[[], float] = time.time,
@@ -227,8 +242,6 @@ class BudgetManager:
         self.clock = clock
         # In-flight reservations expire after this long should a router die mid-request.
         self.hold_ttl_s = hold_ttl_s
-        rolling = {b.window for b in self.budgets if b.window.kind == "rolling"}
-        self._record_windows = (Window("hour"), Window("day"), Window("month"), *rolling)
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig,
@@ -290,15 +303,16 @@ class BudgetManager:
         parts = {k: to_nano(v) for k, v in (by_deployment or {}).items() if v > 0}
         if not parts and cost_usd > 0:
             parts = {UNATTRIBUTED: to_nano(cost_usd)}
-        bookings = []
-        for scope in res.scopes.values():
-            for window in self._record_windows:
-                if window.kind == "rolling" and not any(
-                        ln.scope == scope and ln.budget.window == window for ln in res.lines):
-                    continue
-                bucket, ttl = window.booking(now)
-                key = self.spend_key(scope, bucket)
-                bookings += [Booking(key, dep, n, ttl) for dep, n in parts.items()]
+        # Every scope's UTC hour (reports sum hours into days and months), and the window
+        # of each budget the request falls under.
+        hour, hour_ttl = HOUR.booking(now)
+        targets = {self.spend_key(scope, hour): hour_ttl for scope in res.scopes.values()}
+        for ln in res.lines:
+            if ln.budget.window != HOUR:
+                bucket, ttl = ln.budget.window.booking(now)
+                targets[self.spend_key(ln.scope, bucket)] = ttl
+        bookings = [Booking(key, dep, n, ttl) for key, ttl in targets.items()
+                    for dep, n in parts.items()]
         watches = []
         for ln in res.lines:
             flag, ttl = ln.budget.window.flag(now)

@@ -1,9 +1,10 @@
 """Spend reports: what `Router.spend()` returns and `llm-router spend` prints.
 
 Spend is booked at the end of every request (budgets configured or not) for each scope the
-request falls under (`global`, `key:…`, `user:…`, `session:…`, `task:…`), in the UTC hour,
-day and month it ended in, split per deployment. Failed, retried, cancelled and hedged
-attempts are included: it is the same number as `done.cost_usd`.
+request falls under (`global`, `key:…`, `user:…`, `session:…`, `task:…`), in the UTC hour
+it ended in (kept 400 days; days and months are sums of hours), split per deployment.
+Failed, retried, cancelled and hedged attempts are included: it is the same number as
+`done.cost_usd`.
 """
 
 from __future__ import annotations
@@ -77,12 +78,21 @@ async def build_report(manager: BudgetManager, scope: str | None = None,
     for key, fields in counters.items():
         sc, _, bk = key[len(head):].rpartition("|")
         parsed[(sc, bk)] = fields
+    # Spend is booked per UTC hour: a day or a month is the sum of its hours.
+    hours = "h" + bucket[1:]
+    sums: dict[str, dict[str, int]] = {}
+    for (sc, bk), fields in parsed.items():
+        if bk.startswith(hours) and _matches(sc, scope):
+            acc = sums.setdefault(sc, {})
+            for f, n in fields.items():
+                acc[f] = acc.get(f, 0) + n
     rows = [
         ScopeSpend(scope=sc, spent_usd=to_usd(fields.get(TOTAL, 0)),
                    by_deployment={d: to_usd(n) for d, n in sorted(fields.items()) if d != TOTAL})
-        for (sc, bk), fields in sorted(parsed.items()) if bk == bucket and _matches(sc, scope)
+        for sc, fields in sorted(sums.items())
     ]
-    total = parsed.get(("global", bucket), {}).get(TOTAL, 0)
+    total = sum(fields.get(TOTAL, 0) for (sc, bk), fields in parsed.items()
+                if sc == "global" and bk.startswith(hours))
     budgets = await _budget_statuses(manager, parsed, scope, now)
     return SpendReport(window=window, period=bucket[1:], total_usd=to_usd(total), scopes=rows,
                        budgets=budgets)
