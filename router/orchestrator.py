@@ -113,7 +113,11 @@ async def run_stream(router: Router, params: StreamParams, request_id: str) -> A
     yield route_event(em, decision)
     chosen = decision.chosen
     if chosen is None:
-        yield em.error("no_route", "no eligible deployment: " + decision.explain_exclusions())
+        # Every candidate's breaker is open: say so (it heals by itself), not `no_route`.
+        tripped = all(e.reason == "circuit_open" for e in decision.candidates)
+        yield em.error("circuit_open" if tripped else "no_route",
+                       "no eligible deployment: " + decision.explain_exclusions(),
+                       retryable=tripped)
         return
     reservation = await router.budgets.reserve(req, chosen.cost_usd, req.constraints.max_cost_usd)
     if isinstance(reservation, Refusal):

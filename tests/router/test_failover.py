@@ -277,3 +277,18 @@ async def test_total_deadline_ends_a_slow_stream_naming_which(fleet: Fleet,
     assert err.message == "total timeout after 0.3 s"
     assert 0 < len([ev for ev in events if ev.type == "text"]) < 200
     assert fleet.sim(r).open_streams == 0
+
+
+async def test_a_pinned_deployment_with_an_open_breaker_says_circuit_open(
+        fleet: Fleet, make_router: Make) -> None:
+    r = make_router()
+    for _ in range(r.loaded.config.resilience.breaker.fail_max):
+        permit = r.resilience.breakers.admit("fast")
+        assert permit is not None
+        permit.failure("connection")
+    events = await fleet.collect(r, model="fast")
+    err = events[-1]
+    assert isinstance(err, ErrorEvent)
+    assert (err.code, err.retryable) == ("circuit_open", True)
+    assert "fast: circuit_open" in err.message and err.suggestion
+    assert fleet.sim(r).calls == 0
