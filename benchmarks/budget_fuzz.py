@@ -1,6 +1,6 @@
 """Randomized runs of caps and budgets through `Router.stream()`; prints the violation counts.
 
-    python -m benchmarks.budget_fuzz [--runs 2000] [--seed 1]
+    python -m benchmarks.budget_fuzz [--runs 2000] [--seed 1] [--redis redis://127.0.0.1:6379/0]
 
 Each run builds a router with two deployments at random prices, served by a provider that
 streams random chunks (1-40 characters, a yield to the event loop between chunks, usage as
@@ -40,7 +40,7 @@ from router.config import parse_config
 from router.core import Router
 from router.events import BudgetEvent, DoneEvent, ErrorEvent, TextEvent
 from router.request import PreparedRequest
-from router.state import MemoryState, to_usd
+from router.state import MemoryState, RedisState, StateBackend, to_usd
 
 T0 = datetime(2026, 6, 1, 12, tzinfo=UTC).timestamp()
 EPS = 1e-9
@@ -193,7 +193,7 @@ async def _request(r: Router, rng: random.Random, key: str, c: Counts,
         c.no_route += 1
 
 
-async def one_run(seed: int, c: Counts) -> None:
+async def one_run(seed: int, c: Counts, redis_url: str | None = None) -> None:
     rng = random.Random(seed)
     data = _config(rng)
     budgets: list[BudgetConfig] = []
@@ -202,7 +202,9 @@ async def one_run(seed: int, c: Counts) -> None:
         budgets.append(BudgetConfig(scope=rng.choice(["global", "user"]),
                                     limit_usd=rng.uniform(0.005, 0.2), window="day"))
     clock = lambda: T0  # noqa: E731 - one fixed instant: no window rolls over mid-run
-    gate = RecordingManager(budgets, MemoryState(clock), clock=clock)
+    state: StateBackend = RedisState(redis_url) if redis_url else MemoryState(clock)
+    prefix = f"fuzz{seed}:"  # a fresh namespace per run on a shared Redis
+    gate = RecordingManager(budgets, state, prefix=prefix, clock=clock)
     r = Router(parse_config(data, "fuzz.yaml", env={}), budgets=gate)
     providers = [FuzzProvider(random.Random(rng.random()), rng.choice([0.0, 0.1, 0.3]),
                               rng.random() < 0.5) for _ in range(2)]
@@ -272,13 +274,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--redis", metavar="URL", help="keep spend in this Redis (e.g. "
+                        "redis://127.0.0.1:6379/0) instead of in memory")
     args = parser.parse_args(argv)
     c = Counts()
     t0 = time.perf_counter()
 
     async def all_runs() -> None:
         for i in range(args.runs):
-            await one_run(args.seed * 1_000_003 + i, c)
+            await one_run(args.seed * 1_000_003 + i, c, args.redis)
 
     asyncio.run(all_runs())
     _print(c, time.perf_counter() - t0)
