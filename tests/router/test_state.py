@@ -264,3 +264,18 @@ async def test_cli_spend_reads_the_shared_state(redis_url: str, tmp_path: Any) -
     assert table.exit_code == 0 and "user:cli" in table.stdout and "sim-a" in table.stdout
     bad = await asyncio.to_thread(run, "--window", "week")
     assert bad.exit_code == 2 and "expected hour, day or month" in bad.output
+
+
+def test_state_config_errors_name_the_path() -> None:
+    from router.errors import ConfigError
+
+    data = _config("redis://127.0.0.1:1/0", "p:")
+    data["state"] = {"backend": "disk"}
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, "router.yaml", env={})
+    assert str(exc.value).startswith("router.yaml: state.backend: Input should be 'memory' or "
+                                     "'redis'")
+    data["state"] = {"backend": "redis", "host": "x"}
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, "router.yaml", env={})
+    assert "state.host: unknown key 'host'" in str(exc.value)
