@@ -324,3 +324,28 @@ def test_embedded_default_is_an_offline_fleet_with_routing_differences() -> None
     cfg = loaded.config
     assert cfg.defaults.task in cfg.tasks
     assert {t.prefer for t in cfg.tasks.values()} >= {"cost", "latency", "quality"}
+
+
+# --- documentation --------------------------------------------------------------------------
+
+
+def _readme_configs() -> list[str]:
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    blocks = re.findall(r"```yaml\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)
+    return [b for b in blocks if "deployments:" in b]
+
+
+def test_readme_has_a_config_example() -> None:
+    assert _readme_configs()
+
+
+@pytest.mark.parametrize("block", _readme_configs())
+def test_readme_config_examples_load(tmp_path: Path, block: str) -> None:
+    # Users copy these: each must be valid YAML and a valid config, keys unset.
+    loaded = load_config(write(tmp_path, block), env={})
+    assert loaded.deployments
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "examples/multi-provider.yaml"])
+def test_shipped_configs_load_without_keys(name: str) -> None:
+    assert load_config(embedded_path(name), env={}).deployments
