@@ -65,10 +65,25 @@ def redis_storage(url: str, namespace: str = "llm-router:breaker") -> StorageFac
 
     client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
+    class SharedStorage(pybreaker.CircuitRedisStorage):
+        """Also holds the half-open probe slot, so one probe goes at a time across all
+        instances (the slot expires after `ttl_s` should its holder vanish)."""
+
+        def claim_probe(self, ttl_s: float) -> bool:
+            try:
+                key = self._namespace("probe")
+                return bool(client.set(key, "1", nx=True, px=max(1, int(ttl_s * 1000))))
+            except redis.RedisError:
+                return True  # Redis unreachable: the per-instance rule still holds
+
+        def release_probe(self) -> None:
+            with contextlib.suppress(redis.RedisError):
+                client.delete(self._namespace("probe"))
+
     def make(deployment: str) -> pybreaker.CircuitBreakerStorage:
         try:
-            return pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client,
-                                                 namespace=f"{namespace}:{deployment}")
+            return SharedStorage(pybreaker.STATE_CLOSED, client,
+                                 namespace=f"{namespace}:{deployment}")
         except redis.RedisError:
             return memory_storage(deployment)
 
@@ -183,6 +198,9 @@ class Breaker:
             self._probe_in_flight = False
         if self._probe_in_flight:
             return None
+        claim = getattr(self._storage, "claim_probe", None)
+        if claim is not None and not claim(self._reset.total_seconds()):
+            return None  # another instance holds the probe
         self._probe_in_flight = True
         return Permit(self, probe=True)
 
@@ -195,10 +213,16 @@ class Breaker:
             return None if self._ready_to_probe() else "circuit_open"
         return "circuit_open" if self._probe_in_flight else None
 
+    def _end_probe(self) -> None:
+        self._probe_in_flight = False
+        release = getattr(self._storage, "release_probe", None)
+        if release is not None:
+            release()
+
     def _record(self, probe: bool, failed: bool) -> None:
         before = self.state
         if probe:
-            self._probe_in_flight = False
+            self._end_probe()
             if before != "half_open":
                 # The breaker moved on meanwhile (another instance, a manual reset): only a
                 # closed breaker still takes the outcome.
@@ -216,7 +240,7 @@ class Breaker:
 
     def _release(self, probe: bool) -> None:
         if probe:
-            self._probe_in_flight = False
+            self._end_probe()
 
     def _notify(self, old: str, new: str) -> None:
         if self._on_change is not None:
@@ -226,7 +250,7 @@ class Breaker:
         """Close the breaker by hand (an operator knows the deployment is back)."""
         before = self.state
         self._cb.close()
-        self._probe_in_flight = False
+        self._end_probe()
         if before != "closed":
             self._notify(before, "closed")
 

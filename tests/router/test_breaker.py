@@ -253,5 +253,25 @@ def test_redis_storage_shares_breakers_between_routers(redis_url: str) -> None:
     assert one.snapshot(("a",))["a"].opened_at == clock.now
     assert two.unavailable_reason("never-used-here") is None
     clock.advance(31)
-    admit(one).success()  # the probe
+    probe = admit(one)
+    assert probe.probe
+    assert two.admit("a") is None  # one probe at a time across instances
+    probe.success()
     assert two.get("a").state == "closed" and two.admit("a") is not None
+
+
+def test_a_released_shared_probe_lets_another_instance_probe(redis_url: str) -> None:
+    clock = FakeClock()
+    clock.now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
+    cfg = BreakerConfig(fail_max=1, reset_timeout_s=30)
+    namespace = f"test-{time.monotonic_ns()}"
+    one, two = (BreakerRegistry(cfg, clock=clock, shared=True,
+                                storage_factory=redis_storage(redis_url, namespace))
+                for _ in range(2))
+    admit(one).failure("timeout")
+    clock.advance(31)
+    admit(one).release()  # the caller left: no outcome
+    probe = admit(two)
+    assert probe.probe and one.admit("a") is None
+    probe.failure("timeout")
+    assert one.get("a").state == "open" and one.admit("a") is None
