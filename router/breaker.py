@@ -269,8 +269,8 @@ class BreakerRegistry:
     """Every deployment's breaker, built on first use from `resilience.breaker`.
 
     `storage_factory(deployment)` returns the pybreaker storage of one breaker: memory by
-    default; pybreaker's `CircuitRedisStorage` shares state between router instances (the
-    one-probe-at-a-time rule is then enforced per instance)."""
+    default; `redis_storage` (pybreaker's `CircuitRedisStorage`) shares state between router
+    instances and holds the half-open probe slot across them."""
 
     def __init__(self, cfg: BreakerConfig, *, clock: Clock = utc_now,
                  storage_factory: StorageFactory = memory_storage,
