@@ -44,7 +44,7 @@ from router.state import (
 )
 
 if TYPE_CHECKING:
-    from router.config import LoadedConfig, RouterConfig
+    from router.config import Deployment, LoadedConfig, RouterConfig
     from router.request import PreparedRequest
 
 WindowKind = Literal["hour", "day", "month", "rolling"]
@@ -149,7 +149,7 @@ def _calendar_bucket(kind: WindowKind, hour: int) -> tuple[str, float]:
 class BudgetConfig(BaseModel):
     """One entry of `budgets:` in the config."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     scope: str
     limit_usd: float = Field(gt=0)
     window: str = "day"
@@ -233,7 +233,8 @@ class BudgetManager:
 
     def __init__(self, budgets: Sequence[BudgetConfig] = (), state: StateBackend | None = None,
                  *, prefix: str = "llmr:", clock: Callable[[], float] = time.time,
-                 hold_ttl_s: int = 3600) -> None:
+                 hold_ttl_s: int = 3600,
+                 deployments: Mapping[str, Deployment] | None = None) -> None:
         self.budgets = [
             Budget(b.scope, to_nano(b.limit_usd), Window.parse(b.window), b.window, b.warn_at)
             for b in budgets]
@@ -242,13 +243,15 @@ class BudgetManager:
         self.clock = clock
         # In-flight reservations expire after this long should a router die mid-request.
         self.hold_ttl_s = hold_ttl_s
+        # Prices and output limits, for an uncapped request's worst case (see `reserve`).
+        self.deployments = deployments
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig,
                     clock: Callable[[], float] = time.time) -> BudgetManager:
         cfg = loaded.config
         return cls(cfg.budgets, create_state(cfg.state, clock), prefix=cfg.state.prefix,
-                   clock=clock)
+                   clock=clock, deployments=loaded.deployments)
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -281,7 +284,13 @@ class BudgetManager:
         now = self.clock()
         checks = [LimitCheck(self.held_key(ln.scope), self._spent_keys(ln, now), ln.budget.limit)
                   for ln in lines]
-        adm = await self.state.reserve(checks, amount, self.hold_ttl_s)
+        # Without a cap, hold the worst case (twice the most any candidate can bill for the
+        # request's input and output limit) as far as the budgets have room for it, and at
+        # least the estimate: the stream may spend what it holds and no more, so concurrent
+        # requests can never together pass a limit.
+        worst = None if cap_usd is not None else self._worst_case(request, estimate_usd)
+        adm = await self.state.reserve(checks, amount, self.hold_ttl_s,
+                                       None if worst is None else to_nano(worst))
         if adm.failed is not None:
             ln = lines[adm.failed]
             spent, held = adm.spent[adm.failed], adm.held[adm.failed]
@@ -289,13 +298,32 @@ class BudgetManager:
                 f"budget {ln.label}: spent ${to_usd(spent):.6f} of ${to_usd(ln.budget.limit):.6f}"
                 f" (${to_usd(held):.6f} more reserved by requests in flight); this request "
                 f"needs ${to_usd(amount):.6f}"))
-        # The stream may spend its cap, but never more than a budget's headroom.
-        limit, limit_scope = cap_usd, None
-        for i, ln in enumerate(lines):
-            headroom = to_usd(ln.budget.limit - adm.spent[i] - adm.held[i])
-            if limit is None or headroom < limit:
-                limit, limit_scope = headroom, ln.label
-        return BudgetReservation(self, scopes, lines, amount, limit, limit_scope)
+        if cap_usd is not None:
+            return BudgetReservation(self, scopes, lines, adm.reserved, cap_usd, None)
+        # The budget with the least room is the one that stops the stream, if one does.
+        tight = min(range(len(lines)), key=lambda i: lines[i].budget.limit - adm.spent[i]
+                    - adm.held[i])
+        return BudgetReservation(self, scopes, lines, adm.reserved, to_usd(adm.reserved),
+                                 lines[tight].label)
+
+    def _worst_case(self, request: PreparedRequest, estimate_usd: float) -> float | None:
+        if self.deployments is None:
+            return None
+        from router.cost import estimate_cost  # not at the top: config imports this module
+
+        c = request.constraints
+        worst = estimate_usd
+        for dep_id in c.candidates:
+            dep = self.deployments.get(dep_id)
+            if dep is None:
+                continue
+            out = request.max_tokens or dep.default_max_tokens
+            if dep.max_output_tokens is not None:
+                out = min(out, dep.max_output_tokens)
+            worst = max(worst, estimate_cost(dep.price, c.input_tokens, out))
+        # Twice: until usage arrives, output is counted at ~4 characters a token, which
+        # overcounts short words; the hold must not stop an answer within its max_tokens.
+        return 2 * worst
 
     async def settle(self, res: BudgetReservation, cost_usd: float, stopped: bool,
                      by_deployment: Mapping[str, float] | None) -> list[BudgetNotice]:

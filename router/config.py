@@ -30,7 +30,7 @@ EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "config"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Price(_Strict):

@@ -41,7 +41,7 @@ from router.stats import StatsRegistry
 class Completion(BaseModel):
     """The whole answer of one request (what `complete()` returns)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     text: str
     reasoning: str
     tool_calls: list[ToolCall]

@@ -37,7 +37,7 @@ BudgetLevel = Literal["warning", "exceeded"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class Candidate(_Model):
@@ -185,7 +185,7 @@ Event = Annotated[
 TerminalEvent = DoneEvent | ErrorEvent
 TERMINAL_TYPES = frozenset({"done", "error"})
 
-EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event, config=ConfigDict(defer_build=True))
 
 # --- hot-path builders ----------------------------------------------------------------------
 # One event per chunk: build the model's state directly (what `model_construct` does, minus

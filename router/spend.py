@@ -25,14 +25,14 @@ ReportWindow = Literal["hour", "day", "month"]
 
 
 class ScopeSpend(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     scope: str
     spent_usd: float
     by_deployment: dict[str, float]
 
 
 class BudgetStatus(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     scope: str  # e.g. user:alice
     window: str  # as configured: day, rolling:24h, …
     limit_usd: float
@@ -43,7 +43,7 @@ class BudgetStatus(BaseModel):
 
 
 class SpendReport(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     window: ReportWindow
     period: str  # the calendar window reported, e.g. 2026-11-22 (UTC)
     total_usd: float  # the global scope's spend in the period

@@ -37,7 +37,7 @@ class StateConfig(BaseModel):
     """`state:` in the config: where shared state lives. `redis` keeps spend across router
     restarts and shares it between router processes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     backend: Literal["memory", "redis"] = "memory"
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "llmr:"
@@ -55,12 +55,13 @@ class LimitCheck(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Admission:
     """The outcome of a reserve: `failed` is the index of the first check that could not
-    cover the amount (None: reserved on every check). `spent` and `held` are per check, as
-    they were before this reservation."""
+    cover the amount (None: `reserved` was reserved on every check). `spent` and `held` are
+    per check, as they were before this reservation."""
 
     failed: int | None
     spent: tuple[int, ...]
     held: tuple[int, ...]
+    reserved: int = 0
 
 
 class Booking(NamedTuple):
@@ -89,9 +90,10 @@ class WatchResult:
 
 
 class StateBackend(Protocol):
-    async def reserve(self, checks: Sequence[LimitCheck], amount: int,
-                      hold_ttl_s: int) -> Admission:
-        """Atomically: if every check can cover `amount`, add it to each distinct held key."""
+    async def reserve(self, checks: Sequence[LimitCheck], amount: int, hold_ttl_s: int,
+                      up_to: int | None = None) -> Admission:
+        """Atomically: if every check can cover `amount`, reserve as much as every check can
+        cover up to `up_to` (at least `amount`) on each distinct held key."""
         ...
 
     async def settle(self, held_keys: Sequence[str], amount: int, bookings: Sequence[Booking],
@@ -158,11 +160,12 @@ class MemoryState:
             for key in [k for k, t in self._expires.items() if t <= now]:
                 self._alive(key)
 
-    async def reserve(self, checks: Sequence[LimitCheck], amount: int,
-                      hold_ttl_s: int) -> Admission:
+    async def reserve(self, checks: Sequence[LimitCheck], amount: int, hold_ttl_s: int,
+                      up_to: int | None = None) -> Admission:
         spent: list[int] = []
         held: list[int] = []
         failed: int | None = None
+        reserved = max(amount, up_to or 0)
         for i, check in enumerate(checks):
             s = self._sum(check.spent_keys)
             h = max(0, self._int(check.held_key))
@@ -170,12 +173,14 @@ class MemoryState:
             held.append(h)
             if failed is None and s + h + amount > check.limit:
                 failed = i
-        if failed is None:
-            now = self.clock()
-            for key in {c.held_key for c in checks}:
-                self._ints[key] = max(0, self._int(key)) + amount
-                self._expires[key] = now + hold_ttl_s
-        return Admission(failed, tuple(spent), tuple(held))
+            reserved = min(reserved, check.limit - s - h)
+        if failed is not None:
+            return Admission(failed, tuple(spent), tuple(held))
+        now = self.clock()
+        for key in {c.held_key for c in checks}:
+            self._ints[key] = max(0, self._int(key)) + reserved
+            self._expires[key] = now + hold_ttl_s
+        return Admission(None, tuple(spent), tuple(held), reserved)
 
     async def settle(self, held_keys: Sequence[str], amount: int, bookings: Sequence[Booking],
                      watches: Sequence[Watch]) -> list[WatchResult]:
@@ -221,14 +226,16 @@ class MemoryState:
         return None
 
 
-# Redis: ARGV[1] amount, ARGV[2] hold TTL, then per check (n spent keys, limit); KEYS per
-# check: the held key, then its spent keys. Returns {failed index or 0, spent..., held...}.
+# Redis: ARGV[1] amount, ARGV[2] hold TTL, ARGV[3] up to, then per check (n spent keys,
+# limit); KEYS per check: the held key, then its spent keys. Returns {failed index or 0,
+# reserved, spent..., held...}.
 _RESERVE = """
 local amount = tonumber(ARGV[1])
-local n = (#ARGV - 2) / 2
+local reserved = math.max(amount, tonumber(ARGV[3]))
+local n = (#ARGV - 3) / 2
 local k, failed, spent, held = 1, 0, {}, {}
 for i = 1, n do
-  local nkeys, limit = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  local nkeys, limit = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
   local h = tonumber(redis.call('GET', KEYS[k]) or '0')
   if h < 0 then h = 0 end
   local s = 0
@@ -238,6 +245,7 @@ for i = 1, n do
   k = k + nkeys + 1
   spent[i], held[i] = s, h
   if failed == 0 and s + h + amount > limit then failed = i end
+  reserved = math.min(reserved, limit - s - h)
 end
 if failed == 0 then
   local seen, k2 = {}, 1
@@ -245,15 +253,15 @@ if failed == 0 then
     local key = KEYS[k2]
     if not seen[key] then
       seen[key] = true
-      if tonumber(redis.call('INCRBY', key, ARGV[1])) < amount then
-        redis.call('SET', key, ARGV[1])
+      if tonumber(redis.call('INCRBY', key, reserved)) < reserved then
+        redis.call('SET', key, reserved)
       end
       redis.call('EXPIRE', key, ARGV[2])
     end
-    k2 = k2 + tonumber(ARGV[1 + 2 * i]) + 1
+    k2 = k2 + tonumber(ARGV[2 + 2 * i]) + 1
   end
 end
-local out = {failed}
+local out = {failed, reserved}
 for i = 1, n do out[#out + 1] = spent[i] end
 for i = 1, n do out[#out + 1] = held[i] end
 return out
@@ -310,20 +318,21 @@ class RedisState:
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
 
-    async def reserve(self, checks: Sequence[LimitCheck], amount: int,
-                      hold_ttl_s: int) -> Admission:
+    async def reserve(self, checks: Sequence[LimitCheck], amount: int, hold_ttl_s: int,
+                      up_to: int | None = None) -> Admission:
         if not checks:
-            return Admission(None, (), ())
+            return Admission(None, (), (), max(amount, up_to or 0))
         keys: list[str] = []
-        args: list[int] = [amount, hold_ttl_s]
+        args: list[int] = [amount, hold_ttl_s, up_to or 0]
         for c in checks:
             keys.append(c.held_key)
             keys.extend(c.spent_keys)
             args += [len(c.spent_keys), c.limit]
         out = [int(x) for x in await self._reserve(keys=keys, args=args)]
         n = len(checks)
-        return Admission(out[0] - 1 if out[0] else None, tuple(out[1:1 + n]),
-                         tuple(out[1 + n:]))
+        failed = out[0] - 1 if out[0] else None
+        return Admission(failed, tuple(out[2:2 + n]), tuple(out[2 + n:]),
+                         0 if failed is not None else out[1])
 
     async def settle(self, held_keys: Sequence[str], amount: int, bookings: Sequence[Booking],
                      watches: Sequence[Watch]) -> list[WatchResult]:
