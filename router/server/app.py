@@ -39,7 +39,7 @@ from router.server.auth import (
     problem,
 )
 from router.server.eventlog import EventLog, LogGap, StreamLog
-from router.server.hub import StreamHub, stream_status
+from router.server.hub import Started, StreamHub, stream_status
 from router.server.metrics import CONTENT_TYPE, ServerMetrics, deployment_rows, live_snapshot
 from router.server.params import early_error_response, parse_stream_body, stream_kwargs
 from router.server.runs import RunError, RunRegistry
@@ -69,13 +69,20 @@ def _owned(request: Request, slog: StreamLog | None, what: str) -> Response | No
     return None
 
 
-async def follow_frames(slog: StreamLog, after: int, heartbeat_s: float
-                        ) -> AsyncIterator[bytes]:
+async def follow_frames(slog: StreamLog, after: int) -> AsyncIterator[bytes]:
     try:
-        async for seq, entry in slog.follow(after, heartbeat_s):
-            yield frame(seq, entry)
+        async for first, batch in slog.follow_batches(after):
+            if len(batch) == 1:
+                yield frame(first, batch[0])
+            else:  # a reader that fell behind catches up in one write
+                yield b"".join([frame(first + i, e) for i, e in enumerate(batch)])
     except LogGap:
         return  # a reader too slow for the log's bound; it resumes from a newer id
+
+
+async def pumped_frames(hub: StreamHub, started: Started) -> AsyncIterator[bytes]:
+    async for seq, entry in hub.pump(started):
+        yield frame(seq, entry)
 
 
 async def healthz(request: Request) -> Response:
@@ -90,9 +97,10 @@ async def post_stream(request: Request) -> Response | EventStreamResponse:
     if isinstance(parsed, Response):
         return parsed
     input_, kwargs = stream_kwargs(parsed, principal)
+    hub: StreamHub = state.hub
     try:
-        started = await state.hub.start(input_, kwargs, owner=principal.name,
-                                        detach=parsed.detach)
+        started = await hub.start(input_, kwargs, owner=principal.name,
+                                  detach=parsed.detach, spawn=False)
     except RunError as exc:
         return problem(exc.status, exc.code, exc.message, exc.param)
     early = started.early_error
@@ -101,15 +109,17 @@ async def post_stream(request: Request) -> Response | EventStreamResponse:
         if refused is not None:
             return refused
     slog = started.log
-    hub: StreamHub = state.hub
 
     def on_disconnect() -> None:
         if not slog.detach:
-            hub.cancel(slog)
+            hub.cancel(slog, explicit=False)
 
-    return EventStreamResponse(follow_frames(slog, -1, state.settings.heartbeat_s),
-                               on_disconnect,
-                               [(b"x-request-id", slog.key.encode())])
+    # This request's task produces the stream (no hand-over per event); a detached stream
+    # goes on producing into the log after its client left.
+    return EventStreamResponse(pumped_frames(hub, started), on_disconnect,
+                               [(b"x-request-id", slog.key.encode())],
+                               heartbeat_s=state.settings.heartbeat_s,
+                               cancel_on_disconnect=not slog.detach)
 
 
 async def get_stream(request: Request) -> Response:
@@ -134,8 +144,9 @@ def _resume(request: Request, slog: StreamLog) -> Response | EventStreamResponse
     if after + 1 < slog.dropped:
         return problem(410, "events_dropped", f"events before id {slog.dropped} are no longer "
                        "kept (server.max_log_events)", "Last-Event-ID")
-    return EventStreamResponse(follow_frames(slog, after, request.app.state.settings.heartbeat_s),
-                               headers=[(b"x-request-id", slog.key.encode())])
+    return EventStreamResponse(follow_frames(slog, after),
+                               headers=[(b"x-request-id", slog.key.encode())],
+                               heartbeat_s=request.app.state.settings.heartbeat_s)
 
 
 async def cancel_stream(request: Request) -> Response:

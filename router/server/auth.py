@@ -238,7 +238,6 @@ class BodyLimitMiddleware:
                 await self._too_large(scope, receive, send)
                 return
         seen = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal seen
@@ -249,16 +248,11 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        # `send` is not wrapped (it is on every streamed chunk's path): every route reads
+        # its body before it starts a response, so a 413 can always still be sent.
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, send)
         except BodyTooLarge:
-            if started:
-                raise
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:

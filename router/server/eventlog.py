@@ -6,7 +6,7 @@ stream the number is the event's `seq`, for a run channel the run's own counter.
 live ones as they arrive, and stop after the log is closed (its terminal entry). A log is
 kept `retention_s` after it closes (or after its last entry, for a run nobody closes), then
 swept. Past `max_events` the oldest entries are dropped; a reader asking for a dropped entry
-gets `LogGap` rather than a silent hole.
+gets `LogGap` rather than a silent hole. (Heartbeats are the SSE response's business.)
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 Entry = tuple[str, bytes]  # (event type, compact JSON object)
-HEARTBEAT: Entry = ("", b"")  # yielded by `follow` when `heartbeat_s` passes in silence
 
 
 class LogGap(Exception):
@@ -30,8 +29,8 @@ class LogGap(Exception):
 
 
 class StreamLog:
-    __slots__ = ("_waiters", "closed", "detach", "dropped", "entries", "key", "max_events",
-                 "owner", "task", "touched_at")
+    __slots__ = ("_waiters", "cancel_requested", "closed", "detach", "dropped", "entries",
+                 "key", "max_events", "owner", "task", "touched_at")
 
     def __init__(self, key: str, owner: str | None, max_events: int, now: float) -> None:
         self.key = key
@@ -41,6 +40,9 @@ class StreamLog:
         self.dropped = 0  # number of entries dropped from the front
         self.closed = False
         self.detach = False
+        # Set by an explicit cancel (not a disconnect): the stream then ends normally, with
+        # its `cancelled` event delivered to the reader that drives it.
+        self.cancel_requested = False
         self.touched_at = now
         # The task producing the entries of a routed stream; cancelling it cancels upstream.
         self.task: asyncio.Task[Any] | None = None
@@ -81,38 +83,33 @@ class StreamLog:
         for i in range(start - self.dropped, len(entries)):
             yield self.dropped + i, entries[i]
 
-    async def follow(self, after: int, heartbeat_s: float | None = None
-                     ) -> AsyncIterator[tuple[int, Entry]]:
-        """Entries numbered above `after`, then live ones until the log closes. Yields
-        `(-1, HEARTBEAT)` after `heartbeat_s` without an entry."""
+    async def follow_batches(self, after: int) -> AsyncIterator[tuple[int, list[Entry]]]:
+        """Entries numbered above `after`, then live ones until the log closes, as batches
+        `(number of the first, entries)`: everything available at each wake-up, so a
+        reader that fell behind catches up in one write."""
         loop = asyncio.get_running_loop()
         nxt = after + 1
         while True:
-            if nxt < self.dropped:
-                raise LogGap(self.dropped)
+            dropped = self.dropped
+            if nxt < dropped:
+                raise LogGap(dropped)
             entries = self.entries
-            while nxt - self.dropped < len(entries):
-                yield nxt, entries[nxt - self.dropped]
-                nxt += 1
-                if nxt < self.dropped:
-                    raise LogGap(self.dropped)
+            end = dropped + len(entries)
+            if nxt < end:
+                yield nxt, [entries[i] for i in range(nxt - dropped, end - dropped)]
+                nxt = end
+                continue
             if self.closed:
                 return
             fut: asyncio.Future[bool] = loop.create_future()
             self._waiters.append(fut)
-            timer = loop.call_later(heartbeat_s, _expire, fut) if heartbeat_s else None
-            try:
-                beat = await fut
-            finally:
-                if timer is not None:
-                    timer.cancel()
-            if beat:
-                yield -1, HEARTBEAT
+            await fut
 
-
-def _expire(fut: asyncio.Future[bool]) -> None:
-    if not fut.done():
-        fut.set_result(True)
+    async def follow(self, after: int) -> AsyncIterator[tuple[int, Entry]]:
+        """`follow_batches` one entry at a time."""
+        async for first, batch in self.follow_batches(after):
+            for i, entry in enumerate(batch):
+                yield first + i, entry
 
 
 class EventLog:

@@ -26,7 +26,7 @@ from router.events import (
     Event,
     encode_event,
 )
-from router.server.eventlog import EventLog, StreamLog
+from router.server.eventlog import Entry, EventLog, StreamLog
 from router.server.metrics import OBSERVED_TYPES, ServerMetrics
 from router.server.runs import RunRegistry
 
@@ -37,10 +37,14 @@ _HEAD_END = frozenset({"start"}) | TERMINAL_TYPES
 @dataclass(slots=True)
 class Started:
     """A started stream: its log, and the events read before the response began (up to the
-    first `start`, or the end: an early `error` can still become an HTTP error status)."""
+    first `start`, or the end: an early `error` can still become an HTTP error status).
+    Started with `spawn=False`, the rest is still to be driven through `StreamHub.pump`."""
 
     log: StreamLog
     head: list[Event]
+    gen: AsyncGenerator[Event, None] | None = None
+    run: StreamLog | None = None
+    t0: float = 0.0
 
     @property
     def early_error(self) -> ErrorEvent | None:
@@ -58,9 +62,11 @@ class StreamHub:
         self.log_prompts = log_prompts
 
     async def start(self, input_: Any, kwargs: Mapping[str, Any], *, owner: str | None,
-                    detach: bool = False) -> Started:
+                    detach: bool = False, spawn: bool = True) -> Started:
         """Start `router.stream(input_, **kwargs)`; its run channel is
-        `kwargs["metadata"]["run_id"]` when given."""
+        `kwargs["metadata"]["run_id"]` when given. With `spawn`, a task produces the rest
+        into the log; without, the caller drives it with `pump` (one task less per event
+        on the way to its own client)."""
         t0 = time.perf_counter()
         metadata = kwargs.get("metadata") or {}
         run_id = metadata.get("run_id") if isinstance(metadata, Mapping) else None
@@ -90,9 +96,10 @@ class StreamHub:
         if head[-1].type in TERMINAL_TYPES:
             await gen.aclose()
             slog.close(self.streams.clock())
-        else:
-            slog.task = asyncio.create_task(self._produce(gen, slog, run, t0),
-                                            name=f"stream-{rid}")
+            return Started(slog, head)
+        if not spawn:
+            return Started(slog, head, gen, run, t0)
+        slog.task = asyncio.create_task(self._produce(gen, slog, run, t0), name=f"stream-{rid}")
         return Started(slog, head)
 
     def _record(self, slog: StreamLog, run: StreamLog | None, ev: Event) -> None:
@@ -104,8 +111,26 @@ class StreamHub:
         if etype in OBSERVED_TYPES:
             self.metrics.observe(ev)
 
+    async def pump(self, started: Started) -> AsyncGenerator[tuple[int, Entry], None]:
+        """Drive a stream started with `spawn=False` in the calling task, which becomes the
+        stream's task (cancelling it cancels the stream): yields every entry, the head's
+        first, each after it is in the log."""
+        slog = started.log
+        for i, entry in enumerate(list(slog.entries)):
+            yield i, entry
+        if started.gen is None:
+            return
+        slog.task = asyncio.current_task()
+        async for item in self._pump(started.gen, slog, started.run, started.t0):
+            yield item
+
     async def _produce(self, gen: AsyncGenerator[Event, None], slog: StreamLog,
                        run: StreamLog | None, t0: float) -> None:
+        async for _ in self._pump(gen, slog, run, t0):
+            pass
+
+    async def _pump(self, gen: AsyncGenerator[Event, None], slog: StreamLog,
+                    run: StreamLog | None, t0: float) -> AsyncGenerator[tuple[int, Entry], None]:
         metrics = self.metrics
         metrics.active.inc()
         ended = False
@@ -114,38 +139,47 @@ class StreamHub:
             async for ev in gen:
                 data = encode_event(ev)
                 etype = ev.type
-                slog.append(etype, data)
+                seq = slog.append(etype, data)
                 if run is not None:
                     self.runs.append(run, etype, data)
                 if etype in OBSERVED_TYPES:
                     metrics.observe(ev)
                     ended = etype in TERMINAL_TYPES
+                yield seq, (etype, data)
         except asyncio.CancelledError:
-            if not ended:
-                self._end(slog, run, t0, "cancelled", "the stream was cancelled (client "
-                          "disconnected, cancel requested, or server shutting down)")
-            raise
+            if ended:
+                raise
+            last = self._end(slog, run, t0, "cancelled", "the stream was cancelled (client "
+                             "disconnected, cancel requested, or server shutting down)")
+            task = asyncio.current_task()
+            if not slog.cancel_requested or task is None:
+                raise
+            # An explicit cancel ends the stream normally: its reader gets the last event.
+            while task.cancelling():
+                task.uncancel()
+            yield last
         except Exception:
             log.exception("stream %s failed inside the router", slog.key)
             if not ended:
-                self._end(slog, run, t0, "provider_error", "internal server error")
+                yield self._end(slog, run, t0, "provider_error", "internal server error")
         else:
             if not ended:
-                self._end(slog, run, t0, "protocol_error", "the stream ended without a "
-                          "terminal event")
+                yield self._end(slog, run, t0, "protocol_error", "the stream ended without a "
+                                "terminal event")
         finally:
             await gen.aclose()
             slog.close(self.streams.clock())
             metrics.active.dec()
 
     def _end(self, slog: StreamLog, run: StreamLog | None, t0: float, code: ErrorCode,
-             message: str) -> None:
+             message: str) -> tuple[int, Entry]:
         ev = ErrorEvent.model_construct(
             request_id=slog.key, seq=slog.next_seq,
             elapsed_ms=(time.perf_counter() - t0) * 1000.0, code=code, message=message,
             retryable=code != "cancelled", deployment=_last_deployment(slog), status=None,
             suggestion=None)
         self._record(slog, run, ev)
+        return slog.next_seq - 1, slog.entries[-1]
 
     async def instrument(self, events: AsyncIterator[Event], *, run_id: str | None = None,
                          owner: str | None = None) -> AsyncGenerator[Event, None]:
@@ -169,11 +203,14 @@ class StreamHub:
             if aclose is not None:
                 await aclose()
 
-    def cancel(self, slog: StreamLog) -> bool:
-        """Cancel a running stream (upstream closed at once). False if it had ended."""
+    def cancel(self, slog: StreamLog, *, explicit: bool = True) -> bool:
+        """Cancel a running stream (upstream closed at once). False if it had ended.
+        `explicit` (a cancel request, not a disconnect): the stream still ends normally
+        for its reader, with the `cancelled` event."""
         task = slog.task
-        if task is None or task.done():
+        if task is None or task.done() or slog.closed:
             return False
+        slog.cancel_requested = explicit
         task.cancel()
         return True
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 
 from starlette.types import Receive, Scope, Send
@@ -30,9 +31,7 @@ SSE_HEADERS = [
 
 
 def frame(seq: int, entry: Entry) -> bytes:
-    """One SSE frame for log entry number `seq` (or a heartbeat comment when `seq` < 0)."""
-    if seq < 0:
-        return HEARTBEAT_FRAME
+    """One SSE frame for log entry number `seq`."""
     etype, data = entry
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, etype.encode(), data)
 
@@ -47,56 +46,85 @@ def last_event_id(headers: dict[str, str], query: dict[str, str]) -> int | None:
 
 
 class EventStreamResponse:
-    """Streams `frames` as `text/event-stream`; the headers go out before the first frame.
+    """Streams `frames` as `text/event-stream`; the headers go out before the first frame,
+    and a heartbeat comment whenever `heartbeat_s` passes without a frame.
 
-    `on_disconnect` runs the moment the client goes away (before the writer is cancelled),
-    so the caller can cancel upstream work or let it run on detached. It must not block."""
+    When the client goes away, `on_disconnect` runs at once (it must not block); then the
+    writer is cancelled, unless `cancel_on_disconnect` is False: a detached stream's frames
+    keep being produced (into the event log) and are simply no longer written."""
 
     def __init__(self, frames: AsyncIterator[bytes],
                  on_disconnect: Callable[[], None] | None = None,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                 headers: list[tuple[bytes, bytes]] | None = None, *,
+                 heartbeat_s: float | None = None, cancel_on_disconnect: bool = True) -> None:
         self.frames = frames
         self.on_disconnect = on_disconnect
         self.headers = SSE_HEADERS + (headers or [])
+        self.heartbeat_s = heartbeat_s
+        self.cancel_on_disconnect = cancel_on_disconnect
+        self.gone = False
+        self.last_write = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         writer = asyncio.current_task()
         assert writer is not None
-        gone = False
-
-        async def listen() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            if self.on_disconnect is not None:
-                self.on_disconnect()
-            writer.cancel()
-
-        listener = asyncio.create_task(listen())
+        helpers = [asyncio.create_task(self._listen(receive, writer))]
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
-            # An empty body chunk flushes the headers: the response starts at once.
-            await send({"type": "http.response.body", "body": b"", "more_body": True})
-            async for chunk in self.frames:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.last_write = time.monotonic()
+            if self.heartbeat_s:
+                helpers.append(asyncio.create_task(self._beat(send, self.heartbeat_s)))
+            await self._write_all(send)
         except asyncio.CancelledError:
-            if not gone:
+            if not self.gone:
                 raise
-            # Our own cancellation, after the client left: nothing more to write.
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
+            # Our own cancellation (it may have been asked twice: by the stream's cancel and
+            # by the listener), after the client left: nothing more to write.
+            while writer.cancelling():
+                writer.uncancel()
         except OSError:
             # The client left and the write noticed first (ASGI 2.4 `send` raises).
-            if not gone and self.on_disconnect is not None:
-                gone = True
-                self.on_disconnect()
+            self._left()
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             aclose = getattr(self.frames, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    async def _write_all(self, send: Send) -> None:
+        clock = time.monotonic
+        async for chunk in self.frames:
+            if self.gone:
+                continue  # detached: produced into the log, nobody to write to
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            self.last_write = clock()
+        if not self.gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _left(self) -> None:
+        if not self.gone:
+            self.gone = True
+            if self.on_disconnect is not None:
+                self.on_disconnect()
+
+    async def _listen(self, receive: Receive, writer: asyncio.Task[None]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._left()
+        if self.cancel_on_disconnect:
+            writer.cancel()
+
+    async def _beat(self, send: Send, every_s: float) -> None:
+        # One wake-up per period rather than a timer per frame: frames are the hot path.
+        while not self.gone:
+            due = self.last_write + every_s - time.monotonic()
+            if due > 0:
+                await asyncio.sleep(due)
+                continue
+            await send({"type": "http.response.body", "body": HEARTBEAT_FRAME,
+                        "more_body": True})
+            self.last_write = time.monotonic()

@@ -235,3 +235,20 @@ async def test_disconnect_closes_the_connection_to_a_real_provider(serve) -> Non
             assert upstream.active_streams == 0
             status = (await c.get(f"/v1/streams/{resp.headers['x-request-id']}")).json()
         assert status["state"] == "cancelled"
+
+
+async def test_cancel_while_the_client_reads_ends_its_stream_cleanly(serve, fleet) -> None:
+    srv = await serve(options={"mid": {"ttft_ms": 1, "tokens_per_s": 20}})
+    async with srv.client() as c, srv.client() as other:
+        async with c.stream("POST", "/v1/stream", json={"input": "hi", "model": "mid"}) as resp:
+            seen = []
+            async for f in frames(resp):
+                seen.append(f)
+                if f.event == "text":
+                    r = await other.post(f"/v1/streams/{resp.headers['x-request-id']}/cancel")
+                    assert r.json()["cancelled"] is True
+                    break
+            seen += await read_until_terminal(resp)
+    assert seen[-1].event == "error" and seen[-1].data["code"] == "cancelled"
+    assert [f.id for f in seen] == list(range(len(seen)))
+    assert fleet.sim(srv.router).open_streams == 0

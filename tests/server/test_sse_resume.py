@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from router.server.eventlog import HEARTBEAT, EventLog, LogGap
+from router.server.eventlog import EventLog, LogGap
 from router.server.sse import frame, last_event_id
 from tests.server.conftest import SLOW, eventually, frames, read_until_terminal
 
@@ -17,7 +17,6 @@ KEY = "sk-resume-0123456789"
 def test_frame_is_whatwg_sse() -> None:
     assert frame(7, ("text", b'{"delta":"a\\nb"}')) == (
         b'id: 7\nevent: text\ndata: {"delta":"a\\nb"}\n\n')
-    assert frame(-1, HEARTBEAT) == b": ping\n\n"
 
 
 def test_last_event_id_prefers_the_header_then_after() -> None:
@@ -47,16 +46,18 @@ async def test_follow_replays_then_goes_live_exactly_once() -> None:
     assert got == [1, 2, 3, 4, 5]
 
 
-async def test_follow_beats_when_nothing_happens() -> None:
+async def test_follow_batches_catch_a_slow_reader_up_in_one_go() -> None:
     log = EventLog(max_events=100, retention_s=10).open("r", None)
-    seen = []
-    async for seq, entry in log.follow(-1, heartbeat_s=0.01):
-        seen.append((seq, entry))
-        if len(seen) == 2:
-            log.append("done", b"{}")
-            log.close(0.0)
-    assert seen[:2] == [(-1, HEARTBEAT), (-1, HEARTBEAT)]
-    assert seen[2] == (0, ("done", b"{}"))
+    for i in range(5):
+        log.append("text", b"%d" % i)
+    batches = log.follow_batches(1)
+    first, batch = await anext(batches)
+    assert first == 2 and [d for _, d in batch] == [b"2", b"3", b"4"]
+    log.append("done", b"5")
+    log.close(0.0)
+    assert await anext(batches) == (5, [("done", b"5")])
+    with pytest.raises(StopAsyncIteration):
+        await anext(batches)
 
 
 async def test_bounded_log_reports_a_gap_instead_of_a_hole() -> None:
@@ -167,3 +168,21 @@ async def test_stream_expires_after_retention(serve) -> None:
         rid = r.headers["x-request-id"]
         srv.app.state.streams.sweep()
         assert (await c.get(f"/v1/streams/{rid}")).status_code == 404
+
+
+async def test_resumed_reader_gets_heartbeats_while_the_provider_thinks(serve) -> None:
+    srv = await serve(server={"heartbeat_s": 0.02}, options={"mid": {"ttft_ms": 300}})
+    async with srv.client() as c:
+        async with c.stream("POST", "/v1/stream",
+                            json={"input": "x", "model": "mid", "detach": True}) as resp:
+            rid = resp.headers["x-request-id"]
+        async with c.stream("GET", f"/v1/streams/{rid}/events",
+                            headers={"last-event-id": "1"}) as resp:
+            beats = 0
+            async for f in frames(resp):
+                if f.comment is not None:
+                    beats += 1
+                elif f.event == "text":
+                    assert f.id == 2
+                    break
+    assert beats >= 3
