@@ -81,6 +81,12 @@ class Session:
         if isinstance(body, BodyProblem):
             await self.reject(ref, body.status, body.code, body.message, body.param)
             return
+        wait = self.ws.app.state.limiter.allow(self.principal)
+        if wait is not None:
+            await self.reject(ref, 429, "rate_limited", f"rate limit of key "
+                              f"{self.principal.name!r} exceeded", None,
+                              retry_after_s=max(1, round(wait)))
+            return
         input_, kwargs = stream_kwargs(body, self.principal)
         try:
             started = await self.hub.start(input_, kwargs, owner=self.principal.name,

@@ -78,3 +78,18 @@ async def test_instrumented_compat_stream_counts_and_publishes_to_run(serve) -> 
     assert [t for t, _ in run.entries] == [ev.type for ev in events]
     m = _samples(srv.app.state.metrics.render().decode())
     assert _value(m, "llm_router_requests_total", deployment="fast", outcome="stop") == 1
+
+
+async def test_open_breaker_shows_in_deployments_and_metrics(serve, fleet) -> None:
+    cfg = fleet.config(options={"mid": {"error_rate": 1.0, "error_code": "overloaded"}})
+    cfg["resilience"]["breaker"] = {"fail_max": 1, "reset_timeout_s": 60}
+    srv = await serve(config=cfg)
+    async with srv.client() as c:
+        r = await c.post("/v1/stream", json={"input": "x", "model": "mid"})
+        assert "event: error" in r.text
+        rows = {d["id"]: d for d in (await c.get("/v1/deployments")).json()["deployments"]}
+        m = _samples((await c.get("/metrics")).text)
+    assert rows["mid"]["breaker"] == "open" and rows["fast"]["breaker"] == "closed"
+    assert rows["mid"]["breaker_detail"]["fail_counter"] >= 1
+    assert _value(m, "llm_router_breaker_state", deployment="mid") == 2
+    assert _value(m, "llm_router_breaker_state", deployment="fast") == 0

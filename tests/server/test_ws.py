@@ -149,3 +149,16 @@ async def test_bad_messages_are_rejected_with_the_field(serve) -> None:
         assert (await recv(ws))["status"] == 404
         await ws.send("not json")
         assert (await recv(ws))["code"] == "invalid_json"
+
+
+async def test_stream_messages_count_against_the_key_rate(serve) -> None:
+    srv = await serve(keys={"alice": KEY}, key_options={"alice": {"rate_per_min": 2}})
+    async with await authed(srv) as ws:
+        for ref in ("a", "b"):
+            await send(ws, type="stream", ref=ref, input="one")
+            while (msg := await recv(ws))["type"] != "accepted":
+                pass
+        await send(ws, type="stream", ref="c", input="three")
+        while (msg := await recv(ws))["type"] not in ("rejected", "accepted"):
+            pass
+    assert msg["type"] == "rejected" and msg["status"] == 429 and msg["ref"] == "c"
