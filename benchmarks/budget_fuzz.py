@@ -16,8 +16,8 @@ Counted violations (all must be 0):
   cap overrun     a request's cost passed its limit (its cap, or the budget headroom it was
                   given) by more than its largest chunk
   overspend       a budget's spend passed its limit by more than what requests spent beyond
-                  their own reservations (possible only for uncapped requests, whose
-                  reservation is an estimate)
+                  their own reservations (a stream is limited to what it holds, so at most
+                  one chunk each)
   leaked hold     a reservation still held after every request ended
   open upstream   a provider stream left open
 """
@@ -134,6 +134,7 @@ class Counts:
     failed_over: int = 0
     cap_overruns: int = 0
     overspends: int = 0
+    above_limit: int = 0  # budgets that ended above their limit (by uncapped excess)
     leaked_holds: int = 0
     open_upstreams: int = 0
     max_overrun_chunks: float = 0.0
@@ -204,8 +205,10 @@ async def one_run(seed: int, c: Counts, redis_url: str | None = None) -> None:
     clock = lambda: T0  # noqa: E731 - one fixed instant: no window rolls over mid-run
     state: StateBackend = RedisState(redis_url) if redis_url else MemoryState(clock)
     prefix = f"fuzz{seed}:"  # a fresh namespace per run on a shared Redis
-    gate = RecordingManager(budgets, state, prefix=prefix, clock=clock)
-    r = Router(parse_config(data, "fuzz.yaml", env={}), budgets=gate)
+    loaded = parse_config(data, "fuzz.yaml", env={})
+    gate = RecordingManager(budgets, state, prefix=prefix, clock=clock,
+                            deployments=loaded.deployments)
+    r = Router(loaded, budgets=gate)
     providers = [FuzzProvider(random.Random(rng.random()), rng.choice([0.0, 0.1, 0.3]),
                               rng.random() < 0.5) for _ in range(2)]
     r.set_provider("p1", providers[0])  # type: ignore[arg-type]
@@ -223,6 +226,8 @@ async def one_run(seed: int, c: Counts, redis_url: str | None = None) -> None:
     for b in report.budgets:
         if b.reserved_usd > 0:
             c.leaked_holds += 1
+        if b.spent_usd > b.limit_usd + EPS:
+            c.above_limit += 1
         if b.spent_usd > b.limit_usd + excess.get(b.scope, 0.0) + EPS:
             c.overspends += 1
             c.notes.append(f"seed {seed}: {b.scope} spent {b.spent_usd:.6f} > limit "
@@ -259,6 +264,7 @@ def _print(c: Counts, seconds: float) -> None:
             ("cancelled by the caller", c.cancelled),
             ("failovers", c.failed_over),
             ("cap overruns beyond one chunk", c.cap_overruns),
+            ("budgets ended above their limit", c.above_limit),
             ("budget overspends beyond reservations", c.overspends),
             ("leaked reservations", c.leaked_holds), ("upstreams left open", c.open_upstreams)]
     width = max(len(name) for name, _ in rows)

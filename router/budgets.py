@@ -9,10 +9,12 @@ cent drops out at most 1/60 of the window late — never early).
 
 At start a request reserves its cap (or, without one, its estimated cost) against every
 budget it falls under; when one cannot cover it (spend plus in-flight reservations plus
-this request would pass the limit) the request is refused with `budget_exceeded`. The
-stream may then spend at most its cap, and never more than any budget's headroom, so a
-stream stopped by a budget ends with `finish_reason: budget` and a `budget` event
-`exceeded`. At the end the reservation is released and the actual cost booked, per
+this request would pass the limit) the request is refused with `budget_exceeded`. An
+uncapped request holds more than its estimate when there is room: up to twice the worst
+case of its candidates (input plus its output limit). The stream may spend what it holds
+and no more (stopped within one chunk), so concurrent requests never pass a limit
+together; a stream stopped by a budget ends with `finish_reason: budget` and a `budget`
+event `exceeded`. At the end the reservation is released and the actual cost booked, per
 deployment, in one atomic step; the first settle that takes a budget past `warn_at` gets
 the `warning`.
 """

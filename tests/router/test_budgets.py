@@ -38,6 +38,7 @@ from router.config import parse_config
 from router.core import Router
 from router.errors import ConfigError
 from router.events import BudgetEvent, DoneEvent, ErrorEvent, Event, TextEvent
+from router.request import StreamParams, prepare
 from router.state import MemoryState, to_nano, to_usd
 
 T0 = datetime(2026, 3, 14, 23, 0, 0, tzinfo=UTC).timestamp()
@@ -212,18 +213,41 @@ async def test_scopes_come_from_metadata_task_and_global() -> None:
     assert [ln.label for ln in other.lines] == ["global/day"]
 
 
-async def test_stream_limit_is_the_cap_or_the_smallest_headroom() -> None:
+async def test_stream_limit_is_what_the_request_holds() -> None:
     m = manager({"scope": "user", "limit_usd": 1.0, "window": "hour"},
                 {"scope": "global", "limit_usd": 10.0})
     await spend(m, 0.7)
     capped = await reserve(m, 0.2)
     assert isinstance(capped, BudgetReservation)
-    assert (capped.limit_usd, capped.limit_scope) == (0.2, None)
+    assert (capped.limit_usd, capped.limit_scope, capped.amount) == (0.2, None, to_nano(0.2))
+    # No cap and no prices known: the estimate is held, and is the limit.
     uncapped = await reserve(m, None, estimate=0.05)
     assert isinstance(uncapped, BudgetReservation)
-    # 1.0 - 0.7 spent - 0.2 held by the capped request
-    assert uncapped.limit_usd == pytest.approx(0.1)
+    assert uncapped.limit_usd == pytest.approx(0.05)
     assert uncapped.limit_scope == "user:ann/hour"
+
+
+async def test_uncapped_requests_hold_their_worst_case_within_the_headroom() -> None:
+    data = {**copy.deepcopy(FLEET), "budgets": [{"scope": "user", "limit_usd": 1.0}]}
+    loaded = parse_config(data, "t.yaml", env={})
+    m = BudgetManager(loaded.config.budgets, deployments=loaded.deployments)
+    req = prepare(StreamParams("Qualify this lead", max_tokens=100, metadata={"user": "ann"}),
+                  loaded)
+    # The worst case: the dearest candidate ("a": $100 in, $1000 out per Mtok) at 100
+    # output tokens, doubled for the 4-characters-a-token count.
+    worst = 2 * (req.constraints.input_tokens * 100e-6 + 100 * 1000e-6)
+    held = await m.reserve(req, 0.01, None)
+    assert isinstance(held, BudgetReservation)
+    assert held.limit_usd == pytest.approx(worst, abs=1e-9)
+    big = prepare(StreamParams("Qualify this lead", max_tokens=2000, metadata={"user": "ann"}),
+                  loaded)
+    rest = await m.reserve(big, 0.01, None)  # 4 USD worst case: held up to the headroom
+    assert isinstance(rest, BudgetReservation)
+    assert rest.limit_usd == pytest.approx(1.0 - worst, abs=1e-9)
+    assert rest.limit_scope == "user:ann/day"
+    assert isinstance(await m.reserve(req, 0.01, None), Refusal)  # nothing left to hold
+    await rest.settle(0.1, False)
+    assert isinstance(await m.reserve(req, 0.01, None), BudgetReservation)
 
 
 async def test_settlement_is_exact_and_happens_once() -> None:
@@ -266,9 +290,9 @@ async def test_200_concurrent_requests_never_overspend_beyond_reservations() -> 
     day_spent = (await m.state.totals([m.spend_key("user:ann", calendar_bucket("hour", T0)[0])]))
     assert 5 < admitted < 200
     assert await m.state.held([m.held_key("user:ann")]) == [0]
-    # What was spent beyond the limit is what uncapped requests spent beyond their
-    # reservations, never more.
-    assert to_usd(day_spent[0]) <= 0.05 + overspend + 1e-9
+    # A stream spends at most what it holds, so the limit is never passed.
+    assert overspend == 0
+    assert to_usd(day_spent[0]) <= 0.05
 
 
 # --- through the router -------------------------------------------------------------------
@@ -298,7 +322,7 @@ def router(budgets: list[dict[str, Any]] | None = None, clock: Clock | None = No
     loaded = parse_config(data, "test.yaml", env={})
     clock = clock or Clock()
     gate = BudgetManager([BudgetConfig(**b) for b in budgets or []], MemoryState(clock),
-                         clock=clock)
+                         clock=clock, deployments=loaded.deployments)
     return Router(loaded, budgets=gate)
 
 
@@ -467,6 +491,7 @@ class Script:
         self.usage_first, self.repeat = usage_first, repeat
         self.calls = 0
         self.open = 0
+        self.biggest = 0  # the largest chunk streamed, in tokens (shown or not)
         self.settings: Any = None
 
     def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
@@ -486,6 +511,7 @@ class Script:
             for i, chunk in enumerate(chunks):
                 if i == self.cut_at:
                     raise ProviderError("provider_error", "cut")
+                self.biggest = max(self.biggest, (len(chunk) + 3) // 4)
                 yield TextDelta(chunk)
                 await asyncio.sleep(0)
             tokens = sum((len(c) + 3) // 4 for c in chunks)
@@ -525,8 +551,9 @@ async def test_cap_holds_within_one_chunk_across_failover(
         cap: float, sizes: list[int], cut: int, usage_first: bool, repeat: int,
         in2: float) -> None:
     chunks = ["".join(random.Random(n).choices("abcdefgh ", k=n)) for n in sizes]
-    r = two_scripts(Script(chunks, cut_at=min(cut, len(chunks) - 1)),
-                    Script(chunks, usage_first=usage_first, repeat=repeat), in2)
+    first = Script(chunks, cut_at=min(cut, len(chunks) - 1))
+    second = Script(chunks, usage_first=usage_first, repeat=repeat)
+    r = two_scripts(first, second, in2)
     evs = await events_of(r, max_cost_usd=cap)
     await r.aclose()
     last = evs[-1]
@@ -535,8 +562,11 @@ async def test_cap_holds_within_one_chunk_across_failover(
     spent = (await r.spend()).total_usd  # also what a failed request cost
     if isinstance(last, DoneEvent):
         assert spent == pytest.approx(last.cost_usd, abs=1e-8)
+    # One chunk: the largest the caller got (a splice may join several) or the provider sent
+    # (a repeat the splice dropped is billed unseen).
     shown = max(((len(e.delta) + 3) // 4 for e in evs if isinstance(e, TextEvent)), default=0)
-    assert spent <= cap + shown * 100e-6 + 1e-12
+    chunk = max(shown, first.biggest, second.biggest)
+    assert spent <= cap + chunk * 100e-6 + 1e-12
 
 
 async def test_a_resume_the_cap_cannot_pay_for_is_not_started() -> None:
