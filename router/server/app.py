@@ -141,6 +141,9 @@ async def stream_events(request: Request) -> Response | EventStreamResponse:
 def _resume(request: Request, slog: StreamLog) -> Response | EventStreamResponse:
     after = last_event_id(dict(request.headers), dict(request.query_params))
     after = -1 if after is None else after
+    if slog.closed and after >= slog.next_seq - 1:
+        # Nothing left, ever: 204 tells an EventSource to stop reconnecting (WHATWG HTML).
+        return Response(status_code=204, headers={"x-request-id": slog.key})
     if after + 1 < slog.dropped:
         return problem(410, "events_dropped", f"events before id {slog.dropped} are no longer "
                        "kept (server.max_log_events)", "Last-Event-ID")

@@ -186,3 +186,14 @@ async def test_resumed_reader_gets_heartbeats_while_the_provider_thinks(serve) -
                     assert f.id == 2
                     break
     assert beats >= 3
+
+
+async def test_resuming_after_the_terminal_event_is_204(serve) -> None:
+    srv = await serve()
+    async with srv.client() as c:
+        r = await c.post("/v1/stream", json={"input": "x"})
+        rid, last = r.headers["x-request-id"], r.text.count("\nevent: ") - 1
+        end = await c.get(f"/v1/streams/{rid}/events", headers={"last-event-id": str(last)})
+        assert end.status_code == 204  # an EventSource stops reconnecting
+        tail = await c.get(f"/v1/streams/{rid}/events", params={"after": last - 1})
+        assert tail.status_code == 200 and tail.text.count("event: ") == 1
