@@ -147,16 +147,9 @@ class StreamHub:
                     ended = etype in TERMINAL_TYPES
                 yield seq, (etype, data)
         except asyncio.CancelledError:
-            if ended:
+            last = None if ended else self._on_cancel(slog, run, t0)
+            if last is None:
                 raise
-            last = self._end(slog, run, t0, "cancelled", "the stream was cancelled (client "
-                             "disconnected, cancel requested, or server shutting down)")
-            task = asyncio.current_task()
-            if not slog.cancel_requested or task is None:
-                raise
-            # An explicit cancel ends the stream normally: its reader gets the last event.
-            while task.cancelling():
-                task.uncancel()
             yield last
         except Exception:
             log.exception("stream %s failed inside the router", slog.key)
@@ -170,6 +163,19 @@ class StreamHub:
             await gen.aclose()
             slog.close(self.streams.clock())
             metrics.active.dec()
+
+    def _on_cancel(self, slog: StreamLog, run: StreamLog | None, t0: float
+                   ) -> tuple[int, Entry] | None:
+        """End a cancelled stream's log. An explicit cancel then ends the stream normally
+        (the entry to deliver to its reader is returned); otherwise None: re-raise."""
+        last = self._end(slog, run, t0, "cancelled", "the stream was cancelled (client "
+                         "disconnected, cancel requested, or server shutting down)")
+        task = asyncio.current_task()
+        if not slog.cancel_requested or task is None:
+            return None
+        while task.cancelling():
+            task.uncancel()
+        return last
 
     def _end(self, slog: StreamLog, run: StreamLog | None, t0: float, code: ErrorCode,
              message: str) -> tuple[int, Entry]:
