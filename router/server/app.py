@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import importlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -140,7 +141,7 @@ async def stream_events(request: Request) -> Response | EventStreamResponse:
 
 def _resume(request: Request, slog: StreamLog) -> Response | EventStreamResponse:
     after = last_event_id(dict(request.headers), dict(request.query_params))
-    after = -1 if after is None else after
+    after = -1 if after is None else max(after, -1)
     if slog.closed and after >= slog.next_seq - 1:
         # Nothing left, ever: 204 tells an EventSource to stop reconnecting (WHATWG HTML).
         return Response(status_code=204, headers={"x-request-id": slog.key})
@@ -305,6 +306,12 @@ def serve(config: str | None = None, host: str | None = None, port: int | None =
             f"refusing to serve on {host} without API keys: add server.api_keys "
             "(sha256 of each key) to the config, or bind 127.0.0.1")
     app = create_app(router, settings, close_router=True)
+    # The server's own log lines (one per stream: id, key name, task; the prompt only with
+    # server.log_prompts) go where uvicorn's go.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["router"] = {"handlers": ["default"], "level": log_level.upper(),
+                                       "propagate": False}
     uvicorn.run(app, host=host, port=settings.port if port is None else port,
-                log_level=log_level, timeout_graceful_shutdown=int(settings.shutdown_grace_s)
-                or None, ws_ping_interval=max(settings.heartbeat_s, 1.0))
+                log_level=log_level, log_config=log_config,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+                ws_ping_interval=max(settings.heartbeat_s, 1.0))
