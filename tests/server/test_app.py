@@ -252,3 +252,13 @@ async def test_cancel_while_the_client_reads_ends_its_stream_cleanly(serve, flee
     assert seen[-1].event == "error" and seen[-1].data["code"] == "cancelled"
     assert [f.id for f in seen] == list(range(len(seen)))
     assert fleet.sim(srv.router).open_streams == 0
+
+
+def test_serve_refuses_a_public_address_without_api_keys() -> None:
+    import pytest
+
+    from router.config import embedded_path
+    from router.server.app import serve
+
+    with pytest.raises(ValueError, match="without API keys"):
+        serve(str(embedded_path("default.yaml")), host="0.0.0.0", port=0)
