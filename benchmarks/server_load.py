@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -245,6 +246,9 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"\nSimulated deployment: TTFT {args.ttft_ms:g} ms, {args.tokens_per_s:g} tokens/s, "
           f"{args.tokens} tokens per answer; {args.rounds} rounds each; times in ms from "
           "call/connect.\n")
+    fast = [m for m in ("uvloop", "httptools") if importlib.util.find_spec(m) is not None]
+    impl = ", ".join(fast) or "asyncio + h11 (uvicorn[standard] adds uvloop + httptools)"
+    print(f"uvicorn with {impl}; server in its own process.\n")
     print("| run | clients | TTFT p50 | TTFT p99 | total p50 | total p99 | added TTFT p50 "
           "| added TTFT p99 | added total p50 | added total p99 | failed |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
