@@ -162,3 +162,9 @@ async def test_stream_messages_count_against_the_key_rate(serve) -> None:
         while (msg := await recv(ws))["type"] not in ("rejected", "accepted"):
             pass
     assert msg["type"] == "rejected" and msg["status"] == 429 and msg["ref"] == "c"
+
+
+async def test_browser_style_query_key_authenticates(serve) -> None:
+    srv = await serve(keys={"alice": KEY})
+    async with connect(f"{srv.ws_url}?api_key={KEY}") as ws:
+        assert await recv(ws) == {"type": "ready", "key": "alice"}
