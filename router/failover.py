@@ -114,6 +114,8 @@ class Failover:
                 self.ledger.tool_calls.clear()
                 self._answer_from = len(self.ledger.attempts)
             hedge = ranked[i] if i < len(ranked) and not sent else None
+            if hedge is not None and not self._hedge_affordable(dep, hedge):
+                hedge = None  # both would bill their input: the spending limit cannot pay
             async with aclosing(self._first_token(dep, permit, hedge, mode == "continue",
                                                   has_alternative=i < len(ranked))) as events:
                 async for event in events:
@@ -154,6 +156,14 @@ class Failover:
                                                 self.res.continuation_ways(dep)[0])
             tokens += self._extra_tokens(messages)
         return self.ledger.cost_usd() + input_cost(dep.price, tokens) < limit
+
+    def _hedge_affordable(self, dep: Deployment, hedge: Deployment) -> bool:
+        limit = self.ledger.limit_usd
+        if limit is None:
+            return True
+        both = input_cost(dep.price, self.input_estimate) + input_cost(hedge.price,
+                                                                        self.input_estimate)
+        return self.ledger.cost_usd() + both < limit
 
     def _extra_tokens(self, messages: list[Mapping[str, Any]]) -> int:
         """The input a continuation adds to the request (the partial answer, an instruction):

@@ -353,8 +353,8 @@ class Chunks:
         return None
 
 
-async def events_of(r: Router, **options: Any) -> list[Event]:
-    return [ev async for ev in r.stream("Qualify this lead", **options)]
+async def events_of(r: Router, input: str = "Qualify this lead", **options: Any) -> list[Event]:
+    return [ev async for ev in r.stream(input, **options)]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -579,3 +579,31 @@ async def test_a_resume_the_cap_cannot_pay_for_is_not_started() -> None:
     assert isinstance(done, DoneEvent) and done.finish_reason == "budget"
     assert [e.type for e in evs].count("start") == 1 and second.calls == 0
     assert done.cost_usd <= 0.01
+
+
+@pytest.mark.parametrize(("cap", "starts"), [(0.1, 1), (0.15, 1), (0.2, 2), (0.3, 2)])
+async def test_a_hedge_starts_only_when_the_cap_can_pay_both_inputs(cap: float,
+                                                                   starts: int) -> None:
+    price = {"input_per_mtok": 500, "output_per_mtok": 100}
+    data = {
+        "providers": {"slow": {"kind": "simulated",
+                               "options": {"seed": 1, "output_tokens": 200, "ttft_ms": 150}},
+                      "fast": {"kind": "simulated", "options": {"seed": 1, "output_tokens": 200}}},
+        "deployments": [{"id": "a", "provider": "slow", "model": "m", "price": price},
+                        {"id": "b", "provider": "fast", "model": "m", "price": price}],
+        "tasks": {"t": {"candidates": ["a", "b"], "prefer": "quality",
+                        "expected_output_tokens": 10}},
+        "defaults": {"task": "t"},
+        "resilience": {"hedge": {"enabled": True, "after_ms": 5}, "retry": {"attempts": 1}},
+    }
+    loaded = parse_config(data, "h.yaml", env={})
+    r = Router(loaded, budgets=BudgetManager(deployments=loaded.deployments))
+    # ~180 input tokens at $500/Mtok: each attempt bills ~$0.09 before its first token.
+    evs = await events_of(r, input="Qualify this lead with a long prompt " * 20,
+                          max_cost_usd=cap)
+    await r.aclose()
+    done = evs[-1]
+    assert isinstance(done, DoneEvent)
+    assert [e.type for e in evs].count("start") == starts
+    shown = max((len(e.delta) + 3) // 4 for e in evs if isinstance(e, TextEvent))
+    assert done.cost_usd <= cap + shown * 100e-6 + 1e-12
