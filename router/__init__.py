@@ -77,6 +77,7 @@ __all__ = [
     "default_router",
     "encode_event",
     "load_config",
+    "publish",
     "stream",
 ]
 
@@ -91,6 +92,11 @@ def default_router() -> Router:
 def stream(input: str | Sequence[Mapping[str, Any]], **options: Any) -> EventStream:
     """`Router.stream` on the default router."""
     return default_router().stream(input, **options)
+
+
+def publish(run_id: str, event: Mapping[str, Any] | Event) -> int:
+    """`Router.publish` on the default router: an agent's own event into a run channel."""
+    return default_router().publish(run_id, event)
 
 
 async def complete(input: str | Sequence[Mapping[str, Any]], **options: Any) -> Completion:

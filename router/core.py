@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -85,6 +85,9 @@ class EventStream:
         await self.aclose()
 
 
+RunSink = Callable[[str, "Mapping[str, Any] | Event"], object]
+
+
 class Router:
     """Routes requests across the deployments of one config."""
 
@@ -97,6 +100,7 @@ class Router:
         self._owns_budgets = budgets is None
         self.notices: list[BudgetNotice] = []
         self._providers: dict[str, Provider] = {}
+        self._run_sinks: list[RunSink] = []
         from router.resilience import Resilience
 
         self.resilience = Resilience(self.loaded)
@@ -245,6 +249,23 @@ class Router:
         if not isinstance(self.budgets, BudgetManager):
             raise TypeError("spend() needs the router's BudgetManager as its budget gate")
         return await build_report(self.budgets, scope, window)
+
+    # --- run channels ---------------------------------------------------------------------
+
+    def add_run_sink(self, sink: RunSink) -> Callable[[], None]:
+        """Deliver `publish()`ed events to `sink` (the server's run channels register here).
+        Returns a function that removes it."""
+        self._run_sinks.append(sink)
+        return lambda: self._run_sinks.remove(sink)
+
+    def publish(self, run_id: str, event: Mapping[str, Any] | Event) -> int:
+        """Publish an agent's own event (any JSON object with a `type`: step started, tool
+        end, progress, …) or a router event into run `run_id`, so a UI following the run
+        sees the whole workflow. Returns how many run channels took it (0 when no server
+        runs with this router)."""
+        for sink in self._run_sinks:
+            sink(run_id, event)
+        return len(self._run_sinks)
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -234,9 +234,12 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sweeper = asyncio.create_task(_sweep(streams, runs.log, settings.retention_s))
+        # `router.publish(run_id, event)` from agent code in this process reaches the runs.
+        remove_sink = router.add_run_sink(runs.publish)
         try:
             yield
         finally:
+            remove_sink()
             sweeper.cancel()
             await hub.shutdown(settings.shutdown_grace_s)
             if close_router:

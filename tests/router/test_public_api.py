@@ -49,6 +49,7 @@ PUBLIC = [
     "default_router",
     "encode_event",
     "load_config",
+    "publish",
     "stream",
 ]
 HEAVY = ("httpx", "pybreaker", "tenacity", "anthropic", "openai", "starlette", "redis",

@@ -114,3 +114,26 @@ def test_idle_runs_expire() -> None:
     assert runs.log.sweep() == 0  # touched at 59
     now[0] = 120.0
     assert runs.log.sweep() == 1 and runs.log.get("r") is None
+
+
+async def test_agent_code_publishes_into_a_run_through_router_publish(serve) -> None:
+    # The agent runs in the server's process and holds the same Router: its own events
+    # reach the run channel a UI follows, interleaved with the request's events.
+    srv = await serve()
+    async with srv.client() as c:
+        follower = asyncio.create_task(_follow_run(c, "agent-run"))
+        assert srv.router.publish("agent-run", {"type": "step_started", "step": "plan"}) == 1
+        await c.post("/v1/stream", json={"input": "plan", "metadata": {"run_id": "agent-run"}})
+        srv.router.publish("agent-run", {"type": "tool_end", "tool": "search", "ok": True})
+        srv.router.publish("agent-run", {"type": RUN_END})
+        got = await asyncio.wait_for(follower, 5)
+    types = [f.event for f in got]
+    assert types[0] == "step_started" and types[1] == "route"
+    assert types[-3:] == ["done", "tool_end", RUN_END]
+    assert got[-2].data == {"type": "tool_end", "tool": "search", "ok": True,
+                            "run_id": "agent-run", "ts": got[-2].data["ts"]}
+
+
+async def test_router_publish_without_a_server_reaches_no_channel(fleet) -> None:
+    async with fleet.router() as r:
+        assert r.publish("nobody", {"type": "step_started"}) == 0
