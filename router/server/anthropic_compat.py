@@ -39,6 +39,7 @@ from router.server.compat import (
     ObservedStream,
     Render,
     RequestProblem,
+    drain,
     read_json,
     routed_response,
     router_of,
@@ -296,14 +297,6 @@ def _message(events: list[Event], done: DoneEvent) -> dict[str, Any]:
             "usage": usage(done), "x_router": x_router(done)}
 
 
-async def _drain(head: list[Event], rest: ObservedStream) -> list[Event]:
-    events = list(head)
-    if events and events[-1].type not in ("done", "error"):
-        async for ev in rest:
-            events.append(ev)
-    return events
-
-
 # --- endpoint -----------------------------------------------------------------------------
 
 
@@ -326,7 +319,7 @@ def _renderer(body: Mapping[str, Any]) -> Render:
             return _error_response(*_event_error(last), request_id, last.retryable)
         headers = {"request-id": request_id}
         if not body.get("stream"):
-            events = await _drain(head, rest)
+            events = await drain(head, rest)
             end = events[-1] if events else None
             if isinstance(end, ErrorEvent):
                 return _error_response(*_event_error(end), request_id, end.retryable)

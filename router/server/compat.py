@@ -249,3 +249,13 @@ def _run_channel(request: Request, kwargs: Mapping[str, Any],
     except RunError as exc:
         raise RequestProblem(exc.message, "metadata.run_id", exc.code, exc.status) from None
     return str(run_id), owner
+
+
+async def drain(head: list[Event], rest: ObservedStream) -> list[Event]:
+    """Every event of a routed stream: the head already read, then the rest to the end
+    (for the non-streaming responses)."""
+    events = list(head)
+    if events and events[-1].type not in ("done", "error"):
+        async for ev in rest:
+            events.append(ev)
+    return events

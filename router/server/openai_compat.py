@@ -40,6 +40,7 @@ from router.server.compat import (
     ObservedStream,
     Render,
     RequestProblem,
+    drain,
     read_json,
     resolve_model,
     routed_response,
@@ -327,14 +328,6 @@ def _completion(events: list[Event], done: DoneEvent, created: int) -> dict[str,
     }
 
 
-async def _drain(head: list[Event], rest: ObservedStream) -> list[Event]:
-    events = list(head)
-    if events and events[-1].type not in ("done", "error"):
-        async for ev in rest:
-            events.append(ev)
-    return events
-
-
 # --- endpoints ----------------------------------------------------------------------------
 
 
@@ -358,7 +351,7 @@ def _renderer(body: Mapping[str, Any]) -> Render:
             return _error_of(last)
         headers = {"x-request-id": rest.request_id}
         if not body.get("stream"):
-            events = await _drain(head, rest)
+            events = await drain(head, rest)
             end = events[-1] if events else None
             if isinstance(end, ErrorEvent):
                 return _error_of(end)
