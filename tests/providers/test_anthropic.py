@@ -4,13 +4,9 @@ errors; cancellation; keep-alive draining; secrets."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,21 +17,28 @@ from pydantic import SecretStr
 
 from providers.anthropic import AnthropicProvider, _build_request
 from providers.base import (
-    Delta,
     FinishDelta,
     ProviderError,
     ProviderRequest,
     ProviderSettings,
-    ReasoningDelta,
     TextDelta,
     Tool,
     ToolCallDelta,
     UsageDelta,
 )
+from tests.providers.replay import (
+    TRANSCRIPTS,
+    Chunks,
+    LenientResult,
+    Result,
+    cases,
+    chunkings,
+    load_expected,
+    replay_http,
+)
 
-TRANSCRIPTS = Path(__file__).parent.parent / "transcripts"
-EXPECTED: dict[str, Any] = json.loads((TRANSCRIPTS / "expected.json").read_text())
-CASES = sorted(k for k, v in EXPECTED.items() if v["wire_format"] == "anthropic")
+EXPECTED = load_expected()
+CASES = cases(EXPECTED, "anthropic")
 URL = "https://api.anthropic.com/v1/messages"
 KEY = "sk-ant-api03-TESTKEY-0123456789abcdef"
 SETTINGS = ProviderSettings(name="anthropic", kind="anthropic", api_key=SecretStr(KEY),
@@ -44,80 +47,14 @@ REQUEST = ProviderRequest(model="claude-sonnet-4-5", messages=[{"role": "user", 
                           max_tokens=256)
 
 
-class Chunks(httpx.AsyncByteStream):
-    """A response body delivered in the given pieces; records how far it was read."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
-        self.read_to_end = False
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for piece in self.pieces:
-            yield piece
-        self.read_to_end = True
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-@dataclass
-class Result:
-    deltas: list[Delta] = field(default_factory=list)
-    error: ProviderError | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(d.text for d in self.deltas if isinstance(d, TextDelta))
-
-    @property
-    def reasoning(self) -> str:
-        return "".join(d.text for d in self.deltas if isinstance(d, ReasoningDelta))
-
-    @property
-    def tool_calls(self) -> list[dict[str, Any]]:
-        calls: dict[int, dict[str, Any]] = {}
-        for d in self.deltas:
-            if isinstance(d, ToolCallDelta):
-                call = calls.setdefault(d.index, {"id": d.id, "name": d.name, "arguments": ""})
-                call["arguments"] += d.arguments
-        return [{**c, "arguments": json.loads(c["arguments"] or "{}")} for c in calls.values()]
-
-    @property
-    def usage(self) -> UsageDelta | None:
-        return next((d for d in reversed(self.deltas) if isinstance(d, UsageDelta)), None)
-
-    @property
-    def finish(self) -> str | None:
-        return next((d.reason for d in self.deltas if isinstance(d, FinishDelta)), None)
-
-
-def chunkings(data: bytes, seed: int) -> dict[str, list[bytes]]:
-    rng = random.Random(seed)
-    cuts = sorted(rng.sample(range(1, len(data)), min(40, len(data) - 1)))
-    bounds = [0, *cuts, len(data)]
-    return {
-        "whole": [data],
-        "random": [data[a:b] for a, b in itertools.pairwise(bounds)],
-        "bytes": [data[i : i + 1] for i in range(len(data))],
-    }
-
-
 async def replay(
     pieces: list[bytes], request: ProviderRequest = REQUEST, status: int = 200,
     headers: dict[str, str] | None = None, settings: ProviderSettings = SETTINGS,
 ) -> tuple[Result, Chunks, respx.Route]:
-    body = Chunks(pieces)
-    result = Result()
-    async with respx.mock(assert_all_called=False) as mock, httpx.AsyncClient() as client:
-        route = mock.post(URL).respond(status, stream=body, headers=headers or {})
-        provider = AnthropicProvider(settings, client=client)
-        try:
-            async for delta in provider.stream(request):
-                result.deltas.append(delta)
-        except ProviderError as exc:
-            result.error = exc
-    return result, body, route
+    # Lenient: these tests have always read a call without argument text as `{}`.
+    return await replay_http(AnthropicProvider, pieces, settings=settings, request=request,
+                             url=URL, status=status, headers=headers,
+                             result_type=LenientResult)
 
 
 def normalized_usage(raw: dict[str, Any]) -> tuple[int, int, int, int]:

@@ -5,13 +5,7 @@ cancellation; secrets."""
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
-import random
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,22 +15,26 @@ import respx
 from pydantic import SecretStr
 
 from providers.base import (
-    Delta,
     FinishDelta,
-    ProviderError,
     ProviderRequest,
     ProviderSettings,
     ReasoningDelta,
     TextDelta,
     Tool,
-    ToolCallDelta,
     UsageDelta,
     create_provider,
 )
 from providers.gemini import GeminiProvider, _build_request
+from tests.providers.replay import (
+    TRANSCRIPTS,
+    Chunks,
+    Result,
+    chunkings,
+    load_expected,
+    replay_http,
+)
 
-TRANSCRIPTS = Path(__file__).parent.parent / "transcripts"
-EXPECTED: dict[str, Any] = json.loads((TRANSCRIPTS / "expected.gemini.json").read_text())
+EXPECTED = load_expected("expected.gemini.json")
 RAW_ERROR_CASE = "gemini/ISSUE-PASTE-vercel-ai-5217-raw-json-error-after-stream.txt"
 CASES = sorted(k for k in EXPECTED if k != RAW_ERROR_CASE)
 MODEL = "gemini-2.5-flash"
@@ -47,73 +45,11 @@ SETTINGS = ProviderSettings(name="gemini", kind="gemini", api_key=SecretStr(KEY)
 REQUEST = ProviderRequest(model=MODEL, messages=[{"role": "user", "content": "hi"}])
 
 
-class Chunks(httpx.AsyncByteStream):
-    """A response body delivered in the given pieces; records how far it was read."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for piece in self.pieces:
-            yield piece
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-@dataclass
-class Result:
-    deltas: list[Delta] = field(default_factory=list)
-    error: ProviderError | None = None
-
-    def joined(self, kind: type[TextDelta] | type[ReasoningDelta]) -> str:
-        return "".join(d.text for d in self.deltas if isinstance(d, kind))
-
-    @property
-    def tool_calls(self) -> list[dict[str, Any]]:
-        calls: dict[int, dict[str, Any]] = {}
-        for d in self.deltas:
-            if isinstance(d, ToolCallDelta):
-                call = calls.setdefault(d.index, {"id": d.id, "name": d.name, "arguments": ""})
-                call["arguments"] += d.arguments
-        return [{**c, "arguments": json.loads(c["arguments"])} for c in calls.values()]
-
-    @property
-    def usages(self) -> list[UsageDelta]:
-        return [d for d in self.deltas if isinstance(d, UsageDelta)]
-
-    @property
-    def finishes(self) -> list[str]:
-        return [d.reason for d in self.deltas if isinstance(d, FinishDelta)]
-
-
-def chunkings(data: bytes, seed: int) -> dict[str, list[bytes]]:
-    rng = random.Random(seed)
-    cuts = sorted(rng.sample(range(1, len(data)), min(40, len(data) - 1)))
-    bounds = [0, *cuts, len(data)]
-    return {
-        "whole": [data],
-        "random": [data[a:b] for a, b in itertools.pairwise(bounds)],
-        "bytes": [data[i:i + 1] for i in range(len(data))],
-    }
-
-
 async def replay(pieces: list[bytes], *, request: ProviderRequest = REQUEST, status: int = 200,
                  settings: ProviderSettings = SETTINGS,
                  headers: dict[str, str] | None = None) -> tuple[Result, Chunks, respx.Route]:
-    body = Chunks(pieces)
-    result = Result()
-    async with respx.mock(assert_all_called=False) as mock, httpx.AsyncClient() as client:
-        route = mock.post(url__startswith=URL).respond(status, stream=body,
-                                                       headers=headers or {})
-        provider = GeminiProvider(settings, client=client)
-        try:
-            async for delta in provider.stream(request):
-                result.deltas.append(delta)
-        except ProviderError as exc:
-            result.error = exc
-    return result, body, route
+    return await replay_http(GeminiProvider, pieces, settings=settings, request=request,
+                             url=URL, url_is_prefix=True, status=status, headers=headers)
 
 
 def sse(*events: object) -> bytes:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import orjson
 import pytest
@@ -28,6 +27,7 @@ from providers.base import (
     make_client,
 )
 from router.testing import LoopbackProvider, Reply, ToolCall
+from tests.providers.replay import Result
 
 PROTOCOLS = ["openai", "anthropic", "ollama", "gemini"]
 KEY = "sk-loopback-SECRET-0123456789"
@@ -45,16 +45,6 @@ def settings_for(protocol: str, base_url: str) -> ProviderSettings:
         connect_timeout_s=2.0, read_timeout_s=READ_TIMEOUT_S)
 
 
-@dataclass
-class Run:
-    deltas: list[Delta] = field(default_factory=list)
-    error: ProviderError | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(d.text for d in self.deltas if isinstance(d, TextDelta))
-
-
 @pytest.fixture
 async def srv() -> AsyncIterator[LoopbackProvider]:
     async with LoopbackProvider() as server:
@@ -62,14 +52,14 @@ async def srv() -> AsyncIterator[LoopbackProvider]:
 
 
 async def run(srv: LoopbackProvider, protocol: str, request: ProviderRequest = REQUEST,
-              stop_after: int | None = None) -> Run:
+              stop_after: int | None = None) -> Result:
     """Drain one stream, then prove nothing is left open: the server stops streaming as
     soon as the adapter is done (before the pooled client closes), and once the client
     closes no socket remains."""
     settings = settings_for(protocol, srv.base_url)
     client = make_client(settings)
     provider: Provider = create_provider(settings, client=client)
-    result = Run()
+    result = Result()
     try:
         stream = provider.stream(request)
         try:

@@ -4,13 +4,7 @@ errors (HTTP and in-stream); a stream without `done`; cancellation; secrets."""
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
-import random
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,22 +14,26 @@ import respx
 from pydantic import SecretStr
 
 from providers.base import (
-    Delta,
     FinishDelta,
-    ProviderError,
     ProviderRequest,
     ProviderSettings,
     ReasoningDelta,
     TextDelta,
     Tool,
-    ToolCallDelta,
     UsageDelta,
     create_provider,
 )
 from providers.ollama import OllamaProvider, _build_request
+from tests.providers.replay import (
+    TRANSCRIPTS,
+    Chunks,
+    Result,
+    chunkings,
+    load_expected,
+    replay_http,
+)
 
-TRANSCRIPTS = Path(__file__).parent.parent / "transcripts"
-EXPECTED: dict[str, Any] = json.loads((TRANSCRIPTS / "expected.ollama.json").read_text())
+EXPECTED = load_expected("expected.ollama.json")
 # `/api/chat` recordings; the `/api/generate` ones (top-level `response`) are another
 # endpoint, which the adapter does not speak.
 CHAT_CASES = ["ollama/chabicht-chat-thinking-two-tool-calls.ndjson",
@@ -45,74 +43,11 @@ SETTINGS = ProviderSettings(name="ollama", kind="ollama")
 REQUEST = ProviderRequest(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
 
 
-class Chunks(httpx.AsyncByteStream):
-    """A response body delivered in the given pieces; records how far it was read."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
-        self.read_to_end = False
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for piece in self.pieces:
-            yield piece
-        self.read_to_end = True
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-@dataclass
-class Result:
-    deltas: list[Delta] = field(default_factory=list)
-    error: ProviderError | None = None
-
-    def joined(self, kind: type[TextDelta] | type[ReasoningDelta]) -> str:
-        return "".join(d.text for d in self.deltas if isinstance(d, kind))
-
-    @property
-    def tool_calls(self) -> list[dict[str, Any]]:
-        calls: dict[int, dict[str, Any]] = {}
-        for d in self.deltas:
-            if isinstance(d, ToolCallDelta):
-                call = calls.setdefault(d.index, {"id": d.id, "name": d.name, "arguments": ""})
-                call["arguments"] += d.arguments
-        return [{**c, "arguments": json.loads(c["arguments"])} for c in calls.values()]
-
-    @property
-    def usage(self) -> UsageDelta | None:
-        return next((d for d in reversed(self.deltas) if isinstance(d, UsageDelta)), None)
-
-    @property
-    def finishes(self) -> list[str]:
-        return [d.reason for d in self.deltas if isinstance(d, FinishDelta)]
-
-
-def chunkings(data: bytes, seed: int) -> dict[str, list[bytes]]:
-    rng = random.Random(seed)
-    cuts = sorted(rng.sample(range(1, len(data)), min(40, len(data) - 1)))
-    bounds = [0, *cuts, len(data)]
-    return {
-        "whole": [data],
-        "random": [data[a:b] for a, b in itertools.pairwise(bounds)],
-        "bytes": [data[i:i + 1] for i in range(len(data))],
-    }
-
-
 async def replay(pieces: list[bytes], *, request: ProviderRequest = REQUEST, status: int = 200,
                  settings: ProviderSettings = SETTINGS,
                  headers: dict[str, str] | None = None) -> tuple[Result, Chunks, respx.Route]:
-    body = Chunks(pieces)
-    result = Result()
-    async with respx.mock(assert_all_called=False) as mock, httpx.AsyncClient() as client:
-        route = mock.post(URL).respond(status, stream=body, headers=headers or {})
-        provider = OllamaProvider(settings, client=client)
-        try:
-            async for delta in provider.stream(request):
-                result.deltas.append(delta)
-        except ProviderError as exc:
-            result.error = exc
-    return result, body, route
+    return await replay_http(OllamaProvider, pieces, settings=settings, request=request,
+                             url=URL, status=status, headers=headers)
 
 
 def lines(*objs: object) -> bytes:

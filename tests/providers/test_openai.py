@@ -5,13 +5,8 @@ terminal marker; lifecycle; secrets."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import random
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,23 +16,28 @@ import respx
 from pydantic import SecretStr
 
 from providers.base import (
-    Delta,
     FinishDelta,
-    ProviderError,
     ProviderRequest,
     ProviderSettings,
-    ReasoningDelta,
     TextDelta,
     Tool,
     ToolCallDelta,
     UsageDelta,
 )
 from providers.openai import OpenAIProvider, _build_request
+from tests.providers.replay import (
+    TRANSCRIPTS,
+    Chunks,
+    Result,
+    cases,
+    load_expected,
+    replay_http,
+)
+from tests.providers.replay import chunkings as shared_chunkings
 
-TRANSCRIPTS = Path(__file__).parent.parent / "transcripts"
-EXPECTED: dict[str, Any] = json.loads((TRANSCRIPTS / "expected.json").read_text())
-CASES = sorted(k for k, v in EXPECTED.items() if v["wire_format"] == "openai")
-RESPONSES_API = sorted(k for k, v in EXPECTED.items() if v["wire_format"] == "responses")
+EXPECTED = load_expected()
+CASES = cases(EXPECTED, "openai")
+RESPONSES_API = cases(EXPECTED, "responses")
 URL = "https://api.openai.com/v1/chat/completions"
 KEY = "sk-proj-TESTKEY-0123456789abcdefghij"
 SETTINGS = ProviderSettings(name="openai", kind="openai", api_key=SecretStr(KEY),
@@ -46,65 +46,11 @@ REQUEST = ProviderRequest(model="gpt-4o", messages=[{"role": "user", "content": 
                           max_tokens=256)
 
 
-class Chunks(httpx.AsyncByteStream):
-    """A response body delivered in the given pieces; records how far it was read."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
-        self.read_to_end = False
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for piece in self.pieces:
-            yield piece
-        self.read_to_end = True
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-@dataclass
-class Result:
-    deltas: list[Delta] = field(default_factory=list)
-    error: ProviderError | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(d.text for d in self.deltas if isinstance(d, TextDelta))
-
-    @property
-    def reasoning(self) -> str:
-        return "".join(d.text for d in self.deltas if isinstance(d, ReasoningDelta))
-
-    @property
-    def tool_calls(self) -> list[dict[str, Any]]:
-        calls: dict[int, dict[str, Any]] = {}
-        for d in self.deltas:
-            if isinstance(d, ToolCallDelta):
-                call = calls.setdefault(d.index, {"id": d.id, "name": d.name, "arguments": ""})
-                call["arguments"] += d.arguments
-        return [{**c, "arguments": json.loads(c["arguments"])} for c in calls.values()]
-
-    @property
-    def usage(self) -> UsageDelta | None:
-        return next((d for d in reversed(self.deltas) if isinstance(d, UsageDelta)), None)
-
-    @property
-    def finish(self) -> str | None:
-        return next((d.reason for d in self.deltas if isinstance(d, FinishDelta)), None)
-
-
 def chunkings(data: bytes, seed: int) -> dict[str, list[bytes]]:
-    rng = random.Random(seed)
-    cuts = sorted(rng.sample(range(1, len(data)), min(60, len(data) - 1)))
-    out = {"whole": [data],
-           "random": [data[a:b] for a, b in itertools.pairwise([0, *cuts, len(data)])]}
     # Byte by byte through the whole HTTP stack: every file up to 20 KB; the few big
     # ones (up to 278 KB) in 3-byte steps to keep the suite fast (test_sse covers them
     # byte by byte at the decoder).
-    step = 1 if len(data) <= 20_000 else 3
-    out["bytes"] = [data[i : i + step] for i in range(0, len(data), step)]
-    return out
+    return shared_chunkings(data, seed, cuts=60, step=1 if len(data) <= 20_000 else 3)
 
 
 async def replay(
@@ -112,16 +58,8 @@ async def replay(
     headers: dict[str, str] | None = None, settings: ProviderSettings = SETTINGS,
     url: str = URL,
 ) -> tuple[Result, Chunks, respx.Route]:
-    body = Chunks(pieces)
-    result = Result()
-    async with respx.mock(assert_all_called=False) as mock, httpx.AsyncClient() as client:
-        route = mock.post(url).respond(status, stream=body, headers=headers or {})
-        try:
-            async for delta in OpenAIProvider(settings, client=client).stream(request):
-                result.deltas.append(delta)
-        except ProviderError as exc:
-            result.error = exc
-    return result, body, route
+    return await replay_http(OpenAIProvider, pieces, settings=settings, request=request,
+                             url=url, status=status, headers=headers)
 
 
 def normalized_usage(name: str, raw: dict[str, Any]) -> tuple[int, int, int, int]:

@@ -12,7 +12,6 @@ Known, deliberate differences are asserted explicitly rather than skipped:
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -25,21 +24,20 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from pydantic import SecretStr
 
 from providers.anthropic import AnthropicProvider
-from providers.base import (
-    Delta,
-    ProviderError,
-    ProviderRequest,
-    ProviderSettings,
-    TextDelta,
-    ToolCallDelta,
-    UsageDelta,
-)
+from providers.base import Delta, ProviderError, ProviderRequest, ProviderSettings
 from providers.openai import OpenAIProvider
+from tests.providers.replay import (
+    TRANSCRIPTS,
+    LenientResult,
+    Result,
+    cases,
+    collect,
+    load_expected,
+)
 
-TRANSCRIPTS = Path(__file__).parent.parent / "transcripts"
-EXPECTED: dict[str, Any] = json.loads((TRANSCRIPTS / "expected.json").read_text())
-ANTHROPIC = sorted(k for k, v in EXPECTED.items() if v["wire_format"] == "anthropic")
-OPENAI = sorted(k for k, v in EXPECTED.items() if v["wire_format"] == "openai")
+EXPECTED = load_expected()
+ANTHROPIC = cases(EXPECTED, "anthropic")
+OPENAI = cases(EXPECTED, "openai")
 KEY = "test-key-0123456789"
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
 
@@ -53,28 +51,19 @@ def _transport(data: bytes) -> httpx2.MockTransport:
 async def ours(kind: str, url: str, data: bytes) -> tuple[list[Delta], ProviderError | None]:
     settings = ProviderSettings(name=kind, kind=kind, api_key=SecretStr(KEY))
     cls = AnthropicProvider if kind == "anthropic" else OpenAIProvider
-    deltas: list[Delta] = []
-    error = None
     async with respx.mock() as mock, httpx.AsyncClient() as client:
         mock.post(url).respond(200, content=data)
-        try:
-            async for delta in cls(settings, client=client).stream(
-                ProviderRequest(model="m", messages=MESSAGES, max_tokens=64)
-            ):
-                deltas.append(delta)
-        except ProviderError as exc:
-            error = exc
-    return deltas, error
+        result = await collect(cls(settings, client=client),
+                               ProviderRequest(model="m", messages=MESSAGES, max_tokens=64),
+                               Result())
+    return result.deltas, result.error
 
 
 def summary(deltas: list[Delta]) -> tuple[str, list[tuple[Any, ...]], tuple[int, ...] | None]:
-    text = "".join(d.text for d in deltas if isinstance(d, TextDelta))
-    calls: dict[int, list[Any]] = {}
-    for d in deltas:
-        if isinstance(d, ToolCallDelta):
-            calls.setdefault(d.index, [d.id, d.name, ""])[2] += d.arguments
-    tools = [(i, n, json.loads(a or "{}")) for i, n, a in calls.values()]
-    usage = next((d for d in reversed(deltas) if isinstance(d, UsageDelta)), None)
+    result = LenientResult(deltas)  # the SDKs read a call without input as {}
+    text = result.text
+    tools = [(c["id"], c["name"], c["arguments"]) for c in result.tool_calls]
+    usage = result.usage
     numbers = None if usage is None else (usage.input_tokens, usage.output_tokens,
                                           usage.cached_input_tokens, usage.reasoning_tokens)
     return text, tools, numbers

@@ -25,6 +25,7 @@ from providers.base import (
     create_provider,
 )
 from providers.simulated import SimulatedProvider
+from tests.providers.replay import joined as text
 
 
 def provider(seed: int = 0, **options: Any) -> SimulatedProvider:
@@ -42,10 +43,6 @@ def request(prompt: str = "Explain circuit breakers", *, messages: Sequence[Mapp
 
 async def drain(p: SimulatedProvider, req: ProviderRequest | None = None) -> list[Delta]:
     return [d async for d in p.stream(req or request())]
-
-
-def text(deltas: list[Delta]) -> str:
-    return "".join(d.text for d in deltas if isinstance(d, TextDelta))
 
 
 async def test_same_seed_and_prompt_give_the_same_answer() -> None:
