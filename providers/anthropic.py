@@ -44,9 +44,9 @@ from providers.base import (
     TextDelta,
     ToolCallDelta,
     UsageDelta,
-    make_client,
 )
 from providers.http import (
+    HTTPProvider,
     drain,
     error_in_text,
     map_error_payload,
@@ -315,17 +315,13 @@ def _finish(state: _State) -> FinishDelta:
 # --- the provider -------------------------------------------------------------------------
 
 
-class AnthropicProvider:
+class AnthropicProvider(HTTPProvider):
     """Streams the Messages API over one pooled `httpx.AsyncClient`."""
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None):
-        self.settings = settings
-        self._owns_client = client is None
-        self._client = client if client is not None else make_client(settings)
+        super().__init__(settings, client)
         base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
         self._url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
-        key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
-        self._secrets = (key,) if key else ()
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(name={self.settings.name!r}, url={self._url!r})"
@@ -387,6 +383,3 @@ class AnthropicProvider:
         finally:
             await response.aclose()
 
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()

@@ -52,9 +52,14 @@ from providers.base import (
     TextDelta,
     ToolCallDelta,
     UsageDelta,
-    make_client,
 )
-from providers.http import drain, map_error_payload, map_transport_error, open_stream
+from providers.http import (
+    HTTPProvider,
+    drain,
+    map_error_payload,
+    map_transport_error,
+    open_stream,
+)
 from providers.sse import SSEDecoder, SSEEvent
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -291,17 +296,13 @@ def _trailing_error(stray: Sequence[bytes], secrets: Sequence[str]) -> ProviderE
 # --- the provider -------------------------------------------------------------------------
 
 
-class GeminiProvider:
+class GeminiProvider(HTTPProvider):
     """Streams `streamGenerateContent?alt=sse` over one pooled `httpx.AsyncClient`."""
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None):
-        self.settings = settings
-        self._owns_client = client is None
-        self._client = client if client is not None else make_client(settings)
+        super().__init__(settings, client)
         base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
         self._base = base if base.endswith(("/v1beta", "/v1")) else base + "/v1beta"
-        key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
-        self._secrets = (key,) if key else ()
 
     def __repr__(self) -> str:
         return f"GeminiProvider(name={self.settings.name!r}, base={self._base!r})"
@@ -373,6 +374,3 @@ class GeminiProvider:
             _parse_event(event, state, out)
         return None
 
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()

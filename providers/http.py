@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import orjson
 
-from providers.base import ErrorCodeName, ProviderError
+from providers.base import ErrorCodeName, ProviderError, ProviderSettings, make_client
 
 __all__ = [
     "aiter_body",
@@ -363,3 +363,20 @@ async def drain(
     except (TimeoutError, ProviderError, httpx.HTTPError):
         return False
     return True
+
+
+class HTTPProvider:
+    """What every HTTP adapter shares: its settings, one pooled keep-alive client (made
+    here and closed by `aclose()` unless one was injected, e.g. a respx-mocked one in
+    tests) and the secrets that error messages must never contain."""
+
+    def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None):
+        self.settings = settings
+        self._owns_client = client is None
+        self._client = client if client is not None else make_client(settings)
+        key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+        self._secrets: tuple[str, ...] = (key,) if key else ()
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()

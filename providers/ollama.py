@@ -46,9 +46,14 @@ from providers.base import (
     TextDelta,
     ToolCallDelta,
     UsageDelta,
-    make_client,
 )
-from providers.http import drain, map_error_payload, map_transport_error, open_stream
+from providers.http import (
+    HTTPProvider,
+    drain,
+    map_error_payload,
+    map_transport_error,
+    open_stream,
+)
 
 DEFAULT_BASE_URL = "http://localhost:11434"
 FINISH_REASONS: dict[str, ProviderFinish] = {
@@ -260,21 +265,17 @@ class _Lines:
 # --- the provider -------------------------------------------------------------------------
 
 
-class OllamaProvider:
+class OllamaProvider(HTTPProvider):
     """Streams Ollama's `/api/chat` over one pooled `httpx.AsyncClient`."""
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None):
-        self.settings = settings
-        self._owns_client = client is None
-        self._client = client if client is not None else make_client(settings)
+        super().__init__(settings, client)
         base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
         self._url = base + ("/chat" if base.endswith("/api") else "/api/chat")
-        key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
-        self._secrets = (key,) if key else ()
         self._headers = {**settings.headers, "content-type": "application/json",
                          "accept": "application/x-ndjson"}
-        if key:
-            self._headers["authorization"] = f"Bearer {key}"
+        if self._secrets:
+            self._headers["authorization"] = f"Bearer {self._secrets[0]}"
 
     def __repr__(self) -> str:
         return f"OllamaProvider(name={self.settings.name!r}, url={self._url!r})"
@@ -338,6 +339,3 @@ class OllamaProvider:
                 break
         return None
 
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()

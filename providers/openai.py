@@ -66,9 +66,9 @@ from providers.base import (
     TextDelta,
     ToolCallDelta,
     UsageDelta,
-    make_client,
 )
 from providers.http import (
+    HTTPProvider,
     drain,
     error_in_text,
     map_error_payload,
@@ -257,17 +257,13 @@ def _finish(state: _State) -> list[Delta]:
 # --- the provider -------------------------------------------------------------------------
 
 
-class OpenAIProvider:
+class OpenAIProvider(HTTPProvider):
     """Streams Chat Completions over one pooled `httpx.AsyncClient`."""
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None):
-        self.settings = settings
-        self._owns_client = client is None
-        self._client = client if client is not None else make_client(settings)
+        super().__init__(settings, client)
         self._url = (settings.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
         self._host = httpx.URL(self._url).host or settings.name
-        key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
-        self._secrets = (key,) if key else ()
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(name={self.settings.name!r}, url={self._url!r})"
@@ -334,6 +330,3 @@ class OpenAIProvider:
         finally:
             await response.aclose()
 
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
