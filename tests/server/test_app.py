@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import orjson
 
 from router.server.app import create_app
@@ -100,7 +99,8 @@ async def test_detached_stream_runs_to_the_end_after_disconnect(serve, fleet) ->
 
 async def test_status_while_running_shows_text_so_far(serve) -> None:
     srv = await serve(options={"mid": {"ttft_ms": 1, "tokens_per_s": 40}})
-    async with srv.client() as c, c.stream("POST", "/v1/stream", json={"input": "hi", "model": "mid"}) as resp:
+    body = {"input": "hi", "model": "mid"}
+    async with srv.client() as c, c.stream("POST", "/v1/stream", json=body) as resp:
         texts = []
         async for f in frames(resp):
             if f.event == "text":
@@ -179,7 +179,8 @@ async def test_healthz_and_deployments(serve) -> None:
 
 async def test_graceful_shutdown_lets_open_streams_finish(serve) -> None:
     srv = await serve(options={"mid": SLOW})
-    async with srv.client() as c, c.stream("POST", "/v1/stream", json={"input": "hi", "model": "mid"}) as resp:
+    body = {"input": "hi", "model": "mid"}
+    async with srv.client() as c, c.stream("POST", "/v1/stream", json=body) as resp:
         async for f in frames(resp):
             if f.event == "text":
                 break
@@ -192,13 +193,11 @@ async def test_shutdown_cancels_detached_streams_past_the_grace(fleet) -> None:
     router = fleet.router(options={"mid": {"ttft_ms": 1, "tokens_per_s": 10}},
                           server={"shutdown_grace_s": 0.05})
     app = create_app(router)
-    transport = httpx.ASGITransport(app=app)
+    params = {"model": "mid", "metadata": {"key": "x"}}
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            started = await app.state.hub.start("hi", {"model": "mid", "metadata": {"key": "x"}}, owner=None,
-                                                detach=True)
-            await asyncio.sleep(0)
-            assert started.log.task is not None and not started.log.closed
+        started = await app.state.hub.start("hi", params, owner=None, detach=True)
+        await asyncio.sleep(0)
+        assert started.log.task is not None and not started.log.closed
     # After the lifespan's shutdown the stream ended, marked cancelled, upstream closed.
     assert started.log.closed
     last_type, last = started.log.entries[-1]
@@ -239,16 +238,17 @@ async def test_disconnect_closes_the_connection_to_a_real_provider(serve) -> Non
 
 async def test_cancel_while_the_client_reads_ends_its_stream_cleanly(serve, fleet) -> None:
     srv = await serve(options={"mid": {"ttft_ms": 1, "tokens_per_s": 20}})
-    async with srv.client() as c, srv.client() as other:
-        async with c.stream("POST", "/v1/stream", json={"input": "hi", "model": "mid"}) as resp:
-            seen = []
-            async for f in frames(resp):
-                seen.append(f)
-                if f.event == "text":
-                    r = await other.post(f"/v1/streams/{resp.headers['x-request-id']}/cancel")
-                    assert r.json()["cancelled"] is True
-                    break
-            seen += await read_until_terminal(resp)
+    body = {"input": "hi", "model": "mid"}
+    async with (srv.client() as c, srv.client() as other,
+                c.stream("POST", "/v1/stream", json=body) as resp):
+        seen = []
+        async for f in frames(resp):
+            seen.append(f)
+            if f.event == "text":
+                r = await other.post(f"/v1/streams/{resp.headers['x-request-id']}/cancel")
+                assert r.json()["cancelled"] is True
+                break
+        seen += await read_until_terminal(resp)
     assert seen[-1].event == "error" and seen[-1].data["code"] == "cancelled"
     assert [f.id for f in seen] == list(range(len(seen)))
     assert fleet.sim(srv.router).open_streams == 0
