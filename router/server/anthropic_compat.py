@@ -15,7 +15,7 @@ thinking signatures (thinking blocks are streamed with an empty signature).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -45,9 +45,6 @@ from router.server.compat import (
     router_of,
     scope_key_of,
 )
-
-if TYPE_CHECKING:
-    pass
 
 # Router error code -> (HTTP status, Anthropic error type).
 _ERRORS: dict[str, tuple[int, str]] = {
