@@ -35,13 +35,12 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
 
 from providers.base import ProviderError
 from router.config import RetryConfig
-
-if TYPE_CHECKING:
-    from tenacity import AsyncRetrying, RetryCallState
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -94,47 +93,70 @@ class Attempt:
 
     __slots__ = ("_loop", "_state", "delay_s", "error", "number")
 
-    def __init__(self, loop: RetryLoop, state: RetryCallState, delay_s: float) -> None:
+    def __init__(self, loop: RetryLoop, state: RetryCallState | None, delay_s: float) -> None:
         self._loop = loop
-        self._state = state
-        self.number: int = state.attempt_number  # 1-based, on this deployment
+        self._state = state  # None for a first attempt that tenacity has not seen yet
+        self.number: int = 1 if state is None else state.attempt_number  # on this deployment
         self.delay_s = delay_s  # to wait before this attempt (0.0 for the first)
         self.error = loop.last_error  # what ended the previous attempt, if any
 
     def failed(self, error: ProviderError) -> None:
         self._loop.last_error = error
-        self._state.set_exception((type(error), error, error.__traceback__))
+        if self._state is not None:
+            self._state.set_exception((type(error), error, error.__traceback__))
 
     def succeeded(self) -> None:
-        self._state.set_result(None)
+        self._loop.finished = True
+        if self._state is not None:
+            self._state.set_result(None)
+
+
+class _OverBudget(stop_base):
+    """Tenacity stop: the next sleep would overrun the request's total retry time."""
+
+    def __init__(self, policy: RetryPolicy, started_at: float) -> None:
+        self._policy = policy
+        self._started_at = started_at
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._policy.over_budget(self._started_at, retry_state.upcoming_sleep)
 
 
 class RetryLoop:
-    """`async for attempt in loop`: see the module docstring."""
+    """`async for attempt in loop`: see the module docstring.
+
+    The first attempt needs no decision, and most requests need no other: tenacity's loop
+    is only built when the first attempt fails (it is then told of that failure), so the
+    common path pays nothing for it."""
 
     def __init__(self, policy: RetryPolicy, has_alternative: bool, started_at: float) -> None:
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
-        from tenacity.stop import stop_base
-
-        class _OverBudget(stop_base):
-            def __call__(self, rs: RetryCallState) -> bool:
-                return policy.over_budget(started_at, rs.upcoming_sleep)
-
-        def retry_if(error: BaseException) -> bool:
-            return policy.retries(error, has_alternative=has_alternative)
-
-        def wait(rs: RetryCallState) -> float:
-            error = rs.outcome.exception() if rs.outcome is not None else None
-            assert isinstance(error, ProviderError)  # only these are retried
-            return policy.backoff_s(rs.attempt_number, error)
-
-        self._retrying: AsyncRetrying = AsyncRetrying(
-            sleep=self._defer_sleep, stop=stop_after_attempt(policy.cfg.attempts) | _OverBudget(),
-            wait=wait, retry=retry_if_exception(retry_if), reraise=True,
-        )
-        self._started = False
+        self._policy = policy
+        self._has_alternative = has_alternative
+        self._started_at = started_at
+        self._retrying: AsyncRetrying | None = None
         self._pending_s = 0.0
         self.last_error: ProviderError | None = None
+        self.finished = False
+
+    def _start_retrying(self) -> AsyncRetrying:
+        # Module-level classes and bound methods only: a class made per request (tenacity's
+        # are ABCs) costs more CPU and garbage-collector work than the rest of the loop.
+        policy = self._policy
+        retrying = AsyncRetrying(
+            sleep=self._defer_sleep,
+            stop=stop_after_attempt(policy.cfg.attempts) | _OverBudget(policy, self._started_at),
+            wait=self._wait, retry=retry_if_exception(self._retries), reraise=True,
+        )
+        retrying.__aiter__()
+        return retrying
+
+    def _retries(self, error: BaseException) -> bool:
+        return self._policy.retries(error, has_alternative=self._has_alternative)
+
+    def _wait(self, rs: RetryCallState) -> float:
+        error = rs.outcome.exception() if rs.outcome is not None else None
+        assert isinstance(error, ProviderError)  # only these are retried
+        return self._policy.backoff_s(rs.attempt_number, error)
 
     async def _defer_sleep(self, seconds: float) -> None:
         """Tenacity's sleep: only noted; the caller sleeps after announcing the retry."""
@@ -144,11 +166,20 @@ class RetryLoop:
         return self
 
     async def __anext__(self) -> Attempt:
-        if not self._started:
-            self._started = True
-            self._retrying.__aiter__()
+        if self.finished:
+            raise StopAsyncIteration
+        retrying = self._retrying
+        if retrying is None:
+            first_error = self.last_error
+            if first_error is None:
+                return Attempt(self, None, 0.0)
+            # The first attempt failed: replay it into tenacity, which decides from here.
+            retrying = self._retrying = self._start_retrying()
+            first = await retrying.__anext__()
+            first.retry_state.set_exception(
+                (type(first_error), first_error, first_error.__traceback__))
         try:
-            manager = await self._retrying.__anext__()
+            manager = await retrying.__anext__()
         except ProviderError as error:
             raise error from None  # the last error, not tenacity's frames around it
         delay, self._pending_s = self._pending_s, 0.0
