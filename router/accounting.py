@@ -14,7 +14,7 @@ import orjson
 from providers.base import ProviderError, ProviderFinish, ToolCallDelta, UsageDelta
 from router.config import Deployment
 from router.cost import PER_TOKEN, input_cost, output_cost
-from router.events import Cost, DoneEvent, FinishReason, Latency, ToolCall, Usage
+from router.events import Cost, DoneEvent, FinishReason, Latency, ToolCall, Usage, build
 from router.stats import StatsRegistry
 
 if TYPE_CHECKING:
@@ -98,17 +98,17 @@ class Attempt:
         reported = self.usage
         complete = self.finish is not None and self.finish != "budget"
         if reported is not None and complete:
-            return Usage.model_construct(
-                input_tokens=reported.input_tokens,
+            return build(
+                Usage, input_tokens=reported.input_tokens,
                 cached_input_tokens=reported.cached_input_tokens,
                 output_tokens=reported.output_tokens,
                 reasoning_tokens=reported.reasoning_tokens, estimated=False)
         if reported is None and self.content_deltas == 0:
-            return Usage.model_construct(input_tokens=0, cached_input_tokens=0, output_tokens=0,
-                                         reasoning_tokens=0, estimated=False)
+            return build(Usage, input_tokens=0, cached_input_tokens=0, output_tokens=0,
+                         reasoning_tokens=0, estimated=False)
         # Cut, stopped or failed mid-stream: never count less than what was seen.
-        return Usage.model_construct(
-            input_tokens=max(reported.input_tokens if reported else 0, self.input_estimate),
+        return build(
+            Usage, input_tokens=max(reported.input_tokens if reported else 0, self.input_estimate),
             cached_input_tokens=reported.cached_input_tokens if reported else 0,
             output_tokens=max(reported.output_tokens if reported else 0, self.output_tokens),
             reasoning_tokens=max(reported.reasoning_tokens if reported else 0,
@@ -118,11 +118,11 @@ class Attempt:
     def cost(self) -> Cost:
         u = self.final_usage() if self.usage is not None or self.content_deltas else None
         if u is None:
-            return Cost.model_construct(input_usd=0.0, output_usd=0.0, total_usd=0.0)
+            return build(Cost, input_usd=0.0, output_usd=0.0, total_usd=0.0)
         price = self.deployment.price
         i = input_cost(price, u.input_tokens, u.cached_input_tokens)
         o = output_cost(price, u.output_tokens)
-        return Cost.model_construct(input_usd=i, output_usd=o, total_usd=i + o)
+        return build(Cost, input_usd=i, output_usd=o, total_usd=i + o)
 
 
 class Ledger:
@@ -195,7 +195,7 @@ class Ledger:
                 arguments = orjson.loads(args) if args.strip() else {}
             except orjson.JSONDecodeError:
                 arguments = args  # malformed JSON from the model: keep it as text
-            out.append(ToolCall.model_construct(id=call_id, name=name, arguments=arguments))
+            out.append(build(ToolCall, id=call_id, name=name, arguments=arguments))
         return out
 
     def done_event(self, finish: FinishReason) -> DoneEvent:
@@ -210,17 +210,17 @@ class Ledger:
         seq = em.seq
         em.seq += 1
         u = self._usage
-        return DoneEvent.model_construct(
-            request_id=em.request_id, seq=seq, elapsed_ms=(now - em.t0) * 1000.0,
+        return build(
+            DoneEvent, request_id=em.request_id, seq=seq, elapsed_ms=(now - em.t0) * 1000.0,
             deployment=dep.id, provider=dep.provider, model=dep.model, finish_reason=finish,
             tool_calls=self.parsed_tool_calls(),
-            usage=Usage.model_construct(input_tokens=u[0], cached_input_tokens=u[1],
-                                        output_tokens=u[2], reasoning_tokens=u[3],
-                                        estimated=self._estimated),
+            usage=build(Usage, input_tokens=u[0], cached_input_tokens=u[1],
+                        output_tokens=u[2], reasoning_tokens=u[3],
+                        estimated=self._estimated),
             cost_usd=self.spent_usd,
-            cost=Cost.model_construct(input_usd=self._cost[0], output_usd=self._cost[1],
-                                      total_usd=self.spent_usd),
-            latency=Latency.model_construct(ttft_ms=ttft, total_ms=(now - em.t0) * 1000.0,
-                                            tokens_per_s=rate),
+            cost=build(Cost, input_usd=self._cost[0], output_usd=self._cost[1],
+                       total_usd=self.spent_usd),
+            latency=build(Latency, ttft_ms=ttft, total_ms=(now - em.t0) * 1000.0,
+                          tokens_per_s=rate),
             attempts=len(self.attempts),
         )

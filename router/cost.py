@@ -4,7 +4,7 @@ price (the input price when none is listed); reasoning tokens bill as output."""
 from __future__ import annotations
 
 from router.config import Price
-from router.events import Cost
+from router.events import Cost, build
 
 PER_TOKEN = 1e-6
 
@@ -27,8 +27,8 @@ def estimate_cost(price: Price, input_tokens: int, output_tokens: int) -> float:
 
 
 def add_costs(a: Cost, b: Cost) -> Cost:
-    return Cost.model_construct(
-        input_usd=a.input_usd + b.input_usd,
+    return build(
+        Cost, input_usd=a.input_usd + b.input_usd,
         output_usd=a.output_usd + b.output_usd,
         total_usd=a.total_usd + b.total_usd,
     )
@@ -37,4 +37,4 @@ def add_costs(a: Cost, b: Cost) -> Cost:
 def cost_of(price: Price, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> Cost:
     i = input_cost(price, input_tokens, cached_input_tokens)
     o = output_cost(price, output_tokens)
-    return Cost.model_construct(input_usd=i, output_usd=o, total_usd=i + o)
+    return build(Cost, input_usd=i, output_usd=o, total_usd=i + o)

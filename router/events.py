@@ -3,14 +3,14 @@
 Every event has `type`, `request_id`, `seq` (contiguous from 0 per request) and
 `elapsed_ms` (since `stream()` was called). Exactly one `done` or `error` ends a stream.
 
-The router builds events with `model_construct` on the hot path: it does not re-validate
-what it produced itself. Input from outside (JSON from a client or a log) goes through
-`decode_event`, which validates.
+The router builds events with `build` (and, per chunk, `text_event` and its siblings): it
+does not re-validate what it produced itself. Input from outside (JSON from a client or a
+log) goes through `decode_event`, which validates.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -187,11 +187,32 @@ TERMINAL_TYPES = frozenset({"done", "error"})
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event, config=ConfigDict(defer_build=True))
 
-# --- hot-path builders ----------------------------------------------------------------------
-# One event per chunk: build the model's state directly (what `model_construct` does, minus
-# its per-field default handling, ~8x faster). Only for values the router produced itself.
+# --- builders -----------------------------------------------------------------------------
+# The model's state set directly: what `model_construct` does, without its per-field walk.
+# Only for values the router produced itself.
 _new = object.__new__
 _set = object.__setattr__
+_M = TypeVar("_M", bound=BaseModel)
+_FIELDS: dict[type[BaseModel], tuple[tuple[str, Any], ...]] = {}
+
+
+def build(cls: type[_M], /, **values: Any) -> _M:
+    """`cls.model_construct(**values)`, twice as fast (a dozen per request): the fields in
+    the model's order (the JSON's key order), the left-out ones at their plain defaults
+    (these models have no default factories)."""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = tuple((name, f.default) for name, f in cls.model_fields.items())
+    get = values.get
+    obj = _new(cls)
+    _set(obj, "__dict__", {name: get(name, default) for name, default in fields})
+    _set(obj, "__pydantic_fields_set__", set(values))
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
+    return obj
+
+
+# One event per chunk: also skip the defaults merge (~8x faster than `model_construct`).
 _TEXT_FIELDS = set(TextEvent.model_fields)
 _REASONING_FIELDS = set(ReasoningEvent.model_fields)
 _TOOL_FIELDS = set(ToolCallEvent.model_fields)

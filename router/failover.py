@@ -32,7 +32,7 @@ from router.attempt import AttemptFailed, Opened, end_attempt, open_upstream, st
 from router.breaker import Permit
 from router.config import Deployment
 from router.cost import input_cost
-from router.events import Event, FallbackEvent, ResumeMode, RetryEvent, StartEvent
+from router.events import Event, FallbackEvent, ResumeMode, RetryEvent, StartEvent, build
 from router.resilience import Splice, Way, continuation_messages
 
 if TYPE_CHECKING:
@@ -284,7 +284,8 @@ class Failover:
         em = self.em
         seq = em.seq
         em.seq += 1
-        return StartEvent.model_construct(
+        return build(
+            StartEvent,
             request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(), deployment=dep.id,
             provider=dep.provider, model=dep.model, attempt=self._attempt.number, hedge=hedge)
 
@@ -352,7 +353,8 @@ class Failover:
         em = self.em
         seq = em.seq
         em.seq += 1
-        return RetryEvent.model_construct(
+        return build(
+            RetryEvent,
             request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(), deployment=dep.id,
             attempt=number, error=err.code, delay_ms=delay_s * 1000.0)
 
@@ -361,8 +363,8 @@ class Failover:
         em = self.em
         seq = em.seq
         em.seq += 1
-        return FallbackEvent.model_construct(
-            request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(),
+        return build(
+            FallbackEvent, request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(),
             from_deployment=src.id, to_deployment=dst.id, error=err.code, after_tokens=sent,
             mode=mode)
 

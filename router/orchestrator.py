@@ -21,6 +21,7 @@ from router.events import (
     ErrorEvent,
     Event,
     RouteEvent,
+    build,
 )
 from router.failover import Failover
 from router.policy import RouteDecision, choose_route
@@ -68,7 +69,8 @@ class Emitter:
               suggestion: str | None = None) -> ErrorEvent:
         seq = self.seq
         self.seq += 1
-        return ErrorEvent.model_construct(
+        return build(
+            ErrorEvent,
             request_id=self.request_id, seq=seq, elapsed_ms=self.elapsed_ms(), code=code,
             message=message, retryable=retryable, deployment=deployment, status=status,
             suggestion=suggestion or _SUGGESTIONS.get(code),
@@ -78,8 +80,8 @@ class Emitter:
 def route_event(em: Emitter, decision: RouteDecision) -> RouteEvent:
     chosen = decision.chosen
     candidates = [
-        Candidate.model_construct(
-            deployment=e.deployment.id, eligible=e.eligible,
+        build(
+            Candidate, deployment=e.deployment.id, eligible=e.eligible,
             reason=e.reason if not e.eligible else ("chosen" if e is chosen else "eligible"),
             estimated_cost_usd=e.cost_usd, estimated_ttft_ms=e.ttft_ms,
             estimated_latency_ms=e.latency_ms,
@@ -88,8 +90,8 @@ def route_event(em: Emitter, decision: RouteDecision) -> RouteEvent:
     ]
     seq = em.seq
     em.seq += 1
-    return RouteEvent.model_construct(
-        request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(),
+    return build(
+        RouteEvent, request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(),
         deployment=chosen.deployment.id if chosen else None,
         provider=chosen.deployment.provider if chosen else None,
         model=chosen.deployment.model if chosen else None,
@@ -153,6 +155,7 @@ async def run_stream(router: Router, params: StreamParams, request_id: str) -> A
 def budget_event(em: Emitter, notice: BudgetNotice) -> BudgetEvent:
     seq = em.seq
     em.seq += 1
-    return BudgetEvent.model_construct(
+    return build(
+        BudgetEvent,
         request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(), scope=notice.scope,
         spent_usd=notice.spent_usd, limit_usd=notice.limit_usd, level=notice.level)

@@ -27,6 +27,7 @@ from router.events import (
     ToolCall,
     ToolCallEvent,
     Usage,
+    build,
     decode_event,
     encode_event,
 )
@@ -169,21 +170,37 @@ def test_error_optional_fields_default_to_null() -> None:
 
 
 def test_hot_path_construction_serializes_like_validated_events() -> None:
-    # The router builds events with model_construct (no validation); the JSON must be
-    # byte-identical to that of the validated event.
-    built = DoneEvent.model_construct(
-        request_id="r1", seq=0, elapsed_ms=1.5, deployment="fast", provider="sim",
+    # The router builds events with `build` (no validation); the JSON must be byte-identical
+    # to that of the validated event.
+    built = build(
+        DoneEvent, request_id="r1", seq=0, elapsed_ms=1.5, deployment="fast", provider="sim",
         model="sim-flash", finish_reason="stop",
-        tool_calls=[ToolCall.model_construct(id="call_1", name="lookup", arguments={"q": "x"})],
-        usage=Usage.model_construct(input_tokens=10, cached_input_tokens=2, output_tokens=42,
-                                    reasoning_tokens=0, estimated=False),
+        tool_calls=[build(ToolCall, id="call_1", name="lookup", arguments={"q": "x"})],
+        usage=build(Usage, input_tokens=10, cached_input_tokens=2, output_tokens=42,
+                    reasoning_tokens=0, estimated=False),
         cost_usd=1.78e-05,
-        cost=Cost.model_construct(input_usd=1e-06, output_usd=1.68e-05, total_usd=1.78e-05),
-        latency=Latency.model_construct(ttft_ms=0.4, total_ms=0.6, tokens_per_s=2000.0),
+        cost=build(Cost, input_usd=1e-06, output_usd=1.68e-05, total_usd=1.78e-05),
+        latency=build(Latency, ttft_ms=0.4, total_ms=0.6, tokens_per_s=2000.0),
         attempts=1)
     validated = EVENT_ADAPTER.validate_python(wire("done"))
     assert encode_event(built) == encode_event(validated)
     assert EVENT_ADAPTER.validate_python(built.model_dump()) == validated
+
+
+@pytest.mark.parametrize("kind", sorted(EXAMPLES))
+def test_build_fills_defaults_like_model_construct(kind: str) -> None:
+    cls = CLASSES[kind]
+    # Leave out every field that has a default (`type` included): `build` must fill them.
+    given = {k: v for k, v in {**BASE, **EXAMPLES[kind]}.items()
+             if cls.model_fields[k].is_required()}
+    if kind in ("route", "done"):  # nested models as the router passes them
+        given = {**given, **{k: getattr(decode_event(orjson.dumps(wire(kind))), k)
+                             for k in ("candidates", "tool_calls", "usage", "cost", "latency")
+                             if k in given}}
+    built, constructed = build(cls, **given), cls.model_construct(**given)
+    assert built == constructed and built.type == kind
+    assert encode_event(built) == encode_event(constructed)
+    assert built.model_fields_set == constructed.model_fields_set
 
 
 def test_candidate_reason_may_be_null_and_estimates_are_required() -> None:
