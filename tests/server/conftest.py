@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,9 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
+from router.config import parse_config
 from router.core import Router
+from router.events import DoneEvent, Event, TextEvent
 from router.server import create_app
 
 # Slow enough to disconnect mid-stream, fast enough to finish in well under a second.
@@ -103,11 +105,30 @@ async def eventually(check: Callable[[], bool], within_s: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
+@contextlib.asynccontextmanager
+async def uvicorn_on_loopback(app: Any, **config: Any) -> AsyncIterator[tuple[uvicorn.Server,
+                                                                              str]]:
+    """Run `app` under uvicorn on a free loopback port, in this event loop, for the block:
+    `async with uvicorn_on_loopback(app) as (server, base_url): ...`."""
+    config = {"log_level": "warning", "lifespan": "on", **config}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **config))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.005)
+        yield server, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
 @pytest.fixture
 async def serve(fleet: Any) -> AsyncIterator[Callable[..., Awaitable[Served]]]:
     """`await serve(keys={name: key}, server={...}, options={dep: {...}}, budgets=gate,
     config=None)`: the app serving a Router on a loopback port; stopped after the test."""
-    running: list[tuple[Served, asyncio.Task[None]]] = []
+    running = contextlib.AsyncExitStack()
 
     async def start(*, keys: Mapping[str, str] | None = None,
                     server: Mapping[str, Any] | None = None,
@@ -121,21 +142,96 @@ async def serve(fleet: Any) -> AsyncIterator[Callable[..., Awaitable[Served]]]:
         data["server"] = {**data.get("server", {}), **(server or {}), "api_keys": api_keys}
         router = Router(fleet.load(data), budgets=budgets)
         app = create_app(router, close_router=True)
-        cfg = uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level,
-                             lifespan="on", timeout_graceful_shutdown=5)
-        srv = uvicorn.Server(cfg)
-        task = asyncio.create_task(srv.serve())
-        while not srv.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.005)
-        port = srv.servers[0].sockets[0].getsockname()[1]
-        served = Served(app, router, srv, f"http://127.0.0.1:{port}")
-        running.append((served, task))
-        return served
+        srv, url = await running.enter_async_context(uvicorn_on_loopback(
+            app, log_level=log_level, timeout_graceful_shutdown=5))
+        return Served(app, router, srv, url)
 
     yield start
-    for served, task in running:
-        served.server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
+    with contextlib.suppress(Exception):
+        await running.aclose()
+
+
+class RecordingRouter:
+    """A `Router` that keeps every event it streams, by request id, so a test can compare
+    what a client received with what the router said. `id_prefix` is what the endpoint
+    puts before the request id in its own ids (`msg_` for the Anthropic API)."""
+
+    def __init__(self, inner: Router, id_prefix: str = "") -> None:
+        self._inner = inner
+        self._id_prefix = id_prefix
+        self.events: dict[str, list[Event]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        self.last_args, self.last_kwargs = args, kwargs
+        inner = self._inner.stream(*args, **kwargs)
+        return _Recorded(inner, self.events.setdefault(inner.request_id, []))
+
+    def of(self, response_id: str) -> list[Event]:
+        return self.events[response_id.removeprefix(self._id_prefix)]
+
+    def done(self, response_id: str) -> DoneEvent:
+        end = self.of(response_id)[-1]
+        assert isinstance(end, DoneEvent), end
+        return end
+
+    def text(self, response_id: str) -> str:
+        return "".join(e.delta for e in self.of(response_id) if isinstance(e, TextEvent))
+
+
+class _Recorded:
+    def __init__(self, inner: Any, log: list[Event]) -> None:
+        self._inner = inner
+        self._log = log
+        self.request_id = inner.request_id
+
+    def __aiter__(self) -> _Recorded:
+        return self
+
+    async def __anext__(self) -> Event:
+        ev: Event = await self._inner.__anext__()
+        self._log.append(ev)
+        return ev
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class ScriptedRouter(Router):
+    """Streams a fixed event list whatever the request: shapes the simulated provider never
+    produces (interleaved parallel tool calls, a restart) reach the client exactly as
+    scripted. `config` supplies what the app reads (API keys, tasks, deployments)."""
+
+    def __init__(self, events: list[Event], config: Mapping[str, Any]) -> None:
+        super().__init__(parse_config(dict(config)))
+        self.script = events
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _Scripted(iter(self.script))
+
+
+class _Scripted:
+    request_id = "scripted"
+
+    def __init__(self, script: Iterator[Event]) -> None:
+        self._script = script
+
+    def __aiter__(self) -> _Scripted:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return next(self._script)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def script(*specs: tuple[type[Any], dict[str, Any]]) -> list[Event]:
+    """Events of a scripted stream: `(EventClass, fields)` each, numbered from 0."""
+    return [cls(request_id="scripted", seq=i, elapsed_ms=float(i), **fields)
+            for i, (cls, fields) in enumerate(specs)]

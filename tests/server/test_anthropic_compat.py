@@ -4,22 +4,18 @@ the request translation into `Router.stream`'s OpenAI-shaped input."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
 import pytest
-import uvicorn
 
 from router.config import parse_config
 from router.core import Router
 from router.events import (
     Cost,
     DoneEvent,
-    Event,
     Latency,
     ReasoningEvent,
     StartEvent,
@@ -32,6 +28,7 @@ from router.request import StreamParams, prepare
 from router.server.anthropic_request import stream_kwargs, to_openai_messages
 from router.server.app import create_app
 from router.server.compat import RequestProblem
+from tests.server.conftest import RecordingRouter, ScriptedRouter, script, uvicorn_on_loopback
 
 KEY = "sk-ant-test-compat-0123456789"
 
@@ -70,74 +67,16 @@ TOOL = {"name": "lookup_lead", "description": "Find a lead",
         "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}
 
 
-class RecordingRouter:
-    """A `Router` that keeps the events it streams, by request id."""
-
-    def __init__(self, inner: Router) -> None:
-        self._inner = inner
-        self.events: dict[str, list[Event]] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        self.last_args, self.last_kwargs = args, kwargs
-        inner = self._inner.stream(*args, **kwargs)
-        log = self.events.setdefault(inner.request_id, [])
-
-        class Recorded:
-            request_id = inner.request_id
-
-            def __aiter__(self) -> Any:
-                return self
-
-            async def __anext__(self) -> Event:
-                ev: Event = await inner.__anext__()
-                log.append(ev)
-                return ev
-
-            async def aclose(self) -> None:
-                await inner.aclose()
-
-        return Recorded()
-
-    def of(self, message_id: str) -> list[Event]:
-        return self.events[message_id.removeprefix("msg_")]
-
-    def done(self, message_id: str) -> DoneEvent:
-        end = self.of(message_id)[-1]
-        assert isinstance(end, DoneEvent), end
-        return end
-
-    def text(self, message_id: str) -> str:
-        return "".join(e.delta for e in self.of(message_id) if isinstance(e, TextEvent))
-
-
-@contextlib.asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.005)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 @pytest.fixture
 async def router() -> AsyncIterator[RecordingRouter]:
     inner = Router(parse_config(CONFIG))
-    yield RecordingRouter(inner)
+    yield RecordingRouter(inner, id_prefix="msg_")
     await inner.aclose()
 
 
 @pytest.fixture
 async def base_url(router: RecordingRouter) -> AsyncIterator[str]:
-    async with serve(create_app(router)) as url:  # type: ignore[arg-type]
+    async with uvicorn_on_loopback(create_app(router)) as (_, url):  # type: ignore[arg-type]
         yield url
 
 
@@ -395,41 +334,7 @@ def test_request_fields_map_onto_stream_arguments() -> None:
 # --- scripted event sequences -------------------------------------------------------------
 
 
-class ScriptedRouter(Router):
-    """Streams a fixed event list whatever the request: shapes the simulated provider never
-    produces (interleaved parallel tool calls) reach the SDK exactly as scripted."""
-
-    def __init__(self, events: list[Event]) -> None:
-        super().__init__(parse_config(CONFIG))
-        self.script = events
-
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        script = iter(self.script)
-
-        class Scripted:
-            request_id = "scripted"
-
-            def __aiter__(self) -> Any:
-                return self
-
-            async def __anext__(self) -> Event:
-                try:
-                    return next(script)
-                except StopIteration:
-                    raise StopAsyncIteration from None
-
-            async def aclose(self) -> None:
-                return None
-
-        return Scripted()
-
-
-def _script(*specs: tuple[type[Any], dict[str, Any]]) -> list[Event]:
-    return [cls(request_id="scripted", seq=i, elapsed_ms=float(i), **fields)
-            for i, (cls, fields) in enumerate(specs)]
-
-
-PARALLEL_TOOLS = _script(
+PARALLEL_TOOLS = script(
     (StartEvent, {"deployment": "fast", "provider": "sim", "model": "sim-flash", "attempt": 1}),
     (TextEvent, {"delta": "Checking both."}),
     (ToolCallEvent, {"index": 0, "id": "call_a", "name": "lookup", "arguments_delta": '{"q":'}),
@@ -447,8 +352,8 @@ PARALLEL_TOOLS = _script(
 
 
 async def test_interleaved_parallel_tool_calls_reach_the_sdk_as_separate_blocks() -> None:
-    app = create_app(ScriptedRouter(PARALLEL_TOOLS))
-    async with serve(app) as url, anthropic.AsyncAnthropic(
+    app = create_app(ScriptedRouter(PARALLEL_TOOLS, CONFIG))
+    async with uvicorn_on_loopback(app) as (_, url), anthropic.AsyncAnthropic(
         base_url=url, api_key=KEY, max_retries=0
     ) as client, client.messages.stream(
         model="chat", max_tokens=100, messages=[{"role": "user", "content": "A and B"}],

@@ -13,14 +13,12 @@ import httpx
 import openai
 import orjson
 import pytest
-import uvicorn
 
 from router.config import parse_config
 from router.core import Router
 from router.events import (
     Cost,
     DoneEvent,
-    Event,
     FallbackEvent,
     Latency,
     StartEvent,
@@ -30,6 +28,7 @@ from router.events import (
     Usage,
 )
 from router.server.app import create_app
+from tests.server.conftest import RecordingRouter, ScriptedRouter, script, uvicorn_on_loopback
 
 KEY = "sk-test-openai-compat-0123456789"
 
@@ -84,67 +83,6 @@ TOOLS: list[Any] = [{"type": "function", "function": {
                    "required": ["query"]}}}]
 
 
-class RecordingRouter:
-    """A `Router` that keeps every event it streams, by request id, so a test can compare
-    what a client received with what the router said."""
-
-    def __init__(self, inner: Router) -> None:
-        self._inner = inner
-        self.events: dict[str, list[Event]] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        inner = self._inner.stream(*args, **kwargs)
-        log = self.events.setdefault(inner.request_id, [])
-        return _Recorded(inner, log)
-
-    def done(self, request_id: str) -> DoneEvent:
-        end = self.events[request_id][-1]
-        assert isinstance(end, DoneEvent), end
-        return end
-
-    def text(self, request_id: str) -> str:
-        return "".join(e.delta for e in self.events[request_id] if isinstance(e, TextEvent))
-
-
-class _Recorded:
-    def __init__(self, inner: Any, log: list[Event]) -> None:
-        self._inner = inner
-        self._log = log
-        self.request_id = inner.request_id
-
-    def __aiter__(self) -> _Recorded:
-        return self
-
-    async def __anext__(self) -> Event:
-        ev: Event = await self._inner.__anext__()
-        self._log.append(ev)
-        return ev
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-@contextlib.asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Run `app` under uvicorn on a free loopback port for the duration of the block."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.005)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 @pytest.fixture
 async def router() -> AsyncIterator[RecordingRouter]:
     inner = Router(parse_config(CONFIG))
@@ -154,7 +92,7 @@ async def router() -> AsyncIterator[RecordingRouter]:
 
 @pytest.fixture
 async def base_url(router: RecordingRouter) -> AsyncIterator[str]:
-    async with serve(create_app(router)) as url:  # type: ignore[arg-type]
+    async with uvicorn_on_loopback(create_app(router)) as (_, url):  # type: ignore[arg-type]
         yield url
 
 
@@ -362,7 +300,7 @@ async def test_an_exhausted_key_budget_is_a_429_the_sdk_does_not_retry() -> None
     config = {**CONFIG, "budgets": [{"scope": "key", "limit_usd": 1e-9, "window": "day"}]}
     router = RecordingRouter(Router(parse_config(config)))
     try:
-        async with serve(create_app(router)) as url, openai.AsyncOpenAI(
+        async with uvicorn_on_loopback(create_app(router)) as (_, url), openai.AsyncOpenAI(
                 base_url=f"{url}/v1", api_key=KEY, max_retries=2) as client:
             with pytest.raises(openai.RateLimitError) as info:
                 await client.chat.completions.create(
@@ -525,41 +463,6 @@ async def test_models_lists_auto_tasks_and_deployments(client: openai.AsyncOpenA
 # --- scripted event sequences -------------------------------------------------------------
 
 
-class ScriptedRouter(Router):
-    """Streams a fixed event list whatever the request: shapes the simulated provider never
-    produces (interleaved parallel tool calls, a restart) reach the SDK exactly as
-    scripted."""
-
-    def __init__(self, events: list[Event]) -> None:
-        super().__init__(parse_config(CONFIG))
-        self.script = events
-
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        script = iter(self.script)
-
-        class Scripted:
-            request_id = "scripted"
-
-            def __aiter__(self) -> Any:
-                return self
-
-            async def __anext__(self) -> Event:
-                try:
-                    return next(script)
-                except StopIteration:
-                    raise StopAsyncIteration from None
-
-            async def aclose(self) -> None:
-                return None
-
-        return Scripted()
-
-
-def _script(*specs: tuple[type[Any], dict[str, Any]]) -> list[Event]:
-    return [cls(request_id="scripted", seq=i, elapsed_ms=float(i), **fields)
-            for i, (cls, fields) in enumerate(specs)]
-
-
 def _start(dep: str) -> tuple[type[Any], dict[str, Any]]:
     return StartEvent, {"deployment": dep, "provider": "sim", "model": "m", "attempt": 1}
 
@@ -576,7 +479,8 @@ def _done(finish: str, calls: list[ToolCall]) -> tuple[type[Any], dict[str, Any]
 @contextlib.asynccontextmanager
 async def scripted_client(*specs: tuple[type[Any], dict[str, Any]]
                           ) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with serve(create_app(ScriptedRouter(_script(*specs)))) as url, openai.AsyncOpenAI(
+    app = create_app(ScriptedRouter(script(*specs), CONFIG))
+    async with uvicorn_on_loopback(app) as (_, url), openai.AsyncOpenAI(
             base_url=f"{url}/v1", api_key=KEY, max_retries=0) as c:
         yield c
 

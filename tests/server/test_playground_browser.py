@@ -8,7 +8,6 @@ this test fails loudly: a browser test that skips proves nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import re
 import shutil
@@ -18,12 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from playwright.async_api import Page, async_playwright, expect
 
 from router.config import parse_config
 from router.core import Router
 from router.server.app import create_app
+from tests.server.conftest import uvicorn_on_loopback
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -72,21 +71,6 @@ document.addEventListener("DOMContentLoaded", () => {
 """
 
 
-@contextlib.asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.005)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 @pytest.fixture
 async def router() -> AsyncIterator[Router]:
     r = Router(parse_config(CONFIG))
@@ -96,7 +80,7 @@ async def router() -> AsyncIterator[Router]:
 
 @pytest.fixture
 async def base_url(router: Router) -> AsyncIterator[str]:
-    async with serve(create_app(router)) as url:
+    async with uvicorn_on_loopback(create_app(router)) as (_, url):
         yield url
 
 
