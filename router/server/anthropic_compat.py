@@ -14,7 +14,7 @@ thinking signatures (thinking blocks are streamed with an empty signature).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -44,6 +44,7 @@ from router.server.compat import (
     routed_response,
     router_of,
     scope_key_of,
+    sse_frames,
 )
 
 # Router error code -> (HTTP status, Anthropic error type).
@@ -247,23 +248,6 @@ def _render(ev: Event, w: BlockWriter) -> tuple[bytes | None, bool]:
     return None, False
 
 
-async def _sse(head: list[Event], rest: ObservedStream,
-               w: BlockWriter) -> AsyncIterator[bytes]:
-    yield w.start()
-    for ev in head:
-        out, last = _render(ev, w)
-        if out:
-            yield out
-        if last:
-            return
-    async for ev in rest:
-        out, last = _render(ev, w)
-        if out:
-            yield out
-        if last:
-            return
-
-
 # --- non-streaming ------------------------------------------------------------------------
 
 
@@ -327,7 +311,8 @@ def _renderer(body: Mapping[str, Any]) -> Render:
                             media_type="application/json")
         model = next((ev.deployment for ev in reversed(head) if isinstance(ev, StartEvent)),
                      str(body.get("model")))
-        return EventBody(_sse(head, rest, BlockWriter(f"msg_{request_id}", model)), headers)
+        w = BlockWriter(f"msg_{request_id}", model)
+        return EventBody(sse_frames(w.start(), head, rest, _render, w), headers)
 
     return render
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -26,6 +26,7 @@ AUTO_MODEL = "auto"
 _NUMBERS = ("max_ttft_ms", "max_latency_ms", "max_cost_usd")
 # Events that decide a stream's HTTP status: the first content, or the end.
 _DECISIVE = frozenset({"text", "reasoning", "tool_call", "done", "error"})
+_Writer = TypeVar("_Writer")
 
 
 class RequestProblem(Exception):
@@ -259,3 +260,23 @@ async def drain(head: list[Event], rest: ObservedStream) -> list[Event]:
         async for ev in rest:
             events.append(ev)
     return events
+
+
+async def sse_frames(opening: bytes, head: list[Event], rest: ObservedStream,
+                     render: Callable[[Event, _Writer], tuple[bytes | None, bool]],
+                     writer: _Writer) -> AsyncIterator[bytes]:
+    """A streaming response's body: `opening`, then each event as `render` writes it (the
+    head already read, then the rest), up to the event that ends the response."""
+    yield opening
+    for ev in head:
+        out, last = render(ev, writer)
+        if out:
+            yield out
+        if last:
+            return
+    async for ev in rest:
+        out, last = render(ev, writer)
+        if out:
+            yield out
+        if last:
+            return

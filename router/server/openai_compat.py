@@ -16,7 +16,7 @@ Not supported: `n` > 1, logprobs, audio, the Responses API.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -47,6 +47,7 @@ from router.server.compat import (
     router_of,
     routing_options,
     scope_key_of,
+    sse_frames,
 )
 
 if TYPE_CHECKING:
@@ -250,23 +251,6 @@ def _restart_error(ev: FallbackEvent) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-async def _sse(head: list[Event], rest: ObservedStream,
-               w: ChunkWriter) -> AsyncIterator[bytes]:
-    yield w.chunk(b'{"role":"assistant","content":""}')
-    for ev in head:
-        out, last = _render(ev, w)
-        if out:
-            yield out
-        if last:
-            return
-    async for ev in rest:
-        out, last = _render(ev, w)
-        if out:
-            yield out
-        if last:
-            return
-
-
 def _render(ev: Event, w: ChunkWriter) -> tuple[bytes | None, bool]:
     """One event as SSE bytes, and whether the response ends with it."""
     if isinstance(ev, TextEvent):
@@ -365,7 +349,8 @@ def _renderer(body: Mapping[str, Any]) -> Render:
         model = next((ev.deployment for ev in reversed(head) if isinstance(ev, StartEvent)),
                      str(body.get("model")))
         writer = ChunkWriter(f"chatcmpl-{rest.request_id}", created, model, include_usage)
-        return EventBody(_sse(head, rest, writer), headers)
+        return EventBody(sse_frames(writer.chunk(b'{"role":"assistant","content":""}'), head, rest,
+                                    _render, writer), headers)
 
     return render
 
