@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -163,3 +163,17 @@ async def replay_http(
         route = post.respond(status, stream=body, headers=headers or {})
         result = await collect(provider_type(settings, client=client), request, result_type())
     return result, body, route
+
+
+async def replay_every_chunking(
+    replay: Callable[[list[bytes]], Awaitable[tuple[Result, Chunks, respx.Route]]],
+    pieces_by_label: dict[str, list[bytes]],
+) -> Result:
+    """Replay every chunking of one stream (from `chunkings`); asserts that none changes a
+    single delta or the error, and returns the result of the stream read whole."""
+    runs = {label: (await replay(pieces))[0] for label, pieces in pieces_by_label.items()}
+    whole = runs["whole"]
+    for label, run in runs.items():
+        assert run.deltas == whole.deltas, label
+        assert (run.error and run.error.code) == (whole.error and whole.error.code), label
+    return whole

@@ -34,6 +34,7 @@ from tests.providers.replay import (
     cases,
     chunkings,
     load_expected,
+    replay_every_chunking,
     replay_http,
 )
 
@@ -74,12 +75,7 @@ def test_all_anthropic_transcripts_are_covered() -> None:
 async def test_transcript_normalizes_to_expected_under_any_chunking(name: str) -> None:
     data = (TRANSCRIPTS / name).read_bytes()
     expected = EXPECTED[name]["expected"]
-    runs = {label: (await replay(pieces))[0]
-            for label, pieces in chunkings(data, seed=len(data)).items()}
-    whole = runs["whole"]
-    for label, run in runs.items():  # chunking never changes a single delta
-        assert run.deltas == whole.deltas, label
-        assert (run.error and run.error.code) == (whole.error and whole.error.code), label
+    whole = await replay_every_chunking(replay, chunkings(data, seed=len(data)))
     assert whole.text == expected["text"]
     assert whole.reasoning == expected["reasoning"]
     assert whole.tool_calls == expected["tool_calls"]
