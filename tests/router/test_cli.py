@@ -106,8 +106,11 @@ def test_route_is_a_dry_run_with_the_same_table(cli: CliRunner, tmp_path: Path) 
     [
         (["stream", "hi", "--task", "nope"], "unknown task 'nope'"),
         (["stream", "hi", "--model", "nope"], "unknown model 'nope'"),
-        (["stream", "hi", "--prefer", "cheap"], "prefer: 'cheap' is not one of"),
-        (["stream", "hi", "--max-tokens", "0"], "max_tokens: expected a positive number"),
+        (["stream", "hi", "--prefer", "cheap"], "prefer: Input should be 'cost', 'latency'"),
+        (["stream", "hi", "--max-tokens", "0"], "max_tokens: Input should be greater than 0"),
+        # Once a traceback (spend is counted in integer nano-dollars).
+        (["stream", "hi", "--max-cost-usd", "1e308"], "max_cost_usd: Input should be less"),
+        (["route", "hi", "--max-cost-usd", "nan"], "max_cost_usd: Input should be a finite"),
         (["stream", "   "], "the prompt is empty"),
         (["route", "hi", "--task", "nope"], "unknown task 'nope'"),
     ],
