@@ -14,7 +14,6 @@ thinking signatures (thinking blocks are streamed with an empty signature).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -33,13 +32,14 @@ from router.events import (
     ToolCallEvent,
 )
 from router.request import RequestError, StreamParams, prepare
-from router.server.anthropic_request import stream_kwargs, to_openai_messages
+from router.server.anthropic_request import MessagesBody, stream_kwargs, to_openai_messages
 from router.server.compat import (
     EventBody,
     ObservedStream,
     Render,
     RequestProblem,
     drain,
+    parse_body,
     read_json,
     routed_response,
     router_of,
@@ -284,22 +284,22 @@ def _message(events: list[Event], done: DoneEvent) -> dict[str, Any]:
 async def messages(request: Request) -> Response:
     router = router_of(request)
     try:
-        body = await read_json(request)
-        input_ = to_openai_messages(body.get("messages"))
+        body = parse_body(MessagesBody, await read_json(request))
+        input_ = to_openai_messages(body.messages)
         kwargs = stream_kwargs(body, router, scope_key_of(request))
         return routed_response(request, input_, kwargs, _renderer(body))
     except RequestProblem as p:
         return _problem_response(p)
 
 
-def _renderer(body: Mapping[str, Any]) -> Render:
+def _renderer(body: MessagesBody) -> Render:
     async def render(head: list[Event], rest: ObservedStream) -> Response | EventBody:
         last = head[-1] if head else None
         request_id = rest.request_id
         if isinstance(last, ErrorEvent):
             return _error_response(*_event_error(last), request_id, last.retryable)
         headers = {"request-id": request_id}
-        if not body.get("stream"):
+        if not body.stream:
             events = await drain(head, rest)
             end = events[-1] if events else None
             if isinstance(end, ErrorEvent):
@@ -310,7 +310,7 @@ def _renderer(body: Mapping[str, Any]) -> Render:
             return Response(orjson.dumps(_message(events, end)), headers=headers,
                             media_type="application/json")
         model = next((ev.deployment for ev in reversed(head) if isinstance(ev, StartEvent)),
-                     str(body.get("model")))
+                     body.model)
         w = BlockWriter(f"msg_{request_id}", model)
         return EventBody(sse_frames(w.start(), head, rest, _render, w), headers)
 
@@ -322,8 +322,8 @@ async def count_tokens(request: Request) -> Response:
     prices), not a provider tokenizer's count."""
     router = router_of(request)
     try:
-        body = await read_json(request)
-        input_ = to_openai_messages(body.get("messages"))
+        body = parse_body(MessagesBody, await read_json(request))
+        input_ = to_openai_messages(body.messages)
         kwargs = stream_kwargs(body, router, None)
         fields = {k: v for k, v in kwargs.items() if k in _COUNTED}
         prepared = prepare(StreamParams(input=input_, **fields), router.loaded)

@@ -44,7 +44,7 @@ from router.server.hub import Started, StreamHub, stream_status
 from router.server.metrics import CONTENT_TYPE, ServerMetrics, deployment_rows, live_snapshot
 from router.server.params import early_error_response, parse_stream_body, stream_kwargs
 from router.server.runs import RunError, RunRegistry
-from router.server.sse import EventStreamResponse, frame, last_event_id
+from router.server.sse import BadCursor, EventStreamResponse, frame, last_event_id
 from router.server.ws import websocket_endpoint
 
 EXTENSIONS = ("openai_compat", "anthropic_compat", "playground")
@@ -140,7 +140,10 @@ async def stream_events(request: Request) -> Response | EventStreamResponse:
 
 
 def _resume(request: Request, slog: StreamLog) -> Response | EventStreamResponse:
-    after = last_event_id(dict(request.headers), dict(request.query_params))
+    try:
+        after = last_event_id(request.headers, request.query_params)
+    except BadCursor as exc:
+        return problem(400, "invalid_request", str(exc), exc.param)
     after = -1 if after is None else max(after, -1)
     if slog.closed and after >= slog.next_seq - 1:
         # Nothing left, ever: 204 tells an EventSource to stop reconnecting (WHATWG HTML).
