@@ -151,7 +151,8 @@ def _calendar_bucket(kind: WindowKind, hour: int) -> tuple[str, float]:
 class BudgetConfig(BaseModel):
     """One entry of `budgets:` in the config."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True,
+                              allow_inf_nan=False)
     scope: str
     limit_usd: float = Field(gt=0)
     window: str = "day"

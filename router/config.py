@@ -30,7 +30,8 @@ EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "config"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    # No NaN or infinity anywhere: `limit_usd: .inf` once passed `config check`, then crashed.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
 
 
 class Price(_Strict):
@@ -135,6 +136,19 @@ class ApiKeyConfig(_Strict):
     rate_per_min: float | None = Field(default=None, gt=0)
 
 
+class ServerLimitsConfig(_Strict):
+    """What one client may hold of the server (see router/server/limits.py)."""
+
+    header_timeout_s: float = Field(default=10, gt=0)  # request line and headers, whole
+    body_timeout_s: float = Field(default=30, gt=0)  # request body, whole
+    max_connections: int = Field(default=2048, ge=1)
+    max_connections_per_client: int = Field(default=256, ge=1)  # per client IP address
+    ws_auth_max_bytes: int = Field(default=4096, ge=64)  # a frame before `auth`
+    run_max_bytes_per_key: int = Field(default=64 * 1024 * 1024, ge=1024)
+    run_max_events_per_key: int = Field(default=200_000, ge=16)
+    run_max_runs_per_key: int = Field(default=1000, ge=1)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -146,6 +160,7 @@ class ServerConfig(_Strict):
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
     log_prompts: bool = False
     shutdown_grace_s: float = Field(default=10, ge=0)
+    limits: ServerLimitsConfig = Field(default_factory=ServerLimitsConfig)
 
 
 class RouterConfig(_Strict):

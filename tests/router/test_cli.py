@@ -144,6 +144,21 @@ def test_config_check_accepts_a_good_file_and_names_the_path_of_a_bad_one(
     assert "bad.yaml: tasks.chat.candidates[1]: unknown deployment 'strnog'" in result.stderr
 
 
+@pytest.mark.parametrize(("yaml", "path"), [
+    ("budgets:\n  - {scope: global, limit_usd: .inf}\n", "budgets[0].limit_usd"),
+    ("budgets:\n  - {scope: global, limit_usd: .nan}\n", "budgets[0].limit_usd"),
+    ("resilience:\n  timeouts: {total_s: .inf}\n", "resilience.timeouts.total_s"),
+])
+def test_config_check_refuses_non_finite_numbers(cli: CliRunner, tmp_path: Path, yaml: str,
+                                                 path: str) -> None:
+    # `limit_usd: .inf` once passed `config check`, then crashed `serve`.
+    bad = tmp_path / "inf.yaml"
+    bad.write_text(FAST_FLEET + yaml)
+    result = cli.invoke(app, ["config", "check", str(bad)])
+    assert result.exit_code == 2, result.stdout
+    assert f"inf.yaml: {path}" in result.stderr and "finite" in result.stderr
+
+
 def test_config_check_accepts_the_multi_provider_example_without_keys(cli: CliRunner,
                                                                      monkeypatch: pytest.MonkeyPatch
                                                                      ) -> None:
