@@ -69,8 +69,14 @@ def test_presented_key_sources_and_redaction() -> None:
     assert presented_key(scope([(b"x-api-key", b"k2")])) == "k2"
     assert presented_key(scope(qs=b"after=3&api_key=k3")) == "k3"
     assert presented_key(scope(method="POST", qs=b"api_key=k3")) is None
+    assert presented_key(scope(qs=b"api%5Fkey=k4")) == "k4"
     assert redact('"GET /v1/streams/x/events?api_key=sk-1&after=2"') == (
         '"GET /v1/streams/x/events?api_key=[redacted]&after=2"')
+    # Once logged in clear: the name URL-encoded, or in another case.
+    for name in ("api%5Fkey", "API_KEY", "Api%5fKey", "api%5F%6Bey"):
+        assert redact(f"GET /v1/x?after=1&{name}=sk-2 HTTP/1.1") == (
+            f"GET /v1/x?after=1&{name}=[redacted] HTTP/1.1")
+    assert redact("GET /v1/x?api_keys=1&q=api_key=2") == "GET /v1/x?api_keys=1&q=api_key=2"
     assert hash_key("k") == hash_key("k") and len(hash_key("k")) == 64
 
 
