@@ -41,6 +41,7 @@ from router.server.auth import (
 )
 from router.server.eventlog import EventLog, LogGap, StreamLog
 from router.server.hub import Started, StreamHub, stream_status
+from router.server.limits import ClientGone, DrainingServer, server_options
 from router.server.metrics import CONTENT_TYPE, ServerMetrics, deployment_rows, live_snapshot
 from router.server.params import early_error_response, parse_stream_body, stream_kwargs
 from router.server.runs import RunError, RunRegistry
@@ -268,6 +269,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
             allow_methods=["GET", "POST"], expose_headers=["x-request-id"],
             allow_headers=["authorization", "x-api-key", "content-type", "last-event-id"]))
     middleware += [
+        Middleware(ClientGone),
         Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
         Middleware(AuthMiddleware, keys=keys, limiter=limiter, public_paths=public),
     ]
@@ -317,7 +319,8 @@ def serve(config: str | None = None, host: str | None = None, port: int | None =
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["router"] = {"handlers": ["default"], "level": log_level.upper(),
                                        "propagate": False}
-    uvicorn.run(app, host=host, port=settings.port if port is None else port,
-                log_level=log_level, log_config=log_config,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-                ws_ping_interval=max(settings.heartbeat_s, 1.0))
+    uv_config = uvicorn.Config(app, host=host, port=settings.port if port is None else port,
+                               log_level=log_level, log_config=log_config,
+                               **server_options(settings))
+    hub: StreamHub = app.state.hub
+    DrainingServer(uv_config, lambda: hub.shutdown(settings.shutdown_grace_s)).run()

@@ -32,6 +32,8 @@ from router.server.runs import RunRegistry
 
 log = logging.getLogger("router.server")
 _HEAD_END = frozenset({"start"}) | TERMINAL_TYPES
+_RESUME_HINT = ("retry the request (another instance serves it), or, where instances share "
+                "the event log, resume with GET /v1/streams/{}/events and Last-Event-ID")
 
 
 @dataclass(slots=True)
@@ -60,6 +62,9 @@ class StreamHub:
         self.runs = runs
         self.metrics = metrics
         self.log_prompts = log_prompts
+        self.draining = False
+        # Tasks that deliver logs to clients (WebSocket forwarders), waited for at shutdown.
+        self.readers: set[asyncio.Task[None]] = set()
 
     async def start(self, input_: Any, kwargs: Mapping[str, Any], *, owner: str | None,
                     detach: bool = False, spawn: bool = True) -> Started:
@@ -168,8 +173,12 @@ class StreamHub:
                    ) -> tuple[int, Entry] | None:
         """End a cancelled stream's log. An explicit cancel then ends the stream normally
         (the entry to deliver to its reader is returned); otherwise None: re-raise."""
-        last = self._end(slog, run, t0, "cancelled", "the stream was cancelled (client "
-                         "disconnected, cancel requested, or server shutting down)")
+        if self.draining:
+            last = self._end(slog, run, t0, "cancelled", "the server is shutting down",
+                             retryable=True, suggestion=_RESUME_HINT.format(slog.key))
+        else:
+            last = self._end(slog, run, t0, "cancelled", "the stream was cancelled (client "
+                             "disconnected, or cancel requested)")
         task = asyncio.current_task()
         if not slog.cancel_requested or task is None:
             return None
@@ -178,12 +187,13 @@ class StreamHub:
         return last
 
     def _end(self, slog: StreamLog, run: StreamLog | None, t0: float, code: ErrorCode,
-             message: str) -> tuple[int, Entry]:
+             message: str, *, retryable: bool | None = None,
+             suggestion: str | None = None) -> tuple[int, Entry]:
         ev = ErrorEvent.model_construct(
             request_id=slog.key, seq=slog.next_seq,
             elapsed_ms=(time.perf_counter() - t0) * 1000.0, code=code, message=message,
-            retryable=code != "cancelled", deployment=_last_deployment(slog), status=None,
-            suggestion=None)
+            retryable=code != "cancelled" if retryable is None else retryable,
+            deployment=_last_deployment(slog), status=None, suggestion=suggestion)
         self._record(slog, run, ev)
         return slog.next_seq - 1, slog.entries[-1]
 
@@ -221,15 +231,25 @@ class StreamHub:
         return True
 
     async def shutdown(self, grace_s: float) -> None:
-        """Let running streams finish for up to `grace_s`, then cancel the rest."""
-        tasks = [s.task for s in self.streams.active() if s.task is not None]
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=grace_s or None)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
+        """Let running streams finish for up to `grace_s`, then end each with a retryable
+        `cancelled` error (with the resume hint) that its readers receive before the
+        server closes their connections. Idempotent (SIGTERM drains, then the lifespan)."""
+        self.draining = True
+        running = [s for s in self.streams.active() if s.task is not None and not s.task.done()]
+        if running:
+            await asyncio.wait([s.task for s in running if s.task], timeout=grace_s)
+        cut = [s for s in running if s.task is not None and not s.task.done()]
+        for slog in cut:
+            if slog.detach:
+                log.warning("stream %s (detached) lost at shutdown: it was still running "
+                            "after server.shutdown_grace_s and ends with error cancelled",
+                            slog.key)
+            self.cancel(slog)  # explicit: the `cancelled` event is still delivered
+        if cut:
+            await asyncio.wait([s.task for s in cut if s.task], timeout=5)
+        readers = [t for t in self.readers if not t.done()]
+        if readers:  # WebSocket forwarders deliver the terminal events from the logs
+            await asyncio.wait(readers, timeout=5)
 
     def _log_start(self, rid: str, owner: str | None, input_: Any,
                    kwargs: Mapping[str, Any], detach: bool) -> None:

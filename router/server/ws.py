@@ -146,7 +146,10 @@ class Session:
         if old is not None:
             old.cancel()
         self.logs[slog.key] = slog
-        self.forwarders[slog.key] = asyncio.create_task(self.forward(slog, after))
+        task = asyncio.create_task(self.forward(slog, after))
+        self.forwarders[slog.key] = task
+        self.hub.readers.add(task)
+        task.add_done_callback(self.hub.readers.discard)
 
     async def on_stream(self, msg: StreamMessage) -> None:
         ref = msg.ref
