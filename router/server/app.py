@@ -44,7 +44,7 @@ from router.server.hub import Started, StreamHub, stream_status
 from router.server.limits import ClientGone, DrainingServer, server_options
 from router.server.metrics import CONTENT_TYPE, ServerMetrics, deployment_rows, live_snapshot
 from router.server.params import early_error_response, parse_stream_body, stream_kwargs
-from router.server.runs import RunError, RunRegistry
+from router.server.runs import RunError, RunQuota, RunRegistry
 from router.server.sse import BadCursor, EventStreamResponse, frame, last_event_id
 from router.server.ws import websocket_endpoint
 
@@ -167,7 +167,7 @@ async def cancel_stream(request: Request) -> Response:
 
 
 async def run_events(request: Request) -> Response | EventStreamResponse:
-    slog = request.app.state.runs.log.get(request.path_params["run_id"])
+    slog = request.app.state.runs.get(request.path_params["run_id"], principal_of(request).name)
     refused = _owned(request, slog, "run")
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
@@ -227,8 +227,11 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     if settings is None:
         settings = router.loaded.config.server
     streams = EventLog(settings.max_log_events, settings.retention_s)
+    limits = settings.limits
     runs = RunRegistry(EventLog(settings.max_log_events, settings.retention_s,
-                                expire_idle=True))
+                                expire_idle=True),
+                       RunQuota(limits.run_max_bytes_per_key, limits.run_max_events_per_key,
+                                limits.run_max_runs_per_key))
     server_metrics = ServerMetrics(lambda: live_snapshot(router))
     hub = StreamHub(router, streams, runs, server_metrics, log_prompts=settings.log_prompts)
     extra_routes, public = _extension_routes()
@@ -237,7 +240,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(_sweep(streams, runs.log, settings.retention_s))
+        sweeper = asyncio.create_task(_sweep(streams, runs, settings.retention_s))
         # `router.publish(run_id, event)` from agent code in this process reaches the runs.
         remove_sink = router.add_run_sink(runs.publish)
         try:
@@ -285,7 +288,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     return app
 
 
-async def _sweep(streams: EventLog, runs: EventLog, retention_s: float) -> None:
+async def _sweep(streams: EventLog, runs: RunRegistry, retention_s: float) -> None:
     while True:
         await asyncio.sleep(min(max(retention_s, 1.0), 30.0))
         streams.sweep()

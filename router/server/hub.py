@@ -112,7 +112,7 @@ class StreamHub:
         etype = ev.type
         slog.append(etype, data)
         if run is not None and not run.closed:
-            self.runs.append(run, etype, data)
+            self.runs.copy(run, etype, data)
         if etype in OBSERVED_TYPES:
             self.metrics.observe(ev)
 
@@ -145,8 +145,8 @@ class StreamHub:
                 data = encode_event(ev)
                 etype = ev.type
                 seq = slog.append(etype, data)
-                if run is not None:
-                    self.runs.append(run, etype, data)
+                if run is not None and not self.runs.copy(run, etype, data):
+                    run = None  # the key's run quota is spent: the stream goes on
                 if etype in OBSERVED_TYPES:
                     metrics.observe(ev)
                     ended = etype in TERMINAL_TYPES
@@ -208,8 +208,9 @@ class StreamHub:
         try:
             async for ev in events:
                 etype = ev.type
-                if run is not None and not run.closed:
-                    self.runs.append(run, etype, encode_event(ev))
+                if run is not None and (run.closed or not self.runs.copy(
+                        run, etype, encode_event(ev))):
+                    run = None
                 if etype in OBSERVED_TYPES:
                     metrics.observe(ev)
                 yield ev

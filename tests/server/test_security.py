@@ -163,19 +163,25 @@ async def test_key_rate_limit_is_429_with_retry_after(serve) -> None:
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
 
 
-async def test_another_keys_stream_and_run_are_403(serve) -> None:
+async def test_another_keys_stream_is_403_and_its_run_invisible(serve) -> None:
     srv = await serve(keys={"alice": ALICE, "bob": BOB})
     async with srv.client(ALICE) as alice, srv.client(BOB) as bob:
         r = await alice.post("/v1/stream", json={"input": "hi", "metadata": {"run_id": "r1"}})
         rid = r.headers["x-request-id"]
-        for path in (f"/v1/streams/{rid}", f"/v1/streams/{rid}/events",
-                     "/v1/runs/r1/events"):
+        for path in (f"/v1/streams/{rid}", f"/v1/streams/{rid}/events"):
             assert (await bob.get(path)).status_code == 403
-            async with alice.stream("GET", path) as ok:  # a run's events never end by itself
+            async with alice.stream("GET", path) as ok:
                 assert ok.status_code == 200
         assert (await bob.post(f"/v1/streams/{rid}/cancel")).status_code == 403
+        # Run ids are per key: bob's `r1` is bob's own (unknown yet), never alice's, and
+        # publishing to it does not reach alice's run (once, any key could claim an id).
+        assert (await bob.get("/v1/runs/r1/events")).status_code == 404
         r = await bob.post("/v1/runs/r1/events", json={"type": "step"})
-        assert r.status_code == 403
+        assert r.status_code == 201
+        async with alice.stream("GET", "/v1/runs/r1/events") as ok:
+            assert ok.status_code == 200
+        assert [t for t, _ in srv.app.state.runs.get("r1", "alice").entries].count("step") == 0
+        assert [t for t, _ in srv.app.state.runs.get("r1", "bob").entries] == ["step"]
 
 
 async def test_cors_is_off_unless_configured(serve) -> None:
