@@ -45,9 +45,10 @@ from router.server.metrics import CONTENT_TYPE, ServerMetrics, deployment_rows, 
 from router.server.params import early_error_response, parse_stream_body, stream_kwargs
 from router.server.runs import RunError, RunRegistry
 from router.server.sse import EventStreamResponse, frame, last_event_id
+from router.server.url_errors import exception_handlers
 from router.server.ws import websocket_endpoint
 
-EXTENSIONS = ("openai_compat", "anthropic_compat", "playground")
+EXTENSIONS = ("openai_compat", "anthropic_compat", "responses_api", "playground")
 _JSON = "application/json"
 
 
@@ -268,7 +269,8 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
         Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
         Middleware(AuthMiddleware, keys=keys, limiter=limiter, public_paths=public),
     ]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers=exception_handlers)
     app.state.router = router
     app.state.settings = settings
     app.state.hub = hub
