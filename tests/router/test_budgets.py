@@ -25,8 +25,8 @@ from providers.base import (
     TextDelta,
     UsageDelta,
 )
-from router.budget_gate import Refusal
-from router.budgets import (
+from router.budgets.gate import Refusal
+from router.budgets.manager import (
     BudgetConfig,
     BudgetManager,
     BudgetReservation,
@@ -39,7 +39,7 @@ from router.core import Router
 from router.errors import ConfigError
 from router.events import BudgetEvent, DoneEvent, ErrorEvent, Event, TextEvent
 from router.request import StreamParams, prepare
-from router.state import MemoryState, to_nano, to_usd
+from router.state.store import MemoryState, to_nano, to_usd
 
 T0 = datetime(2026, 3, 14, 23, 0, 0, tzinfo=UTC).timestamp()
 

@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from router.budgets import BudgetConfig, check_budget_references
-from router.config_errors import format_validation_error
+from router.budgets.manager import BudgetConfig, check_budget_references
+from router.config.errors import format_validation_error
 from router.errors import ConfigError
-from router.state import StateConfig
+from router.state.store import StateConfig
 
 Capability = Literal["tools", "reasoning", "prefill", "vision"]
 Prefer = Literal["cost", "latency", "quality", "balanced"]
@@ -26,7 +26,7 @@ ProviderKind = Literal["simulated", "anthropic", "openai", "openai_compatible", 
 ResumePolicy = Literal["continue", "restart", "fail"]
 
 CONFIG_ENV = "LLM_ROUTER_CONFIG"
-EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "config"
+EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "config"
 
 
 class _Strict(BaseModel):
@@ -292,7 +292,7 @@ def parse_config(
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, data, RouterConfig)) from None
     _check_references(config, source)
-    from router.catalog import resolve_deployments
+    from router.config.catalog import resolve_deployments
 
     return LoadedConfig(source, config, resolve_deployments(config, source))
 

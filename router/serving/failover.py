@@ -5,7 +5,7 @@ Before the first content delta nothing has reached the caller, so an attempt may
 retried (tenacity loop, `retry` events), raced against a hedge, or abandoned for the next
 candidate (`fallback` with `after_tokens: 0`). After it, a failure moves on to the next
 candidate with the mode of `resilience.resume`: `continue` asks it for the rest of the
-answer (see `router.resilience`), `restart` streams the whole answer again after a
+answer (see `router.resilience.policies`), `restart` streams the whole answer again after a
 `fallback` telling the caller to discard what it has (also used when tool-call fragments
 were sent: a JSON fragment cannot be continued), `fail` ends with the error. When every
 candidate failed, the original error is reported — the first real failure, never a 400
@@ -27,18 +27,18 @@ from providers.base import (
     ProviderRequest,
     estimate_tokens,
 )
-from router.accounting import Attempt, Ledger
-from router.attempt import AttemptFailed, Opened, end_attempt, open_upstream, stream_opened
-from router.breaker import Permit
 from router.config import Deployment
-from router.cost import input_cost
 from router.events import Event, FallbackEvent, ResumeMode, RetryEvent, StartEvent, build
-from router.resilience import Splice, Way, continuation_messages
+from router.resilience.breaker import Permit
+from router.resilience.policies import Splice, Way, continuation_messages
+from router.routing.cost import input_cost
+from router.serving.attempt import AttemptFailed, Opened, end_attempt, open_upstream, stream_opened
+from router.serving.ledger import Attempt, Ledger
 
 if TYPE_CHECKING:
     from router.core import Router
-    from router.orchestrator import Emitter
     from router.request import PreparedRequest
+    from router.serving.orchestrator import Emitter
 
 
 class Failover:
@@ -326,7 +326,7 @@ class Failover:
         """Start `dep`; if no first token after `after_s`, start `hedge` too. The first to
         produce one wins (`self.opened`); the other is closed at once, its cost counted.
         When both fail, `self.error` is `dep`'s failure."""
-        from router.hedge import Race
+        from router.serving.hedge import Race
 
         yield self._start(dep, hedge=False)
         race = Race(self.ledger, self.abandon)

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from router.breaker import (
+from router.config import Deployment, HedgeConfig, LoadedConfig
+from router.resilience.breaker import (
     BreakerRegistry,
     Clock,
     StorageFactory,
@@ -32,9 +33,8 @@ from router.breaker import (
     redis_storage,
     utc_now,
 )
-from router.config import Deployment, HedgeConfig, LoadedConfig
-from router.retry import RetryPolicy, Sleep
-from router.stats import StatsRegistry
+from router.resilience.retry import RetryPolicy, Sleep
+from router.routing.stats import StatsRegistry
 
 Way = Literal["prefill", "instruct"]
 

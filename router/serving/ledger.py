@@ -13,12 +13,12 @@ import orjson
 
 from providers.base import ProviderError, ProviderFinish, ToolCallDelta, UsageDelta
 from router.config import Deployment
-from router.cost import PER_TOKEN, input_cost, output_cost
 from router.events import Cost, DoneEvent, FinishReason, Latency, ToolCall, Usage, build
-from router.stats import StatsRegistry
+from router.routing.cost import PER_TOKEN, input_cost, output_cost
+from router.routing.stats import StatsRegistry
 
 if TYPE_CHECKING:
-    from router.orchestrator import Emitter
+    from router.serving.orchestrator import Emitter
 
 
 class Attempt:

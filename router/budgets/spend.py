@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from router.budgets import BudgetManager, Line, calendar_bucket
-from router.state import TOTAL, to_usd
+from router.budgets.manager import BudgetManager, Line, calendar_bucket
+from router.state.store import TOTAL, to_usd
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from router.accounting import Ledger
+    from router.serving.ledger import Ledger
 
 ReportWindow = Literal["hour", "day", "month"]
 

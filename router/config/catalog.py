@@ -19,7 +19,7 @@ from router.config import (
     _read_yaml,
     embedded_path,
 )
-from router.config_errors import format_validation_error
+from router.config.errors import format_validation_error
 from router.errors import ConfigError
 
 DEFAULT_PRIOR = LatencyPrior(ttft_ms=1000, tokens_per_s=50)

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from router.budget_gate import BudgetNotice, Refusal, Reservation
+from router.budgets.gate import BudgetNotice, Refusal, Reservation
 from router.errors import ConfigError
-from router.state import (
+from router.state.store import (
     Booking,
     LimitCheck,
     StateBackend,
@@ -311,7 +311,7 @@ class BudgetManager:
     def _worst_case(self, request: PreparedRequest, estimate_usd: float) -> float | None:
         if self.deployments is None:
             return None
-        from router.cost import estimate_cost  # not at the top: config imports this module
+        from router.routing.cost import estimate_cost  # not at the top: config imports this module
 
         c = request.constraints
         worst = estimate_usd

@@ -29,12 +29,12 @@ from providers.base import (
     ToolCallDelta,
     UsageDelta,
 )
-from router.accounting import Attempt, Ledger
-from router.breaker import Permit
 from router.config import Deployment
 from router.events import Event, reasoning_event, text_event, tool_call_event
-from router.resilience import Splice
-from router.watchdog import Watchdog
+from router.resilience.breaker import Permit
+from router.resilience.policies import Splice
+from router.resilience.watchdog import Watchdog
+from router.serving.ledger import Attempt, Ledger
 
 if TYPE_CHECKING:
     from router.core import Router

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from router.config import Deployment, Prefer
-from router.cost import estimate_cost
-from router.stats import StatsRegistry
+from router.routing.cost import estimate_cost
+from router.routing.stats import StatsRegistry
 
 Unavailable = Callable[[Deployment], str | None]
 

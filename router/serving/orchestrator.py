@@ -1,8 +1,8 @@
 """The orchestration of one request: route, attempt, fail over, account, end.
 
 `run_stream` yields the public events of one request: route, budget reservation, then
-`router.failover` serves it over the ranked candidates (retries, hedging, failover with
-continuation), and the terminal event. The per-chunk hot path is `router.attempt`.
+`router.serving.failover` serves it over the ranked candidates (retries, hedging, failover with
+continuation), and the terminal event. The per-chunk hot path is `router.serving.attempt`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
-from router.accounting import Ledger
-from router.budget_gate import BudgetNotice, Refusal
+from router.budgets.gate import BudgetNotice, Refusal
+from router.budgets.spend import costs_by_deployment
 from router.events import (
     BudgetEvent,
     Candidate,
@@ -23,10 +23,10 @@ from router.events import (
     RouteEvent,
     build,
 )
-from router.failover import Failover
-from router.policy import RouteDecision, choose_route
 from router.request import RequestError, StreamParams, prepare
-from router.spend import costs_by_deployment
+from router.routing.policy import RouteDecision, choose_route
+from router.serving.failover import Failover
+from router.serving.ledger import Ledger
 
 if TYPE_CHECKING:
     from router.core import Router
