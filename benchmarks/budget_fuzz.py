@@ -36,8 +36,8 @@ from typing import Any
 
 from providers.base import Delta, FinishDelta, ProviderError, ProviderRequest, TextDelta, UsageDelta
 from router.budgets.gate import BudgetNotice, Refusal, Reservation
-from router.budgets.manager import BudgetConfig, BudgetManager, BudgetReservation
-from router.config import parse_config
+from router.budgets.manager import BudgetManager, BudgetReservation
+from router.config import BudgetConfig, parse_config
 from router.core import Router
 from router.events import BudgetEvent, DoneEvent, ErrorEvent, TextEvent
 from router.request import PreparedRequest

@@ -36,6 +36,7 @@ from router.events import (
 from router.request import StreamParams, prepare
 from router.routing.policy import RouteDecision, choose_route
 from router.routing.stats import StatsRegistry
+from router.serving.context import ServingContext
 
 
 class Completion(BaseModel):
@@ -184,7 +185,12 @@ class Router:
             temperature=temperature, system=system, tools=tools, tool_choice=tool_choice,
             stop=stop, metadata=metadata or {})
         rid = request_id or uuid.uuid4().hex
-        return EventStream(run_stream(self, params, rid), rid)
+        return EventStream(run_stream(self._serving_context(), params, rid), rid)
+
+    def _serving_context(self) -> ServingContext:
+        # Built per request: tests and embedders may swap `resilience` or `budgets`.
+        return ServingContext(self.loaded, self.stats, self.resilience, self.budgets,
+                              self.provider, self.unavailable_reason)
 
     async def complete(self, input: str | Sequence[Mapping[str, Any]],
                        **options: Any) -> Completion:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from providers.base import Tool, estimate_tokens
-from router.config import LoadedConfig, Prefer
+from router.config.schema import LoadedConfig, Prefer
 from router.events import ErrorCode
 from router.routing.policy import RouteConstraints
 

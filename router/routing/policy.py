@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from router.config import Deployment, Prefer
+from router.config.schema import Deployment, Prefer
 from router.routing.cost import estimate_cost
 from router.routing.stats import StatsRegistry
 

@@ -26,15 +26,9 @@ from providers.base import (
     UsageDelta,
 )
 from router.budgets.gate import Refusal
-from router.budgets.manager import (
-    BudgetConfig,
-    BudgetManager,
-    BudgetReservation,
-    Window,
-    calendar_bucket,
-    parse_duration,
-)
-from router.config import parse_config
+from router.budgets.manager import BudgetManager, BudgetReservation
+from router.budgets.windows import Window, calendar_bucket, parse_duration
+from router.config import BudgetConfig, parse_config
 from router.core import Router
 from router.errors import ConfigError
 from router.events import BudgetEvent, DoneEvent, ErrorEvent, Event, TextEvent
