@@ -21,8 +21,8 @@ from router.config import load_config
 from router.core import Router
 from router.errors import ConfigError
 from router.events import DoneEvent, ErrorEvent, Event, RouteEvent, encode_event
-from router.policy import RouteDecision
 from router.request import RequestError
+from router.routing.policy import RouteDecision
 
 app = typer.Typer(
     help="Route LLM requests across providers by task, latency and cost; stream the answer.",
@@ -314,7 +314,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON.
 def spend(config: ConfigOpt = None, scope: ScopeOpt = None, window: WindowOpt = "day",
           as_json: JsonOpt = False) -> None:
     """Spend by scope and deployment, and the state of each budget."""
-    from router.spend import report_tables
+    from router.budgets.spend import report_tables
 
     def body() -> int:
         if window not in ("hour", "day", "month"):

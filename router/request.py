@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 
 from providers.base import Tool, estimate_tokens
-from router.config import LoadedConfig, Prefer
+from router.config.schema import LoadedConfig, Prefer
 from router.events import ErrorCode
-from router.policy import RouteConstraints
+from router.routing.policy import RouteConstraints
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 PREFERS = ("cost", "latency", "quality", "balanced")

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from router.config import ServerConfig
+from router.config.schema import ServerConfig
 from router.server.auth import (
     ANONYMOUS_PRINCIPAL,
     AuthMiddleware,

@@ -15,8 +15,8 @@ import pybreaker
 import pytest
 import redis
 
-from router.breaker import BreakerRegistry, Permit, redis_storage
 from router.config import BreakerConfig
+from router.resilience.breaker import BreakerRegistry, Permit, redis_storage
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -205,7 +205,7 @@ def test_shared_storage_is_seen_by_every_registry(clock: FakeClock) -> None:
 
 
 def test_importing_the_module_does_not_import_pybreaker() -> None:
-    code = ("import sys, router.breaker; "
+    code = ("import sys, router.resilience.breaker; "
             "assert 'pybreaker' not in sys.modules, 'pybreaker imported eagerly'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

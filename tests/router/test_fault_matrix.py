@@ -20,7 +20,8 @@ import pytest
 from router.config import parse_config
 from router.core import Router
 from router.events import DoneEvent, ErrorEvent, Event, FallbackEvent, RetryEvent
-from router.resilience import CONTINUE_INSTRUCTION, Resilience
+from router.resilience.continuation import CONTINUE_INSTRUCTION
+from router.resilience.policies import Resilience
 from router.testing import LoopbackProvider, Reply
 
 WIRES = ("openai", "anthropic", "ollama")

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from router.budgets import BudgetManager
+from router.budgets.manager import BudgetManager
 from router.config import parse_config
 from router.core import Router
-from router.state import (
+from router.state.store import (
     NANO,
     TOTAL,
     Booking,

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from router._loopback_script import Reply
+from router.testing.script import Reply
 
 __all__ = ["WIRES", "Rendered", "Wire"]
 

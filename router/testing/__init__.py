@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
-from router._loopback_http import (
+from router.testing.http import (
     Conn,
     chunk,
     header_block,
@@ -40,8 +40,8 @@ from router._loopback_http import (
     send_plain,
     status_line,
 )
-from router._loopback_script import Fault, Finish, Reply, ToolCall, default_error_kind
-from router._loopback_wire import WIRES, Wire
+from router.testing.script import Fault, Finish, Reply, ToolCall, default_error_kind
+from router.testing.wire import WIRES, Wire
 
 __all__ = ["Fault", "Finish", "LoopbackProvider", "LoopbackThread", "RecordedRequest", "Reply",
            "ToolCall"]
