@@ -275,7 +275,8 @@ async def test_message_start_reports_the_input_estimate_not_zero(
                                                messages=messages)
     stream = await client.messages.create(model="chat", system="Be brief.", max_tokens=50,
                                           messages=messages, stream=True)
-    start = [ev async for ev in stream][0]
+    events = [ev async for ev in stream]
+    start = events[0]
     assert start.type == "message_start"
     assert start.message.usage.input_tokens == count.input_tokens > 0
 
