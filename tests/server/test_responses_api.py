@@ -256,3 +256,44 @@ async def test_unknown_v1_paths_and_methods_answer_json_in_the_api_shape(
     assert anthropic_missing.json()["error"]["type"] == "not_found_error"
     assert anthropic_method.status_code == 405
     assert anthropic_method.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_the_whole_chain_to_an_openai_responses_upstream_over_real_sockets() -> None:
+    """openai SDK -> /v1/responses -> router -> `openai_responses` adapter -> the loopback
+    provider server speaking the Responses API: a function call, then the answer."""
+    from router.testing import LoopbackProvider, Reply, ToolCall
+
+    async with LoopbackProvider() as upstream:
+        upstream.enqueue(Reply(text=(), tool_calls=(ToolCall("lookup_lead", {"query": "Acme"},
+                                                             "call_up_1"),)),
+                         Reply(text=("Acme", " has", " 40 seats.")))
+        inner = Router(parse_config({
+            "providers": {"up": {"kind": "openai_responses", "api_key": "sk-up",
+                                 "base_url": upstream.base_url + "/v1"}},
+            "deployments": [{"id": "resp-only", "provider": "up", "model": "gpt-r",
+                             "capabilities": ["tools"],
+                             "price": {"input_per_mtok": 1, "output_per_mtok": 2}}],
+            "tasks": {"chat": {"candidates": ["resp-only"]}}, "defaults": {"task": "chat"},
+            "server": CONFIG["server"]}))
+        try:
+            async with uvicorn_on_loopback(create_app(inner)) as (_, url), openai.AsyncOpenAI(
+                    base_url=f"{url}/v1", api_key=KEY, max_retries=0) as client:
+                first = await client.responses.create(model="chat", input="find Acme",
+                                                      tools=TOOLS)
+                (call,) = first.output
+                assert call.type == "function_call" and call.call_id == "call_up_1"
+                assert orjson.loads(call.arguments) == {"query": "Acme"}
+                second = await client.responses.create(model="chat", tools=TOOLS, input=[
+                    {"role": "user", "content": "find Acme"},
+                    {"type": "function_call", "call_id": call.call_id, "name": call.name,
+                     "arguments": call.arguments},
+                    {"type": "function_call_output", "call_id": call.call_id,
+                     "output": "40 seats"}])
+                assert second.output_text == "Acme has 40 seats."
+        finally:
+            await inner.aclose()
+        sent = upstream.requests[1].json
+        assert sent["input"][1:] == [
+            {"type": "function_call", "call_id": "call_up_1", "name": "lookup_lead",
+             "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": "call_up_1", "output": "40 seats"}]
