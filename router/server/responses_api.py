@@ -11,8 +11,9 @@ sent back upstream), `instructions`, `tools` (function tools, flat shape), `tool
 `max_output_tokens`, `temperature`, `metadata`, `stream`. Accepted without effect, as they
 do not change the answer: `store` (nothing is stored: the response says `store: false`),
 `stream_options`, `user`, `safety_identifier`, `prompt_cache_key`, `service_tier: auto`,
-`truncation: disabled`, `parallel_tool_calls: true`, an empty `include`,
-`text.format: {type: text}`. Anything else set to a value is a 400 naming the field — in
+`truncation: disabled`, `parallel_tool_calls: true`, `top_logprobs: 0`, `include` empty or
+`["reasoning.encrypted_content"]`, `text.format: {type: text}`, and any field that is null
+or an object of nulls. Anything else set to a value is a 400 naming the field — in
 particular `previous_response_id` and `conversation` (no server-side state), `background`,
 `reasoning`, `top_p`, `text.format` other than text, hosted tools — never silently dropped.
 
@@ -57,8 +58,11 @@ _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "refusal"})
 # Fields whose value changes nothing about the answer, when they have these values.
 _NO_OP: dict[str, Any] = {
     "store": None, "stream_options": None, "user": None, "safety_identifier": None,
-    "prompt_cache_key": None, "service_tier": ("auto", "default"),
-    "truncation": ("disabled",), "parallel_tool_calls": (True,), "include": ([],),
+    "prompt_cache_key": None, "prompt_cache_retention": None,
+    "service_tier": ("auto", "default"), "truncation": ("disabled",),
+    "parallel_tool_calls": (True,), "top_logprobs": (0,),
+    # Encrypted reasoning is for sending reasoning items back, which are not sent upstream.
+    "include": ([], ["reasoning.encrypted_content"]),
 }
 _HONOURED = frozenset({
     "model", "input", "instructions", "tools", "tool_choice", "max_output_tokens",
@@ -195,10 +199,15 @@ def _tool_choice(raw: Any) -> str:
                "{\"type\": \"function\", \"name\": ...}.", "tool_choice", "unsupported_value")
 
 
+def _unset(value: Any) -> bool:
+    """None, or an object of nothing but nulls (`reasoning: {effort: null}`)."""
+    return value is None or (isinstance(value, dict) and all(v is None for v in value.values()))
+
+
 def _refuse_unsupported(body: Mapping[str, Any]) -> None:
     """A 400 for every field set to a value this endpoint would not honour."""
     for name, value in body.items():
-        if value is None or name in _HONOURED:
+        if _unset(value) or name in _HONOURED:
             continue
         if name in _NO_OP and (_NO_OP[name] is None or value in _NO_OP[name]):
             continue

@@ -232,7 +232,9 @@ async def test_a_field_the_router_cannot_honour_is_a_400_naming_it(
 async def test_no_op_fields_are_accepted(client: openai.AsyncOpenAI) -> None:
     res = await client.responses.create(model="chat", input="hi", store=True, user="ann",
                                         truncation="disabled", parallel_tool_calls=True,
-                                        text={"format": {"type": "text"}})
+                                        text={"format": {"type": "text"}},
+                                        reasoning={"effort": None},
+                                        include=["reasoning.encrypted_content"])
     assert res.status == "completed"
 
 
