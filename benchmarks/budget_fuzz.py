@@ -35,13 +35,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from providers.base import Delta, FinishDelta, ProviderError, ProviderRequest, TextDelta, UsageDelta
-from router.budget_gate import BudgetNotice, Refusal, Reservation
-from router.budgets import BudgetConfig, BudgetManager, BudgetReservation
-from router.config import parse_config
+from router.budgets.gate import BudgetNotice, Refusal, Reservation
+from router.budgets.manager import BudgetManager, BudgetReservation
+from router.config import BudgetConfig, parse_config
 from router.core import Router
 from router.events import BudgetEvent, DoneEvent, ErrorEvent, TextEvent
 from router.request import PreparedRequest
-from router.state import MemoryState, RedisState, StateBackend, to_usd
+from router.state.store import MemoryState, RedisState, StateBackend, to_usd
 
 T0 = datetime(2026, 6, 1, 12, tzinfo=UTC).timestamp()
 EPS = 1e-9

@@ -15,10 +15,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from providers.base import Provider, ProviderSettings, create_provider
-from router.budget_gate import BudgetGate, BudgetNotice
-from router.budgets import BudgetManager
-from router.catalog import Vendor
+from router.budgets.gate import BudgetGate, BudgetNotice
+from router.budgets.manager import BudgetManager
+from router.budgets.spend import ReportWindow, SpendReport, build_report
 from router.config import Deployment, LoadedConfig, load_config
+from router.config.catalog import Vendor
 from router.errors import StreamError, error_for
 from router.events import (
     DoneEvent,
@@ -32,10 +33,10 @@ from router.events import (
     ToolCall,
     Usage,
 )
-from router.policy import RouteDecision, choose_route
 from router.request import StreamParams, prepare
-from router.spend import ReportWindow, SpendReport, build_report
-from router.stats import StatsRegistry
+from router.routing.policy import RouteDecision, choose_route
+from router.routing.stats import StatsRegistry
+from router.serving.context import ServingContext
 
 
 class Completion(BaseModel):
@@ -101,7 +102,7 @@ class Router:
         self.notices: list[BudgetNotice] = []
         self._providers: dict[str, Provider] = {}
         self._run_sinks: list[RunSink] = []
-        from router.resilience import Resilience
+        from router.resilience.policies import Resilience
 
         self.resilience = Resilience(self.loaded)
 
@@ -140,9 +141,9 @@ class Router:
 
     def _vendor(self, name: str) -> Vendor | None:
         cfg = self.loaded.config.providers[name]
-        if cfg.vendor is None and cfg.kind != "openai":
+        if cfg.vendor is None and cfg.kind not in ("openai", "openai_responses"):
             return None
-        from router.catalog import load_catalog
+        from router.config.catalog import load_catalog
 
         return load_catalog().vendors.get(cfg.vendor or "openai")
 
@@ -176,7 +177,7 @@ class Router:
                stop: str | Sequence[str] | None = None,
                metadata: Mapping[str, Any] | None = None,
                request_id: str | None = None) -> EventStream:
-        from router.orchestrator import run_stream
+        from router.serving.orchestrator import run_stream
 
         params = StreamParams(
             input=input, task=task, model=model, prefer=prefer, max_ttft_ms=max_ttft_ms,
@@ -184,7 +185,12 @@ class Router:
             temperature=temperature, system=system, tools=tools, tool_choice=tool_choice,
             stop=stop, metadata=metadata or {})
         rid = request_id or uuid.uuid4().hex
-        return EventStream(run_stream(self, params, rid), rid)
+        return EventStream(run_stream(self._serving_context(), params, rid), rid)
+
+    def _serving_context(self) -> ServingContext:
+        # Built per request: tests and embedders may swap `resilience` or `budgets`.
+        return ServingContext(self.loaded, self.stats, self.resilience, self.budgets,
+                              self.provider, self.unavailable_reason)
 
     async def complete(self, input: str | Sequence[Mapping[str, Any]],
                        **options: Any) -> Completion:

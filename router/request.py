@@ -18,9 +18,9 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_confi
 from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
 from providers.base import Tool, estimate_tokens
-from router.config import LoadedConfig, Prefer
+from router.config.schema import LoadedConfig, Prefer
 from router.events import ErrorCode
-from router.policy import RouteConstraints
+from router.routing.policy import RouteConstraints
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 PREFERS = ("cost", "latency", "quality", "balanced")

@@ -30,7 +30,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.config import ApiKeyConfig
+from router.config.schema import ApiKeyConfig
 
 PUBLIC_PATHS = frozenset({"/healthz"})
 ANONYMOUS = "anonymous"

@@ -94,7 +94,7 @@ class RoutingExtras(BaseModel):
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
-def parse_body(model: type[_Body], data: dict[str, Any]) -> _Body:
+def parse_body(model: type[_Body], data: Mapping[str, Any]) -> _Body:
     """`data` validated by the endpoint's one schema, or a RequestProblem naming the field."""
     try:
         return model.model_validate(data)

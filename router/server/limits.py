@@ -31,7 +31,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from router.config import ServerConfig, ServerLimitsConfig
+from router.config import ServerConfig
+from router.config.schema import ServerLimitsConfig
 from router.server.auth import redact
 
 log = logging.getLogger("router.server")

@@ -19,7 +19,7 @@ from providers.base import (
     TextDelta,
     UsageDelta,
 )
-from router.attempt import open_upstream
+from router.serving.attempt import open_upstream
 
 
 class Scripted:

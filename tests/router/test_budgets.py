@@ -25,21 +25,15 @@ from providers.base import (
     TextDelta,
     UsageDelta,
 )
-from router.budget_gate import Refusal
-from router.budgets import (
-    BudgetConfig,
-    BudgetManager,
-    BudgetReservation,
-    Window,
-    calendar_bucket,
-    parse_duration,
-)
-from router.config import parse_config
+from router.budgets.gate import Refusal
+from router.budgets.manager import BudgetManager, BudgetReservation
+from router.budgets.windows import Window, calendar_bucket, parse_duration
+from router.config import BudgetConfig, parse_config
 from router.core import Router
 from router.errors import ConfigError
 from router.events import BudgetEvent, DoneEvent, ErrorEvent, Event, TextEvent
 from router.request import StreamParams, prepare
-from router.state import MemoryState, to_nano, to_usd
+from router.state.store import MemoryState, to_nano, to_usd
 
 T0 = datetime(2026, 3, 14, 23, 0, 0, tzinfo=UTC).timestamp()
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from router.catalog import DEFAULT_CONTEXT, DEFAULT_PRIOR, load_catalog
 from router.config import parse_config
+from router.config.catalog import DEFAULT_CONTEXT, DEFAULT_PRIOR, load_catalog
 from router.errors import ConfigError
 
 VENDORS = ("anthropic", "openai", "cerebras", "deepseek", "groq", "gemini")

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.config import Price
-from router.cost import add_costs, cost_of, estimate_cost, input_cost, output_cost
 from router.events import Cost
+from router.routing.cost import add_costs, cost_of, estimate_cost, input_cost, output_cost
 
 SONNET = Price(input_per_mtok=3.0, cached_input_per_mtok=0.3, output_per_mtok=15.0)
 NO_CACHE_PRICE = Price(input_per_mtok=0.85, output_per_mtok=1.20)

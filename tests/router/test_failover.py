@@ -20,13 +20,13 @@ from providers.base import (
     ToolCallDelta,
     UsageDelta,
 )
-from router.accounting import Ledger
 from router.core import Router
 from router.events import DoneEvent, ErrorEvent, Event, FallbackEvent
-from router.failover import Failover
-from router.orchestrator import Emitter
 from router.request import StreamParams, prepare
-from router.resilience import Resilience
+from router.resilience.policies import Resilience
+from router.serving.failover import Failover
+from router.serving.ledger import Ledger
+from router.serving.orchestrator import Emitter
 
 Make = Callable[..., Router]
 Fleet = Any  # tests/conftest.py's helper, given by the `fleet` fixture

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from providers.base import Delta, ProviderError, TextDelta
-from router.accounting import Attempt, Ledger
-from router.attempt import Opened
-from router.breaker import BreakerRegistry, Permit
 from router.config import BreakerConfig, parse_config
-from router.hedge import Race
-from router.orchestrator import Emitter
+from router.resilience.breaker import BreakerRegistry, Permit
+from router.serving.attempt import Opened
+from router.serving.hedge import Race
+from router.serving.ledger import Attempt, Ledger
+from router.serving.orchestrator import Emitter
 
 LOADED = parse_config({
     "version": 1, "providers": {"sim": {"kind": "simulated"}},

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from router.config import Deployment, LatencyPrior, Price
-from router.policy import RouteConstraints, choose_route
-from router.stats import StatsRegistry
+from router.routing.policy import RouteConstraints, choose_route
+from router.routing.stats import StatsRegistry
 
 
 def dep(id: str, price: tuple[float, float], prior: tuple[float, float], quality: float,

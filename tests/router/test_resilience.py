@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.config import parse_config
-from router.resilience import CONTINUE_INSTRUCTION, Resilience, Splice, continuation_messages
-from router.stats import StatsRegistry
+from router.resilience.continuation import CONTINUE_INSTRUCTION, Splice, continuation_messages
+from router.resilience.policies import Resilience
+from router.routing.stats import StatsRegistry
 
 USER = {"role": "user", "content": "Tell me a story"}
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from providers.base import ProviderError
 from router.config import RetryConfig
-from router.retry import RetryPolicy
+from router.resilience.retry import RetryPolicy
 
 
 class FakeTime:

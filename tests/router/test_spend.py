@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from router.budgets import BudgetConfig, BudgetManager, BudgetReservation
-from router.spend import build_report, report_tables
-from router.state import MemoryState
+from router.budgets.manager import BudgetManager, BudgetReservation
+from router.budgets.spend import build_report, report_tables
+from router.config import BudgetConfig
+from router.state.store import MemoryState
 
 T0 = datetime(2026, 5, 20, 10, 30, tzinfo=UTC).timestamp()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from router.config import Deployment, LatencyPrior, Price
-from router.stats import DECAY, WINDOW, StatsRegistry
+from router.routing.stats import DECAY, WINDOW, StatsRegistry
 
 
 def dep(id: str = "d", ttft: float = 500, rate: float = 100) -> Deployment:

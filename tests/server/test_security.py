@@ -10,7 +10,7 @@ import httpx
 import pytest
 from starlette.routing import Route, WebSocketRoute
 
-from router.budget_gate import CapOnly, Refusal
+from router.budgets.gate import CapOnly, Refusal
 from router.server.auth import KeyRing, RateLimiter, hash_key, presented_key, redact
 from router.server.playground import PUBLIC_PATHS as PLAYGROUND_PUBLIC
 from tests.server.conftest import key_entry, read_until_terminal

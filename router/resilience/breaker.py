@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from providers.base import CLIENT_ERROR_CODES
-from router.config import BreakerConfig
+from router.config.schema import BreakerConfig
 
 if TYPE_CHECKING:
     import pybreaker

@@ -5,7 +5,7 @@ Before the first content delta nothing has reached the caller, so an attempt may
 retried (tenacity loop, `retry` events), raced against a hedge, or abandoned for the next
 candidate (`fallback` with `after_tokens: 0`). After it, a failure moves on to the next
 candidate with the mode of `resilience.resume`: `continue` asks it for the rest of the
-answer (see `router.resilience`), `restart` streams the whole answer again after a
+answer (see `router.resilience.continuation`), `restart` streams the whole answer again after a
 `fallback` telling the caller to discard what it has (also used when tool-call fragments
 were sent: a JSON fragment cannot be continued), `fail` ends with the error. When every
 candidate failed, the original error is reported — the first real failure, never a 400
@@ -27,29 +27,29 @@ from providers.base import (
     ProviderRequest,
     estimate_tokens,
 )
-from router.accounting import Attempt, Ledger
-from router.attempt import AttemptFailed, Opened, end_attempt, open_upstream, stream_opened
-from router.breaker import Permit
-from router.config import Deployment
-from router.cost import input_cost
+from router.config.schema import Deployment
 from router.events import Event, FallbackEvent, ResumeMode, RetryEvent, StartEvent, build
-from router.resilience import Splice, Way, continuation_messages
+from router.resilience.breaker import Permit
+from router.resilience.continuation import Splice, Way, continuation_messages
+from router.routing.cost import input_cost
+from router.serving.attempt import AttemptFailed, Opened, end_attempt, open_upstream, stream_opened
+from router.serving.ledger import Attempt, Ledger
 
 if TYPE_CHECKING:
-    from router.core import Router
-    from router.orchestrator import Emitter
     from router.request import PreparedRequest
+    from router.serving.context import ServingContext
+    from router.serving.emitter import Emitter
 
 
 class Failover:
     """The serving state of one request; `run()` yields its events up to the terminal one,
     leaving `ledger.finish` (success) or `ledger.failure` set."""
 
-    def __init__(self, router: Router, req: PreparedRequest, ranked: list[Deployment],
+    def __init__(self, ctx: ServingContext, req: PreparedRequest, ranked: list[Deployment],
                  em: Emitter, ledger: Ledger) -> None:
-        self.router, self.req, self.ranked, self.em, self.ledger = router, req, ranked, em, ledger
-        self.res = router.resilience
-        self.timeouts = router.loaded.config.resilience.timeouts
+        self.ctx, self.req, self.ranked, self.em, self.ledger = ctx, req, ranked, em, ledger
+        self.res = ctx.resilience
+        self.timeouts = ctx.loaded.config.resilience.timeouts
         self.input_estimate = estimate_tokens(req.system or "") + req.constraints.input_tokens
         self.t0 = self.res.retry.clock()
         self.original: tuple[ProviderError, str] | None = None  # what the caller is told
@@ -133,7 +133,7 @@ class Failover:
             if opened.dep is not dep:  # the hedge won: go on from it
                 i = ranked.index(opened.dep) + 1
             try:
-                async with aclosing(stream_opened(self.router, opened, self.ledger)) as events:
+                async with aclosing(stream_opened(self.ctx, opened, self.ledger)) as events:
                     async for event in events:
                         yield event
                 return
@@ -253,7 +253,7 @@ class Failover:
                     await retry.sleep(attempt.delay_s)
                 after_s = None
                 if hedge is not None and attempt.number == 1:
-                    after_s = self.res.hedge_after_s(self.req.task, dep, self.router.stats)
+                    after_s = self.res.hedge_after_s(self.req.task, dep, self.ctx.stats)
                 try:
                     if after_s is not None and hedge is not None:
                         async with aclosing(self._race(dep, preq, permit, hedge,
@@ -295,14 +295,14 @@ class Failover:
         its breaker told, and the `ProviderError` raised."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        provider = self.router.provider(dep.provider)
+        provider = self.ctx.provider(dep.provider)
         try:
             upstream, head = await open_upstream(provider, preq, started, self.timeouts.ttft_s,
                                                  self.timeouts.total_s)
         except ProviderError as err:
-            end_attempt(self.router, self.ledger, attempt)
+            end_attempt(self.ctx, self.ledger, attempt)
             permit.failure(err.code)
-            self.router.stats.observe_outcome(dep.id, err.code)
+            self.ctx.stats.observe_outcome(dep.id, err.code)
             raise
         except BaseException:
             self.abandon(attempt, permit)
@@ -316,7 +316,7 @@ class Failover:
 
         if attempt.usage is None:
             attempt.set_usage(UsageDelta(attempt.input_estimate, attempt.output_tokens))
-        end_attempt(self.router, self.ledger, attempt)
+        end_attempt(self.ctx, self.ledger, attempt)
         permit.release()
 
     # --- hedging --------------------------------------------------------------------------
@@ -326,7 +326,7 @@ class Failover:
         """Start `dep`; if no first token after `after_s`, start `hedge` too. The first to
         produce one wins (`self.opened`); the other is closed at once, its cost counted.
         When both fail, `self.error` is `dep`'s failure."""
-        from router.hedge import Race
+        from router.serving.hedge import Race
 
         yield self._start(dep, hedge=False)
         race = Race(self.ledger, self.abandon)

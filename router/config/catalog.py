@@ -10,16 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from router.config import (
-    Capability,
-    Deployment,
-    LatencyPrior,
-    Price,
-    RouterConfig,
-    _read_yaml,
-    embedded_path,
-)
-from router.config_errors import format_validation_error
+from router.config.errors import format_validation_error
+from router.config.files import embedded_path, read_yaml
+from router.config.schema import Capability, Deployment, LatencyPrior, Price, RouterConfig
 from router.errors import ConfigError
 
 DEFAULT_PRIOR = LatencyPrior(ttft_ms=1000, tokens_per_s=50)
@@ -58,7 +51,7 @@ class Catalog(BaseModel):
 @lru_cache(maxsize=1)
 def load_catalog() -> Catalog:
     path = embedded_path("catalog.yaml")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     try:
         return Catalog.model_validate(data)
     except ValidationError as exc:

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from providers.base import ProviderError, ProviderFinish, ToolCallDelta, UsageDelta
-from router.config import Deployment
-from router.cost import PER_TOKEN, input_cost, output_cost
+from router.config.schema import Deployment
 from router.events import Cost, DoneEvent, FinishReason, Latency, ToolCall, Usage, build
-from router.stats import StatsRegistry
+from router.routing.cost import PER_TOKEN, input_cost, output_cost
+from router.routing.stats import StatsRegistry
 
 if TYPE_CHECKING:
-    from router.orchestrator import Emitter
+    from router.serving.emitter import Emitter
 
 
 class Attempt:
@@ -142,6 +142,16 @@ class Ledger:
         self._usage = [0, 0, 0, 0]
         self._estimated = False
         self._cost = [0.0, 0.0]
+
+    def costs_by_deployment(self) -> dict[str, float]:
+        """The request's cost so far split per deployment, every attempt included."""
+        out: dict[str, float] = {}
+        for attempt in self.attempts:
+            cost = attempt.cost().total_usd
+            if cost > 0:
+                dep = attempt.deployment.id
+                out[dep] = out.get(dep, 0.0) + cost
+        return out
 
     def begin(self, dep: Deployment, input_estimate: int) -> Attempt:
         attempt = Attempt(self, dep, len(self.attempts) + 1, input_estimate)

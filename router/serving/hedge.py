@@ -9,9 +9,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from providers.base import ProviderError
-from router.accounting import Attempt, Ledger
-from router.attempt import Opened, close_quietly
-from router.breaker import Permit
+from router.resilience.breaker import Permit
+from router.serving.attempt import Opened, close_quietly
+from router.serving.ledger import Attempt, Ledger
 
 Abandon = Callable[[Attempt, Permit], None]
 

@@ -29,15 +29,15 @@ from providers.base import (
     ToolCallDelta,
     UsageDelta,
 )
-from router.accounting import Attempt, Ledger
-from router.breaker import Permit
-from router.config import Deployment
+from router.config.schema import Deployment
 from router.events import Event, reasoning_event, text_event, tool_call_event
-from router.resilience import Splice
-from router.watchdog import Watchdog
+from router.resilience.breaker import Permit
+from router.resilience.continuation import Splice
+from router.resilience.watchdog import Watchdog
+from router.serving.ledger import Attempt, Ledger
 
 if TYPE_CHECKING:
-    from router.core import Router
+    from router.serving.context import ServingContext
 
 CONTENT_TYPES = (TextDelta, ReasoningDelta, ToolCallDelta)
 
@@ -102,20 +102,20 @@ async def open_upstream(provider: Provider, preq: ProviderRequest, started: floa
     return upstream, head
 
 
-def end_attempt(router: Router, ledger: Ledger, attempt: Attempt) -> None:
+def end_attempt(ctx: ServingContext, ledger: Ledger, attempt: Attempt) -> None:
     """Close `attempt`'s books even when another attempt (a hedge) is the current one."""
     current = ledger.current
     ledger.current = attempt
-    ledger.end_attempt(router.stats)
+    ledger.end_attempt(ctx.stats)
     ledger.current = current if current is not attempt else None
 
 
-async def stream_opened(router: Router, opened: Opened,
+async def stream_opened(ctx: ServingContext, opened: Opened,
                         ledger: Ledger) -> AsyncGenerator[Event, None]:
     """Events of an opened attempt to its end. Sets `attempt.finish`; raises AttemptFailed."""
     dep, attempt, upstream = opened.dep, opened.attempt, opened.upstream
     ledger.current = attempt
-    timeouts = router.loaded.config.resilience.timeouts
+    timeouts = ctx.loaded.config.resilience.timeouts
     wd = Watchdog(timeouts.ttft_s, timeouts.idle_s, timeouts.total_s, started=opened.started,
                   got_content=True)
     fresh = True  # no content sent yet by this attempt
@@ -150,7 +150,7 @@ async def stream_opened(router: Router, opened: Opened,
                         continue
                 if fresh:
                     fresh = False
-                    ledger.first_content(router.stats)
+                    ledger.first_content(ctx.stats)
                 seq = em.seq
                 em.seq = seq + 1
                 yield text_event(rid, seq, (clock() - t0) * 1000.0, text)
@@ -161,7 +161,7 @@ async def stream_opened(router: Router, opened: Opened,
                 text = delta.text  # type: ignore[union-attr]
                 if fresh:
                     fresh = False
-                    ledger.first_content(router.stats)
+                    ledger.first_content(ctx.stats)
                 seq = em.seq
                 em.seq = seq + 1
                 yield reasoning_event(rid, seq, (clock() - t0) * 1000.0, text)
@@ -172,7 +172,7 @@ async def stream_opened(router: Router, opened: Opened,
                 assert isinstance(delta, ToolCallDelta)
                 if fresh:
                     fresh = False
-                    ledger.first_content(router.stats)
+                    ledger.first_content(ctx.stats)
                 attempt.add_tool_fragment(delta)
                 seq = em.seq
                 em.seq = seq + 1
@@ -211,13 +211,13 @@ async def stream_opened(router: Router, opened: Opened,
     finally:
         wd.disarm()
         await close_quietly(upstream)
-        end_attempt(router, ledger, attempt)
+        end_attempt(ctx, ledger, attempt)
         if outcome is None:
             opened.permit.success()
-            router.stats.observe_outcome(dep.id, None)
+            ctx.stats.observe_outcome(dep.id, None)
         elif outcome == "cancelled":
             opened.permit.release()
         else:
             opened.permit.failure(outcome)
-            router.stats.observe_outcome(dep.id, outcome)
+            ctx.stats.observe_outcome(dep.id, outcome)
     ledger.finish = attempt.finish

@@ -1,5 +1,4 @@
-"""What a router needs to survive failing providers, in one place: breakers, the retry
-policy, the continuation of a stream that died mid-answer, and when to hedge.
+"""The continuation of a stream that died mid-answer.
 
 Continuation (`resilience.resume: continue`): when a stream fails after text was sent, the
 next deployment is asked for the rest of the answer, in one of two ways:
@@ -18,23 +17,8 @@ is used; the refusal never replaces the original failure in what the caller sees
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
-
-from router.breaker import (
-    BreakerRegistry,
-    Clock,
-    StorageFactory,
-    memory_storage,
-    redis_storage,
-    utc_now,
-)
-from router.config import Deployment, HedgeConfig, LoadedConfig
-from router.retry import RetryPolicy, Sleep
-from router.stats import StatsRegistry
 
 Way = Literal["prefill", "instruct"]
 
@@ -46,57 +30,6 @@ CONTINUE_INSTRUCTION = (
 _MIN_OVERLAP = 8
 # How much continuation text is held back to look for a repeat before it is sent.
 _LOOKAHEAD = 48
-
-
-class Resilience:
-    """Breakers, retry policy and learned continuation refusals of one router."""
-
-    def __init__(self, loaded: LoadedConfig, *, clock: Clock = utc_now,
-                 storage_factory: StorageFactory | None = None, sleep: Sleep = asyncio.sleep,
-                 rng: Callable[[], float] = random.random,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.loaded = loaded
-        cfg = loaded.config.resilience
-        self.cfg = cfg
-        state = loaded.config.state
-        shared = storage_factory is not None or state.backend == "redis"
-        if storage_factory is None:
-            # With `state: {backend: redis}` breakers are shared by every router instance.
-            storage_factory = redis_storage(state.url) if state.backend == "redis" else (
-                memory_storage)
-        self.breakers = BreakerRegistry(cfg.breaker, clock=clock, storage_factory=storage_factory,
-                                        shared=shared)
-        self.retry = RetryPolicy(cfg.retry, sleep=sleep, rng=rng, clock=monotonic)
-        self._refused: dict[str, set[Way]] = {}
-
-    def continuation_ways(self, dep: Deployment) -> list[Way]:
-        """The ways to ask `dep` for a continuation, best first, minus learned refusals."""
-        ways: list[Way] = ["prefill", "instruct"] if "prefill" in dep.capabilities else [
-            "instruct"]
-        refused = self._refused.get(dep.id, set())
-        return [w for w in ways if w not in refused] or ways[-1:]
-
-    def learn_refusal(self, deployment: str, way: Way) -> None:
-        self._refused.setdefault(deployment, set()).add(way)
-
-    def refusals(self) -> dict[str, list[str]]:
-        return {dep: sorted(ways) for dep, ways in self._refused.items()}
-
-    def hedge_config(self, task: str | None) -> HedgeConfig:
-        tasks = self.loaded.config.tasks
-        task_cfg = tasks.get(task) if task is not None else None
-        if task_cfg is not None and task_cfg.hedge is not None:
-            return task_cfg.hedge
-        return self.cfg.hedge
-
-    def hedge_after_s(self, task: str | None, dep: Deployment,
-                      stats: StatsRegistry) -> float | None:
-        """Seconds without a first token after which a hedge starts, or None (off)."""
-        hedge = self.hedge_config(task)
-        if not hedge.enabled:
-            return None
-        after_ms = stats.p95_ttft_ms(dep) if hedge.after_ms == "p95" else hedge.after_ms
-        return max(0.0, after_ms / 1000.0)
 
 
 def _content_text(content: Any) -> str | None:

@@ -3,7 +3,7 @@ price (the input price when none is listed); reasoning tokens bill as output."""
 
 from __future__ import annotations
 
-from router.config import Price
+from router.config.schema import Price
 from router.events import Cost, build
 
 PER_TOKEN = 1e-6

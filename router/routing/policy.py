@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from router.config import Deployment, Prefer
-from router.cost import estimate_cost
-from router.stats import StatsRegistry
+from router.config.schema import Deployment, Prefer
+from router.routing.cost import estimate_cost
+from router.routing.stats import StatsRegistry
 
 Unavailable = Callable[[Deployment], str | None]
 

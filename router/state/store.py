@@ -16,9 +16,9 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from router.config.schema import StateConfig
 
 NANO = 1_000_000_000  # nano-USD per USD
 TOTAL = "*"  # the hash field that holds a counter's total
@@ -31,16 +31,6 @@ def to_nano(usd: float) -> int:
 
 def to_usd(nano: int) -> float:
     return nano / NANO
-
-
-class StateConfig(BaseModel):
-    """`state:` in the config: where shared state lives. `redis` keeps spend across router
-    restarts and shares it between router processes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
-    backend: Literal["memory", "redis"] = "memory"
-    url: str = "redis://127.0.0.1:6379/0"
-    prefix: str = "llmr:"
 
 
 class LimitCheck(NamedTuple):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from router.config import Deployment
+from router.config.schema import Deployment
 
 DECAY = 0.2  # weight of the newest observation in the moving averages
 WINDOW = 200  # recent TTFT samples kept for percentiles

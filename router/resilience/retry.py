@@ -40,7 +40,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.stop import stop_base
 
 from providers.base import ProviderError
-from router.config import RetryConfig
+from router.config.schema import RetryConfig
 
 Sleep = Callable[[float], Awaitable[None]]
 

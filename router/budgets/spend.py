@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from router.budgets import BudgetManager, Line, calendar_bucket
-from router.state import TOTAL, to_usd
+from router.budgets.manager import BudgetManager, Line
+from router.budgets.windows import calendar_bucket
+from router.state.store import TOTAL, to_usd
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from router.accounting import Ledger
 
 ReportWindow = Literal["hour", "day", "month"]
 
@@ -49,17 +49,6 @@ class SpendReport(BaseModel):
     total_usd: float  # the global scope's spend in the period
     scopes: list[ScopeSpend]
     budgets: list[BudgetStatus]
-
-
-def costs_by_deployment(ledger: Ledger) -> dict[str, float]:
-    """A request's cost so far split per deployment, every attempt included."""
-    out: dict[str, float] = {}
-    for attempt in ledger.attempts:
-        cost = attempt.cost().total_usd
-        if cost > 0:
-            dep = attempt.deployment.id
-            out[dep] = out.get(dep, 0.0) + cost
-    return out
 
 
 def _matches(scope: str, wanted: str | None) -> bool:
@@ -151,4 +140,4 @@ def report_tables(report: SpendReport) -> list[Table]:
 
 
 __all__ = ["BudgetStatus", "ScopeSpend", "SpendReport", "build_report",
-           "costs_by_deployment", "report_tables"]
+           "report_tables"]

@@ -1,0 +1,1 @@
+"""Budgets: the budget gate, budgets and their windows, spend reports."""

@@ -1,0 +1,1 @@
+"""Resilience: circuit breakers, the retry loop, deadlines and mid-stream continuation."""

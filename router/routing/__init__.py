@@ -1,0 +1,1 @@
+"""Routing: the estimates of each deployment and the policy that ranks them."""

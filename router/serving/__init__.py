@@ -1,0 +1,1 @@
+"""Serving one request: orchestration, failover, one attempt, hedging, the ledger."""

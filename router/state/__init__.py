@@ -1,0 +1,1 @@
+"""Shared mutable state behind one async interface: a memory and a Redis backend."""
