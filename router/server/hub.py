@@ -65,6 +65,8 @@ class StreamHub:
         self.draining = False
         # Tasks that deliver logs to clients (WebSocket forwarders), waited for at shutdown.
         self.readers: set[asyncio.Task[None]] = set()
+        # Request tasks rendering a compatible endpoint's stream (`instrument`).
+        self.rendered: set[asyncio.Task[Any]] = set()
 
     async def start(self, input_: Any, kwargs: Mapping[str, Any], *, owner: str | None,
                     detach: bool = False, spawn: bool = True) -> Started:
@@ -205,8 +207,13 @@ class StreamHub:
         run = self.runs.channel(run_id, owner) if run_id is not None else None
         metrics = self.metrics
         metrics.active.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            self.rendered.add(task)
+        last: Event | None = None
         try:
             async for ev in events:
+                last = ev
                 etype = ev.type
                 if run is not None and (run.closed or not self.runs.copy(
                         run, etype, encode_event(ev))):
@@ -214,7 +221,16 @@ class StreamHub:
                 if etype in OBSERVED_TYPES:
                     metrics.observe(ev)
                 yield ev
+        except asyncio.CancelledError:
+            ended = last is not None and last.type in TERMINAL_TYPES
+            if not self.draining or task is None or ended:
+                raise
+            while task.cancelling():  # cut by `shutdown`: the endpoint renders the end
+                task.uncancel()
+            yield _shutdown_error(getattr(events, "request_id", ""), last)
         finally:
+            if task is not None:
+                self.rendered.discard(task)
             metrics.active.dec()
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
@@ -237,8 +253,9 @@ class StreamHub:
         server closes their connections. Idempotent (SIGTERM drains, then the lifespan)."""
         self.draining = True
         running = [s for s in self.streams.active() if s.task is not None and not s.task.done()]
-        if running:
-            await asyncio.wait([s.task for s in running if s.task], timeout=grace_s)
+        tasks = [s.task for s in running if s.task] + list(self.rendered)
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
         cut = [s for s in running if s.task is not None and not s.task.done()]
         for slog in cut:
             if slog.detach:
@@ -246,8 +263,11 @@ class StreamHub:
                             "after server.shutdown_grace_s and ends with error cancelled",
                             slog.key)
             self.cancel(slog)  # explicit: the `cancelled` event is still delivered
-        if cut:
-            await asyncio.wait([s.task for s in cut if s.task], timeout=5)
+        rendered = [t for t in self.rendered if not t.done()]
+        for task in rendered:  # compatible endpoints' streams: see `instrument`
+            task.cancel()
+        if cut or rendered:
+            await asyncio.wait([s.task for s in cut if s.task] + rendered, timeout=5)
         readers = [t for t in self.readers if not t.done()]
         if readers:  # WebSocket forwarders deliver the terminal events from the logs
             await asyncio.wait(readers, timeout=5)
@@ -263,6 +283,15 @@ class StreamHub:
         else:
             log.info("stream %s key=%s task=%s model=%s detach=%s", rid, owner,
                      kwargs.get("task"), kwargs.get("model"), detach)
+
+
+def _shutdown_error(request_id: str, last: Event | None) -> ErrorEvent:
+    return ErrorEvent.model_construct(
+        request_id=last.request_id if last is not None else request_id,
+        seq=last.seq + 1 if last is not None else 0,
+        elapsed_ms=last.elapsed_ms if last is not None else 0.0, code="cancelled",
+        message="the server is shutting down", retryable=True, deployment=None, status=None,
+        suggestion="retry the request (another instance serves it)")
 
 
 def _last_deployment(slog: StreamLog) -> str | None:

@@ -111,3 +111,40 @@ async def test_sigterm_lets_short_streams_finish_with_done(tmp_path: Path, fleet
         assert await srv.wait() in (0, -15)  # uvicorn re-raises the signal it handled
     types = [f.event for f in rest]
     assert types[-1] == "done" and types.count("done") == 1 and "error" not in types
+
+
+async def _compat_until_first_token(c: httpx.AsyncClient, path: str, body: dict[str, Any],
+                                    stack: list[Any]) -> tuple[httpx.Response, Any]:
+    cm = c.stream("POST", path, json=body)
+    r = await cm.__aenter__()
+    stack.append(cm)
+    assert r.status_code == 200
+    lines = r.aiter_lines()
+    async for line in lines:
+        if ('"content"' in line and '""' not in line) or "text_delta" in line:
+            return r, lines
+    raise AssertionError("stream ended before its first token")
+
+
+async def test_sigterm_ends_compatible_streams_with_their_error_chunk(tmp_path: Path,
+                                                                     fleet: Any) -> None:
+    async with served_process(tmp_path, _config(fleet), keys={"alice": KEY},
+                              server={"shutdown_grace_s": 0.5}) as srv:
+        stack: list[Any] = []
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=30,
+                                     headers={"authorization": f"Bearer {KEY}"}) as c:
+            messages = [{"role": "user", "content": "hi"}]
+            openai = await _compat_until_first_token(c, "/v1/chat/completions", {
+                "model": "mid", "messages": messages, "stream": True}, stack)
+            anthropic = await _compat_until_first_token(c, "/v1/messages", {
+                "model": "mid", "max_tokens": 400, "messages": messages, "stream": True},
+                stack)
+            srv.proc.send_signal(15)
+            # Read to the end: no incomplete chunked read.
+            rests = [[line async for line in lines if line] for _, lines in (openai, anthropic)]
+            for cm in stack:
+                await cm.__aexit__(None, None, None)
+        assert await srv.wait() in (0, -15)
+    openai_rest, anthropic_rest = rests
+    assert "shutting down" in openai_rest[-1] and '"error"' in openai_rest[-1]
+    assert anthropic_rest[-2] == "event: error" and "shutting down" in anthropic_rest[-1]
