@@ -106,6 +106,9 @@ def end_attempt(ctx: ServingContext, ledger: Ledger, attempt: Attempt) -> None:
     """Close `attempt`'s books even when another attempt (a hedge) is the current one."""
     current = ledger.current
     ledger.current = attempt
+    if attempt.inflight:
+        attempt.inflight = False
+        ctx.stats.attempt_ended(attempt.deployment.id)
     ledger.end_attempt(ctx.stats)
     ledger.current = current if current is not attempt else None
 

@@ -44,13 +44,17 @@ def constraints(**kw: Any) -> RouteConstraints:
     return RouteConstraints(**{**base, **kw})
 
 
+def FROZEN() -> float:  # noqa: N802 - a clock: estimates decay by age, none passes here
+    return 0.0
+
+
 def available(d: Deployment) -> str | None:
     return None
 
 
 def route(c: RouteConstraints, stats: StatsRegistry | None = None,
           unavailable: Any = available) -> Any:
-    return choose_route(c, FLEET, stats or StatsRegistry(), unavailable)
+    return choose_route(c, FLEET, stats or StatsRegistry(clock=FROZEN), unavailable)
 
 
 def ranked_ids(decision: Any) -> list[str]:
@@ -198,11 +202,11 @@ def test_cost_ties_are_broken_by_latency_and_latency_ties_by_cost() -> None:
     }
     c = RouteConstraints(candidates=("slow", "quick", "pricey"), prefer="cost",
                          input_tokens=100, output_tokens=100)
-    assert [e.deployment.id for e in choose_route(c, twin, StatsRegistry(), available).ranked
+    assert [e.deployment.id for e in choose_route(c, twin, StatsRegistry(clock=FROZEN), available).ranked
             ] == ["quick", "slow", "pricey"]
     c = RouteConstraints(candidates=("pricey", "quick", "slow"), prefer="latency",
                          input_tokens=100, output_tokens=100)
-    assert [e.deployment.id for e in choose_route(c, twin, StatsRegistry(), available).ranked
+    assert [e.deployment.id for e in choose_route(c, twin, StatsRegistry(clock=FROZEN), available).ranked
             ] == ["quick", "pricey", "slow"]
 
 
@@ -210,7 +214,7 @@ def test_cost_ties_are_broken_by_latency_and_latency_ties_by_cost() -> None:
 
 
 def test_observed_latency_overrides_the_priors() -> None:
-    stats = StatsRegistry()
+    stats = StatsRegistry(clock=FROZEN)
     assert ranked_ids(route(constraints(prefer="latency"), stats))[0] == "fast"
     # strong turns out to be quick; fast turns out to be slow.
     stats.observe_ttft("strong", 80)
@@ -225,7 +229,7 @@ def test_observed_latency_overrides_the_priors() -> None:
 
 
 def test_observations_are_decayed_averages_not_the_last_sample() -> None:
-    stats = StatsRegistry()
+    stats = StatsRegistry(clock=FROZEN)
     stats.observe_ttft("mid", 1000)
     stats.observe_ttft("mid", 2000)
     estimate = {e.deployment.id: e for e in route(constraints(), stats).candidates}["mid"]
@@ -235,7 +239,7 @@ def test_observations_are_decayed_averages_not_the_last_sample() -> None:
 
 
 def test_latency_budget_admits_a_deployment_once_it_proves_fast() -> None:
-    stats = StatsRegistry()
+    stats = StatsRegistry(clock=FROZEN)
     c = constraints(prefer="quality", max_latency_ms=2000)
     assert ranked_ids(route(c, stats)) == ["fast"]
     for _ in range(3):

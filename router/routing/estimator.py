@@ -1,0 +1,224 @@
+"""What one deployment's recent behaviour says about its next request: decayed distributions
+of time to first token and of decode time per token, a decayed error rate, and how much
+evidence stands behind each figure. It only learns; `router.routing.policy` decides.
+
+Every observation's weight halves each `half_life_s` of age, so a deployment that was slow
+an hour ago and has not served since counts as unknown, not as slow: below one fresh
+sample's worth of weight an estimate slides linearly back to the config prior. Quantiles
+come from a decayed log-binned histogram (bins 10% wide; each bin also keeps its weighted
+mean, so one sample's quantile is that sample). An attempt given up before its first token
+(a hedge loser, a timeout) is right-censored — "at least this long" — and its weight is
+spread over the longer bins in proportion to their mass (the Kaplan–Meier redistribution),
+never dropped. The clock is injected: a simulation drives it without sleeping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Clock = Callable[[], float]
+
+_LOG_RATIO = math.log(1.1)  # bin width: 10% of the value
+_BINS = 160  # 1 ms .. ~4 million ms
+_RESCALE_EXPONENT = 40.0  # renormalize stored weights before 2**exponent overflows precision
+
+
+class DecayedHistogram:
+    """Weights in log-spaced bins; each weight halves every `half_life_s` of age.
+
+    Weights are stored scaled by 2**((t - t_ref) / half_life) so that adding is O(1) and
+    aging everything costs nothing: the scale cancels out of every quantile and mean.
+    """
+
+    __slots__ = ("_half_life", "_sum", "_t_ref", "_total", "_weight")
+
+    def __init__(self, half_life_s: float, now: float) -> None:
+        self._half_life = half_life_s
+        self._t_ref = now
+        self._weight = [0.0] * _BINS
+        self._total = [0.0] * _BINS  # weighted sum of the values in each bin
+        self._sum = 0.0
+
+    @staticmethod
+    def _bin(value: float) -> int:
+        if value <= 1.0:
+            return 0
+        return min(_BINS - 1, int(math.log(value) / _LOG_RATIO))
+
+    def _scale(self, now: float) -> float:
+        exponent = (now - self._t_ref) / self._half_life
+        if exponent > _RESCALE_EXPONENT:
+            factor = 2.0 ** -exponent
+            self._weight = [w * factor for w in self._weight]
+            self._total = [t * factor for t in self._total]
+            self._sum *= factor
+            self._t_ref, exponent = now, 0.0
+        return float(2.0 ** exponent)
+
+    def add(self, value: float, now: float, weight: float = 1.0) -> None:
+        w = weight * self._scale(now)
+        i = self._bin(value)
+        self._weight[i] += w
+        self._total[i] += w * value
+        self._sum += w
+
+    def add_censored(self, lower: float, now: float, weight: float = 1.0) -> None:
+        """An outcome known only to be at least `lower`: its weight goes to the longer bins
+        in proportion to their mass; to `lower` itself when nothing longer was seen."""
+        w = weight * self._scale(now)
+        first = self._bin(lower) + 1
+        above = sum(self._weight[first:])
+        if above <= 0.0:
+            self.add(lower, now, weight)
+            return
+        grow = 1.0 + w / above
+        for i in range(first, _BINS):
+            self._weight[i] *= grow
+            self._total[i] *= grow
+        self._sum += w
+
+    def weight(self, now: float) -> float:
+        """The decayed sample weight at `now` (1.0 = one sample observed just now)."""
+        return self._sum * 2.0 ** (-(now - self._t_ref) / self._half_life)
+
+    def quantile(self, q: float) -> float | None:
+        if self._sum <= 0.0:
+            return None
+        target, cumulative = q * self._sum, 0.0
+        for w, total in zip(self._weight, self._total, strict=True):
+            if w <= 0.0:
+                continue
+            cumulative += w
+            if cumulative >= target:
+                return total / w
+        return None  # unreachable but for rounding: q <= 1
+
+    def mean(self) -> float | None:
+        return sum(self._total) / self._sum if self._sum > 0.0 else None
+
+
+class DecayedMean:
+    """A mean whose observations' weights halve every `half_life_s`."""
+
+    __slots__ = ("_half_life", "_t", "_total", "_weight")
+
+    def __init__(self, half_life_s: float, now: float) -> None:
+        self._half_life, self._t, self._weight, self._total = half_life_s, now, 0.0, 0.0
+
+    def _age_to(self, now: float) -> None:
+        if now > self._t:
+            factor = 2.0 ** (-(now - self._t) / self._half_life)
+            self._weight *= factor
+            self._total *= factor
+            self._t = now
+
+    def add(self, value: float, now: float, weight: float = 1.0) -> None:
+        self._age_to(now)
+        self._weight += weight
+        self._total += weight * value
+
+    def weight(self, now: float) -> float:
+        return self._weight * 2.0 ** (-max(0.0, now - self._t) / self._half_life)
+
+    def mean(self) -> float | None:
+        return self._total / self._weight if self._weight > 0.0 else None
+
+
+def toward_prior(observed: float | None, prior: float, weight: float) -> float:
+    """Trust observations fully from one fresh sample's worth of weight; below it, slide
+    linearly back to the prior (a stale estimate reverts instead of freezing)."""
+    if observed is None:
+        return prior
+    trust = min(1.0, weight)
+    return trust * observed + (1.0 - trust) * prior
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    ttft_ms: float
+    ms_per_token: float
+    error_rate: float = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One deployment's estimates at one instant, priors blended in by staleness."""
+
+    ttft_ms: float  # expected time to first token (mean)
+    ttft_q_ms: float  # its `quantile`
+    quantile: float
+    ms_per_token: float  # expected decode time per output token
+    error_rate: float  # decayed share of attempts that failed (Beta prior blended in)
+    failure_ms: float  # expected time a failed attempt costs before it fails
+    weight: float  # decayed TTFT sample weight: the evidence behind the figures
+    samples: int  # TTFT observations ever (censored included)
+    age_s: float | None  # since the last observation of any kind; None: never observed
+
+    def latency_ms(self, output_tokens: int) -> float:
+        return self.ttft_ms + output_tokens * self.ms_per_token
+
+    def latency_q_ms(self, output_tokens: int) -> float:
+        return self.ttft_q_ms + output_tokens * self.ms_per_token
+
+
+# Pseudo-attempts of the prior error rate: one fresh failure in few attempts shows at once.
+_PRIOR_ATTEMPTS = 2.0
+
+
+class Estimator:
+    """Decayed estimates of one deployment, learnt from its observations."""
+
+    __slots__ = ("_decode", "_failed", "_failure_ms", "_last", "_ok", "_ttft", "_ttft_mean",
+                 "half_life_s", "prior", "samples")
+
+    def __init__(self, prior: Prior, half_life_s: float, now: float) -> None:
+        self.prior = prior
+        self.half_life_s = half_life_s
+        self._ttft = DecayedHistogram(half_life_s, now)
+        self._ttft_mean = DecayedMean(half_life_s, now)  # exact mean (bins are 10% wide)
+        self._decode = DecayedMean(half_life_s, now)
+        self._ok = DecayedMean(half_life_s, now)  # weight = decayed successes
+        self._failed = DecayedMean(half_life_s, now)  # weight = decayed failures
+        self._failure_ms = DecayedMean(half_life_s, now)
+        self._last: float | None = None
+        self.samples = 0
+
+    def observe_ttft(self, ttft_ms: float, now: float) -> None:
+        self._ttft.add(ttft_ms, now)
+        self._ttft_mean.add(ttft_ms, now)
+        self.samples += 1
+        self._last = now
+
+    def observe_censored(self, at_least_ms: float, now: float) -> None:
+        """An attempt abandoned before its first token after `at_least_ms`."""
+        self._ttft.add_censored(at_least_ms, now)
+        # The mean moves to at least the bound's share: a lower bound on the truth.
+        self._ttft_mean.add(max(at_least_ms, self._ttft.mean() or at_least_ms), now)
+        self.samples += 1
+        self._last = now
+
+    def observe_decode(self, ms_per_token: float, now: float) -> None:
+        self._decode.add(ms_per_token, now)
+        self._last = now
+
+    def observe_outcome(self, failed: bool, now: float, duration_ms: float | None = None) -> None:
+        (self._failed if failed else self._ok).add(0.0, now)
+        if failed and duration_ms is not None:
+            self._failure_ms.add(duration_ms, now)
+        self._last = now
+
+    def snapshot(self, now: float, quantile: float) -> Snapshot:
+        p = self.prior
+        weight = self._ttft.weight(now)
+        ttft = toward_prior(self._ttft_mean.mean(), p.ttft_ms, weight)
+        ttft_q = toward_prior(self._ttft.quantile(quantile), p.ttft_ms, weight)
+        decode = toward_prior(self._decode.mean(), p.ms_per_token, self._decode.weight(now))
+        failed, ok = self._failed.weight(now), self._ok.weight(now)
+        error_rate = (failed + _PRIOR_ATTEMPTS * p.error_rate) / (failed + ok + _PRIOR_ATTEMPTS)
+        failure_ms = toward_prior(self._failure_ms.mean(), p.ttft_ms,
+                                  self._failure_ms.weight(now))
+        age = None if self._last is None else max(0.0, now - self._last)
+        return Snapshot(ttft, max(ttft_q, 0.0), quantile, decode, error_rate, failure_ms,
+                        weight, self.samples, age)
