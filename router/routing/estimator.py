@@ -32,10 +32,11 @@ class DecayedHistogram:
     aging everything costs nothing: the scale cancels out of every quantile and mean.
     """
 
-    __slots__ = ("_half_life", "_sum", "_t_ref", "_total", "_weight")
+    __slots__ = ("_half_life", "_max_weight", "_sum", "_t_ref", "_total", "_weight")
 
-    def __init__(self, half_life_s: float, now: float) -> None:
+    def __init__(self, half_life_s: float, now: float, max_weight: float = math.inf) -> None:
         self._half_life = half_life_s
+        self._max_weight = max_weight
         self._t_ref = now
         self._weight = [0.0] * _BINS
         self._total = [0.0] * _BINS  # weighted sum of the values in each bin
@@ -63,6 +64,16 @@ class DecayedHistogram:
         self._weight[i] += w
         self._total[i] += w * value
         self._sum += w
+        self._cap(now)
+
+    def _cap(self, now: float) -> None:
+        """Past `max_weight` every weight shrinks: a busy deployment's distribution
+        follows a change within about `max_weight` requests, not only a half-life."""
+        excess = self.weight(now) / self._max_weight
+        if excess > 1.0:
+            self._weight = [w / excess for w in self._weight]
+            self._total = [t / excess for t in self._total]
+            self._sum /= excess
 
     def add_censored(self, lower: float, now: float, weight: float = 1.0) -> None:
         """An outcome known only to be at least `lower`: its weight goes to the longer bins
@@ -78,6 +89,7 @@ class DecayedHistogram:
             self._weight[i] *= grow
             self._total[i] *= grow
         self._sum += w
+        self._cap(now)
 
     def weight(self, now: float) -> float:
         """The decayed sample weight at `now` (1.0 = one sample observed just now)."""
@@ -102,10 +114,11 @@ class DecayedHistogram:
 class DecayedMean:
     """A mean whose observations' weights halve every `half_life_s`."""
 
-    __slots__ = ("_half_life", "_t", "_total", "_weight")
+    __slots__ = ("_half_life", "_max_weight", "_t", "_total", "_weight")
 
-    def __init__(self, half_life_s: float, now: float) -> None:
+    def __init__(self, half_life_s: float, now: float, max_weight: float = math.inf) -> None:
         self._half_life, self._t, self._weight, self._total = half_life_s, now, 0.0, 0.0
+        self._max_weight = max_weight
 
     def _age_to(self, now: float) -> None:
         if now > self._t:
@@ -118,6 +131,9 @@ class DecayedMean:
         self._age_to(now)
         self._weight += weight
         self._total += weight * value
+        if self._weight > self._max_weight:  # as DecayedHistogram._cap
+            self._total *= self._max_weight / self._weight
+            self._weight = self._max_weight
 
     def weight(self, now: float) -> float:
         return self._weight * 2.0 ** (-max(0.0, now - self._t) / self._half_life)
@@ -163,6 +179,7 @@ class Snapshot:
         return self.ttft_q_ms + output_tokens * self.ms_per_token
 
 
+_TOP = 0.999  # the highest quantile read from a histogram
 # Pseudo-attempts of the prior error rate: one fresh failure in few attempts shows at once.
 _PRIOR_ATTEMPTS = 2.0
 
@@ -170,18 +187,19 @@ _PRIOR_ATTEMPTS = 2.0
 class Estimator:
     """Decayed estimates of one deployment, learnt from its observations."""
 
-    __slots__ = ("_decode", "_failed", "_failure_ms", "_last", "_ok", "_ttft", "_ttft_mean",
+    __slots__ = ("_decode", "_failed", "_failure_ms", "_last", "_ttft", "_ttft_mean",
                  "half_life_s", "prior", "samples")
 
-    def __init__(self, prior: Prior, half_life_s: float, now: float) -> None:
+    def __init__(self, prior: Prior, half_life_s: float, now: float,
+                 max_weight: float = math.inf) -> None:
         self.prior = prior
         self.half_life_s = half_life_s
-        self._ttft = DecayedHistogram(half_life_s, now)
-        self._ttft_mean = DecayedMean(half_life_s, now)  # exact mean (bins are 10% wide)
-        self._decode = DecayedMean(half_life_s, now)
-        self._ok = DecayedMean(half_life_s, now)  # weight = decayed successes
-        self._failed = DecayedMean(half_life_s, now)  # weight = decayed failures
-        self._failure_ms = DecayedMean(half_life_s, now)
+        cap = max_weight
+        self._ttft = DecayedHistogram(half_life_s, now, cap)
+        self._ttft_mean = DecayedMean(half_life_s, now, cap)  # exact mean (bins are 10% wide)
+        self._decode = DecayedMean(half_life_s, now, cap)
+        self._failed = DecayedMean(half_life_s, now, cap)  # mean of 1 (failed) / 0 (ok)
+        self._failure_ms = DecayedMean(half_life_s, now, cap)
         self._last: float | None = None
         self.samples = 0
 
@@ -204,21 +222,43 @@ class Estimator:
         self._last = now
 
     def observe_outcome(self, failed: bool, now: float, duration_ms: float | None = None) -> None:
-        (self._failed if failed else self._ok).add(0.0, now)
+        self._failed.add(1.0 if failed else 0.0, now)
         if failed and duration_ms is not None:
             self._failure_ms.add(duration_ms, now)
         self._last = now
 
+    def _failure_aware_quantile(self, q: float, error_rate: float) -> float | None:
+        """The q-quantile of time to first token with requests that fail over elsewhere as
+        outcomes slower than any success: the successes' q/(1-f) quantile, f = p**2 (a
+        retry's wait is inside the observed TTFT; a request leaves after its retry fails
+        too). Past 1 no success rate can meet q: the slowest success stretched by the
+        failures per success stands for it (finite)."""
+        leaves = error_rate * error_rate
+        level = q / (1.0 - leaves)
+        if level < _TOP:
+            return self._ttft.quantile(level)
+        slowest = self._ttft.quantile(_TOP)
+        return None if slowest is None else slowest * (1.0 + leaves / (1.0 - leaves))
+
     def snapshot(self, now: float, quantile: float) -> Snapshot:
         p = self.prior
-        weight = self._ttft.weight(now)
-        ttft = toward_prior(self._ttft_mean.mean(), p.ttft_ms, weight)
-        ttft_q = toward_prior(self._ttft.quantile(quantile), p.ttft_ms, weight)
-        decode = toward_prior(self._decode.mean(), p.ms_per_token, self._decode.weight(now))
-        failed, ok = self._failed.weight(now), self._ok.weight(now)
-        error_rate = (failed + _PRIOR_ATTEMPTS * p.error_rate) / (failed + ok + _PRIOR_ATTEMPTS)
-        failure_ms = toward_prior(self._failure_ms.mean(), p.ttft_ms,
-                                  self._failure_ms.weight(now))
         age = None if self._last is None else max(0.0, now - self._last)
+        # What was true `age` ago says less about now however much of it there was: the
+        # trust in it halves every half-life without news (a mean-reverting drift).
+        fresh = 1.0 if age is None else 2.0 ** (-age / self.half_life_s)
+        weight = self._ttft.weight(now)
+        attempts = self._failed.weight(now) * fresh
+        failed = attempts * (self._failed.mean() or 0.0)
+        error_rate = (failed + _PRIOR_ATTEMPTS * p.error_rate) / (attempts + _PRIOR_ATTEMPTS)
+        trust = min(1.0, weight) * fresh
+        ttft = toward_prior(self._ttft_mean.mean(), p.ttft_ms, trust)
+        # The quantile budgets are held against keeps bad news until its weight fades (a
+        # budget is a hard constraint: re-admitting on age alone would probe with misses).
+        ttft_q = toward_prior(self._failure_aware_quantile(quantile, error_rate), p.ttft_ms,
+                              min(1.0, weight))
+        decode = toward_prior(self._decode.mean(), p.ms_per_token,
+                              min(1.0, self._decode.weight(now)) * fresh)
+        failure_ms = toward_prior(self._failure_ms.mean(), p.ttft_ms,
+                                  min(1.0, self._failure_ms.weight(now)) * fresh)
         return Snapshot(ttft, max(ttft_q, 0.0), quantile, decode, error_rate, failure_ms,
-                        weight, self.samples, age)
+                        weight * fresh, self.samples, age)

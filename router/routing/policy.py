@@ -140,12 +140,18 @@ def _optimistic(e: Estimate, cfg: RoutingConfig) -> float:
     return e.expected_ms * (1.0 - cfg.optimism / math.sqrt(1.0 + e.weight))
 
 
+def _probing(e: Estimate) -> bool:
+    """Its figures are mostly prior and a request is already finding out: one probe at a
+    time, so a burst does not herd onto a deployment nobody has measured lately."""
+    return e.weight < 1.0 and e.inflight > 0
+
+
 def _rank_key(prefer: Prefer, pool: Sequence[Estimate],
               cfg: RoutingConfig) -> Callable[[Estimate], tuple[float, ...]]:
     if prefer == "cost":
-        return lambda e: (e.cost_usd, _optimistic(e, cfg))
+        return lambda e: (_probing(e), e.cost_usd, _optimistic(e, cfg))
     if prefer == "latency":
-        return lambda e: (_optimistic(e, cfg), e.cost_usd)
+        return lambda e: (_probing(e), _optimistic(e, cfg), e.cost_usd)
     if prefer == "quality":
         return lambda e: (-e.deployment.quality, e.cost_usd)
     max_cost = max((e.cost_usd for e in pool), default=0.0) or 1.0
@@ -157,7 +163,7 @@ def _rank_key(prefer: Prefer, pool: Sequence[Estimate],
             + 0.25 * (1 - e.cost_usd / max_cost)
             + 0.25 * (1 - _optimistic(e, cfg) / max_latency)
         )
-        return (-score, e.cost_usd)
+        return (_probing(e), -score, e.cost_usd)
 
     return balanced
 
@@ -217,9 +223,7 @@ class RoutingPolicy:
             return None
         under = [i for i, e in enumerate(ranked[1:], 1)
                  if e.weight < self.cfg.explore_below_weight]
-        if not under:
-            return None
-        return min(under, key=lambda i: (ranked[i].weight, i))
+        return under[0] if under else None  # the most promising of the under-measured
 
 
 def choose_route(

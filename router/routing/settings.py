@@ -11,7 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 class RoutingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     # Age at which an observation counts half; estimates drift to the prior past it.
-    half_life_s: float = Field(default=60.0, gt=0)
+    half_life_s: float = Field(default=15.0, gt=0)
+    # Most sample weight an estimate holds: a busy deployment's estimate follows a change
+    # within about this many requests, however short their ages.
+    max_weight: float = Field(default=20.0, ge=1)
     # Quantile of TTFT and latency that `max_ttft_ms` / `max_latency_ms` are checked against.
     quantile: float = Field(default=0.9, gt=0, lt=1)
     # Share of requests sent to the least-measured eligible candidate instead of the best.

@@ -61,7 +61,8 @@ class StatsRegistry:
             self._priors[dep.id] = prior
             if s is None:
                 s = self._by_id[dep.id] = DeploymentStats(
-                    Estimator(prior, self.routing.half_life_s, self.clock()))
+                    Estimator(prior, self.routing.half_life_s, self.clock(),
+                              self.routing.max_weight))
             else:
                 s.estimator.prior = prior
         return s
@@ -71,7 +72,8 @@ class StatsRegistry:
         if s is None:  # observed before routing knew it: neutral priors until `know()`
             prior = Prior(1000.0, 10.0, self.routing.prior_error_rate)
             s = self._by_id[deployment_id] = DeploymentStats(
-                Estimator(prior, self.routing.half_life_s, self.clock()))
+                Estimator(prior, self.routing.half_life_s, self.clock(),
+                              self.routing.max_weight))
         return s
 
     # --- what the serving pipeline reports --------------------------------------------------
