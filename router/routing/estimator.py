@@ -8,7 +8,7 @@ sample's worth of weight an estimate slides linearly back to the config prior. Q
 come from a decayed log-binned histogram (bins 10% wide; each bin also keeps its weighted
 mean, so one sample's quantile is that sample). An attempt given up before its first token
 (a hedge loser, a timeout) is right-censored — "at least this long" — and its weight is
-spread over the longer bins in proportion to their mass (the Kaplan–Meier redistribution),
+spread over the longer bins in proportion to their mass (the Kaplan-Meier redistribution),
 never dropped. The clock is injected: a simulation drives it without sleeping.
 """
 
@@ -93,7 +93,7 @@ class DecayedHistogram:
 
     def weight(self, now: float) -> float:
         """The decayed sample weight at `now` (1.0 = one sample observed just now)."""
-        return self._sum * 2.0 ** (-(now - self._t_ref) / self._half_life)
+        return self._sum * math.pow(2.0, -(now - self._t_ref) / self._half_life)
 
     def quantile(self, q: float) -> float | None:
         if self._sum <= 0.0:
@@ -136,7 +136,7 @@ class DecayedMean:
             self._weight = self._max_weight
 
     def weight(self, now: float) -> float:
-        return self._weight * 2.0 ** (-max(0.0, now - self._t) / self._half_life)
+        return self._weight * math.pow(2.0, -max(0.0, now - self._t) / self._half_life)
 
     def mean(self) -> float | None:
         return self._total / self._weight if self._weight > 0.0 else None

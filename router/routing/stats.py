@@ -22,7 +22,8 @@ class Quota:
 
     remaining_requests: int | None = None
     remaining_tokens: int | None = None
-    reset_at: float | None = None  # clock time the remaining counts reset
+    reset_at: float | None = None  # clock time the remaining requests reset
+    tokens_reset_at: float | None = None
     cooling_until: float | None = None  # clock time a 429's retry-after ends
 
 
@@ -110,11 +111,14 @@ class StatsRegistry:
         s.estimator.observe_outcome(True, now, duration_ms)
 
     def observe_quota(self, deployment_id: str, remaining_requests: int | None,
-                      remaining_tokens: int | None, reset_s: float | None) -> None:
+                      remaining_tokens: int | None, reset_s: float | None,
+                      tokens_reset_s: float | None = None) -> None:
         """The `x-ratelimit-remaining-*` (or `anthropic-ratelimit-*`) a response announced."""
         q = self.get(deployment_id).quota
+        now = self.clock()
         q.remaining_requests, q.remaining_tokens = remaining_requests, remaining_tokens
-        q.reset_at = None if reset_s is None else self.clock() + reset_s
+        q.reset_at = None if reset_s is None else now + reset_s
+        q.tokens_reset_at = None if tokens_reset_s is None else now + tokens_reset_s
 
     def attempt_started(self, deployment_id: str) -> None:
         s = self.get(deployment_id)
@@ -145,6 +149,9 @@ class StatsRegistry:
             wait = q.cooling_until - now
         if q.remaining_requests == 0 and q.reset_at is not None and q.reset_at > now:
             wait = max(wait, q.reset_at - now)
+        if q.remaining_tokens == 0 and q.tokens_reset_at is not None and (
+                q.tokens_reset_at > now):
+            wait = max(wait, q.tokens_reset_at - now)
         if dep.rpm is not None:
             window = s.started_in_window
             while window and window[0] <= now - 60.0:

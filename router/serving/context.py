@@ -1,8 +1,9 @@
 """`ServingContext`: the narrow view of its router that serving one request is handed.
 
-The pipeline (orchestrator, failover, attempt, hedge) needs the config, the live statistics and routing policy,
-the resilience kit, the budget gate and a provider lookup; it gets exactly these, never the
-`Router` facade that owns them, so no module below `router.core` imports it.
+The pipeline (orchestrator, failover, attempt, hedge) needs the config, the live statistics,
+the routing policy, the resilience kit, the budget gate and a provider lookup; it gets
+exactly these, never the `Router` facade that owns them, so no module below `router.core`
+imports it.
 """
 
 from __future__ import annotations

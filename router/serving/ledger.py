@@ -25,8 +25,8 @@ class Attempt:
     """One call to one deployment, as seen so far."""
 
     __slots__ = ("content_deltas", "deployment", "finish", "first_content_at", "hidden_chars",
-                 "inflight", "input_estimate", "input_usd", "ledger", "number", "out_price", "output_tokens",
-                 "reasoning_tokens", "started_at", "usage")
+                 "inflight", "input_estimate", "input_usd", "ledger", "number", "out_price",
+                 "output_tokens", "reasoning_tokens", "started_at", "usage")
 
     def __init__(self, ledger: Ledger, dep: Deployment, number: int, input_estimate: int) -> None:
         self.ledger = ledger

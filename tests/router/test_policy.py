@@ -44,7 +44,7 @@ def constraints(**kw: Any) -> RouteConstraints:
     return RouteConstraints(**{**base, **kw})
 
 
-def FROZEN() -> float:  # noqa: N802 - a clock: estimates decay by age, none passes here
+def FROZEN() -> float:
     return 0.0
 
 
@@ -202,12 +202,14 @@ def test_cost_ties_are_broken_by_latency_and_latency_ties_by_cost() -> None:
     }
     c = RouteConstraints(candidates=("slow", "quick", "pricey"), prefer="cost",
                          input_tokens=100, output_tokens=100)
-    assert [e.deployment.id for e in choose_route(c, twin, StatsRegistry(clock=FROZEN), available).ranked
-            ] == ["quick", "slow", "pricey"]
+    stats = StatsRegistry(clock=FROZEN)
+    ranked = choose_route(c, twin, stats, available).ranked
+    assert [e.deployment.id for e in ranked] == ["quick", "slow", "pricey"]
     c = RouteConstraints(candidates=("pricey", "quick", "slow"), prefer="latency",
                          input_tokens=100, output_tokens=100)
-    assert [e.deployment.id for e in choose_route(c, twin, StatsRegistry(clock=FROZEN), available).ranked
-            ] == ["quick", "pricey", "slow"]
+    stats = StatsRegistry(clock=FROZEN)
+    ranked = choose_route(c, twin, stats, available).ranked
+    assert [e.deployment.id for e in ranked] == ["quick", "pricey", "slow"]
 
 
 # --- live statistics ---------------------------------------------------------------------
@@ -321,7 +323,7 @@ def test_exploration_never_routes_outside_hard_constraints(
 
 def test_exploration_share_is_the_configured_one_within_tolerance() -> None:
     # Re-measuring is due all the time here: every candidate but the best stays stale.
-    policy, clock = learning(explore=0.1, seed=3, explore_below_weight=1e9)
+    policy, _clock = learning(explore=0.1, seed=3, explore_below_weight=1e9)
     c = constraints(prefer="latency")
     n = 4000
     explored = sum(policy.choose(c, FLEET, available).chosen.explore  # type: ignore[union-attr]
@@ -366,7 +368,7 @@ def test_a_recovered_deployment_is_found_again() -> None:
 
 
 def test_a_browning_out_deployment_loses_traffic_before_any_breaker() -> None:
-    policy, clock = learning(explore=0.0)
+    policy, _clock = learning(explore=0.0)
     c = constraints(prefer="latency", output_tokens=10)  # TTFT decides
     for _ in range(10):
         policy.stats.observe_ttft("fast", 120.0)
@@ -382,7 +384,7 @@ def test_a_browning_out_deployment_loses_traffic_before_any_breaker() -> None:
 
 
 def test_requests_in_flight_spread_a_burst() -> None:
-    policy, clock = learning(explore=0.0, load_penalty=0.5)
+    policy, _clock = learning(explore=0.0, load_penalty=0.5)
     twin = {"a": dep("a", (1, 1), (200, 100), 0.5, 10000, ()),
             "b": dep("b", (1, 1), (220, 100), 0.5, 10000, ())}
     c = RouteConstraints(candidates=("a", "b"), prefer="latency", input_tokens=10,
