@@ -16,7 +16,8 @@ from router.routing.settings import RoutingConfig
 
 Capability = Literal["tools", "reasoning", "prefill", "vision"]
 Prefer = Literal["cost", "latency", "quality", "balanced"]
-ProviderKind = Literal["simulated", "anthropic", "openai", "openai_compatible", "ollama", "gemini"]
+ProviderKind = Literal["simulated", "anthropic", "openai", "openai_compatible", "openai_responses",
+                       "ollama", "gemini"]
 ResumePolicy = Literal["continue", "restart", "fail"]
 
 class _Strict(BaseModel):
