@@ -23,128 +23,28 @@ retry-after) and then falls over to its next choice.
 from __future__ import annotations
 
 import argparse
-import heapq
 import math
 import random
 import statistics
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from router.config import Deployment, LatencyPrior, Price
+from benchmarks.routing_sim import (
+    BACKOFF_S,
+    FLEET,
+    INPUT_TOKENS,
+    OUTPUT_TOKENS,
+    TRIES_PER_DEPLOYMENT,
+    Outcome,
+    Policy,
+    Simulation,
+    Truth,
+)
+from router.config import Deployment
 from router.routing.policy import RouteConstraints, RoutingPolicy
 from router.routing.settings import RoutingConfig
 from router.routing.stats import StatsRegistry
-
-INPUT_TOKENS, OUTPUT_TOKENS = 500, 100
-BACKOFF_S = 0.2
-TRIES_PER_DEPLOYMENT = 2
-
-
-@dataclass(frozen=True)
-class Truth:
-    """One deployment's real behaviour: TTFT median over time, spread, tail, errors, load."""
-
-    id: str
-    price: tuple[float, float]
-    prior_ttft_ms: float
-    ms_per_token: float
-    ttft_ms: Callable[[float], float]  # median TTFT at time fraction f (0..1)
-    sigma: float = 0.25
-    tail_p: float = 0.0
-    tail_x: float = 1.0
-    error: Callable[[float], float] = lambda f: 0.005
-    load_slope: float = 0.0  # TTFT grows by this share per request in flight
-    rpm: int | None = None
-
-    def deployment(self) -> Deployment:
-        return Deployment(
-            id=self.id, provider="sim", provider_kind="simulated", model=self.id,
-            price=Price(input_per_mtok=self.price[0], output_per_mtok=self.price[1]),
-            context_window=100000, max_output_tokens=None, default_max_tokens=OUTPUT_TOKENS,
-            latency_prior=LatencyPrior(ttft_ms=self.prior_ttft_ms,
-                                       tokens_per_s=1000.0 / self.ms_per_token),
-            quality=0.5, capabilities=frozenset(), options={}, rpm=self.rpm)
-
-    def median_ms(self, f: float, load: int) -> float:
-        return self.ttft_ms(f) * (1.0 + self.load_slope * load)
-
-    def mean_latency_ms(self, f: float, load: int) -> float:
-        m = self.median_ms(f, load) * math.exp(self.sigma ** 2 / 2)
-        ttft = m * (1 - self.tail_p + self.tail_p * self.tail_x)
-        return ttft + OUTPUT_TOKENS * self.ms_per_token
-
-    def q_latency_ms(self, f: float, load: int, q: float) -> float:
-        """The q-quantile of total latency: bisection on the tail mixture's CDF."""
-        med, decode = self.median_ms(f, load), OUTPUT_TOKENS * self.ms_per_token
-
-        def cdf(x: float) -> float:
-            def phi(z: float) -> float:
-                return 0.5 * (1 + math.erf(z / math.sqrt(2)))
-            t = max(x - decode, 1e-9)
-            body = phi(math.log(t / med) / self.sigma)
-            tail = phi(math.log(t / (med * self.tail_x)) / self.sigma)
-            return (1 - self.tail_p) * body + self.tail_p * tail
-
-        lo, hi = decode, decode + med * 100
-        for _ in range(50):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
-        return hi
-
-
-def _ramp(a: float, b: float, f0: float, f1: float) -> Callable[[float], float]:
-    return lambda f: a if f < f0 else b if f >= f1 else a + (b - a) * (f - f0) / (f1 - f0)
-
-
-def _degrading(f: float) -> float:
-    return 150.0 if f < 0.2 else 1500.0 if f < 0.7 else 150.0
-
-
-FLEET = (
-    Truth("degrading", (0.5, 1.5), 150, 2.0, lambda f: _degrading(f) if f < 0.2 or f >= 0.7
-          else _ramp(150, 1500, 0.2, 0.35)(f)),
-    Truth("brownout", (0.3, 1.2), 250, 2.5, lambda f: 250.0,
-          error=lambda f: 0.5 if 0.3 <= f < 0.55 else 0.005),
-    Truth("heavytail", (0.6, 2.0), 200, 2.0, lambda f: 200.0, tail_p=0.1, tail_x=8.0),
-    Truth("wrongprior", (0.2, 0.8), 100, 2.5, lambda f: 900.0),
-    Truth("cheapslow", (0.05, 0.2), 600, 4.0, lambda f: 650.0, sigma=0.3),
-    Truth("quota", (0.1, 0.4), 200, 2.0, lambda f: 220.0, rpm=240),
-    Truth("loaded", (1.0, 3.0), 180, 1.5, lambda f: 180.0, load_slope=0.15),
-)
-
-
-@dataclass
-class Quota:
-    """A vendor's request-per-minute window, as its headers describe it."""
-
-    rpm: int
-    started: deque[float] = field(default_factory=deque)
-
-    def take(self, now: float) -> tuple[bool, int, float]:
-        """(admitted, remaining requests, seconds until one frees)."""
-        while self.started and self.started[0] <= now - 60.0:
-            self.started.popleft()
-        reset = (self.started[0] + 60.0 - now) if self.started else 0.0
-        if len(self.started) >= self.rpm:
-            return False, 0, reset
-        self.started.append(now)
-        return True, self.rpm - len(self.started), reset
-
-
-class Policy:
-    name = "?"
-
-    def rank(self, now: float, f: float, c: RouteConstraints) -> list[str]:
-        raise NotImplementedError
-
-    def started(self, dep: str) -> None: ...
-    def ended(self, dep: str) -> None: ...
-    def first_token(self, dep: str, ttft_ms: float) -> None: ...
-    def finished(self, dep: str, latency_ms: float, decode_ms_per_token: float) -> None: ...
-    def failed(self, dep: str, duration_ms: float, code: str, retry_after: float | None
-               ) -> None: ...
-    def headers(self, dep: str, remaining: int, reset_s: float) -> None: ...
 
 
 class Learned(Policy):
@@ -274,125 +174,6 @@ class MeanOfTen(Policy):
         self.recent[dep].append(duration_ms + BACKOFF_S * 1000)  # LiteLLM counts the wait
 
 
-@dataclass
-class Outcome:
-    arrival: float
-    ttft_ms: float = math.nan
-    latency_ms: float = math.nan
-    cost_usd: float = 0.0
-    failed: bool = False
-    first_choice: str = ""
-    best: str = ""
-
-
-class Simulation:
-    """Discrete events on a simulated clock; one policy per run."""
-
-    def __init__(self, requests: int, rate: float, seed: int) -> None:
-        self.n, self.seed = requests, seed
-        rng = random.Random(seed)
-        self.arrivals: list[float] = []
-        t = 0.0
-        for _ in range(requests):
-            t += rng.expovariate(rate)
-            self.arrivals.append(t)
-        self.horizon = t
-        self.now = 0.0
-        self.load: dict[str, int] = {}
-        self.quotas: dict[str, Quota] = {}
-
-    def _draw(self, i: int, dep: str, attempt: int) -> random.Random:
-        # Common random numbers: the draws of request i on deployment d, whatever policy.
-        return random.Random(f"{self.seed}:{i}:{dep}:{attempt}")
-
-    def quota_wait_s(self, dep: str, now: float) -> float:
-        q = self.quotas.get(dep)
-        if q is None:
-            return 0.0
-        while q.started and q.started[0] <= now - 60.0:
-            q.started.popleft()
-        return (q.started[0] + 60.0 - now) if len(q.started) >= q.rpm else 0.0
-
-    def run(self, make: Callable[[Simulation], Policy], c: RouteConstraints) -> list[Outcome]:
-        self.now, self.load = 0.0, {t.id: 0 for t in FLEET}
-        self.quotas = {t.id: Quota(t.rpm) for t in FLEET if t.rpm}
-        truth = {t.id: t for t in FLEET}
-        policy, oracle = make(self), Oracle(self)
-        outcomes = [Outcome(a) for a in self.arrivals]
-        events: list[tuple[float, int, str, int, tuple[str, ...], int]] = []
-        for i, a in enumerate(self.arrivals):
-            heapq.heappush(events, (a, i, "arrive", i, (), 0))
-        seq = len(self.arrivals)
-        first_try: dict[int, float] = {}
-        while events:
-            self.now, _, kind, i, ranked, tries = heapq.heappop(events)
-            f = self.now / self.horizon
-            out = outcomes[i]
-            if kind == "arrive":
-                ranked = tuple(policy.rank(self.now, f, c))
-                out.first_choice, out.best = ranked[0], oracle.rank(self.now, f, c)[0]
-                kind, tries = "attempt", 0
-            if kind == "attempt":
-                dep = ranked[0]
-                t = truth[dep]
-                if tries % TRIES_PER_DEPLOYMENT == 0:
-                    first_try[i] = self.now
-                draw = self._draw(i, dep, tries)
-                policy.started(dep)
-                quota = self.quotas.get(dep)
-                ok, remaining, reset = quota.take(self.now) if quota else (True, 0, 0.0)
-                if quota is not None:
-                    policy.headers(dep, remaining, reset)
-                load = self.load[dep]
-                self.load[dep] += 1
-                ttft = t.median_ms(f, load) * math.exp(t.sigma * draw.gauss(0, 1))
-                if draw.random() < t.tail_p:
-                    ttft *= t.tail_x
-                code = None if ok else "rate_limited"
-                if code is None and draw.random() < t.error(f):
-                    code, ttft = "overloaded", ttft * draw.random()
-                if code == "rate_limited":
-                    ttft = 30.0
-                seq += 1
-                heapq.heappush(events, (self.now + ttft / 1000, seq, "first" if code is None
-                                        else code, i, ranked, tries))
-                continue
-            dep = ranked[0]
-            t = truth[dep]
-            if kind == "first":
-                out.ttft_ms = (self.now - out.arrival) * 1000
-                policy.first_token(dep, (self.now - first_try[i]) * 1000)
-                decode = t.ms_per_token * self._draw(i, dep, -1).uniform(0.8, 1.2)
-                seq += 1
-                heapq.heappush(events, (self.now + OUTPUT_TOKENS * decode / 1000, seq, "done",
-                                        i, ranked, tries))
-                continue
-            self.load[dep] -= 1
-            policy.ended(dep)
-            if kind == "done":
-                out.latency_ms = (self.now - out.arrival) * 1000
-                decode = (out.latency_ms - out.ttft_ms) / OUTPUT_TOKENS
-                policy.finished(dep, out.latency_ms, decode)
-                out.cost_usd += (INPUT_TOKENS * t.price[0] + OUTPUT_TOKENS * t.price[1]) / 1e6
-                continue
-            retry_after = reset if kind == "rate_limited" else None
-            policy.failed(dep, (self.now - first_try[i]) * 1000, kind, retry_after)
-            tries += 1
-            if tries % TRIES_PER_DEPLOYMENT != 0:
-                delay = retry_after if retry_after is not None else BACKOFF_S
-                if delay <= 5.0:
-                    seq += 1
-                    heapq.heappush(events, (self.now + delay, seq, "attempt", i, ranked, tries))
-                    continue
-                tries += 1
-            if len(ranked) == 1:
-                out.failed = True
-                continue
-            seq += 1
-            heapq.heappush(events, (self.now, seq, "attempt", i, ranked[1:], tries))
-        return outcomes
-
-
 def _q(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else math.nan
@@ -484,7 +265,7 @@ def main() -> None:
     print(f"{args.requests} requests, {args.rate:g}/s Poisson arrivals, seed {args.seed}, "
           f"{len(FLEET)} drifting deployments (simulated clock)\n")
     for title, c, budget in scenarios:
-        rows = [Row(name, sim.run(make, c)) for name, make in makers]
+        rows = [Row(name, sim.run(make(sim), Oracle(sim), c)) for name, make in makers]
         print(f"### {title}\n\n{table(rows, budget)}\n")
         plotted.append((title, rows))
     if args.plot:
