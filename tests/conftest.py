@@ -12,7 +12,7 @@ and `make_router` (a factory whose routers are closed after the test).
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -131,3 +131,27 @@ async def make_router(fleet: Fleet) -> AsyncIterator[Callable[..., Router]]:
     yield make
     for r in routers:
         await r.aclose()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server on loopback (no persistence), stopped after the module."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A redis-server of the test's own, to pause, kill and restart."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pybreaker
 import pytest
-import redis
 
 from router.config import BreakerConfig
-from router.resilience.breaker import BreakerRegistry, Permit, redis_storage
+from router.resilience.breaker import BreakerRegistry, Permit
+from router.resilience.breaker_sync import BreakerSync
+from router.state.redis import RedisState
+from tests.redis_server import RedisServer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -210,68 +209,56 @@ def test_importing_the_module_does_not_import_pybreaker() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A throwaway redis-server on loopback (no persistence), stopped after the module."""
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is required (Debian package redis-server)"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def shared_registry(redis_url: str, clock: FakeClock, fail_max: int,
+                    prefix: str) -> tuple[BreakerRegistry, BreakerSync]:
+    sync = BreakerSync(RedisState(redis_url), prefix)
+    cfg = BreakerConfig(fail_max=fail_max, reset_timeout_s=30)
+    return BreakerRegistry(cfg, clock=clock, storage_factory=sync, shared=True), sync
+
+
+async def test_shared_breakers_sync_trips_and_recoveries_between_routers(
+        redis_url: str) -> None:
+    """Two router instances on one Redis: a trip on one reaches the other at its next sync,
+    and so does the recovery; no Redis call is made while deciding."""
+    clock = FakeClock()
+    prefix = f"test-{time.monotonic_ns()}:"
+    one, sync_one = shared_registry(redis_url, clock, 2, prefix)
+    two, sync_two = shared_registry(redis_url, clock, 2, prefix)
     try:
-        client = redis.Redis(port=port)
-        for _ in range(500):  # up to ~5 s for the server to accept connections
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.01)
-        yield f"redis://127.0.0.1:{port}/0"
+        admit(two)  # both instances know the deployment
+        admit(one).failure("overloaded")
+        admit(one).failure("overloaded")
+        assert one.unavailable_reason("a") == "circuit_open"
+        assert await sync_one.sync_once() and await sync_two.sync_once()
+        assert two.unavailable_reason("a") == "circuit_open"
+        assert two.snapshot(("a",))["a"].opened_at == clock.now
+        assert two.unavailable_reason("never-used-here") is None
+        clock.advance(31)
+        probe = admit(one)
+        assert probe.probe
+        probe.success()
+        assert await sync_one.sync_once() and await sync_two.sync_once()
+        assert two.get("a").state == "closed" and two.admit("a") is not None
     finally:
-        proc.terminate()
-        proc.wait(5)
+        await sync_one.aclose()
+        await sync_two.aclose()
 
 
-def test_redis_storage_shares_breakers_between_routers(redis_url: str) -> None:
-    """Two router instances on one Redis: a trip seen by one is seen by the other, and so
-    is the recovery. (Redis keeps `opened_at` in whole seconds of the wall clock, so the
-    fake clock starts just after now.)"""
+async def test_shared_breakers_decide_alone_while_redis_is_down(redis_server: RedisServer) -> None:
     clock = FakeClock()
-    clock.now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
-    cfg = BreakerConfig(fail_max=2, reset_timeout_s=30)
-    namespace = f"test-{time.monotonic_ns()}"
-    one = BreakerRegistry(cfg, clock=clock, storage_factory=redis_storage(redis_url, namespace),
-                          shared=True)
-    two = BreakerRegistry(cfg, clock=clock, storage_factory=redis_storage(redis_url, namespace),
-                          shared=True)
-    admit(one).failure("overloaded")
-    admit(two).failure("overloaded")
-    assert two.unavailable_reason("a") == "circuit_open"
-    assert one.snapshot(("a",))["a"].opened_at == clock.now
-    assert two.unavailable_reason("never-used-here") is None
-    clock.advance(31)
-    probe = admit(one)
-    assert probe.probe
-    assert two.admit("a") is None  # one probe at a time across instances
-    probe.success()
-    assert two.get("a").state == "closed" and two.admit("a") is not None
-
-
-def test_a_released_shared_probe_lets_another_instance_probe(redis_url: str) -> None:
-    clock = FakeClock()
-    clock.now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
-    cfg = BreakerConfig(fail_max=1, reset_timeout_s=30)
-    namespace = f"test-{time.monotonic_ns()}"
-    one, two = (BreakerRegistry(cfg, clock=clock, shared=True,
-                                storage_factory=redis_storage(redis_url, namespace))
-                for _ in range(2))
-    admit(one).failure("timeout")
-    clock.advance(31)
-    admit(one).release()  # the caller left: no outcome
-    probe = admit(two)
-    assert probe.probe and one.admit("a") is None
-    probe.failure("timeout")
-    assert one.get("a").state == "open" and one.admit("a") is None
+    one, sync = shared_registry(redis_server.url, clock, 1, "t:")
+    try:
+        redis_server.kill()
+        admit(one).failure("timeout")
+        assert one.unavailable_reason("a") == "circuit_open"  # per process meanwhile
+        assert not await sync.sync_once()
+        redis_server.start()
+        assert await sync.store.ping()  # (ends the back-off after the failure)
+        assert await sync.sync_once()  # the trip made meanwhile is written now
+        other, other_sync = shared_registry(redis_server.url, clock, 1, "t:")
+        other.get("a")
+        assert await other_sync.sync_once()
+        assert other.unavailable_reason("a") == "circuit_open"
+        await other_sync.aclose()
+    finally:
+        await sync.aclose()

@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import socket
-import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,13 +15,13 @@ import pytest
 from router.budgets.manager import BudgetManager
 from router.config import parse_config
 from router.core import Router
+from router.state.redis import RedisState
 from router.state.store import (
     NANO,
     TOTAL,
     Booking,
     LimitCheck,
     MemoryState,
-    RedisState,
     StateBackend,
     StateConfig,
     Watch,
@@ -33,40 +29,6 @@ from router.state.store import (
     to_nano,
     to_usd,
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A throwaway redis-server on loopback (no persistence files), stopped after the module."""
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is required (Debian package redis-server)"
-    port = _free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
-                c.sendall(b"PING\r\n")
-                if c.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "redis-server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -117,19 +79,20 @@ async def test_reserve_is_all_or_nothing_across_checks(state: StateBackend) -> N
 async def test_checks_sharing_a_scope_hold_the_amount_once(state: StateBackend) -> None:
     held, hour, day = _k("held"), _k("hour"), _k("day")
     checks = [LimitCheck(held, (hour,), 500), LimitCheck(held, (day,), 5000)]
-    assert (await state.reserve(checks, 200, 60)).failed is None
+    adm = await state.reserve(checks, 200, 60)
+    assert adm.failed is None
     assert await state.held([held]) == [200]
-    await state.settle([held, held], 200, [], [])
+    await state.settle([held, held], 200, [], [], lease=adm.lease)
     assert await state.held([held]) == [0]
 
 
 async def test_settle_releases_the_hold_and_books_exactly(state: StateBackend) -> None:
     held, spent = _k("held"), _k("spent")
     check = LimitCheck(held, (spent,), 10_000)
-    await state.reserve([check], 1000, 60)
+    first = await state.reserve([check], 1000, 60)
     await state.reserve([check], 1000, 60)
     await state.settle([held], 1000, [Booking(spent, "a", 123, 60), Booking(spent, "b", 7, 60)],
-                       [])
+                       [], lease=first.lease)
     assert await state.held([held]) == [1000]
     assert await state.totals([spent]) == [130]
     rows = await state.scan(spent.split("|")[0], "|spent")
@@ -173,7 +136,8 @@ async def test_concurrent_reservations_never_pass_the_limit(state: StateBackend)
         peak = max(peak, now)
         await asyncio.sleep(0)
         actual = rng.randint(0, amount)  # a request never costs more than it reserved
-        await state.settle([held], amount, [Booking(spent, "d", actual, 60)], [])
+        await state.settle([held], amount, [Booking(spent, "d", actual, 60)], [],
+                           lease=adm.lease)
         return True
 
     admitted = await asyncio.gather(*(request() for _ in range(200)))
