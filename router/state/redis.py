@@ -169,6 +169,9 @@ class RedisState:
                  socket_timeout_s: float = 0.5,
                  clock: Callable[[], float] = time.time) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         self.name = store_name(url)
         self.clock = clock
@@ -180,7 +183,11 @@ class RedisState:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=socket_timeout_s,
             decode_responses=True, socket_timeout=socket_timeout_s,
-            socket_connect_timeout=connect_timeout_s)
+            socket_connect_timeout=connect_timeout_s,
+            # One immediate retry on a broken connection (a pooled one Redis closed when it
+            # restarted); none on a timeout: a hung Redis is reported, not waited out again.
+            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
+            retry_on_timeout=False)
         self._pool: Any = pool
         self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._reserve = self._redis.register_script(_RESERVE)
