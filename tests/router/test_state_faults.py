@@ -13,7 +13,6 @@ import asyncio
 import gc
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -206,13 +205,14 @@ async def test_a_process_killed_mid_stream_holds_the_budget_one_lease_time_at_mo
     data["resilience"] = {"timeouts": {"total_s": 1.0}}
     path = tmp_path / "router.yaml"
     path.write_text(yaml.safe_dump(data))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE,
-                             env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, str(path), stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())})
     assert child.stdout is not None
-    line = await asyncio.to_thread(child.stdout.readline)
+    line = await asyncio.wait_for(child.stdout.readline(), 30)
     assert line == b"streaming\n"
     os.kill(child.pid, signal.SIGKILL)
-    child.wait(5)
+    await child.wait()
     r = router_on(data)
     spent, reserved = await spent_and_reserved(r)
     assert spent > 0  # booked incrementally before the kill
