@@ -136,7 +136,7 @@ async def make_router(fleet: Fleet) -> AsyncIterator[Callable[..., Router]]:
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     """A throwaway redis-server on loopback (no persistence), stopped after the module."""
-    from tests.redis_server import RedisServer
+    from router.testing.redis_server import RedisServer
 
     server = RedisServer()
     try:
@@ -148,7 +148,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def redis_server() -> Iterator[Any]:
     """A redis-server of the test's own, to pause, kill and restart."""
-    from tests.redis_server import RedisServer
+    from router.testing.redis_server import RedisServer
 
     server = RedisServer()
     try:

@@ -49,6 +49,7 @@ class Journal:
         self.max_entries = max_entries
         self._pending: deque[Settlement] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()  # one replayer at a time: pops what it applied
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -70,14 +71,15 @@ class Journal:
 
     async def flush(self) -> bool:
         """Replay what is pending; True when nothing is left."""
-        while self._pending:
-            entry = self._pending[0]
-            try:
-                await entry.apply(self.state)
-            except StateUnavailable:
-                return False
-            self._pending.popleft()
-        return True
+        async with self._flushing:
+            while self._pending:
+                entry = self._pending[0]
+                try:
+                    await entry.apply(self.state)
+                except StateUnavailable:
+                    return False
+                self._pending.popleft()
+            return True
 
     async def _replay(self) -> None:
         while True:

@@ -43,6 +43,7 @@ from router.budgets.gate import BudgetNotice, Refusal, Reservation
 from router.budgets.journal import Journal, Settlement
 from router.budgets.windows import HOUR, Window
 from router.config.schema import StateConfig
+from router.state.backends import create_state
 from router.state.store import (
     Booking,
     LimitCheck,
@@ -51,7 +52,6 @@ from router.state.store import (
     StateUnavailable,
     Watch,
     WatchResult,
-    create_state,
     to_nano,
     to_usd,
 )

@@ -25,8 +25,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from router.config.schema import StateConfig
-
 
 class StateUnavailable(Exception):  # a condition, as in "the state is unavailable"
     """The state store did not answer within its timeouts (or refused the connection).
@@ -287,12 +285,3 @@ class MemoryState:
 
     async def aclose(self) -> None:
         return None
-
-
-def create_state(config: StateConfig, clock: Callable[[], float] = time.time) -> StateBackend:
-    if config.backend == "redis":
-        from router.state.redis import RedisState
-
-        return RedisState(config.url, connect_timeout_s=config.connect_timeout_s,
-                          socket_timeout_s=config.socket_timeout_s, clock=clock)
-    return MemoryState(clock)

@@ -15,7 +15,7 @@ from router.config import BreakerConfig
 from router.resilience.breaker import BreakerRegistry, Permit
 from router.resilience.breaker_sync import BreakerSync
 from router.state.redis import RedisState
-from tests.redis_server import RedisServer
+from router.testing.redis_server import RedisServer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -15,6 +15,7 @@ import pytest
 from router.budgets.manager import BudgetManager
 from router.config import parse_config
 from router.core import Router
+from router.state.backends import create_state
 from router.state.redis import RedisState
 from router.state.store import (
     NANO,
@@ -25,7 +26,6 @@ from router.state.store import (
     StateBackend,
     StateConfig,
     Watch,
-    create_state,
     to_nano,
     to_usd,
 )

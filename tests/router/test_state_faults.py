@@ -27,7 +27,7 @@ from router.budgets.manager import BudgetManager
 from router.core import Router
 from router.errors import StateUnavailableError
 from router.events import DoneEvent, ErrorEvent, Event, TextEvent
-from tests.redis_server import RedisServer
+from router.testing.redis_server import RedisServer
 
 
 def config(fleet: Any, url: str, *, on_unavailable: str = "fail_open", tokens_per_s: float = 0,

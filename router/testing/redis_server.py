@@ -1,5 +1,6 @@
-"""A throwaway `redis-server` on loopback (no persistence) that tests can pause (SIGSTOP),
-resume (SIGCONT), kill and restart on the same port."""
+"""A throwaway `redis-server` on loopback (no persistence) that tests and benchmarks can pause
+(SIGSTOP), resume (SIGCONT), kill and restart on the same port. Blocking: call it from a
+thread (or outside the event loop) when the loop must keep running."""
 
 from __future__ import annotations
 
@@ -28,19 +29,23 @@ def _answers(port: int) -> bool:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, persist_dir: str | None = None) -> None:
         exe = shutil.which("redis-server")
         assert exe, "redis-server is required (Debian package redis-server)"
         self.exe = exe
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
+        # With a directory: every write is on disk before Redis answers (appendfsync
+        # always), so a killed and restarted server has lost nothing.
+        self.persist = ["--dir", persist_dir, "--appendonly", "yes", "--appendfsync",
+                        "always"] if persist_dir else ["--appendonly", "no"]
         self.start()
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             *self.persist], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not _answers(self.port):
             assert time.monotonic() < deadline, "redis-server did not start"
