@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from router.budgets.manager import BudgetManager
-from router.config import parse_config
+from router.config import StateConfig, parse_config
 from router.core import Router
 from router.state.backends import create_state
 from router.state.redis import RedisState
@@ -24,7 +24,6 @@ from router.state.store import (
     LimitCheck,
     MemoryState,
     StateBackend,
-    StateConfig,
     Watch,
     to_nano,
     to_usd,
