@@ -6,7 +6,8 @@ routing decisions stay realistic while the streams themselves are instant.
 
 Fixtures: `fleet` (session; `fleet.config(options={id: {...}}, tasks=..., seed=...)`,
 `fleet.load`, `fleet.router`, `fleet.sim(router)`, `await fleet.collect(router, prompt, ...)`)
-and `make_router` (a factory whose routers are closed after the test).
+`make_router` (a factory whose routers are closed after the test), and `redis_url` (a
+throwaway `redis-server` on loopback, per test module).
 """
 
 from __future__ import annotations
