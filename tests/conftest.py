@@ -12,10 +12,15 @@ and `make_router` (a factory whose routers are closed after the test).
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Callable, Mapping
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
+import redis
 
 from providers.simulated import SimulatedProvider
 from router.config import LoadedConfig, parse_config
@@ -131,3 +136,28 @@ async def make_router(fleet: Fleet) -> AsyncIterator[Callable[..., Router]]:
     yield make
     for r in routers:
         await r.aclose()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server on loopback (no persistence), stopped after the module."""
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is required (Debian package redis-server)"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port)
+        for _ in range(500):  # up to ~5 s for the server to accept connections
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.01)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(5)

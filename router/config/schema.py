@@ -172,6 +172,14 @@ class StateConfig(BaseModel):
     backend: Literal["memory", "redis"] = "memory"
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "llmr:"
+    # Every Redis call is bounded: connecting, and each reply.
+    connect_timeout_s: float = Field(default=1.0, gt=0)
+    socket_timeout_s: float = Field(default=1.0, gt=0)
+    # The shared event log (Redis Streams): how long events wait to be written together
+    # (readers elsewhere see them at most this much later), and how long an instance may
+    # be silent before its running streams count as orphaned and another takes them over.
+    event_flush_ms: float = Field(default=10.0, ge=0, le=1000)
+    lease_s: float = Field(default=3.0, gt=0)
 
 
 class RouterConfig(_Strict):
