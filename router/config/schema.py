@@ -179,6 +179,9 @@ class StateConfig(BaseModel):
     # (readers elsewhere see them at most this much later), and how long an instance may
     # be silent before its running streams count as orphaned and another takes them over.
     event_flush_ms: float = Field(default=10.0, ge=0, le=1000)
+    # A stream's text deltas wait up to this long (or 20 of them) to be written together;
+    # its first text, and every other event, go with the next flush.
+    event_batch_ms: float = Field(default=50.0, ge=0, le=5000)
     lease_s: float = Field(default=3.0, gt=0)
 
 

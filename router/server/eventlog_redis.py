@@ -3,8 +3,11 @@ any instance can resume a stream, show its status, follow a run, or take over a 
 whose instance died.
 
 Writes never happen per chunk: an appended log is only marked dirty (`mark`), and one
-writer task writes every dirty log in one pipeline, at most every `state.event_flush_ms`;
-each flush adds ONE stream entry per log holding all its new events (`f` = the number of
+writer task writes the dirty logs in one pipeline, at most every `state.event_flush_ms`.
+A stream's text deltas are held back until 20 are pending or the oldest waited
+`state.event_batch_ms` (its first text and every other event go at once), so a stream
+costs a few writes plus one per ~20 events. Each write adds ONE stream entry per log
+holding all its new events (`f` = the number of
 the first, `d` = the events packed as `type SP json LF`), whose ID `0-<end>` is the number
 after the last, so `XREAD` from `0-<after+1>` starts at the entry holding `after + 1`.
 Readers on the producing instance see an event once it is flushed (`StreamLog.flushed`).
@@ -37,6 +40,8 @@ from router.server.eventlog import Entry, LogGap, StreamLog, owner_hash
 log = logging.getLogger("router.server")
 
 STREAM, RUN = "s", "r"
+_CONTENT = frozenset({"text", "reasoning", "tool_call"})
+_BATCH_EVENTS = 20
 
 # KEYS: counter, stream, meta. ARGV: n, packed, maxlen, ttl_s, closes (0/1).
 # Returns the run's count after the append, or -1 when the run has ended.
@@ -107,6 +112,7 @@ class SharedLogs:
         self.retention_s = max(1, int(retention_s))
         self.stream_ttl_s = max(1, int(stream_ttl_s + retention_s))
         self.flush_s = cfg.event_flush_ms / 1000.0
+        self.batch_s = cfg.event_batch_ms / 1000.0
         self.lease_s = cfg.lease_s
         self.timeout_s = cfg.socket_timeout_s
         self.block_ms = max(50, int(cfg.lease_s * 500))
@@ -125,6 +131,8 @@ class SharedLogs:
         self._claim = self.redis.register_script(_CLAIM)
         self.streams_sink, self.runs_sink = _Sink(self, STREAM), _Sink(self, RUN)
         self._dirty: dict[StreamLog, str] = {}
+        self._held_since: dict[StreamLog, float] = {}  # logs whose text waits for a batch
+        self._spoken: set[StreamLog] = set()  # streams whose first text was written
         self._meta: dict[str, dict[str, str]] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,14 +166,45 @@ class SharedLogs:
             if self.flush_s:
                 await asyncio.sleep(self.flush_s)  # let a batch gather
             self._wake.clear()
-            batch, self._dirty = self._dirty, {}
-            await self._flush(batch)
+            batch = self._due(time.monotonic())
+            if self._dirty:
+                self._wake.set()  # held text: look again next round
+            if batch:
+                await self._flush(batch)
+
+    def _due(self, now: float) -> dict[StreamLog, str]:
+        """Take the dirty logs to write now; leave those whose text may wait for more."""
+        due: dict[StreamLog, str] = {}
+        for slog, kind in list(self._dirty.items()):
+            if kind == RUN or slog.closed or self._urgent(slog, now):
+                due[slog] = kind
+                del self._dirty[slog]
+                self._held_since.pop(slog, None)
+        return due
+
+    def _urgent(self, slog: StreamLog, now: float) -> bool:
+        start = max(slog.flushed, slog.dropped)
+        end = slog.next_seq
+        if end - start >= _BATCH_EVENTS:
+            return True
+        since = self._held_since.setdefault(slog, now)
+        if now - since >= self.batch_s:
+            return True
+        entries, base = slog.entries, slog.dropped
+        other = any(entries[i - base][0] not in _CONTENT for i in range(start, end))
+        content = any(entries[i - base][0] in _CONTENT for i in range(start, end))
+        first_text = content and slog not in self._spoken
+        if first_text:  # TTFT does not wait for a batch
+            self._spoken.add(slog)
+        return other or first_text
 
     async def _flush(self, batch: dict[StreamLog, str]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         plan: list[tuple[StreamLog, int]] = []
         for slog, kind in batch.items():
             slog.dirty = False
+            if slog.closed:
+                self._spoken.discard(slog)
             start, end = max(slog.flushed, slog.dropped), slog.next_seq
             entries = [slog.entries[i - slog.dropped] for i in range(start, end)]
             if kind == STREAM:
