@@ -129,7 +129,7 @@ def _start(path: str, workers: int) -> tuple[subprocess.Popen[bytes], int]:
     if workers > 1:
         cmd += ["--workers", str(workers)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     return proc, port
 

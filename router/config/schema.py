@@ -183,6 +183,9 @@ class StateConfig(BaseModel):
     # its first text, and every other event, go with the next flush.
     event_batch_ms: float = Field(default=50.0, ge=0, le=5000)
     lease_s: float = Field(default=3.0, gt=0)
+    # How often each instance merges its routing statistics with the others' (the bound on
+    # how stale another instance's observations are when this one routes on them).
+    stats_sync_s: float = Field(default=2.0, gt=0)
 
 
 class RouterConfig(_Strict):

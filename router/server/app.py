@@ -292,8 +292,14 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        stats_sync = None
         if shared is not None:
             await shared.start()
+            from router.state.stats_sync import StatsSync
+
+            stats_sync = StatsSync(router.stats, router.loaded.deployments,
+                                   router.loaded.config.state, instance=shared.instance)
+            stats_sync.start()
         sweeper = asyncio.create_task(_sweep(streams, runs.log, settings.retention_s))
         # `router.publish(run_id, event)` from agent code in this process reaches the runs.
         remove_sink = router.add_run_sink(runs.publish)
@@ -303,6 +309,8 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
             remove_sink()
             sweeper.cancel()
             await hub.shutdown(settings.shutdown_grace_s)
+            if stats_sync is not None:
+                await stats_sync.aclose()
             if shared is not None:
                 await shared.aclose()
             if close_router:
