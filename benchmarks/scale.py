@@ -222,7 +222,7 @@ async def main_async(args: argparse.Namespace) -> None:
     paths = {}
     for label, cfg in (("memory", base_cfg), ("redis", shared_cfg)):
         paths[label] = os.path.join(tmp, f"{label}.yaml")
-        with open(paths[label], "w") as f:
+        with open(paths[label], "w") as f:  # noqa: ASYNC230 - before any load
             yaml.safe_dump(cfg, f)
     try:
         await asyncio.sleep(0.3)
