@@ -146,9 +146,11 @@ async def run_servers(name: str, path: str, workers: int, instances: int, client
         cpu0 = _cpu_total(pids)
         calls0 = _redis_calls(redis_port) if redis_port else None
         ports = [port for _, port in started]
+        client0 = time.process_time()
         samples, took = await _closed_loop(
             lambda i: _sse_one(ports[(i // 100_000) % len(ports)], i), clients, seconds)
         cpu = _cpu_total(pids) - cpu0
+        client_cpu = (time.process_time() - client0) / took
         calls = None
         if redis_port and calls0 is not None:
             calls1 = _redis_calls(redis_port)
@@ -163,7 +165,8 @@ async def run_servers(name: str, path: str, workers: int, instances: int, client
             except subprocess.TimeoutExpired:
                 proc.kill()
     ok = sum(1 for s in samples if s.ok)
-    return Result(name, samples, took, ok * per_stream, cpu, rss, calls)
+    return Result(name, samples, took, ok * per_stream, cpu, rss, calls,
+                  {"client_cores": client_cpu, "server_cores": cpu / took})
 
 
 def _row(r: Result, base: Result) -> str:
@@ -181,8 +184,10 @@ def _row(r: Result, base: Result) -> str:
         ops = f"{r.redis_calls[0] / r.streams:.1f} | {r.redis_calls[1] / r.streams:.1f}"
     fails = sum(1 for s in r.samples if not s.ok)
     cells = " | ".join(f"{a:+.0f}" for a in added) if r is not base else "- | - | -"
+    cores = (f"{r.extra['server_cores']:.2f} / {r.extra['client_cores']:.2f}"
+             if r.extra else "-")
     return (f"| {r.name} | {r.streams} | {eps:,.0f} | {cells} | {cpu_us} | {rss} | {ops} "
-            f"| {fails} |")
+            f"| {cores} | {fails} |")
 
 
 def _plot(results: list[Result], base: Result, path: str) -> None:
@@ -246,8 +251,8 @@ async def main_async(args: argparse.Namespace) -> None:
           f"{os.cpu_count()} cores, shared. Added latencies in ms vs the library.\n")
     print("| setup | streams | events/s | added TTFT p50 | added TTFT p99 | added total p99 "
           "| CPU us/event | RSS MB | Redis commands/stream | event-log round trips/stream "
-          "| failed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| cores used: servers / client | failed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(_row(r, lib))
     one = next(r for r in results if r.name == "1 process + Redis")
@@ -272,7 +277,13 @@ def main() -> None:
     p.add_argument("--ttft-ms", type=float, default=50.0)
     p.add_argument("--tokens-per-s", type=float, default=300.0)
     p.add_argument("--plot", default="scale.png", help="PNG to write ('' for none)")
-    asyncio.run(main_async(p.parse_args()))
+    args = p.parse_args()
+    try:  # the load generator's own cost competes with the servers for the same cores
+        import uvloop
+
+        uvloop.run(main_async(args))
+    except ImportError:
+        asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

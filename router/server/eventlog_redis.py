@@ -4,8 +4,9 @@ whose instance died.
 
 Writes never happen per chunk: an appended log is only marked dirty (`mark`), and one
 writer task writes the dirty logs in one pipeline, at most every `state.event_flush_ms`.
-A stream's text deltas are held back until 20 are pending or the oldest waited
-`state.event_batch_ms` (its first text and every other event go at once), so a stream
+A stream's text deltas (and its opening `route` and `start`) are held back until 20 are
+pending or the oldest waited `state.event_batch_ms`; its first text and every other event
+go with the next write. So a stream
 costs a few writes plus one per ~20 events. Each write adds ONE stream entry per log
 holding all its new events (`f` = the number of
 the first, `d` = the events packed as `type SP json LF`), whose ID `0-<end>` is the number
@@ -41,6 +42,9 @@ log = logging.getLogger("router.server")
 
 STREAM, RUN = "s", "r"
 _CONTENT = frozenset({"text", "reasoning", "tool_call"})
+# What may wait for a batch: content, and the opening `route`/`start` (they go with the
+# first text, or after `event_batch_ms`).
+_MAY_WAIT = _CONTENT | {"route", "start"}
 _BATCH_EVENTS = 20
 
 # KEYS: counter, stream, meta. ARGV: n, packed, maxlen, ttl_s, closes (0/1).
@@ -191,7 +195,7 @@ class SharedLogs:
         if now - since >= self.batch_s:
             return True
         entries, base = slog.entries, slog.dropped
-        other = any(entries[i - base][0] not in _CONTENT for i in range(start, end))
+        other = any(entries[i - base][0] not in _MAY_WAIT for i in range(start, end))
         content = any(entries[i - base][0] in _CONTENT for i in range(start, end))
         first_text = content and slog not in self._spoken
         if first_text:  # TTFT does not wait for a batch
