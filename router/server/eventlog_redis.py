@@ -135,7 +135,9 @@ class SharedLogs:
         self._claim = self.redis.register_script(_CLAIM)
         self.streams_sink, self.runs_sink = _Sink(self, STREAM), _Sink(self, RUN)
         self._dirty: dict[StreamLog, str] = {}
-        self._held_since: dict[StreamLog, float] = {}  # logs whose text waits for a batch
+        # Logs whose text waits for a batch: since when, and how far they were looked at
+        # (each entry is looked at once, however many rounds it waits).
+        self._held: dict[StreamLog, tuple[float, int]] = {}
         self._spoken: set[StreamLog] = set()  # streams whose first text was written
         self._meta: dict[str, dict[str, str]] = {}
         self._wake = asyncio.Event()
@@ -183,7 +185,7 @@ class SharedLogs:
             if kind == RUN or slog.closed or self._urgent(slog, now):
                 due[slog] = kind
                 del self._dirty[slog]
-                self._held_since.pop(slog, None)
+                self._held.pop(slog, None)
         return due
 
     def _urgent(self, slog: StreamLog, now: float) -> bool:
@@ -191,16 +193,20 @@ class SharedLogs:
         end = slog.next_seq
         if end - start >= _BATCH_EVENTS:
             return True
-        since = self._held_since.setdefault(slog, now)
+        since, looked = self._held.get(slog, (now, start))
         if now - since >= self.batch_s:
             return True
         entries, base = slog.entries, slog.dropped
-        other = any(entries[i - base][0] not in _MAY_WAIT for i in range(start, end))
-        content = any(entries[i - base][0] in _CONTENT for i in range(start, end))
-        first_text = content and slog not in self._spoken
-        if first_text:  # TTFT does not wait for a batch
-            self._spoken.add(slog)
-        return other or first_text
+        spoken = slog in self._spoken
+        for i in range(max(looked, start), end):
+            etype = entries[i - base][0]
+            if etype not in _MAY_WAIT:
+                return True
+            if not spoken and etype in _CONTENT:  # TTFT does not wait for a batch
+                self._spoken.add(slog)
+                return True
+        self._held[slog] = (since, end)
+        return False
 
     async def _flush(self, batch: dict[StreamLog, str]) -> None:
         pipe = self.redis.pipeline(transaction=False)
