@@ -6,7 +6,8 @@ routing decisions stay realistic while the streams themselves are instant.
 
 Fixtures: `fleet` (session; `fleet.config(options={id: {...}}, tasks=..., seed=...)`,
 `fleet.load`, `fleet.router`, `fleet.sim(router)`, `await fleet.collect(router, prompt, ...)`)
-and `make_router` (a factory whose routers are closed after the test).
+`make_router` (a factory whose routers are closed after the test), and `redis_url` (a
+throwaway `redis-server` on loopback, per test module).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-import redis
 
 from providers.simulated import SimulatedProvider
 from router.config import LoadedConfig, parse_config
@@ -138,25 +138,34 @@ async def make_router(fleet: Fleet) -> AsyncIterator[Callable[..., Router]]:
         await r.aclose()
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A throwaway redis-server on loopback (no persistence), stopped after the module."""
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is required (Debian package redis-server)"
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server on loopback (no persistence files), stopped after the module."""
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is required (Debian package redis-server)"
+    port = _free_port()
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
+                c.sendall(b"PING\r\n")
+                if c.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.02)
     try:
-        client = redis.Redis(port=port)
-        for _ in range(500):  # up to ~5 s for the server to accept connections
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.01)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
