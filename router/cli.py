@@ -315,7 +315,7 @@ def config_check(
         problem = state_problem(cfg.state.backend, cfg.state.url)
         if problem is not None:
             err.print(f"error: state: {problem}", markup=False)
-            return 2 if "extra" in problem else 1
+            return 1
         return 0
 
     raise typer.Exit(_guard(body))
