@@ -154,6 +154,18 @@ async def test_a_stream_started_on_a_resumes_and_shows_its_status_on_b(pair) -> 
         assert (await c.get("/v1/streams/nope")).status_code == 404
 
 
+async def test_a_websocket_on_b_resumes_a_stream_started_on_a(pair) -> None:
+    a, b = pair
+    on_a = await _answer(a)
+    rid = on_a[0].data["request_id"]
+    async with websockets.connect(b.url.replace("http", "ws")
+                                  + f"/v1/ws?api_key={KEYS['alice']}") as ws:
+        assert orjson.loads(await ws.recv())["type"] == "ready"
+        await ws.send(orjson.dumps({"type": "resume", "request_id": rid, "after": 5}).decode())
+        rest = [orjson.loads(await ws.recv()) for _ in range(len(on_a) - 6)]
+    assert rest == [f.data for f in on_a[6:]]
+
+
 async def test_a_run_published_on_a_is_followed_live_on_b_over_sse_and_websocket(pair) -> None:
     a, b = pair
     run = f"run-{uuid.uuid4().hex[:6]}"
