@@ -182,7 +182,7 @@ class StateConfig(BaseModel):
     event_flush_ms: float = Field(default=10.0, ge=0, le=1000)
     # A stream's text deltas wait up to this long (or 20 of them) to be written together;
     # its first text, and every other event, go with the next flush.
-    event_batch_ms: float = Field(default=50.0, ge=0, le=5000)
+    event_batch_ms: float = Field(default=100.0, ge=0, le=5000)
     lease_s: float = Field(default=3.0, gt=0)
     # How often each instance merges its routing statistics with the others' (the bound on
     # how stale another instance's observations are when this one routes on them).
