@@ -43,12 +43,19 @@ from router.server.auth import (
     problem,
 )
 from router.server.eventlog import EventLog, LogGap, StreamLog
-from router.server.eventlog_redis import RUN, STREAM, SharedLogs, Snapshot
+from router.server.eventlog_redis import RUN, STREAM
 from router.server.hub import Started, StreamHub, stream_status
 from router.server.metrics import CONTENT_TYPE, ServerMetrics, deployment_rows, live_snapshot
 from router.server.params import early_error_response, parse_stream_body, stream_kwargs
-from router.server.remote import Batches, find, run_batches, stream_batches
-from router.server.runs import RUN_END, RunError, RunRegistry
+from router.server.remote import (
+    Batches,
+    located,
+    publish_shared,
+    run_batches,
+    shared_logs,
+    stream_batches,
+)
+from router.server.runs import RunError, RunRegistry
 from router.server.sse import EventStreamResponse, frame, last_event_id
 from router.server.url_errors import exception_handlers
 from router.server.ws import websocket_endpoint
@@ -74,16 +81,6 @@ def _owned(request: Request, slog: StreamLog | None, what: str) -> Response | No
     if not slog.owned_by(principal_of(request).name):
         return problem(403, "forbidden", f"this {what} belongs to another API key")
     return None
-
-
-async def _located(request: Request, kind: str, key: str) -> tuple[StreamLog | None,
-                                                                   Snapshot | None]:
-    """The log `key`: this instance's own (streams), else the shared log's copy."""
-    slog = request.app.state.streams.get(key) if kind == STREAM else None
-    if slog is not None:
-        return slog, None
-    snap = await find(request.app.state.hub, kind, key)
-    return (snap.log if snap else None), snap
 
 
 async def follow_frames(slog: StreamLog, after: int,
@@ -144,7 +141,7 @@ async def post_stream(request: Request) -> Response | EventStreamResponse:
 
 
 async def get_stream(request: Request) -> Response:
-    slog, _ = await _located(request, STREAM, request.path_params["request_id"])
+    slog, _ = await located(request.app.state.hub, STREAM, request.path_params["request_id"])
     refused = _owned(request, slog, "stream")
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
@@ -152,7 +149,7 @@ async def get_stream(request: Request) -> Response:
 
 
 async def stream_events(request: Request) -> Response | EventStreamResponse:
-    slog, snap = await _located(request, STREAM, request.path_params["request_id"])
+    slog, snap = await located(request.app.state.hub, STREAM, request.path_params["request_id"])
     refused = _owned(request, slog, "stream")
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
@@ -191,7 +188,7 @@ async def run_events(request: Request) -> Response | EventStreamResponse:
     if hub.shared is None:
         slog = request.app.state.runs.log.get(run_id)
     else:  # every instance reads runs from the shared log
-        slog, _ = await _located(request, RUN, run_id)
+        slog, _ = await located(request.app.state.hub, RUN, run_id)
     refused = _owned(request, slog, "run")
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
@@ -207,7 +204,8 @@ async def publish_run_event(request: Request) -> Response:
     events = body if isinstance(body, list) else [body]
     runs: RunRegistry = request.app.state.runs
     if request.app.state.hub.shared is not None:
-        return await _publish_shared(request, events)
+        return await publish_shared(request.app.state.hub, request.path_params["run_id"],
+                                    principal_of(request).name, events)
     numbers = []
     try:
         for ev in events:
@@ -219,33 +217,6 @@ async def publish_run_event(request: Request) -> Response:
     except RunError as exc:
         return problem(exc.status, exc.code, exc.message, exc.param)
     return _json({"run_id": request.path_params["run_id"], "ids": numbers}, 201)
-
-
-async def _publish_shared(request: Request, events: list[Any]) -> Response:
-    """POST to a run with the shared log: straight to Redis, numbered there."""
-    run_id, owner = request.path_params["run_id"], principal_of(request).name
-    hub: StreamHub = request.app.state.hub
-    assert hub.shared is not None
-    try:
-        await hub.run_channel(run_id, owner)
-        entries = []
-        for ev in events:
-            if not isinstance(ev, dict):
-                return problem(422, "invalid_event", "body: expected a JSON object (or a "
-                               "list of objects) with a `type`", "body")
-            entries.append(hub.runs.prepare(run_id, ev))
-    except RunError as exc:
-        return problem(exc.status, exc.code, exc.message, exc.param)
-    ends = [i for i, (etype, _) in enumerate(entries) if etype == RUN_END]
-    entries = entries[:ends[0] + 1] if ends else entries
-    try:
-        count = await hub.shared.append_run(run_id, entries, bool(ends))
-    except Exception:
-        return problem(503, "state_unavailable", "the shared event log (Redis) is "
-                       "unavailable; retry")
-    if count < 0:
-        return problem(409, "run_ended", f"run {run_id!r} has ended")
-    return _json({"run_id": run_id, "ids": list(range(count - len(entries), count))}, 201)
 
 
 async def deployments(request: Request) -> Response:
@@ -283,7 +254,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     streams = EventLog(settings.max_log_events, settings.retention_s)
     runs = RunRegistry(EventLog(settings.max_log_events, settings.retention_s,
                                 expire_idle=True))
-    shared = _shared_logs(router, settings)
+    shared = shared_logs(router, settings)
     if shared is not None:
         streams.sink, runs.log.sink = shared.streams_sink, shared.runs_sink
     server_metrics = ServerMetrics(lambda: live_snapshot(router))
@@ -353,17 +324,6 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     app.state.keys = keys
     app.state.limiter = limiter
     return app
-
-
-def _shared_logs(router: Any, settings: ServerConfig) -> SharedLogs | None:
-    """With `state: {backend: redis}`, the event log is shared through Redis Streams."""
-    loaded = getattr(router, "loaded", None)
-    if loaded is None or loaded.config.state.backend != "redis":
-        return None
-    state = loaded.config.state
-    return SharedLogs(state, max_events=settings.max_log_events,
-                      retention_s=settings.retention_s,
-                      stream_ttl_s=loaded.config.resilience.timeouts.total_s)
 
 
 async def _sweep(streams: EventLog, runs: EventLog, retention_s: float) -> None:

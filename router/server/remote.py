@@ -1,16 +1,23 @@
-"""Reading logs that live in the shared event log (Redis), for the routes and the
-WebSocket: a stream another instance produces (taking it over when that instance died),
-and run channels, which every instance reads from Redis."""
+"""The routes' and the WebSocket's side of the shared event log (Redis): finding a log
+this instance does not produce, reading a stream another instance produces (taking it over
+when that instance died), reading and publishing run channels, which every instance does
+through Redis."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import orjson
+from starlette.responses import Response
+
+from router.config.schema import ServerConfig
 from router.events import TERMINAL_TYPES
-from router.server.eventlog import Entry
-from router.server.eventlog_redis import RUN, STREAM, Snapshot
+from router.server.auth import problem
+from router.server.eventlog import Entry, StreamLog
+from router.server.eventlog_redis import RUN, STREAM, SharedLogs, Snapshot
 from router.server.hub import StreamHub
-from router.server.runs import RUN_END
+from router.server.runs import RUN_END, RunError
 
 Batches = AsyncIterator[tuple[int, list[Entry]]]
 _RUN_END = frozenset({RUN_END})
@@ -60,3 +67,50 @@ async def run_batches(hub: StreamHub, run_id: str, after: int) -> Batches:
 
 async def find(hub: StreamHub, kind: str, key: str) -> Snapshot | None:
     return await hub.shared.snapshot(kind, key) if hub.shared is not None else None
+
+
+async def located(hub: StreamHub, kind: str, key: str) -> tuple[StreamLog | None,
+                                                                Snapshot | None]:
+    """The log `key`: this instance's own (streams), else the shared log's copy."""
+    slog = hub.streams.get(key) if kind == STREAM else None
+    if slog is not None:
+        return slog, None
+    snap = await find(hub, kind, key)
+    return (snap.log if snap else None), snap
+
+
+async def publish_shared(hub: StreamHub, run_id: str, owner: str,
+                         events: list[Any]) -> Response:
+    """POST to a run with the shared log: straight to Redis, numbered there."""
+    assert hub.shared is not None
+    try:
+        await hub.run_channel(run_id, owner)
+        entries = []
+        for ev in events:
+            if not isinstance(ev, dict):
+                return problem(422, "invalid_event", "body: expected a JSON object (or a "
+                               "list of objects) with a `type`", "body")
+            entries.append(hub.runs.prepare(run_id, ev))
+    except RunError as exc:
+        return problem(exc.status, exc.code, exc.message, exc.param)
+    ends = [i for i, (etype, _) in enumerate(entries) if etype == RUN_END]
+    entries = entries[:ends[0] + 1] if ends else entries
+    try:
+        count = await hub.shared.append_run(run_id, entries, bool(ends))
+    except Exception:  # Redis unavailable: say so, the agent may retry
+        return problem(503, "state_unavailable", "the shared event log (Redis) is "
+                       "unavailable; retry")
+    if count < 0:
+        return problem(409, "run_ended", f"run {run_id!r} has ended")
+    body = {"run_id": run_id, "ids": list(range(count - len(entries), count))}
+    return Response(orjson.dumps(body), status_code=201, media_type="application/json")
+
+
+def shared_logs(router: Any, settings: ServerConfig) -> SharedLogs | None:
+    """With `state: {backend: redis}`, the event log is shared through Redis Streams."""
+    loaded = getattr(router, "loaded", None)
+    if loaded is None or loaded.config.state.backend != "redis":
+        return None
+    return SharedLogs(loaded.config.state, max_events=settings.max_log_events,
+                      retention_s=settings.retention_s,
+                      stream_ttl_s=loaded.config.resilience.timeouts.total_s)
