@@ -383,7 +383,12 @@ class SharedLogs:
         stream = self.key(kind, name)
         last_id, nxt = f"0-{after + 1}", after + 1
         while True:
-            resp = await self._readers.xread({stream: last_id}, count=64, block=self.block_ms)
+            try:
+                resp = await self._readers.xread({stream: last_id}, count=64,
+                                                 block=self.block_ms)
+            except Exception as exc:  # Redis went away: end; the client resumes later
+                log.warning("shared event log: reading %s failed: %r", stream, exc)
+                return
             if not resp:
                 if on_idle is not None and not await on_idle():
                     return
