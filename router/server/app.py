@@ -174,12 +174,16 @@ def _resume(request: Request, slog: StreamLog,
 
 
 async def cancel_stream(request: Request) -> Response:
-    slog = request.app.state.streams.get(request.path_params["request_id"])
+    hub: StreamHub = request.app.state.hub
+    slog, snap = await located(hub, STREAM, request.path_params["request_id"])
     refused = _owned(request, slog, "stream")
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
-    return _json({"request_id": slog.key, "cancelled": request.app.state.hub.cancel(slog)},
-                 202)
+    if snap is not None and hub.shared is not None:  # running on another instance
+        cancelled = await hub.shared.request_cancel(slog.key, snap.meta)
+    else:
+        cancelled = hub.cancel(slog)
+    return _json({"request_id": slog.key, "cancelled": cancelled}, 202)
 
 
 async def run_events(request: Request) -> Response | EventStreamResponse:
@@ -260,6 +264,8 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     server_metrics = ServerMetrics(lambda: live_snapshot(router))
     hub = StreamHub(router, streams, runs, server_metrics, log_prompts=settings.log_prompts,
                     shared=shared)
+    if shared is not None:
+        shared.on_cancel = hub.cancel_by_id
     extra_routes, public = _extension_routes()
     install_log_redaction()
     keys, limiter = KeyRing(settings.api_keys), RateLimiter()

@@ -142,6 +142,8 @@ class SharedLogs:
         self._meta: dict[str, dict[str, str]] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Called with the id of a stream of this instance another instance asked to cancel.
+        self.on_cancel: Callable[[str], object] | None = None
         self.flushes = 0
         self.failures = 0
 
@@ -288,16 +290,42 @@ class SharedLogs:
             return None
         return found.decode() if found is not None else ""
 
-    async def _beat_once(self) -> None:
+    async def _beat_once(self) -> list[str]:
+        """Refresh the heartbeat; returns the streams other instances asked to cancel."""
+        asked: list[bytes] = []
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(self.timeout_s * 2):
-                await self.redis.set(self._inst_key(self.instance), b"1",
-                                     px=int(self.lease_s * 1000))
+            async with asyncio.timeout(self.timeout_s * 2), self.redis.pipeline(
+                    transaction=False) as pipe:
+                pipe.set(self._inst_key(self.instance), b"1", px=int(self.lease_s * 1000))
+                pipe.spop(self._cancel_key(self.instance), 256)
+                _, asked = await pipe.execute()
+        return [rid.decode() for rid in asked or ()]
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            await self._beat_once()
+            for rid in await self._beat_once():
+                if self.on_cancel is not None:
+                    self.on_cancel(rid)
+
+    def _cancel_key(self, instance: str) -> str:
+        return f"{self.prefix}cancel:{instance}"
+
+    async def request_cancel(self, rid: str, meta: dict[str, str]) -> bool:
+        """Ask the instance running stream `rid` to cancel it (it hears within a heartbeat
+        period). False when the stream has ended or Redis is unavailable."""
+        inst = meta.get("inst")
+        if meta.get("state") != "running" or not inst:
+            return False
+        try:
+            async with asyncio.timeout(self.timeout_s * 2), self.redis.pipeline(
+                    transaction=False) as pipe:
+                pipe.sadd(self._cancel_key(inst), rid)
+                pipe.expire(self._cancel_key(inst), max(1, int(self.lease_s * 3)))
+                await pipe.execute()
+        except Exception:
+            return False
+        return True
 
     async def aclose(self) -> None:
         for task in self._tasks:

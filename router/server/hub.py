@@ -266,6 +266,11 @@ class StreamHub:
         task.cancel()
         return True
 
+    def cancel_by_id(self, request_id: str) -> bool:
+        """Cancel this instance's stream `request_id` (asked by another instance)."""
+        slog = self.streams.get(request_id)
+        return slog is not None and self.cancel(slog)
+
     async def shutdown(self, grace_s: float) -> None:
         """Let running streams finish for up to `grace_s`, then cancel the rest."""
         tasks = [s.task for s in self.streams.active() if s.task is not None]

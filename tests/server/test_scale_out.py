@@ -154,6 +154,20 @@ async def test_a_stream_started_on_a_resumes_and_shows_its_status_on_b(pair) -> 
         assert (await c.get("/v1/streams/nope")).status_code == 404
 
 
+async def test_a_cancel_sent_to_b_stops_a_stream_running_on_a(pair) -> None:
+    a, b = pair
+    async with a.client() as ca, b.client() as cb:
+        async with ca.stream("POST", "/v1/stream", json={"input": PROMPT}) as events:
+            rid = events.headers["x-request-id"]
+            assert (await _next_event(frames(events))).event == "route"
+            cancel = await cb.post(f"/v1/streams/{rid}/cancel")
+            assert cancel.status_code == 202 and cancel.json()["cancelled"] is True
+            rest = await read_until_terminal(events)
+        assert rest[-1].event == "error" and rest[-1].data["code"] == "cancelled"
+        async with b.client(KEYS["bob"]) as other:
+            assert (await other.post(f"/v1/streams/{rid}/cancel")).status_code == 403
+
+
 async def test_a_websocket_on_b_resumes_a_stream_started_on_a(pair) -> None:
     a, b = pair
     on_a = await _answer(a)
