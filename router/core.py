@@ -10,7 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -37,6 +37,9 @@ from router.request import StreamParams, prepare
 from router.routing.policy import RouteDecision, RoutingPolicy, choose_route
 from router.routing.stats import StatsRegistry
 from router.serving.context import ServingContext
+
+if TYPE_CHECKING:  # the pipeline is imported with the first request
+    from router.serving.takeover import PriorAnswer
 
 
 class Completion(BaseModel):
@@ -182,7 +185,10 @@ class Router:
                tool_choice: str | Mapping[str, Any] | None = None,
                stop: str | Sequence[str] | None = None,
                metadata: Mapping[str, Any] | None = None,
-               request_id: str | None = None) -> EventStream:
+               request_id: str | None = None,
+               resume_from: PriorAnswer | None = None) -> EventStream:
+        """`resume_from`: continue a stream whose serving instance died (the server's
+        takeover), numbering events on from it."""
         from router.serving.orchestrator import run_stream
 
         params = StreamParams(
@@ -191,6 +197,11 @@ class Router:
             temperature=temperature, system=system, tools=tools, tool_choice=tool_choice,
             stop=stop, metadata=metadata or {})
         rid = request_id or uuid.uuid4().hex
+        if resume_from is not None:
+            from router.serving.takeover import resume_stream
+
+            return EventStream(resume_stream(self._serving_context(), params, rid,
+                                             resume_from), rid)
         return EventStream(run_stream(self._serving_context(), params, rid), rid)
 
     def _serving_context(self) -> ServingContext:

@@ -202,6 +202,17 @@ class StateConfig(BaseModel):
     # (`user:<key>/ann`), so one tenant cannot spend another's budget. `shared` is for a
     # trusted single tenant whose keys share users.
     user_scopes: Literal["per_key", "shared"] = "per_key"
+    # The shared event log (Redis Streams): how long events wait to be written together
+    # (readers elsewhere see them at most this much later), and how long an instance may
+    # be silent before its running streams count as orphaned and another takes them over.
+    event_flush_ms: float = Field(default=10.0, ge=0, le=1000, allow_inf_nan=False)
+    # A stream's text deltas wait up to this long (or 20 of them) to be written together;
+    # its first text, and every other event, go with the next flush.
+    event_batch_ms: float = Field(default=100.0, ge=0, le=5000, allow_inf_nan=False)
+    stream_lease_s: float = Field(default=3.0, gt=0, le=3600, allow_inf_nan=False)
+    # How often each instance merges its routing statistics with the others' (the bound on
+    # how stale another instance's observations are when this one routes on them).
+    stats_sync_s: float = Field(default=2.0, gt=0, le=3600, allow_inf_nan=False)
 
 
 class RouterConfig(_Strict):

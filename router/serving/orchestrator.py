@@ -8,7 +8,7 @@ continuation), and the terminal event. The per-chunk hot path is `router.serving
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
@@ -107,12 +107,21 @@ async def run_stream(ctx: ServingContext, params: StreamParams,
         yield em.error("budget_exceeded", reservation.message)
         return
     ledger = Ledger(em, reservation.limit_usd)
+    failover = Failover(ctx, req, [e.deployment for e in decision.ranked], em, ledger)
+    async with aclosing(serve_to_end(failover, reservation)) as events:
+        async for event in events:
+            yield event
+
+
+async def serve_to_end(failover: Failover,
+                       reservation: Reservation) -> AsyncGenerator[Event, None]:
+    """Serve a routed, reserved request: its events, the settlement of its spend, and the
+    terminal event (also what a takeover runs for an orphaned stream)."""
+    em, ledger = failover.em, failover.ledger
     settled = False
     try:
         # aclosing: closing this generator must close the provider stream at once, not
         # whenever the abandoned inner generators are garbage collected.
-        ranked = [e.deployment for e in decision.ranked]
-        failover = Failover(ctx, req, ranked, em, ledger)
         booking = Progress(reservation, ledger, em)
         async with aclosing(failover.run()) as served:
             async for event in served:
