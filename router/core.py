@@ -10,7 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -34,9 +34,12 @@ from router.events import (
     Usage,
 )
 from router.request import StreamParams, prepare
-from router.routing.policy import RouteDecision, choose_route
+from router.routing.policy import RouteDecision, RoutingPolicy, choose_route
 from router.routing.stats import StatsRegistry
 from router.serving.context import ServingContext
+
+if TYPE_CHECKING:  # the pipeline is imported with the first request
+    from router.serving.takeover import PriorAnswer
 
 
 class Completion(BaseModel):
@@ -93,9 +96,15 @@ class Router:
     """Routes requests across the deployments of one config."""
 
     def __init__(self, config: LoadedConfig | str | os.PathLike[str] | None = None, *,
-                 budgets: BudgetGate | None = None) -> None:
+                 budgets: BudgetGate | None = None,
+                 inflight: Callable[[str], int] | None = None) -> None:
         self.loaded = config if isinstance(config, LoadedConfig) else load_config(config)
-        self.stats = StatsRegistry()
+        self.stats = StatsRegistry(self.loaded.config.routing)
+        # `inflight`: requests in flight per deployment, from an admission limiter if one
+        # is given; the statistics' own count of running attempts otherwise.
+        self.policy = RoutingPolicy(
+            self.stats, inflight=inflight,
+            backoff_ms=self.loaded.config.resilience.retry.initial_backoff_ms)
         # Without budgets configured the manager still books spend for `spend()`.
         self.budgets: BudgetGate = budgets or BudgetManager.from_config(self.loaded)
         self._owns_budgets = budgets is None
@@ -176,7 +185,10 @@ class Router:
                tool_choice: str | Mapping[str, Any] | None = None,
                stop: str | Sequence[str] | None = None,
                metadata: Mapping[str, Any] | None = None,
-               request_id: str | None = None) -> EventStream:
+               request_id: str | None = None,
+               resume_from: PriorAnswer | None = None) -> EventStream:
+        """`resume_from`: continue a stream whose serving instance died (the server's
+        takeover), numbering events on from it."""
         from router.serving.orchestrator import run_stream
 
         params = StreamParams(
@@ -185,12 +197,17 @@ class Router:
             temperature=temperature, system=system, tools=tools, tool_choice=tool_choice,
             stop=stop, metadata=metadata or {})
         rid = request_id or uuid.uuid4().hex
+        if resume_from is not None:
+            from router.serving.takeover import resume_stream
+
+            return EventStream(resume_stream(self._serving_context(), params, rid,
+                                             resume_from), rid)
         return EventStream(run_stream(self._serving_context(), params, rid), rid)
 
     def _serving_context(self) -> ServingContext:
         # Built per request: tests and embedders may swap `resilience` or `budgets`.
         return ServingContext(self.loaded, self.stats, self.resilience, self.budgets,
-                              self.provider, self.unavailable_reason)
+                              self.provider, self.unavailable_reason, self.policy)
 
     async def complete(self, input: str | Sequence[Mapping[str, Any]],
                        **options: Any) -> Completion:
@@ -238,7 +255,8 @@ class Router:
                 "reason": self.unavailable_reason(dep),
                 "ttft_ms": self.stats.estimate_ttft_ms(dep),
                 "tokens_per_s": self.stats.estimate_tokens_per_s(dep),
-                "observed": s.ttft_ms is not None,
+                "observed": s.observed,
+                "estimate": self.stats.describe(dep),
                 "requests": s.requests,
                 "failures": s.failures,
                 "last_error": s.last_error,
@@ -279,6 +297,7 @@ class Router:
         providers, self._providers = self._providers, {}
         for provider in providers.values():
             await provider.aclose()
+        await self.resilience.aclose()
         if self._owns_budgets and isinstance(self.budgets, BudgetManager):
             await self.budgets.aclose()
 

@@ -24,6 +24,7 @@ import time (~100 ms or more): it is imported only when the first breaker is bui
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -53,41 +54,6 @@ def memory_storage(name: str) -> pybreaker.CircuitBreakerStorage:
     import pybreaker
 
     return pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
-
-
-def redis_storage(url: str, namespace: str = "llm-router:breaker") -> StorageFactory:
-    """pybreaker's Redis storage: every router instance on `url` shares each deployment's
-    state, failure count and `opened_at`. (pybreaker's client is synchronous: each admit
-    and outcome costs a loopback round trip or two on the event loop.) If Redis cannot be
-    reached when a breaker is built, that breaker falls back to memory."""
-    import pybreaker
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-
-    class SharedStorage(pybreaker.CircuitRedisStorage):
-        """Also holds the half-open probe slot, so one probe goes at a time across all
-        instances (the slot expires after `ttl_s` should its holder vanish)."""
-
-        def claim_probe(self, ttl_s: float) -> bool:
-            try:
-                key = self._namespace("probe")
-                return bool(client.set(key, "1", nx=True, px=max(1, int(ttl_s * 1000))))
-            except redis.RedisError:
-                return True  # Redis unreachable: the per-instance rule still holds
-
-        def release_probe(self) -> None:
-            with contextlib.suppress(redis.RedisError):
-                client.delete(self._namespace("probe"))
-
-    def make(deployment: str) -> pybreaker.CircuitBreakerStorage:
-        try:
-            return SharedStorage(pybreaker.STATE_CLOSED, client,
-                                 namespace=f"{namespace}:{deployment}")
-        except redis.RedisError:
-            return memory_storage(deployment)
-
-    return make
 
 
 class _Failed(Exception):
@@ -145,7 +111,9 @@ class Permit:
         """A failed attempt; `code` is the error code (client errors are not counted)."""
         if not self.resolved:
             self.resolved = True
-            if code in CLIENT_ERROR_CODES:
+            # A 429 is a quota answer, not an outage: routing cools the deployment for its
+            # retry-after instead (`StatsRegistry.observe_outcome`).
+            if code in CLIENT_ERROR_CODES or code == "rate_limited":
                 self._breaker._release(self.probe)
             else:
                 self._breaker._record(self.probe, failed=True)
@@ -170,6 +138,11 @@ class Breaker:
         self._storage = storage
         self._on_change = on_change
         self._reset = timedelta(seconds=cfg.reset_timeout_s)
+        # The failure-rate trip (resilience4j's): outcomes of the last `window_s`, in this
+        # process (with Redis storage the consecutive count is shared, this window is not).
+        self._rate, self._min_calls = cfg.failure_rate, cfg.min_calls
+        self._window = timedelta(seconds=cfg.window_s)
+        self._outcomes: deque[tuple[datetime, bool]] = deque()
         # throw_new_error_on_trip=False: a failure that trips it re-raises our _Failed.
         self._cb = pybreaker.CircuitBreaker(
             fail_max=cfg.fail_max, reset_timeout=cfg.reset_timeout_s, state_storage=storage,
@@ -231,12 +204,32 @@ class Breaker:
             return  # admitted before the trip: only the probe decides now
         with contextlib.suppress(_Failed):
             self._cb.call(_raise_failed if failed else _succeed)
+        if before == "closed" and self.state == "closed" and self._rate_exceeded(failed):
+            self._cb.open()
         after = self.state
         if after == "open" and before != "open":
             # pybreaker stamped the wall clock: use ours, so time is injectable.
             self._storage.opened_at = self._clock()
         if after != before:
             self._notify(before, after)
+
+    def _rate_exceeded(self, failed: bool) -> bool:
+        """Record one outcome of a closed breaker; True when the window's failure rate has
+        reached `failure_rate` over at least `min_calls` calls."""
+        if self._rate is None:
+            return False
+        now = self._clock()
+        outcomes = self._outcomes
+        outcomes.append((now, failed))
+        while outcomes and outcomes[0][0] <= now - self._window:
+            outcomes.popleft()
+        if len(outcomes) < self._min_calls:
+            return False
+        failures = sum(1 for _, f in outcomes if f)
+        if failures < self._rate * len(outcomes):
+            return False
+        outcomes.clear()  # a fresh window after the breaker closes again
+        return True
 
     def _release(self, probe: bool) -> None:
         if probe:
@@ -250,6 +243,7 @@ class Breaker:
         """Close the breaker by hand (an operator knows the deployment is back)."""
         before = self.state
         self._cb.close()
+        self._outcomes.clear()
         self._end_probe()
         if before != "closed":
             self._notify(before, "closed")
@@ -269,8 +263,9 @@ class BreakerRegistry:
     """Every deployment's breaker, built on first use from `resilience.breaker`.
 
     `storage_factory(deployment)` returns the pybreaker storage of one breaker: memory by
-    default; `redis_storage` (pybreaker's `CircuitRedisStorage`) shares state between router
-    instances and holds the half-open probe slot across them."""
+    default; `router.resilience.breaker_sync.BreakerSync` keeps it in memory too and syncs
+    it with the other router instances through Redis in the background (no Redis call on
+    the decision path)."""
 
     def __init__(self, cfg: BreakerConfig, *, clock: Clock = utc_now,
                  storage_factory: StorageFactory = memory_storage,

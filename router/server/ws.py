@@ -5,6 +5,7 @@ Client -> server:
     {"type": "stream", "ref": "a", ...}            the `POST /v1/stream` body; `ref` is yours
     {"type": "cancel", "request_id": "..."}
     {"type": "resume", "request_id": "...", "after": 41}
+    {"type": "subscribe", "run_id": "...", "after": -1}   a run channel's events, live
     {"type": "ping", ...}                          answered by {"type": "pong", ...same id}
 Server -> client:
     {"type": "ready", "key": "<key name>"}         authenticated
@@ -35,8 +36,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from router.request import first_problem
 from router.server.auth import Principal
 from router.server.eventlog import LogGap, StreamLog
+from router.server.eventlog_redis import RUN, STREAM
 from router.server.hub import StreamHub
 from router.server.params import BodyProblem, StreamBody, early_status, stream_kwargs
+from router.server.remote import Batches, find, run_batches, stream_batches
 from router.server.runs import RunError
 
 log = logging.getLogger("router.server")
@@ -66,15 +69,23 @@ class ResumeMessage(BaseModel):
     ref: Ref = None
 
 
+class SubscribeMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["subscribe"]
+    run_id: str
+    after: Annotated[int, Field(ge=-1, le=2**62, strict=True)] = -1
+    ref: Ref = None
+
+
 class PingMessage(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)  # echoed back as it came
     type: Literal["ping"]
 
 
-ClientMessage = StreamMessage | CancelMessage | ResumeMessage | PingMessage
+ClientMessage = StreamMessage | CancelMessage | ResumeMessage | SubscribeMessage | PingMessage
 _MESSAGES: dict[str, type[ClientMessage]] = {
     "stream": StreamMessage, "cancel": CancelMessage, "resume": ResumeMessage,
-    "ping": PingMessage}
+    "subscribe": SubscribeMessage, "ping": PingMessage}
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,23 +144,27 @@ class Session:
         await self.send_json({"type": "rejected", "ref": ref, "status": status, "code": code,
                               "message": message, "param": param, **extra})
 
-    async def forward(self, slog: StreamLog, after: int) -> None:
+    async def forward(self, key: str, batches: Batches) -> None:
         try:
-            async for _, (_, data) in slog.follow(after):
-                await self.send(data)
+            async for _, batch in batches:
+                for _, data in batch:
+                    await self.send(data)
         except LogGap as gap:
             await self.reject(None, 410, "events_dropped", str(gap), "after",
-                              request_id=slog.key)
+                              request_id=key)
 
-    def watch(self, slog: StreamLog, after: int) -> None:
-        old = self.forwarders.pop(slog.key, None)
+    def _follow(self, name: str, key: str, batches: Batches) -> None:
+        old = self.forwarders.pop(name, None)
         if old is not None:
             old.cancel()
-        self.logs[slog.key] = slog
-        task = asyncio.create_task(self.forward(slog, after))
-        self.forwarders[slog.key] = task
-        self.hub.readers.add(task)
+        task = asyncio.create_task(self.forward(key, batches))
+        self.forwarders[name] = task
+        self.hub.readers.add(task)  # waited for at shutdown: it delivers the last events
         task.add_done_callback(self.hub.readers.discard)
+
+    def watch(self, slog: StreamLog, after: int, batches: Batches | None = None) -> None:
+        self.logs[slog.key] = slog
+        self._follow(slog.key, slog.key, batches or slog.follow_batches(after))
 
     async def on_stream(self, msg: StreamMessage) -> None:
         ref = msg.ref
@@ -183,11 +198,32 @@ class Session:
         self.hub.cancel(slog)
 
     async def on_resume(self, msg: ResumeMessage) -> None:
-        slog = self._owned(msg.request_id)
+        slog, snap = self._owned(msg.request_id), None
+        if slog is None and self.hub.shared is not None:
+            snap = await find(self.hub, STREAM, msg.request_id)  # from another instance
+            slog = snap.log if snap is not None and snap.log.owned_by(
+                self.principal.name) else None
         if slog is None:
             await self.reject(msg.ref, 404, "not_found", "no such stream", "request_id")
             return
-        self.watch(slog, msg.after)
+        self.watch(slog, msg.after, None if snap is None else stream_batches(
+            self.hub, snap, msg.after))
+
+    async def on_subscribe(self, msg: SubscribeMessage) -> None:
+        """Follow a run channel (from the shared log when there is one)."""
+        key = self.hub.runs.qualified(msg.run_id, self.principal.name)
+        slog: StreamLog | None
+        if self.hub.shared is not None:
+            snap = await find(self.hub, RUN, key)
+            slog = snap.log if snap is not None else None
+        else:
+            slog = self.hub.runs.log.get(key)
+        if slog is None or not slog.owned_by(self.principal.name):
+            await self.reject(msg.ref, 404, "not_found", "no such run", "run_id")
+            return
+        remote = None if self.hub.shared is None else run_batches(self.hub, slog.key,
+                                                                 msg.after)
+        self._follow("run:" + slog.key, slog.key, remote or slog.follow_batches(msg.after))
 
     async def on_ping(self, msg: PingMessage) -> None:
         await self.send_json({**msg.model_dump(), "type": "pong"})
@@ -207,6 +243,8 @@ class Session:
                 await self.on_cancel(msg)
             elif isinstance(msg, ResumeMessage):
                 await self.on_resume(msg)
+            elif isinstance(msg, SubscribeMessage):
+                await self.on_subscribe(msg)
             else:
                 await self.on_ping(msg)
         except WebSocketDisconnect:
@@ -221,7 +259,7 @@ class Session:
 
     def _owned(self, rid: Any) -> StreamLog | None:
         slog = self.hub.streams.get(rid) if isinstance(rid, str) else None
-        if slog is None or (slog.owner is not None and slog.owner != self.principal.name):
+        if slog is None or not slog.owned_by(self.principal.name):
             return None  # another key's stream is as invisible as a missing one
         return slog
 
