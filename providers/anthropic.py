@@ -13,6 +13,17 @@ Usage is normalized: `input_tokens` = input + cache_read + cache_creation,
 is inside `output_tokens`). A UsageDelta is yielded at `message_start` (input known,
 output provisional) and at each `message_delta`.
 
+End of stream: `message_stop` is the terminal marker, but a stream that ends cleanly
+without it (its last event lacking the blank line that dispatches it, as in the official
+SDK's own fixtures) is complete when a `message_delta` already carried the stop reason
+and usage: nothing but `message_stop` can follow it, and re-serving a complete answer
+would pay for it twice. Without that `message_delta` the end is a `protocol_error`.
+
+Structured output (`response_format`) is a forced tool, `json_answer`, whose input schema
+is the requested one; its input fragments are streamed as text and the turn ends `stop`.
+Sampling parameters: `top_p`, `top_k`, `user` (-> `metadata.user_id`),
+`parallel_tool_calls: false` (-> `tool_choice.disable_parallel_tool_use`).
+
 Not supported: thinking signatures and redacted-thinking blocks are not returned (so
 thinking cannot be sent back in a later turn), citations, server tools (web search, code
 execution) results, images in assistant turns, the Batch and Files APIs. A final assistant
@@ -71,6 +82,8 @@ FINISH_REASONS: dict[str, ProviderFinish] = {
 }
 BODY_OPTIONS = ("thinking", "top_p", "top_k", "metadata", "service_tier")
 _MALFORMED = (orjson.JSONDecodeError, AttributeError, KeyError, TypeError)
+# The forced tool that carries a structured answer (a name no caller's tool is likely to use).
+ANSWER_TOOL = "json_answer"
 _TOOL_CHOICE = {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}}
 
 
@@ -204,11 +217,42 @@ def _build_request(
             body["tool_choice"] = _TOOL_CHOICE.get(
                 request.tool_choice, {"type": "tool", "name": request.tool_choice}
             )
+    if request.response_format is not None:
+        _answer_tool(body, request.response_format, request.tool_choice)
     merged = {**(options or {}), **request.options}
     for key in BODY_OPTIONS:
         if key in merged:
             body[key] = merged[key]
+    _sampling(body, request.params)
     return body
+
+
+def _answer_tool(body: dict[str, Any], fmt: Mapping[str, Any], choice: str | None) -> None:
+    """Structured output by a forced tool: the model must call `ANSWER_TOOL` whose input
+    schema is the requested one; its input is streamed back as the text answer. With the
+    caller's own tools offered (and not refused) the model may call one of them instead."""
+    spec = fmt.get("json_schema") or {}
+    schema = spec.get("schema") or {"type": "object"}
+    tools = body.setdefault("tools", [])
+    tools.append({"name": ANSWER_TOOL, "input_schema": schema,
+                  "description": "Give the final answer as this tool's input."})
+    if len(tools) > 1 and choice != "none":
+        body["tool_choice"] = {"type": "any"}
+    else:
+        body["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
+
+
+def _sampling(body: dict[str, Any], params: Mapping[str, Any]) -> None:
+    """Our sampling parameter names (those `PROVIDER_PARAMS["anthropic"]` lists) on this wire."""
+    for key in ("top_p", "top_k"):
+        if key in params:
+            body[key] = params[key]
+    if "user" in params:
+        body["metadata"] = {**body.get("metadata", {}), "user_id": params["user"]}
+    if params.get("parallel_tool_calls") is False and "tool_choice" in body:
+        body["tool_choice"] = {**body["tool_choice"], "disable_parallel_tool_use": True}
+    elif params.get("parallel_tool_calls") is False and body.get("tools"):
+        body["tool_choice"] = {"type": "auto", "disable_parallel_tool_use": True}
 
 
 # --- stream parsing -----------------------------------------------------------------------
@@ -217,8 +261,9 @@ def _build_request(
 class _State:
     """Per-stream parse state: our tool indices, usage so far, stop reason, end seen."""
 
-    __slots__ = ("cache_creation", "cache_read", "done", "error", "input", "output",
-                 "stop_reason", "tool_args", "tools")
+    __slots__ = ("answer_block", "answer_seen", "cache_creation", "cache_read", "done",
+                 "error", "final_usage", "input", "output", "stop_reason", "tool_args",
+                 "tools")
 
     def __init__(self) -> None:
         self.tools: dict[int, int] = {}  # Anthropic block index -> our tool-call index
@@ -230,6 +275,9 @@ class _State:
         self.stop_reason: str | None = None
         self.done = False  # message_stop or error: stop reading
         self.error: Mapping[str, Any] | None = None  # the in-stream `error` event
+        self.final_usage = False  # a message_delta carried the stop reason and usage
+        self.answer_block: int | None = None  # the block index of the ANSWER_TOOL call
+        self.answer_seen = False  # it had input
 
     def usage(self, raw: Mapping[str, Any]) -> UsageDelta:
         """Override with every non-null count in `raw` (message_delta is cumulative)."""
@@ -253,6 +301,9 @@ def _block_edge(kind: str, event: Mapping[str, Any], state: _State) -> Delta | N
     """`content_block_start` / `content_block_stop`: tool calls open and close here."""
     if kind == "content_block_start":
         block = event.get("content_block") or {}
+        if block.get("type") == "tool_use" and block.get("name") == ANSWER_TOOL:
+            state.answer_block = event.get("index", -1)
+            return None
         if block.get("type") == "tool_use":
             index = len(state.tools)
             state.tools[event.get("index", index)] = index
@@ -262,6 +313,9 @@ def _block_edge(kind: str, event: Mapping[str, Any], state: _State) -> Delta | N
         if block.get("type") == "text" and block.get("text"):
             return TextDelta(block["text"])
         return None
+    if event.get("index", -1) == state.answer_block and not state.answer_seen:
+        state.answer_seen = True
+        return TextDelta("{}")
     ours = state.tools.get(event.get("index", -1))
     if ours is not None and not state.tool_args[ours]:
         state.tool_args[ours] = True
@@ -280,6 +334,9 @@ def _parse_event(event: Mapping[str, Any], state: _State) -> Delta | None:
             return TextDelta(text) if text else None
         if dtype == "input_json_delta":
             fragment = delta.get("partial_json")
+            if event.get("index", -1) == state.answer_block:
+                state.answer_seen = state.answer_seen or bool(fragment)
+                return TextDelta(fragment) if fragment else None
             index = state.tools.get(event.get("index", -1))
             if not fragment or index is None:
                 return None
@@ -296,7 +353,10 @@ def _parse_event(event: Mapping[str, Any], state: _State) -> Delta | None:
         if stop is not None:
             state.stop_reason = stop
         usage = event.get("usage")
-        return state.usage(usage) if usage else None
+        if not usage:
+            return None
+        state.final_usage = state.stop_reason is not None
+        return state.usage(usage)
     if kind == "message_start":
         usage = (event.get("message") or {}).get("usage")
         return state.usage(usage) if usage else None
@@ -309,6 +369,8 @@ def _parse_event(event: Mapping[str, Any], state: _State) -> Delta | None:
 
 
 def _finish(state: _State) -> FinishDelta:
+    if state.answer_block is not None and not state.tools:
+        return FinishDelta("stop")  # the forced answer tool ended the turn: a text answer
     return FinishDelta(FINISH_REASONS.get(state.stop_reason or "end_turn", "stop"))
 
 
@@ -376,8 +438,9 @@ class AnthropicProvider(HTTPProvider):
                 stray = error_in_text(decoder.leftover())  # JSON error instead of SSE
                 if stray is not None:
                     raise _map_error(stray, self._secrets)
-                raise ProviderError("protocol_error", "anthropic: stream ended without "
-                                    "message_stop")
+                if not state.final_usage:
+                        raise ProviderError("protocol_error", "anthropic: stream ended without "
+                                        "message_stop")
             await drain(chunks)
             yield _finish(state)
         finally:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from router.budgets.windows import Window
 
-Capability = Literal["tools", "reasoning", "prefill", "vision"]
+Capability = Literal["tools", "reasoning", "prefill", "vision", "structured_output"]
 Prefer = Literal["cost", "latency", "quality", "balanced"]
 ProviderKind = Literal["simulated", "anthropic", "openai", "openai_compatible", "ollama", "gemini"]
 ResumePolicy = Literal["continue", "restart", "fail"]
@@ -202,6 +202,8 @@ class Deployment:
     quality: float
     capabilities: frozenset[str]
     options: Mapping[str, Any]
+    # The sampling parameters (`providers.base.SAMPLING_PARAMS`) this deployment can honour.
+    params: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,10 @@
 """Routing policy: which deployments may serve a request, and in which order.
 
 A candidate is excluded, with a stated reason, when it is unavailable (open breaker, missing
-credentials), its context window is too small, it lacks a required capability, or its
-estimated TTFT, latency or cost exceeds the request's budget. Eligible candidates are
+credentials), its context window is too small, it lacks a required capability
+(`structured_output` for a JSON `response_format`), it cannot honour a sampling parameter the
+request sets (`seed`, `top_p`, ...), or its estimated TTFT, latency or cost exceeds the
+request's budget. Eligible candidates are
 ranked by `prefer`. Estimates use live statistics once observed, config priors before.
 """
 
@@ -30,6 +32,7 @@ class RouteConstraints:
     max_latency_ms: float | None = None
     max_cost_usd: float | None = None
     requires: frozenset[str] = frozenset()
+    params: frozenset[str] = frozenset()  # sampling parameters the request sets
     task: str | None = None
     pinned: bool = False
 
@@ -66,6 +69,7 @@ def estimate(
     cost = estimate_cost(dep.price, c.input_tokens, c.output_tokens)
     reason = unavailable(dep)
     missing = sorted(c.requires - dep.capabilities)
+    unhonoured = sorted(c.params - dep.params)
     if reason is not None:
         pass
     elif c.input_tokens + c.output_tokens > dep.context_window:
@@ -75,6 +79,8 @@ def estimate(
         )
     elif missing:
         reason = f"capability: lacks {', '.join(missing)}"
+    elif unhonoured:
+        reason = f"parameter: cannot honour {', '.join(unhonoured)}"
     elif c.max_ttft_ms is not None and ttft > c.max_ttft_ms:
         reason = f"max_ttft_ms: estimated {ttft:.0f} ms > {c.max_ttft_ms:g} ms"
     elif c.max_latency_ms is not None and latency > c.max_latency_ms:

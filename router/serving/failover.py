@@ -376,5 +376,6 @@ def provider_request(dep: Deployment, req: PreparedRequest) -> ProviderRequest:
     return ProviderRequest(
         model=dep.model, messages=req.messages, system=req.system, max_tokens=max_tokens,
         temperature=req.temperature, tools=req.tools, tool_choice=req.tool_choice,
-        stop=req.stop, options=dep.options,
+        stop=req.stop, response_format=req.response_format, params=req.params,
+        options=dep.options,
     )
