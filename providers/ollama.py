@@ -16,7 +16,8 @@ included; Ollama reports no cached or reasoning counts). An `{"error": "…"}` l
 
 Not supported: `/api/generate` (top-level `response`/`thinking`, `context` arrays), the
 `/v1` OpenAI-compatible endpoint (use the `openai_compatible` kind for it),
-`tool_choice` other than `none` or a tool name (Ollama cannot force a call: `required` sends the tools unchanged).
+`tool_choice` other than `none` or a tool name (Ollama cannot force a call: `required`
+sends the tools unchanged).
 
 Authentication: none by default; a configured key is sent as `Authorization: Bearer`
 (Ollama's cloud and authenticating proxies).

@@ -87,15 +87,31 @@ async def test_transcript_normalizes_to_expected_under_any_chunking(name: str) -
         # An in-stream `error` event after HTTP 200: raised, mapped, no finish.
         assert whole.error is not None and whole.finish is None
         assert whole.error.code == "overloaded" and whole.error.retryable
-    elif not expected["terminal_marker_seen"]:
-        # The sdk-* fixtures lack the final newline: per the WHATWG rules the unterminated
-        # `message_stop` is dropped, so the stream ended without its terminal marker.
-        assert whole.error is not None and whole.error.code == "protocol_error"
-        assert whole.finish is None
     else:
+        # The sdk-* fixtures lack the final newline: per the WHATWG rules the unterminated
+        # `message_stop` is dropped, but `message_delta` already carried the stop reason
+        # and usage, so the answer is provably complete and ends normally.
         assert whole.error is None
         assert whole.finish == expected["finish_reason_normalized"]
         assert isinstance(whole.deltas[-1], FinishDelta)
+
+
+@pytest.mark.parametrize("name", ["anthropic/sdk-basic-text.sse",
+                                  "anthropic/sdk-text-then-tool-use.sse"])
+async def test_unterminated_stream_without_stop_reason_is_a_protocol_error(name: str) -> None:
+    # The same stream cut before its message_delta: nothing says the answer is complete.
+    data = (TRANSCRIPTS / name).read_bytes()
+    data = data[: data.index(b"event: message_delta")]
+    result, _, _ = await replay([data])
+    assert result.error is not None and result.error.code == "protocol_error"
+    assert result.finish is None
+
+
+async def test_message_delta_without_usage_does_not_complete_an_unterminated_stream() -> None:
+    data = (TRANSCRIPTS / "anthropic/sdk-basic-text.sse").read_bytes()
+    data = data.replace(b',"usage":{"output_tokens":6}', b"")
+    result, _, _ = await replay([data])
+    assert result.error is not None and result.error.code == "protocol_error"
 
 
 @pytest.mark.parametrize("name", ["anthropic/sdk-basic-text.sse",
