@@ -9,7 +9,8 @@ The decision, in order:
     when some tool relates to them or no tool was called yet in the conversation;
   - after a tool result: `required` calls a tool not called yet (an agent's output tool,
     e.g. pydantic-ai's `final_result`), `auto` answers using the result;
-- a JSON `response_format`: a JSON value valid for the schema (`json_object`: an object);
+- a JSON `response_format`: a JSON value valid for the schema (`json_object`: an object,
+  valid for a schema the prompt spells out if it does);
 - otherwise: text (the caller's seeded word answer), prefixed by the tool results it uses.
 
 Tool arguments satisfy the tool's JSON schema: types, `required`, `enum`/`const`, nested
@@ -21,6 +22,7 @@ Paris?".
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -102,7 +104,7 @@ def plan_turn(request: ProviderRequest, seed: int) -> Turn:
         return Turn("tool", tool.name, orjson.dumps(args).decode())
     fmt = request.response_format
     if fmt is not None:
-        schema = (fmt.get("json_schema") or {}).get("schema")
+        schema = (fmt.get("json_schema") or {}).get("schema") or _schema_in_prompt(request)
         if schema is None:
             value: Any = {"answer": " ".join(words[:6]) or "ok"}
         else:
@@ -111,6 +113,24 @@ def plan_turn(request: ProviderRequest, seed: int) -> Turn:
     results = [m for m in _since_last_user(messages) if m.get("role") == "tool"]
     prefix = "".join(f"The tool returned {content_text(m.get('content'))}. " for m in results)
     return Turn("text", payload=prefix)
+
+
+def _schema_in_prompt(request: ProviderRequest) -> Mapping[str, Any] | None:
+    """A JSON schema spelled out in the prompt (json_object mode: clients such as
+    instructor's JSON mode describe the wanted object there), or None."""
+    texts = [request.system or ""] + [content_text(m.get("content")) for m in request.messages]
+    decoder = json.JSONDecoder()
+    for text in texts:
+        start = text.find("{")
+        while start >= 0:
+            try:
+                value, _ = decoder.raw_decode(text, start)
+            except ValueError:
+                value = None
+            if isinstance(value, dict) and isinstance(value.get("properties"), dict):
+                return value
+            start = text.find("{", start + 1)
+    return None
 
 
 def _tool_to_call(request: ProviderRequest) -> Tool | None:
