@@ -179,6 +179,7 @@ PROVIDER_PARAMS: dict[str, frozenset[str]] = {
     # with the option `params: [...]`.
     "openai_compatible": frozenset({"seed", "top_p", "frequency_penalty", "presence_penalty",
                                     "user", "parallel_tool_calls"}),
+    "openai_responses": frozenset({"top_p", "user", "parallel_tool_calls"}),
     "anthropic": frozenset({"top_p", "top_k", "user", "parallel_tool_calls"}),
     "gemini": frozenset({"seed", "top_p", "top_k", "frequency_penalty", "presence_penalty"}),
     "ollama": frozenset({"seed", "top_p", "top_k", "frequency_penalty", "presence_penalty"}),
@@ -229,6 +230,7 @@ PROVIDER_KINDS: dict[str, str] = {
     "anthropic": "providers.anthropic:AnthropicProvider",
     "openai": "providers.openai:OpenAIProvider",
     "openai_compatible": "providers.openai:OpenAIProvider",
+    "openai_responses": "providers.openai_responses:OpenAIResponsesProvider",
     "ollama": "providers.ollama:OllamaProvider",
     "gemini": "providers.gemini:GeminiProvider",
 }

@@ -34,7 +34,8 @@ Request: `response_format` is sent natively (routing sends it only to deployment
 (`providers.base.PROVIDER_PARAMS`: seed, top_p, penalties, user, parallel_tool_calls) as
 they are named.
 
-Not supported: the Responses API (`/v1/responses`, `event: response.*`), legacy
+Not supported here: the Responses API (`/v1/responses`, `event: response.*`; that is kind
+`openai_responses`, `providers/openai_responses.py`), legacy
 `function_call`, `n > 1` (only choice 0 is read), audio and logprobs (refused at the edge).
 
 Options (provider `options`, overridden by the deployment's):
