@@ -1,5 +1,6 @@
 """The Vercel AI SDK (Node) against the router: `@ai-sdk/openai-compatible` and
-`@ai-sdk/openai`'s `.chat()` on `/v1/chat/completions`, `@ai-sdk/anthropic` on
+`@ai-sdk/openai`'s `.chat()` on `/v1/chat/completions`, `@ai-sdk/openai`'s default on
+`/v1/responses`, `@ai-sdk/anthropic` on
 `/v1/messages`; streamed text, a two-step tool round trip and `generateObject`, in front of
 the simulated fleet and of the loopback provider server."""
 
@@ -19,7 +20,7 @@ from tests.clients.conftest import (
     simulated_fleet,
 )
 
-PROVIDERS = ["compatible", "openai-chat", "anthropic"]
+PROVIDERS = ["compatible", "openai-chat", "openai-responses", "anthropic"]
 OSLO = {"city": "Oslo", "unit": "celsius", "temperature": 3.5, "sunny": False}
 
 

@@ -1,6 +1,7 @@
 // The Vercel AI SDK against the router (tests/clients/test_vercel.py):
 //   node vercel_clients.mjs PROVIDER SCENARIO BASE_URL MODEL
 // PROVIDER: compatible (@ai-sdk/openai-compatible) | openai-chat (@ai-sdk/openai, .chat())
+//           | openai-responses (@ai-sdk/openai's default, /v1/responses)
 //           | anthropic (@ai-sdk/anthropic, the Messages endpoint)
 // SCENARIO: text (streamText) | tool (generateText with a tool, two steps) |
 //           structured (generateObject with a zod schema)
@@ -22,9 +23,16 @@ function model() {
   if (provider === "openai-chat") {
     return createOpenAI({ baseURL: `${base}/v1`, apiKey: KEY }).chat(modelName);
   }
+  if (provider === "openai-responses") {  // the default: the Responses API
+    return createOpenAI({ baseURL: `${base}/v1`, apiKey: KEY })(modelName);
+  }
   return createAnthropic({ baseURL: `${base}/v1`, apiKey: KEY })(modelName);
 }
 
+// With the Responses API the SDK defaults to `store: true` and then refers to earlier output
+// items by `item_reference`, which the router (storing nothing) cannot resolve: the tool
+// round trip sends the items themselves.
+const providerOptions = provider === "openai-responses" ? { openai: { store: false } } : {};
 const calls = [];
 const weather = tool({
   description: "Current weather for a city",
@@ -51,7 +59,7 @@ async function main() {
   if (scenario === "tool") {
     const result = await generateText({
       model: model(), prompt: "What is the weather in Paris?", tools: { get_weather: weather },
-      stopWhen: stepCountIs(3), maxRetries: 0,
+      stopWhen: stepCountIs(3), maxRetries: 0, providerOptions,
     });
     return { text: result.text, tool_calls: calls };
   }
