@@ -186,6 +186,11 @@ PROVIDER_PARAMS: dict[str, frozenset[str]] = {
 }
 
 
+# Parameters that do not change the answer (`user`: an end-user id for abuse monitoring):
+# sent where the wire carries them, but no reason to refuse a route.
+ADVISORY_PARAMS = frozenset({"user"})
+
+
 def supported_params(kind: str, options: Mapping[str, Any]) -> frozenset[str]:
     """The sampling parameters a deployment can honour: its kind's, unless its options
     list them (`params: [seed, top_p]`)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from providers.base import Tool, estimate_tokens
+from providers.base import ADVISORY_PARAMS, Tool, estimate_tokens
 from router.config.schema import LoadedConfig, Prefer
 from router.events import ErrorCode
 from router.request_params import RequestParamError, check_params, check_response_format
@@ -196,7 +196,7 @@ def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
         max_cost_usd=params.max_cost_usd if params.max_cost_usd is not None else (
             task.max_cost_usd if task else None),
         requires=frozenset(requires),
-        params=frozenset(sampling),
+        params=frozenset(sampling) - ADVISORY_PARAMS,
         task=task_name,
         pinned=params.model is not None,
     )

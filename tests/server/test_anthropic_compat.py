@@ -338,6 +338,7 @@ def test_request_fields_map_onto_stream_arguments() -> None:
         "system": "Be brief.", "tools": [TOOL], "tool_choice": "lookup_lead",
         "max_latency_ms": 900, "prefer": "cost",
         "metadata": {"user_id": "u1", "key": "team-a"},
+        "params": {"user": "u1"},  # metadata.user_id is also the sampling parameter `user`
     }
     assert stream_kwargs({"model": "fast", "tool_choice": {"type": "any"}}, router,
                          None) == {"model": "fast", "tool_choice": "required"}

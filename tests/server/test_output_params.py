@@ -68,6 +68,10 @@ async def test_a_parameter_no_candidate_honours_is_a_400_naming_it(base_url: str
     ok = await client.chat.completions.create(
         model="json", messages=[{"role": "user", "content": "hi"}], top_p=0.5)
     assert ok.choices[0].message.content
+    # `user` does not change the answer: sent where the wire carries it, never a refusal
+    advisory = await client.chat.completions.create(
+        model="json", messages=[{"role": "user", "content": "hi"}], user="end-user-1")
+    assert advisory.choices[0].message.content
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(
             model="json", messages=[{"role": "user", "content": "hi"}], seed=3)
