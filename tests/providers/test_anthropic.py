@@ -15,7 +15,8 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from providers.anthropic import AnthropicProvider, _build_request
+from providers.anthropic import AnthropicProvider
+from providers.anthropic_request import build_request
 from providers.base import (
     FinishDelta,
     ProviderError,
@@ -253,7 +254,7 @@ def test_build_request_translates_openai_shaped_history() -> None:
         tool_choice="get_weather",
         options={"thinking": {"type": "enabled", "budget_tokens": 1024}, "seed": 3},
     )
-    body = _build_request(request)
+    body = build_request(request)
     assert body == {
         "model": "claude-sonnet-4-5",
         "max_tokens": 100,
@@ -293,13 +294,13 @@ def test_build_request_translates_openai_shaped_history() -> None:
 def test_tool_choice_values(choice: str, wire: dict[str, str]) -> None:
     request = ProviderRequest(model="m", messages=[{"role": "user", "content": "x"}],
                               tools=[Tool("t", "d", {"type": "object"})], tool_choice=choice)
-    assert _build_request(request)["tool_choice"] == wire
+    assert build_request(request)["tool_choice"] == wire
 
 
 def test_system_messages_in_history_join_the_system_prompt_and_max_tokens_default() -> None:
     request = ProviderRequest(model="m", system="A", messages=[
         {"role": "system", "content": "B"}, {"role": "user", "content": "x"}])
-    body = _build_request(request)
+    body = build_request(request)
     assert body["system"] == "A\n\nB" and body["max_tokens"] == 4096
     assert "tools" not in body and "tool_choice" not in body
 
@@ -308,7 +309,7 @@ def test_empty_turns_are_dropped() -> None:
     request = ProviderRequest(model="m", messages=[
         {"role": "user", "content": "x"}, {"role": "assistant", "content": ""},
         {"role": "user", "content": "y"}])
-    assert _build_request(request)["messages"] == [
+    assert build_request(request)["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "text", "text": "y"}]}]
 
 
