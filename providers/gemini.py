@@ -216,7 +216,8 @@ def _build_request(request: ProviderRequest, options: Mapping[str, Any]) -> dict
         if key in options:
             generation[name] = options[key]
     for key, value in request.params.items():  # routing sent only what this kind lists
-        generation[_SAMPLING[key]] = value
+        if key in _SAMPLING:
+            generation[_SAMPLING[key]] = value
     fmt = request.response_format
     if fmt is not None:
         generation["responseMimeType"] = "application/json"

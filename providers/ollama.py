@@ -65,6 +65,7 @@ FINISH_REASONS: dict[str, ProviderFinish] = {
     "unload": "stop",
 }
 BODY_OPTIONS = ("think", "keep_alive", "format")
+_RUNTIME_PARAMS = frozenset({"seed", "top_p", "top_k", "frequency_penalty", "presence_penalty"})
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -179,7 +180,8 @@ def _build_request(request: ProviderRequest, options: Mapping[str, Any]) -> dict
         runtime["temperature"] = request.temperature
     if request.stop:
         runtime["stop"] = list(request.stop)
-    runtime.update(request.params)  # seed, top_p, top_k, penalties: Ollama's names are ours
+    # seed, top_p, top_k, penalties: Ollama's names are ours
+    runtime.update((k, v) for k, v in request.params.items() if k in _RUNTIME_PARAMS)
     fmt = request.response_format
     if fmt is not None:
         schema = (fmt.get("json_schema") or {}).get("schema")
