@@ -86,7 +86,9 @@ async def run_client(cmd: Sequence[str]) -> dict[str, Any]:
     last line is a JSON result."""
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "NO_COLOR": "1"})
+        # litellm would fetch its model price map from the internet at import (offline: a
+        # timeout); its bundled copy is enough here.
+        env={**os.environ, "NO_COLOR": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
     try:
         out, err = await asyncio.wait_for(proc.communicate(), CLIENT_TIMEOUT_S)
     except TimeoutError:
