@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from providers.base import supported_params
 from router.config.errors import format_validation_error
 from router.config.files import embedded_path, read_yaml
 from router.config.schema import Capability, Deployment, LatencyPrior, Price, RouterConfig
@@ -97,5 +98,7 @@ def resolve_deployments(config: RouterConfig, source: str) -> Mapping[str, Deplo
             options=dep.options,
             rpm=dep.rpm,
             tpm=dep.tpm,
+            params=supported_params(config.providers[dep.provider].kind,
+                                    {**config.providers[dep.provider].options, **dep.options}),
         )
     return out

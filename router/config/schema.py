@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from router.budgets.windows import Window
 from router.routing.settings import RoutingConfig
 
-Capability = Literal["tools", "reasoning", "prefill", "vision"]
+Capability = Literal["tools", "reasoning", "prefill", "vision", "structured_output"]
 Prefer = Literal["cost", "latency", "quality", "balanced"]
 ProviderKind = Literal["simulated", "anthropic", "openai", "openai_compatible", "openai_responses",
                        "ollama", "gemini"]
@@ -263,6 +263,8 @@ class Deployment:
     options: Mapping[str, Any]
     rpm: int | None = None  # the vendor's request and token limits per minute, if known
     tpm: int | None = None
+    # The sampling parameters (`providers.base.SAMPLING_PARAMS`) this deployment can honour.
+    params: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,8 @@
 messages (placed before the rest of the user turn, as the Messages API requires them first),
 assistant `tool_use` blocks become `tool_calls` with JSON-text arguments, `system` becomes
 the `system` argument, and `tool_choice` `{"type": "any"}` becomes `"required"`.
+`top_p`, `top_k`, `metadata.user_id` and `tool_choice.disable_parallel_tool_use` become the
+sampling parameters `top_p`, `top_k`, `user` and `parallel_tool_calls: false`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class AnthropicTool(TypedDict):
 class AnthropicToolChoice(TypedDict):
     type: Literal["auto", "any", "tool", "none"]
     name: NotRequired[str]
+    disable_parallel_tool_use: NotRequired[bool]
 
 
 class MessagesBody(RoutingExtras):
@@ -64,6 +67,8 @@ class MessagesBody(RoutingExtras):
     stop_sequences: list[str] | None = None
     tools: list[AnthropicTool] | None = None
     tool_choice: AnthropicToolChoice | None = None
+    top_p: Any = None  # sampling parameters: their types and ranges are the core's to check
+    top_k: Any = None
 
 
 def _text_of(content: str | list[Block] | None) -> str:
@@ -163,6 +168,18 @@ def _tool_choice(raw: AnthropicToolChoice) -> str:
     return _CHOICES[raw["type"]]
 
 
+def _sampling(body: MessagesBody) -> dict[str, Any]:
+    """top_p, top_k, metadata.user_id and tool_choice.disable_parallel_tool_use, by the
+    router's (OpenAI's) names; routing sends them only where they can be honoured."""
+    out = {name: value for name, value in (("top_p", body.top_p), ("top_k", body.top_k))
+           if value is not None}
+    if body.metadata and body.metadata.get("user_id") is not None:
+        out["user"] = body.metadata["user_id"]
+    if body.tool_choice is not None and body.tool_choice.get("disable_parallel_tool_use"):
+        out["parallel_tool_calls"] = False
+    return out
+
+
 def stream_kwargs(body: MessagesBody, router: Router, scope_key: str | None) -> dict[str, Any]:
     """`Router.stream` keyword arguments from a Messages API body (messages aside)."""
     kwargs = routing_options(body)
@@ -179,6 +196,9 @@ def stream_kwargs(body: MessagesBody, router: Router, scope_key: str | None) -> 
         kwargs["tools"] = _tools(body.tools)
     if body.tool_choice is not None:
         kwargs["tool_choice"] = _tool_choice(body.tool_choice)
+    params = _sampling(body)
+    if params:
+        kwargs["params"] = params
     if scope_key is not None:
         kwargs["metadata"] = {**kwargs.get("metadata", {}), "key": scope_key}
     return kwargs

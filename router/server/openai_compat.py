@@ -10,7 +10,10 @@ object (request id, deployment, cost, latency) rides on the final chunk / the co
 
 A stream's HTTP status is decided at its first content event: an error before any token is
 an HTTP error with OpenAI's status and body; after that it is an in-stream error object.
-Not supported: `n` > 1, logprobs, audio, the Responses API.
+`response_format` (json_object, json_schema) and the sampling parameters (seed, top_p,
+penalties, user, parallel_tool_calls) are passed on; a request routes only to deployments
+that honour them (none: a 400 naming what is missing).
+Not supported: `n` > 1, logprobs (a 400), audio, the Responses API.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
+from providers.base import SAMPLING_PARAMS
 from router.events import (
     DoneEvent,
     ErrorEvent,
@@ -107,7 +111,9 @@ def event_error(ev: ErrorEvent) -> tuple[int, dict[str, Any]]:
 
 def _param_of(message: str) -> str | None:
     """The request field a core validation message starts with (`input[2]: ...`)."""
-    head = message.split(":", 1)[0].split("[", 1)[0].strip()
+    head = message.split(":", 1)[0].split("[", 1)[0].split(".", 1)[0].strip()
+    if head in SAMPLING_PARAMS or head == "response_format":
+        return head
     return {"input": "messages", "tools": "tools", "tool_choice": "tool_choice",
             "stop": "stop", "max_tokens": "max_tokens"}.get(head)
 
@@ -143,6 +149,11 @@ class ChatCompletionBody(RoutingExtras):
     tools: list[ToolSpec] | None = None
     tool_choice: ToolChoice | None = None
     stream_options: StreamOptions | None = None
+    response_format: dict[str, Any] | None = None  # its shape: router.request_params
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    # The sampling parameters (`SAMPLING_PARAMS`) stay extras, checked by the core once.
+    model_config = ConfigDict(extra="allow", frozen=True)
 
 
 def _messages(body: ChatCompletionBody) -> list[dict[str, Any]]:
@@ -158,12 +169,26 @@ def _stream_kwargs(body: ChatCompletionBody, router: Router,
     max_tokens = body.max_completion_tokens or body.max_tokens
     for name, value in (("max_tokens", max_tokens), ("temperature", body.temperature),
                         ("stop", body.stop), ("tools", body.tools or None),
-                        ("tool_choice", body.tool_choice)):
+                        ("tool_choice", body.tool_choice),
+                        ("response_format", body.response_format)):
         if value is not None:
             kwargs[name] = value
+    _output_options(body, kwargs)
     if scope_key is not None:
         kwargs["metadata"] = {**kwargs.get("metadata", {}), "key": scope_key}
     return kwargs
+
+
+def _output_options(body: ChatCompletionBody, kwargs: dict[str, Any]) -> None:
+    """The sampling parameters, passed on (routing sends them only to deployments that
+    honour them; the core validates them). Logprobs cannot be returned."""
+    if body.logprobs or body.top_logprobs:
+        raise RequestProblem("logprobs are not supported by this router.", "logprobs",
+                             "unsupported_parameter")
+    extra = body.model_extra or {}
+    params = {name: extra[name] for name in SAMPLING_PARAMS if extra.get(name) is not None}
+    if params:
+        kwargs["params"] = params
 
 
 # --- streaming ----------------------------------------------------------------------------

@@ -53,6 +53,8 @@ class StreamBody(BaseModel):
     tool_choice: ToolChoice | None = None
     stop: Stop | None = None
     metadata: Metadata | None = None
+    response_format: dict[str, Any] | None = None  # checked by router.request_params
+    params: dict[str, Any] | None = None  # sampling parameters: seed, top_p, ...
     # Keep producing into the event log when the client disconnects (resume later).
     detach: StrictBool = False
 
@@ -92,7 +94,8 @@ def stream_kwargs(body: StreamBody, principal: Principal) -> tuple[Any, dict[str
     """`(input, keyword arguments)` for `Router.stream`."""
     kwargs: dict[str, Any] = {}
     for name in ("task", "model", "prefer", "max_ttft_ms", "max_latency_ms", "max_cost_usd",
-                 "max_tokens", "temperature", "system", "tools", "tool_choice", "stop"):
+                 "max_tokens", "temperature", "system", "tools", "tool_choice", "stop",
+                 "response_format", "params"):
         value = getattr(body, name)
         if value is not None:
             kwargs[name] = value

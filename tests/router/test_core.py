@@ -105,8 +105,10 @@ async def test_cancelling_the_consumer_task_closes_the_provider_stream(
 
 # --- event invariants over many seeded runs -------------------------------------------------
 
-TOOL = {"type": "function", "function": {"name": "lookup", "description": "Look it up",
-                                         "parameters": {"type": "object"}}}
+TOOL = {"type": "function", "function": {
+    "name": "lookup", "description": "Look it up",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
+                   "required": ["query"]}}}
 # `pair` tries mid first (higher quality), then fast: the fallback path of the fault runs.
 PAIR = {"pair": {"candidates": ["mid", "fast"], "prefer": "quality"}}
 FAILURE_CODES = ("overloaded", "rate_limited", "provider_error", "connection", "timeout")
@@ -227,8 +229,9 @@ async def _check_answer(sc: dict[str, Any], events: list[Event], done: DoneEvent
     texts = [ev.delta for ev in events if isinstance(ev, TextEvent)]
     if sc["shape"] == "tool":
         assert texts == [] and done.finish_reason == "tool_calls"
-        assert [(c.name, c.arguments) for c in done.tool_calls] == [
-            ("lookup", {"query": sc["prompt"][:40]})]
+        # the arguments fit the tool's schema
+        assert [(c.name, list(c.arguments)) for c in done.tool_calls] == [("lookup", ["query"])]
+        assert isinstance(done.tool_calls[0].arguments["query"], str)
         return
     assert done.tool_calls == []
     text = "".join(texts)
