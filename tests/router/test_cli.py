@@ -361,11 +361,15 @@ def test_serve_on_all_interfaces_without_keys_exits_2(cli: CliRunner, fleet: str
 def test_serve_banner_says_whether_auth_is_on_and_where_the_playground_is(
     cli: CliRunner, fleet: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import uvicorn
+
     from router.server.limits import DrainingServer
 
     served: list[dict[str, object]] = []
-    monkeypatch.setattr(DrainingServer, "run",
-                        lambda self, **kw: served.append({"port": self.config.port}))
+    # A real uvicorn.Config would configure this process's logging (caplog elsewhere).
+    monkeypatch.setattr(uvicorn, "Config", lambda app, **kw: served.append(kw) or kw)
+    monkeypatch.setattr(DrainingServer, "__init__", lambda self, config, drain: None)
+    monkeypatch.setattr(DrainingServer, "run", lambda self, **kw: None)
     open_ = cli.invoke(app, ["serve", "--config", fleet, "--port", "8123"])
     assert open_.exit_code == 0, open_.stderr
     assert served[0]["port"] == 8123

@@ -145,12 +145,14 @@ _json = st.recursive(
 _FIELDS = {
     "/v1/chat/completions": (CHAT, ["model", "messages", "stop", "tools", "tool_choice",
                                     "max_tokens", "temperature", "n", "stream_options",
-                                    "max_cost_usd", "metadata", "prefer", "task"]),
+                                    "max_cost_usd", "metadata", "prefer", "task", "seed",
+                                    "top_p", "response_format", "logprobs", "user"]),
     "/v1/messages": (MESSAGES, ["model", "messages", "system", "stop_sequences", "tools",
-                                "tool_choice", "max_tokens", "temperature", "metadata"]),
+                                "tool_choice", "max_tokens", "temperature", "metadata",
+                                "top_k"]),
     "/v1/stream": (STREAM, ["input", "task", "model", "prefer", "max_ttft_ms", "max_cost_usd",
                             "max_tokens", "temperature", "system", "tools", "tool_choice",
-                            "stop", "metadata"]),
+                            "stop", "metadata", "params", "response_format"]),
 }
 
 
