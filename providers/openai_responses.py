@@ -59,6 +59,7 @@ from providers.http import (
     map_error_payload,
     map_transport_error,
     open_stream,
+    parse_quota,
 )
 from providers.sse import SSEDecoder
 
@@ -164,6 +165,11 @@ def _build_request(request: ProviderRequest, options: Mapping[str, Any]) -> dict
     for key in BODY_OPTIONS:
         if key in options:
             body[key] = options[key]
+    body.update(request.params)  # top_p, user, parallel_tool_calls: the same names here
+    fmt = request.response_format
+    if fmt is not None:  # the Chat Completions shape, flattened into `text.format`
+        spec = fmt.get("json_schema")
+        body["text"] = {"format": {"type": "json_schema", **spec} if spec else dict(fmt)}
     extra = options.get("extra_body")
     if isinstance(extra, Mapping):
         body.update(extra)
@@ -302,7 +308,10 @@ class OpenAIResponsesProvider(HTTPProvider):
         state = _State()
         decoder = SSEDecoder()
         chunks = response.aiter_bytes()
+        quota = parse_quota(response.headers)
         try:
+            if quota is not None:  # routing spends the announced headroom deliberately
+                yield quota
             try:
                 async for raw in chunks:
                     for sse in decoder.feed(raw):

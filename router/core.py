@@ -10,7 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -34,9 +34,12 @@ from router.events import (
     Usage,
 )
 from router.request import StreamParams, prepare
-from router.routing.policy import RouteDecision, choose_route
+from router.routing.policy import RouteDecision, RoutingPolicy, choose_route
 from router.routing.stats import StatsRegistry
 from router.serving.context import ServingContext
+
+if TYPE_CHECKING:  # the pipeline is imported with the first request
+    from router.serving.takeover import PriorAnswer
 
 
 class Completion(BaseModel):
@@ -93,9 +96,15 @@ class Router:
     """Routes requests across the deployments of one config."""
 
     def __init__(self, config: LoadedConfig | str | os.PathLike[str] | None = None, *,
-                 budgets: BudgetGate | None = None) -> None:
+                 budgets: BudgetGate | None = None,
+                 inflight: Callable[[str], int] | None = None) -> None:
         self.loaded = config if isinstance(config, LoadedConfig) else load_config(config)
-        self.stats = StatsRegistry()
+        self.stats = StatsRegistry(self.loaded.config.routing)
+        # `inflight`: requests in flight per deployment, from an admission limiter if one
+        # is given; the statistics' own count of running attempts otherwise.
+        self.policy = RoutingPolicy(
+            self.stats, inflight=inflight,
+            backoff_ms=self.loaded.config.resilience.retry.initial_backoff_ms)
         # Without budgets configured the manager still books spend for `spend()`.
         self.budgets: BudgetGate = budgets or BudgetManager.from_config(self.loaded)
         self._owns_budgets = budgets is None
@@ -176,21 +185,32 @@ class Router:
                tool_choice: str | Mapping[str, Any] | None = None,
                stop: str | Sequence[str] | None = None,
                metadata: Mapping[str, Any] | None = None,
-               request_id: str | None = None) -> EventStream:
+               response_format: Mapping[str, Any] | None = None,
+               params: Mapping[str, Any] | None = None,
+               request_id: str | None = None,
+               resume_from: PriorAnswer | None = None) -> EventStream:
+        """`resume_from`: continue a stream whose serving instance died (the server's
+        takeover), numbering events on from it."""
         from router.serving.orchestrator import run_stream
 
-        params = StreamParams(
+        stream_params = StreamParams(
             input=input, task=task, model=model, prefer=prefer, max_ttft_ms=max_ttft_ms,
             max_latency_ms=max_latency_ms, max_cost_usd=max_cost_usd, max_tokens=max_tokens,
             temperature=temperature, system=system, tools=tools, tool_choice=tool_choice,
-            stop=stop, metadata=metadata or {})
+            stop=stop, metadata=metadata or {}, response_format=response_format,
+            params=params)
         rid = request_id or uuid.uuid4().hex
-        return EventStream(run_stream(self._serving_context(), params, rid), rid)
+        if resume_from is not None:
+            from router.serving.takeover import resume_stream
+
+            return EventStream(resume_stream(self._serving_context(), stream_params, rid,
+                                             resume_from), rid)
+        return EventStream(run_stream(self._serving_context(), stream_params, rid), rid)
 
     def _serving_context(self) -> ServingContext:
         # Built per request: tests and embedders may swap `resilience` or `budgets`.
         return ServingContext(self.loaded, self.stats, self.resilience, self.budgets,
-                              self.provider, self.unavailable_reason)
+                              self.provider, self.unavailable_reason, self.policy)
 
     async def complete(self, input: str | Sequence[Mapping[str, Any]],
                        **options: Any) -> Completion:
@@ -238,7 +258,8 @@ class Router:
                 "reason": self.unavailable_reason(dep),
                 "ttft_ms": self.stats.estimate_ttft_ms(dep),
                 "tokens_per_s": self.stats.estimate_tokens_per_s(dep),
-                "observed": s.ttft_ms is not None,
+                "observed": s.observed,
+                "estimate": self.stats.describe(dep),
                 "requests": s.requests,
                 "failures": s.failures,
                 "last_error": s.last_error,

@@ -14,9 +14,10 @@ from typing import Any
 
 import orjson
 
-from providers.base import Tool, estimate_tokens
+from providers.base import ADVISORY_PARAMS, Tool, estimate_tokens
 from router.config.schema import LoadedConfig, Prefer
 from router.events import ErrorCode
+from router.request_params import RequestParamError, check_params, check_response_format
 from router.routing.policy import RouteConstraints
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -49,6 +50,8 @@ class StreamParams:
     tool_choice: str | Mapping[str, Any] | None = None
     stop: str | Sequence[str] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    response_format: Mapping[str, Any] | None = None
+    params: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,8 @@ class PreparedRequest:
     stop: tuple[str, ...]
     max_tokens: int | None
     temperature: float | None
+    response_format: Mapping[str, Any] | None
+    params: Mapping[str, Any]
     constraints: RouteConstraints
     task: str | None
     metadata: Mapping[str, Any]
@@ -172,6 +177,13 @@ def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
     requires = set(task.requires) if task else set()
     if tools and (params.tool_choice != "none"):
         requires.add("tools")
+    try:
+        response_format = check_response_format(params.response_format)
+        sampling = check_params(params.params)
+    except RequestParamError as exc:
+        raise RequestError("bad_request", str(exc)) from None
+    if response_format is not None:
+        requires.add("structured_output")
     constraints = RouteConstraints(
         candidates=candidates,
         prefer=_prefer(prefer),
@@ -184,6 +196,7 @@ def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
         max_cost_usd=params.max_cost_usd if params.max_cost_usd is not None else (
             task.max_cost_usd if task else None),
         requires=frozenset(requires),
+        params=frozenset(sampling) - ADVISORY_PARAMS,
         task=task_name,
         pinned=params.model is not None,
     )
@@ -196,6 +209,8 @@ def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
         stop=stop,
         max_tokens=max_tokens,
         temperature=params.temperature,
+        response_format=response_format,
+        params=sampling,
         constraints=constraints,
         task=task_name,
         metadata=dict(params.metadata),

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from providers.base import supported_params
 from router.config.errors import format_validation_error
 from router.config.files import embedded_path, read_yaml
 from router.config.schema import Capability, Deployment, LatencyPrior, Price, RouterConfig
@@ -95,5 +96,9 @@ def resolve_deployments(config: RouterConfig, source: str) -> Mapping[str, Deplo
             quality=dep.quality if dep.quality is not None else (entry.quality if entry else 0.5),
             capabilities=frozenset(caps),
             options=dep.options,
+            rpm=dep.rpm,
+            tpm=dep.tpm,
+            params=supported_params(config.providers[dep.provider].kind,
+                                    {**config.providers[dep.provider].options, **dep.options}),
         )
     return out

@@ -12,8 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from router.budgets.windows import Window
+from router.routing.settings import RoutingConfig
 
-Capability = Literal["tools", "reasoning", "prefill", "vision"]
+Capability = Literal["tools", "reasoning", "prefill", "vision", "structured_output"]
 Prefer = Literal["cost", "latency", "quality", "balanced"]
 ProviderKind = Literal["simulated", "anthropic", "openai", "openai_compatible", "openai_responses",
                        "ollama", "gemini"]
@@ -54,6 +55,8 @@ class DeploymentConfig(_Strict):
     catalog: str | None = None
     price: Price | None = None
     context_window: int | None = Field(default=None, gt=0)
+    rpm: int | None = Field(default=None, gt=0)  # requests per minute the vendor allows
+    tpm: int | None = Field(default=None, gt=0)  # tokens per minute
     max_output_tokens: int | None = Field(default=None, gt=0)
     default_max_tokens: int | None = Field(default=None, gt=0)
     latency_prior: LatencyPrior | None = None
@@ -99,6 +102,11 @@ class RetryConfig(_Strict):
 class BreakerConfig(_Strict):
     fail_max: int = Field(default=5, ge=1)
     reset_timeout_s: float = Field(default=30, gt=0)
+    # Also open when at least `failure_rate` of the last `window_s` seconds' calls failed,
+    # once `min_calls` were made in it (resilience4j's failure-rate threshold). None: off.
+    failure_rate: float | None = Field(default=None, gt=0, le=1)
+    min_calls: int = Field(default=10, ge=1)
+    window_s: float = Field(default=60, gt=0)
 
 
 class TimeoutsConfig(_Strict):
@@ -194,6 +202,17 @@ class StateConfig(BaseModel):
     # (`user:<key>/ann`), so one tenant cannot spend another's budget. `shared` is for a
     # trusted single tenant whose keys share users.
     user_scopes: Literal["per_key", "shared"] = "per_key"
+    # The shared event log (Redis Streams): how long events wait to be written together
+    # (readers elsewhere see them at most this much later), and how long an instance may
+    # be silent before its running streams count as orphaned and another takes them over.
+    event_flush_ms: float = Field(default=10.0, ge=0, le=1000, allow_inf_nan=False)
+    # A stream's text deltas wait up to this long (or 20 of them) to be written together;
+    # its first text, and every other event, go with the next flush.
+    event_batch_ms: float = Field(default=100.0, ge=0, le=5000, allow_inf_nan=False)
+    stream_lease_s: float = Field(default=3.0, gt=0, le=3600, allow_inf_nan=False)
+    # How often each instance merges its routing statistics with the others' (the bound on
+    # how stale another instance's observations are when this one routes on them).
+    stats_sync_s: float = Field(default=2.0, gt=0, le=3600, allow_inf_nan=False)
 
 
 class RouterConfig(_Strict):
@@ -206,6 +225,7 @@ class RouterConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     budgets: list[BudgetConfig] = Field(default_factory=list)
     state: StateConfig = Field(default_factory=StateConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +244,10 @@ class Deployment:
     quality: float
     capabilities: frozenset[str]
     options: Mapping[str, Any]
+    rpm: int | None = None  # the vendor's request and token limits per minute, if known
+    tpm: int | None = None
+    # The sampling parameters (`providers.base.SAMPLING_PARAMS`) this deployment can honour.
+    params: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

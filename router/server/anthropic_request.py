@@ -4,6 +4,8 @@
 messages (placed before the rest of the user turn, as the Messages API requires them first),
 assistant `tool_use` blocks become `tool_calls` with JSON-text arguments, `system` becomes
 the `system` argument, and `tool_choice` `{"type": "any"}` becomes `"required"`.
+`top_p`, `top_k`, `metadata.user_id` and `tool_choice.disable_parallel_tool_use` become the
+sampling parameters `top_p`, `top_k`, `user` and `parallel_tool_calls: false`.
 """
 
 from __future__ import annotations
@@ -152,6 +154,19 @@ def _tool_choice(raw: Any) -> str:
     return _CHOICES[kind]
 
 
+def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:
+    """top_p, top_k, metadata.user_id and tool_choice.disable_parallel_tool_use, by the
+    router's (OpenAI's) names; routing sends them only where they can be honoured."""
+    out = {name: body[name] for name in ("top_p", "top_k") if body.get(name) is not None}
+    metadata = body.get("metadata")
+    if isinstance(metadata, Mapping) and metadata.get("user_id") is not None:
+        out["user"] = metadata["user_id"]
+    choice = body.get("tool_choice")
+    if isinstance(choice, Mapping) and choice.get("disable_parallel_tool_use") is True:
+        out["parallel_tool_calls"] = False
+    return out
+
+
 def stream_kwargs(body: Mapping[str, Any], router: Router, scope_key: str | None) -> dict[str, Any]:
     """`Router.stream` keyword arguments from a Messages API body (messages aside)."""
     kwargs = routing_options(body)
@@ -171,6 +186,9 @@ def stream_kwargs(body: Mapping[str, Any], router: Router, scope_key: str | None
         kwargs["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
         kwargs["tool_choice"] = _tool_choice(body["tool_choice"])
+    params = _sampling(body)
+    if params:
+        kwargs["params"] = params
     if scope_key is not None:
         kwargs["metadata"] = {**kwargs.get("metadata", {}), "key": scope_key}
     return kwargs

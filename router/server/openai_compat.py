@@ -10,7 +10,10 @@ object (request id, deployment, cost, latency) rides on the final chunk / the co
 
 A stream's HTTP status is decided at its first content event: an error before any token is
 an HTTP error with OpenAI's status and body; after that it is an in-stream error object.
-Not supported: `n` > 1, logprobs, audio, the Responses API.
+`response_format` (json_object, json_schema) and the sampling parameters (seed, top_p,
+penalties, user, parallel_tool_calls) are passed on; a request routes only to deployments
+that honour them (none: a 400 naming what is missing).
+Not supported: `n` > 1, logprobs (a 400), audio, the Responses API.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from providers.base import SAMPLING_PARAMS
 from router.events import (
     DoneEvent,
     ErrorEvent,
@@ -103,7 +107,9 @@ def event_error(ev: ErrorEvent) -> tuple[int, dict[str, Any]]:
 
 def _param_of(message: str) -> str | None:
     """The request field a core validation message starts with (`input[2]: ...`)."""
-    head = message.split(":", 1)[0].split("[", 1)[0].strip()
+    head = message.split(":", 1)[0].split("[", 1)[0].split(".", 1)[0].strip()
+    if head in SAMPLING_PARAMS or head == "response_format":
+        return head
     return {"input": "messages", "tools": "tools", "tool_choice": "tool_choice",
             "stop": "stop", "max_tokens": "max_tokens"}.get(head)
 
@@ -150,9 +156,23 @@ def _stream_kwargs(body: Mapping[str, Any], router: Router,
         kwargs["tools"] = body["tools"]
     if body.get("tool_choice") is not None:
         kwargs["tool_choice"] = body["tool_choice"]
+    _output_options(body, kwargs)
     if scope_key is not None:
         kwargs["metadata"] = {**kwargs.get("metadata", {}), "key": scope_key}
     return kwargs
+
+
+def _output_options(body: Mapping[str, Any], kwargs: dict[str, Any]) -> None:
+    """`response_format` and the sampling parameters, passed on (routing sends them only to
+    deployments that honour them; the core validates them). Logprobs cannot be returned."""
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise RequestProblem("logprobs are not supported by this router.", "logprobs",
+                             "unsupported_parameter")
+    if body.get("response_format") is not None:
+        kwargs["response_format"] = body["response_format"]
+    params = {name: body[name] for name in SAMPLING_PARAMS if body.get(name) is not None}
+    if params:
+        kwargs["params"] = params
 
 
 # --- streaming ----------------------------------------------------------------------------

@@ -39,6 +39,8 @@ class StreamBody(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     stop: str | list[str] | None = None
     metadata: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None  # sampling parameters: seed, top_p, ...
     # Keep producing into the event log when the client disconnects (resume later).
     detach: bool = False
 
@@ -80,7 +82,8 @@ def stream_kwargs(body: StreamBody, principal: Principal) -> tuple[Any, dict[str
     """`(input, keyword arguments)` for `Router.stream`."""
     kwargs: dict[str, Any] = {}
     for name in ("task", "model", "prefer", "max_ttft_ms", "max_latency_ms", "max_cost_usd",
-                 "max_tokens", "temperature", "system", "tools", "tool_choice", "stop"):
+                 "max_tokens", "temperature", "system", "tools", "tool_choice", "stop",
+                 "response_format", "params"):
         value = getattr(body, name)
         if value is not None:
             kwargs[name] = value

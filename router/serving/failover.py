@@ -60,6 +60,9 @@ class Failover:
         self._permits: list[Permit] = []  # every breaker admission of this request
         self._attempt: Attempt | None = None  # the attempt the last `start` event announced
         self._extra_input = 0  # input tokens a continuation request adds
+        # Set for a stream taken over from a dead instance: the deployment that was serving
+        # it and how it was lost (the first `fallback` then says so).
+        self.resumed: tuple[Deployment, ProviderError] | None = None
 
     # --- the candidate loop ---------------------------------------------------------------
 
@@ -85,6 +88,8 @@ class Failover:
         ranked, i = self.ranked, 0
         failed_on: Deployment | None = None
         failure: ProviderError | None = None
+        if self.resumed is not None:
+            failed_on, failure = self.resumed
         while i < len(ranked):
             dep, i = ranked[i], i + 1
             if failure is not None and failure.code == "context_length" and failed_on and (
@@ -296,18 +301,28 @@ class Failover:
         loop = asyncio.get_running_loop()
         started = loop.time()
         provider = self.ctx.provider(dep.provider)
+        stats = self.ctx.stats
+        attempt.inflight = True
+        stats.attempt_started(dep.id)
         try:
             upstream, head = await open_upstream(provider, preq, started, self.timeouts.ttft_s,
                                                  self.timeouts.total_s)
         except ProviderError as err:
             end_attempt(self.ctx, self.ledger, attempt)
             permit.failure(err.code)
-            self.ctx.stats.observe_outcome(dep.id, err.code)
+            waited_ms = (self.em.clock() - attempt.started_at) * 1000.0
+            if err.code == "timeout":  # no first token for this long: at least this long
+                stats.observe_censored(dep.id, waited_ms)
+            stats.observe_outcome(dep.id, err.code, waited_ms, err.retry_after)
             raise
         except BaseException:
             self.abandon(attempt, permit)
             raise
         return Opened(dep, upstream, head, attempt, permit, started)
+
+    def _censor(self, attempt: Attempt) -> None:
+        waited_ms = (self.em.clock() - attempt.started_at) * 1000.0
+        self.ctx.stats.observe_censored(attempt.deployment.id, waited_ms)
 
     def abandon(self, attempt: Attempt, permit: Permit) -> None:
         """An attempt given up without an outcome (caller left, hedge lost): the provider
@@ -329,7 +344,7 @@ class Failover:
         from router.serving.hedge import Race
 
         yield self._start(dep, hedge=False)
-        race = Race(self.ledger, self.abandon)
+        race = Race(self.ledger, self.abandon, self._censor)
         primary = self._current()
         race.add(primary, self._open(dep, preq, primary, permit), permit)
         try:
@@ -376,5 +391,8 @@ def provider_request(dep: Deployment, req: PreparedRequest) -> ProviderRequest:
     return ProviderRequest(
         model=dep.model, messages=req.messages, system=req.system, max_tokens=max_tokens,
         temperature=req.temperature, tools=req.tools, tool_choice=req.tool_choice,
-        stop=req.stop, options=dep.options,
+        stop=req.stop, response_format=req.response_format,
+        # routing guaranteed the rest; advisory ones (`user`) go only where they can
+        params={k: v for k, v in req.params.items() if k in dep.params},
+        options=dep.options,
     )

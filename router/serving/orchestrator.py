@@ -8,7 +8,7 @@ continuation), and the terminal event. The per-chunk hot path is `router.serving
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
@@ -16,12 +16,13 @@ from router.budgets.gate import BudgetNotice, Refusal, Reservation
 from router.events import (
     BudgetEvent,
     Candidate,
+    CandidateEstimate,
     Event,
     RouteEvent,
     build,
 )
 from router.request import RequestError, StreamParams, prepare
-from router.routing.policy import RouteDecision, choose_route
+from router.routing.policy import RouteDecision
 from router.serving.emitter import Emitter
 from router.serving.failover import Failover
 from router.serving.ledger import Ledger
@@ -54,6 +55,11 @@ def route_event(em: Emitter, decision: RouteDecision) -> RouteEvent:
             reason=e.reason if not e.eligible else ("chosen" if e is chosen else "eligible"),
             estimated_cost_usd=e.cost_usd, estimated_ttft_ms=e.ttft_ms,
             estimated_latency_ms=e.latency_ms,
+            estimate=build(
+                CandidateEstimate, quantile=e.quantile, ttft_q_ms=e.ttft_q_ms,
+                latency_q_ms=e.latency_q_ms, expected_ms=e.expected_ms, samples=e.samples,
+                weight=e.weight, age_s=e.age_s, error_rate=e.error_rate, inflight=e.inflight,
+                wait_ms=e.wait_ms, explore=e.explore),
         )
         for e in decision.candidates
     ]
@@ -80,8 +86,8 @@ async def run_stream(ctx: ServingContext, params: StreamParams,
     except RequestError as exc:
         yield em.error(exc.code, exc.message, suggestion=exc.suggestion)
         return
-    decision = choose_route(req.constraints, ctx.loaded.deployments, ctx.stats,
-                            ctx.unavailable_reason)
+    decision = ctx.policy.choose(req.constraints, ctx.loaded.deployments,
+                                 ctx.unavailable_reason)
     yield route_event(em, decision)
     chosen = decision.chosen
     if chosen is None:
@@ -101,12 +107,21 @@ async def run_stream(ctx: ServingContext, params: StreamParams,
         yield em.error("budget_exceeded", reservation.message)
         return
     ledger = Ledger(em, reservation.limit_usd)
+    failover = Failover(ctx, req, [e.deployment for e in decision.ranked], em, ledger)
+    async with aclosing(serve_to_end(failover, reservation)) as events:
+        async for event in events:
+            yield event
+
+
+async def serve_to_end(failover: Failover,
+                       reservation: Reservation) -> AsyncGenerator[Event, None]:
+    """Serve a routed, reserved request: its events, the settlement of its spend, and the
+    terminal event (also what a takeover runs for an orphaned stream)."""
+    em, ledger = failover.em, failover.ledger
     settled = False
     try:
         # aclosing: closing this generator must close the provider stream at once, not
         # whenever the abandoned inner generators are garbage collected.
-        ranked = [e.deployment for e in decision.ranked]
-        failover = Failover(ctx, req, ranked, em, ledger)
         booking = Progress(reservation, ledger, em)
         async with aclosing(failover.run()) as served:
             async for event in served:

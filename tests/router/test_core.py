@@ -105,8 +105,10 @@ async def test_cancelling_the_consumer_task_closes_the_provider_stream(
 
 # --- event invariants over many seeded runs -------------------------------------------------
 
-TOOL = {"type": "function", "function": {"name": "lookup", "description": "Look it up",
-                                         "parameters": {"type": "object"}}}
+TOOL = {"type": "function", "function": {
+    "name": "lookup", "description": "Look it up",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
+                   "required": ["query"]}}}
 # `pair` tries mid first (higher quality), then fast: the fallback path of the fault runs.
 PAIR = {"pair": {"candidates": ["mid", "fast"], "prefer": "quality"}}
 FAILURE_CODES = ("overloaded", "rate_limited", "provider_error", "connection", "timeout")
@@ -227,8 +229,9 @@ async def _check_answer(sc: dict[str, Any], events: list[Event], done: DoneEvent
     texts = [ev.delta for ev in events if isinstance(ev, TextEvent)]
     if sc["shape"] == "tool":
         assert texts == [] and done.finish_reason == "tool_calls"
-        assert [(c.name, c.arguments) for c in done.tool_calls] == [
-            ("lookup", {"query": sc["prompt"][:40]})]
+        # the arguments fit the tool's schema
+        assert [(c.name, list(c.arguments)) for c in done.tool_calls] == [("lookup", ["query"])]
+        assert isinstance(done.tool_calls[0].arguments["query"], str)
         return
     assert done.tool_calls == []
     text = "".join(texts)
@@ -572,3 +575,24 @@ async def test_concurrent_streams_keep_their_own_numbering_and_all_close(
         assert isinstance(events[-1], DoneEvent)
     assert len({events[0].request_id for events in results}) == len(prompts)
     assert fleet.sim(r).open_streams == 0 and fleet.sim(r).calls == len(prompts)
+
+
+async def test_the_route_event_explains_each_estimate_and_load_returns_to_zero(
+        make_router: MakeRouter, fleet: Any) -> None:
+    r = make_router()
+    events = await fleet.collect(r, "hi", task="quick")
+    route = events[0]
+    assert isinstance(route, RouteEvent)
+    for cand in route.candidates:
+        assert cand.estimate is not None
+        assert cand.estimate.quantile == 0.9 and cand.estimate.samples == 0
+        assert cand.estimate.age_s is None and not cand.estimate.explore
+    served = route.deployment
+    assert served is not None
+    assert r.stats.inflight(served) == 0  # counted at the attempt's start, freed at its end
+    estimate = r.health()[served]["estimate"]
+    assert estimate["samples"] == 1 and estimate["inflight"] == 0
+    again = (await fleet.collect(r, "hi", task="quick"))[0]
+    assert isinstance(again, RouteEvent)
+    mine = next(c for c in again.candidates if c.deployment == served)
+    assert mine.estimate is not None and mine.estimate.samples == 1

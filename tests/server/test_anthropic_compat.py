@@ -163,7 +163,7 @@ async def test_stream_tool_use_accumulates_to_the_done_tool_calls(
     uses = [b for b in final.content if b.type == "tool_use"]
     assert [(u.id, u.name, u.input) for u in uses] == [
         (t.id, t.name, t.arguments) for t in done.tool_calls]
-    assert uses[0].input == {"query": "find Initech"}
+    assert uses[0].input == {"query": "Initech"}  # the simulator draws it from the prompt
 
 
 async def test_tool_result_turn_round_trips(
@@ -338,6 +338,7 @@ def test_request_fields_map_onto_stream_arguments() -> None:
         "system": "Be brief.", "tools": [TOOL], "tool_choice": "lookup_lead",
         "max_latency_ms": 900, "prefer": "cost",
         "metadata": {"user_id": "u1", "key": "team-a"},
+        "params": {"user": "u1"},  # metadata.user_id is also the sampling parameter `user`
     }
     assert stream_kwargs({"model": "fast", "tool_choice": {"type": "any"}}, router,
                          None) == {"model": "fast", "tool_choice": "required"}
