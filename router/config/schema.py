@@ -181,6 +181,27 @@ class StateConfig(BaseModel):
     backend: Literal["memory", "redis"] = "memory"
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "llmr:"
+    # Every call to the store is bounded: a hung or dead Redis costs a request at most
+    # about connect + socket timeout, never a frozen event loop.
+    connect_timeout_s: float = Field(default=0.5, gt=0, le=60, allow_inf_nan=False)
+    socket_timeout_s: float = Field(default=0.5, gt=0, le=60, allow_inf_nan=False)
+    # The store unreachable: `fail_open` serves on per-process breakers and budgets and
+    # journals spend to book it when the store returns; `fail_closed` refuses new
+    # requests with `state_unavailable` (HTTP 503).
+    on_unavailable: Literal["fail_open", "fail_closed"] = "fail_open"
+    # A reservation is a lease of the request's `total_s` timeout plus this slack: a dead
+    # process holds a budget for one lease time at most.
+    lease_slack_s: float = Field(default=30.0, ge=0, le=86400, allow_inf_nan=False)
+    # Spend of a long stream is booked every this many seconds (a kill -9 loses at most
+    # the last increment).
+    book_every_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
+    # Spend waiting for the store while it is unavailable (settles); when full, new
+    # requests are refused with `state_unavailable` rather than spend be lost.
+    journal_max: int = Field(default=100_000, ge=1)
+    # `per_key`: `user` and `session` budget scopes are namespaced by the caller's key
+    # (`user:<key>/ann`), so one tenant cannot spend another's budget. `shared` is for a
+    # trusted single tenant whose keys share users.
+    user_scopes: Literal["per_key", "shared"] = "per_key"
 
 
 class RouterConfig(_Strict):
