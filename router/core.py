@@ -36,6 +36,7 @@ from router.events import (
 from router.request import StreamParams, prepare
 from router.routing.policy import RouteDecision, choose_route
 from router.routing.stats import StatsRegistry
+from router.serving.admission import Admission
 from router.serving.context import ServingContext
 
 
@@ -105,6 +106,12 @@ class Router:
         from router.resilience.policies import Resilience
 
         self.resilience = Resilience(self.loaded)
+        admission = self.loaded.config.resilience.admission
+        self.admission = Admission(
+            {dep.id: dep.max_concurrency for dep in self.loaded.deployments.values()},
+            max_queued=admission.max_queued, queue_timeout_s=admission.queue_timeout_s)
+        # Streams in flight per deployment: the plain callable load-aware routing reads.
+        self.inflight: Callable[[str], int] = self.admission.inflight
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None) -> Router:
@@ -190,7 +197,7 @@ class Router:
     def _serving_context(self) -> ServingContext:
         # Built per request: tests and embedders may swap `resilience` or `budgets`.
         return ServingContext(self.loaded, self.stats, self.resilience, self.budgets,
-                              self.provider, self.unavailable_reason)
+                              self.provider, self.unavailable_reason, self.admission)
 
     async def complete(self, input: str | Sequence[Mapping[str, Any]],
                        **options: Any) -> Completion:

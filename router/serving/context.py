@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the resilience kit imports tenacity: only when the first ro
     from router.config.schema import Deployment, LoadedConfig
     from router.resilience.policies import Resilience
     from router.routing.stats import StatsRegistry
+    from router.serving.admission import Admission
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,3 +29,5 @@ class ServingContext:
     provider: Callable[[str], Provider]
     # Why a deployment cannot serve now (missing key, open breaker), or None.
     unavailable_reason: Callable[[Deployment], str | None]
+    # Per-deployment concurrency limits; None (tests building a bare context): unlimited.
+    admission: Admission | None = None
