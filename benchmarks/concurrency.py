@@ -21,7 +21,7 @@ Clients:
   another process (on the provider's core) posting to `/v1/chat/completions`, stream=true.
   CPU per chunk is the gateway's own; the load generator's is not counted.
 
-Columns: "added" is over the provider's schedule (TTFT 200 ms; total 200 + 39 × 20 ms);
+Columns: "added" is over the provider's schedule (TTFT 200 ms; total 200 + 39 x 20 ms);
 "CPU/chunk" is the process's user+system CPU over the run divided by the chunks received;
 "RSS" is peak resident memory; "errors" counts streams that did not end with `[DONE]`
 (or `done`), by error text. An `overloaded` error is a clear refusal, not a silent failure.
@@ -320,7 +320,7 @@ def row(name: str, n: int, r: dict[str, Any], args: argparse.Namespace) -> str:
     ttft = [t * 1000 - base_ttft for t in r["ttft"]]
     total = [t * 1000 - base_total for t in r["total"]]
     per_chunk = r["cpu_s"] / r["chunks"] * 1e6 if r["chunks"] else float("nan")
-    errors = ", ".join(f"{k} ×{v}" for k, v in r["errors"].items()) or "0"
+    errors = ", ".join(f"{k} x{v}" for k, v in r["errors"].items()) or "0"
     return (f"| {name} | {n} | {_pct(ttft, 0.5):,.0f} | {_pct(ttft, 0.99):,.0f} | "
             f"{_pct(total, 0.99):,.0f} | {per_chunk:,.0f} | {r['rss_mb']:,.0f} | {errors} |")
 
