@@ -7,17 +7,14 @@ manager). `Router.complete()` drains one into a `Completion` or raises the typed
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from providers.base import Provider, ProviderSettings, create_provider
 from router.budgets.gate import BudgetGate, BudgetNotice
-from router.budgets.manager import BudgetManager
-from router.budgets.spend import ReportWindow, SpendReport, build_report
 from router.config import Deployment, LoadedConfig, load_config
 from router.config.catalog import Vendor
 from router.errors import StreamError, error_for
@@ -36,8 +33,11 @@ from router.events import (
 from router.request import StreamParams, prepare
 from router.routing.policy import RouteDecision, choose_route
 from router.routing.stats import StatsRegistry
-from router.serving.admission import Admission
 from router.serving.context import ServingContext
+
+if TYPE_CHECKING:  # loaded with the first Router: kept off `import router` (asyncio, redis glue)
+    from router.budgets.spend import ReportWindow, SpendReport
+    from router.serving.admission import Admission
 
 
 class Completion(BaseModel):
@@ -98,6 +98,9 @@ class Router:
         self.loaded = config if isinstance(config, LoadedConfig) else load_config(config)
         self.stats = StatsRegistry()
         # Without budgets configured the manager still books spend for `spend()`.
+        from router.budgets.manager import BudgetManager
+        from router.serving.admission import Admission
+
         self.budgets: BudgetGate = budgets or BudgetManager.from_config(self.loaded)
         self._owns_budgets = budgets is None
         self.notices: list[BudgetNotice] = []
@@ -107,7 +110,7 @@ class Router:
 
         self.resilience = Resilience(self.loaded)
         admission = self.loaded.config.resilience.admission
-        self.admission = Admission(
+        self.admission: Admission = Admission(
             {dep.id: dep.max_concurrency for dep in self.loaded.deployments.values()},
             max_queued=admission.max_queued, queue_timeout_s=admission.queue_timeout_s)
         # Streams in flight per deployment: the plain callable load-aware routing reads.
@@ -191,7 +194,7 @@ class Router:
             max_latency_ms=max_latency_ms, max_cost_usd=max_cost_usd, max_tokens=max_tokens,
             temperature=temperature, system=system, tools=tools, tool_choice=tool_choice,
             stop=stop, metadata=metadata or {})
-        rid = request_id or uuid.uuid4().hex
+        rid = request_id or os.urandom(16).hex()  # uuid4's randomness without `import uuid`
         return EventStream(run_stream(self._serving_context(), params, rid), rid)
 
     def _serving_context(self) -> ServingContext:
@@ -259,6 +262,9 @@ class Router:
     async def spend(self, scope: str | None = None, window: ReportWindow = "day") -> SpendReport:
         """Spend in the current UTC hour, day or month per scope and deployment, and each
         budget's state. `scope`: `user` selects every user, `user:alice` one."""
+        from router.budgets.manager import BudgetManager
+        from router.budgets.spend import build_report
+
         if not isinstance(self.budgets, BudgetManager):
             raise TypeError("spend() needs the router's BudgetManager as its budget gate")
         return await build_report(self.budgets, scope, window)
@@ -286,6 +292,8 @@ class Router:
         providers, self._providers = self._providers, {}
         for provider in providers.values():
             await provider.aclose()
+        from router.budgets.manager import BudgetManager
+
         if self._owns_budgets and isinstance(self.budgets, BudgetManager):
             await self.budgets.aclose()
 

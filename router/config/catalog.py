@@ -15,7 +15,8 @@ from router.config.files import embedded_path, read_yaml
 from router.config.schema import Capability, Deployment, LatencyPrior, Price, RouterConfig
 from router.errors import ConfigError
 
-DEFAULT_PRIOR = LatencyPrior(ttft_ms=1000, tokens_per_s=50)
+# Built without its validator: validating it here would build pydantic schemas at import.
+DEFAULT_PRIOR = LatencyPrior.model_construct(ttft_ms=1000, tokens_per_s=50)
 DEFAULT_CONTEXT = 128_000
 
 
