@@ -52,7 +52,7 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "sk-bench-concurrency"
-BODY = orjson.dumps({"model": "bench-model", "stream": True,
+BODY = orjson.dumps({"model": "bench", "stream": True,
                      "messages": [{"role": "user", "content": "hi"}]})
 CLIENTS = ("aiohttp", "httpx", "httpx-pools", "httpx-aiohttp", "pyreqwest", "router", "server")
 
@@ -185,7 +185,7 @@ async def _router_one(n: int, base_url: str) -> tuple[Callable[[], Awaitable[Non
     return r.aclose, one
 
 
-async def run_worker(kind: str, n: int, url: str) -> dict[str, Any]:
+async def run_worker(kind: str, n: int, url: str, repeat: int = 1) -> dict[str, Any]:
     if kind == "router":
         close, one = await _router_one(n, url.rsplit("/chat/completions", 1)[0])
     else:
@@ -193,9 +193,14 @@ async def run_worker(kind: str, n: int, url: str) -> dict[str, Any]:
     # One warm-up stream, so that imports and first-connection costs are not measured.
     await _run_one(one, {"i": 0, "chunks": 0})
     errors: Counter[str] = Counter()
-    outs = [{"i": i, "chunks": 0} for i in range(n)]
+    outs = [{"i": i, "chunks": 0} for i in range(n * repeat)]
+
+    async def lane(i: int) -> None:  # `repeat` streams one after the other
+        for out in outs[i::n]:
+            await _run_one(one, out)
+
     cpu0 = time.process_time()
-    await asyncio.gather(*(_run_one(one, out) for out in outs))
+    await asyncio.gather(*(lane(i) for i in range(n)))
     cpu = time.process_time() - cpu0
     await close()
     for out in outs:
@@ -246,9 +251,10 @@ def start_provider(args: argparse.Namespace) -> tuple[subprocess.Popen[str], int
                          "--gap-ms", str(args.gap_ms)])
 
 
-def run_client(kind: str, n: int, url: str, core: str) -> dict[str, Any]:
+def run_client(kind: str, n: int, url: str, core: str, repeat: int = 1) -> dict[str, Any]:
     out = subprocess.run([*_pin(core), sys.executable, "-m", "benchmarks.concurrency",
-                          "--worker", kind, "--n", str(n), "--url", url],
+                          "--worker", kind, "--n", str(n), "--url", url,
+                          "--repeat", str(repeat)],
                          capture_output=True, text=True, cwd=ROOT, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{kind} worker failed: {out.stderr[-2000:]}")
@@ -271,15 +277,14 @@ def _proc_rss_mb(pid: int, key: str = "VmHWM") -> float:
 
 
 @contextlib.contextmanager
-def running_server(provider_port: int, n: int) -> Any:
-    """`llm-router serve` pinned to the first core, its deployment limited to `n` streams."""
+def running_server(provider_port: int) -> Any:
+    """`llm-router serve` pinned to the first core, with the default admission limits."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(router_config(f"http://127.0.0.1:{provider_port}/v1", max_concurrency=n),
-                       f)
+        yaml.safe_dump(router_config(f"http://127.0.0.1:{provider_port}/v1"), f)
     proc = subprocess.Popen([*_pin("0"), sys.executable, "-m", "router.cli", "serve",
                              "--config", f.name, "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -296,12 +301,12 @@ def running_server(provider_port: int, n: int) -> Any:
         os.unlink(f.name)
 
 
-def run_server_case(provider_port: int, n: int) -> dict[str, Any]:
-    with running_server(provider_port, n) as (proc, port):
+def run_server_case(provider_port: int, n: int, repeat: int = 1) -> dict[str, Any]:
+    with running_server(provider_port) as (proc, port):
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         run_client("aiohttp", 1, url, _last_core())  # warm-up: imports, first connection
         cpu0 = _proc_cpu_s(proc.pid)
-        result = run_client("aiohttp", n, url, _last_core())
+        result = run_client("aiohttp", n, url, _last_core(), repeat)
         result["cpu_s"] = _proc_cpu_s(proc.pid) - cpu0
         result["rss_mb"] = _proc_rss_mb(proc.pid)
         return result
@@ -325,6 +330,19 @@ def row(name: str, n: int, r: dict[str, Any], args: argparse.Namespace) -> str:
             f"{_pct(total, 0.99):,.0f} | {per_chunk:,.0f} | {r['rss_mb']:,.0f} | {errors} |")
 
 
+def print_zero_delay(args: argparse.Namespace) -> None:
+    """The gateway's own cost with nothing to wait for: 50 lanes of 40 streams each against
+    a provider with no pacing (its latency columns are then over 0 ms, not the schedule)."""
+    zero = argparse.Namespace(ttft_ms=0, chunks=args.chunks, gap_ms=0)
+    provider, port = start_provider(zero)
+    try:
+        result = run_server_case(port, 50, repeat=40)
+        print(row("server, zero-delay provider, c=50 x 40", 2000, result, zero), flush=True)
+    finally:
+        provider.terminate()
+        provider.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", default="100,500,2000")
@@ -336,10 +354,11 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         import uvloop
-        print(json.dumps(uvloop.run(run_worker(args.worker, args.n, args.url))))
+        print(json.dumps(uvloop.run(run_worker(args.worker, args.n, args.url, args.repeat))))
         return
     provider, port = start_provider(args)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -353,6 +372,7 @@ def main() -> None:
         if "server" in args.clients.split(","):
             for n in [int(x) for x in args.server_streams.split(",") if x]:
                 print(row("server", n, run_server_case(port, n), args), flush=True)
+            print_zero_delay(args)
     finally:
         provider.terminate()
         provider.wait(10)

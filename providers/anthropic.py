@@ -47,6 +47,7 @@ from providers.base import (
 )
 from providers.http import (
     HTTPProvider,
+    body_chunks,
     drain,
     error_in_text,
     map_error_payload,
@@ -353,7 +354,7 @@ class AnthropicProvider(HTTPProvider):
         decoder = SSEDecoder()
         feed = decoder.feed
         loads = orjson.loads
-        chunks = response.aiter_bytes()
+        chunks = body_chunks(response)
         try:
             try:
                 async for chunk in chunks:

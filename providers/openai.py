@@ -69,6 +69,7 @@ from providers.base import (
 )
 from providers.http import (
     HTTPProvider,
+    body_chunks,
     drain,
     error_in_text,
     map_error_payload,
@@ -293,7 +294,7 @@ class OpenAIProvider(HTTPProvider):
         decoder = SSEDecoder()
         feed = decoder.feed
         loads = orjson.loads
-        chunks = response.aiter_bytes()
+        chunks = body_chunks(response)
         try:
             try:
                 async for raw in chunks:

@@ -14,6 +14,7 @@ this one maps aiohttp's failures to the httpx exceptions that say what happened,
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -59,13 +60,37 @@ _FAILURES = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 class _Body(httpx.AsyncByteStream):
-    __slots__ = ("_response",)
+    """The response body, with the read timeout kept lazily: aiohttp's own re-arms a timer
+    on every packet (a cancel and a `call_later` per chunk); this one notes the time of
+    each read and wakes once per `read_timeout_s` to compare."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    __slots__ = ("_last", "_loop", "_read_timeout_s", "_response", "_timer")
+
+    def __init__(self, response: aiohttp.ClientResponse, read_timeout_s: float | None) -> None:
         self._response = response
+        self._read_timeout_s = read_timeout_s
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        connection = response.connection
+        if read_timeout_s and connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = None  # from here on, ours
+            self._timer = self._loop.call_at(self._last + read_timeout_s, self._check)
+
+    def _check(self) -> None:
+        timeout = self._read_timeout_s
+        assert timeout is not None
+        deadline = self._last + timeout
+        if self._loop.time() >= deadline:
+            self._timer = None
+            self._response.content.set_exception(
+                aiohttp.SocketTimeoutError(f"no data from the server for {timeout:g} s"))
+        else:
+            self._timer = self._loop.call_at(deadline, self._check)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         read = self._response.content.readany
+        time = self._loop.time
         while True:
             try:
                 chunk = await read()
@@ -73,9 +98,13 @@ class _Body(httpx.AsyncByteStream):
                 raise _mapped(exc, during_body=True) from exc
             if not chunk:
                 return
+            self._last = time()
             yield chunk
 
     async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         # Released to the pool if the body was read to its end, else the socket is closed.
         self._response.release()
 
@@ -114,7 +143,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except _FAILURES as exc:
             raise _mapped(exc, during_body=False) from exc
         return httpx.Response(response.status, headers=response.raw_headers,
-                              stream=_Body(response), request=request,
+                              stream=_Body(response, timeouts.get("read")), request=request,
                               extensions={"http_version": b"HTTP/1.1"})
 
     async def aclose(self) -> None:
