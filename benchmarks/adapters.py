@@ -28,8 +28,9 @@ from pydantic import SecretStr
 
 from providers.base import ProviderRequest, ProviderSettings, create_provider, make_client
 
-PROTOCOLS = ("openai", "anthropic", "ollama", "gemini")
-PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages", "ollama": "/api/chat",
+PROTOCOLS = ("openai", "openai_responses", "anthropic", "ollama", "gemini")
+PATHS = {"openai": "/v1/chat/completions", "openai_responses": "/v1/responses",
+         "anthropic": "/v1/messages", "ollama": "/api/chat",
          "gemini": "/v1beta/models/bench:streamGenerateContent?alt=sse"}
 MODEL = "bench"
 
@@ -50,7 +51,7 @@ def _serve(conn: Connection, chunks: int) -> None:
 
 def _settings(protocol: str, base: str) -> ProviderSettings:
     return ProviderSettings(name=protocol, kind=protocol,
-                            base_url=base + "/v1" if protocol == "openai" else base,
+                            base_url=base + "/v1" if protocol.startswith("openai") else base,
                             api_key=SecretStr("sk-bench"), read_timeout_s=60.0)
 
 

@@ -193,6 +193,7 @@ PROVIDER_KINDS: dict[str, str] = {
     "anthropic": "providers.anthropic:AnthropicProvider",
     "openai": "providers.openai:OpenAIProvider",
     "openai_compatible": "providers.openai:OpenAIProvider",
+    "openai_responses": "providers.openai_responses:OpenAIResponsesProvider",
     "ollama": "providers.ollama:OllamaProvider",
     "gemini": "providers.gemini:GeminiProvider",
 }

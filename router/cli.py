@@ -1,39 +1,68 @@
 """`llm-router`: stream, dry-run routes, check configs, list deployments.
 
-Bad input prints one clear line on stderr and exits non-zero (2 for bad input or config,
-1 when a request fails), never a traceback.
+Bad input prints one clear line on stderr and exits non-zero (2 for bad input, config or
+a missing extra, 1 when a request fails or the state store is unreachable), never a
+traceback. Costs in JSON output are rounded to 1e-12 USD, so float noise
+(0.000019999999999999998) never reaches the user.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
+import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from router.cli_output import (
+    EXTRAS,
+    StreamOutput,
+    event_json,
+    is_redis_error,
+    round_usd,
+    state_problem,
+)
 from router.config import load_config
 from router.core import Router
 from router.errors import ConfigError
 from router.events import DoneEvent, ErrorEvent, Event, RouteEvent, encode_event
 from router.request import RequestError
 from router.routing.policy import RouteDecision
+from router.serving.emitter import Emitter
+from router.serving.orchestrator import route_event
 
 app = typer.Typer(
     help="Route LLM requests across providers by task, latency and cost; stream the answer.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help: flags without a `<bool>` type column, values with their type.
+    rich_markup_mode=None,
 )
 config_app = typer.Typer(help="Validate configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 T = TypeVar("T")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"llm-router {importlib.metadata.version('llm-stream-router')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """Route LLM requests across providers by task, latency and cost; stream the answer."""
 
 
 def _console(stderr: bool = False) -> Console:
@@ -82,10 +111,22 @@ def _guard(fn: Callable[[], T]) -> T:
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout must stay writable at exit
         raise typer.Exit(0) from None
-    except (OSError, ValueError) as exc:
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None or os.environ.get("LLM_ROUTER_DEBUG"):
+            raise
+        err.print(f"error: this needs the `{extra}` extra (no module {exc.name!r}): "
+                  f'pip install "llm-stream-router[{extra}]"', markup=False)
+        raise typer.Exit(2) from None
+    except Exception as exc:
         if os.environ.get("LLM_ROUTER_DEBUG"):
             raise
-        err.print(f"error: {exc}", markup=False)
+        if is_redis_error(exc):
+            err.print(f"error: the state store (Redis, `state.url`) failed: {exc}", markup=False)
+        elif isinstance(exc, OSError | ValueError):
+            err.print(f"error: {exc}", markup=False)
+        else:
+            raise
         raise typer.Exit(1) from None
 
 
@@ -147,20 +188,21 @@ def _summary(done: DoneEvent) -> str:
             f" · attempts {done.attempts}")
 
 
-async def _run_stream(router: Router, text: str, opts: RouteOptions, as_json: bool) -> int:
+async def _run_stream(router: Router, text: str, opts: RouteOptions, as_json: bool,
+                      show_reasoning: bool) -> int:
     out = sys.stdout
     code = 1
-    route: RouteEvent | None = None
+    output = StreamOutput(show_reasoning)
     try:
         async with router.stream(text, **opts.as_kwargs()) as events:
             async for ev in events:
                 if isinstance(ev, RouteEvent):
-                    route = ev
+                    output.route = ev
                 if as_json:
-                    out.write(encode_event(ev).decode() + "\n")
+                    out.write(event_json(ev) + "\n")
                     out.flush()
                 else:
-                    _render(ev, out, route)
+                    _render(ev, out, output)
                 code = _code(ev, code)
     finally:
         await router.aclose()
@@ -175,12 +217,18 @@ def _code(ev: Event, current: int) -> int:
     return current
 
 
-def _render(ev: Event, out: Any, route: RouteEvent | None) -> None:
+def _render(ev: Event, out: Any, output: StreamOutput) -> None:
     kind = ev.type
-    if kind == "text" or kind == "reasoning":
+    if kind == "text":
+        output.end_reasoning()
         out.write(ev.delta)  # type: ignore[union-attr]
         out.flush()
-    elif isinstance(ev, DoneEvent):
+    elif kind == "reasoning":
+        output.reasoning(ev.delta)  # type: ignore[union-attr]
+        return
+    output.end_reasoning()
+    route = output.route
+    if isinstance(ev, DoneEvent):
         out.write("\n")
         out.flush()
         err.print(_summary(ev), markup=False)
@@ -202,15 +250,18 @@ def stream(
     max_ttft_ms: TtftOpt = None, max_latency_ms: LatencyOpt = None,
     max_cost_usd: CostOpt = None, max_tokens: TokensOpt = None, config: ConfigOpt = None,
     json: Annotated[bool, typer.Option("--json", help="One event per line (NDJSON).")] = False,
+    reasoning: Annotated[bool, typer.Option(
+        "--reasoning/--no-reasoning", help="Show the model's reasoning on stderr (default) "
+        "or hide it; the answer alone goes to stdout.")] = True,
 ) -> None:
-    """Stream a routed answer: tokens to stdout, a summary on stderr."""
+    """Stream a routed answer: tokens to stdout, reasoning and a summary on stderr."""
     opts = RouteOptions(task, model, prefer, max_ttft_ms, max_latency_ms, max_cost_usd,
                         max_tokens)
 
     def body() -> int:
         text = _prompt(prompt)
         router = Router(load_config(config))
-        return asyncio.run(_run_stream(router, text, opts, json))
+        return asyncio.run(_run_stream(router, text, opts, json, reasoning))
 
     raise typer.Exit(_guard(body))
 
@@ -221,6 +272,8 @@ def route(
     task: TaskOpt = None, model: ModelOpt = None, prefer: PreferOpt = None,
     max_ttft_ms: TtftOpt = None, max_latency_ms: LatencyOpt = None,
     max_cost_usd: CostOpt = None, max_tokens: TokensOpt = None, config: ConfigOpt = None,
+    json: Annotated[bool, typer.Option(
+        "--json", help="Print the decision as a `route` event (JSON).")] = False,
 ) -> None:
     """Dry run: the candidate table, the decision and every exclusion; calls no provider."""
     opts = RouteOptions(task, model, prefer, max_ttft_ms, max_latency_ms, max_cost_usd,
@@ -229,7 +282,10 @@ def route(
     def body() -> int:
         router = Router(load_config(config))
         decision = router.route(_prompt(prompt), **opts.as_kwargs())
-        _console().print(_decision_table(decision))
+        if json:
+            print(event_json(route_event(Emitter("dry-run"), decision)))
+        else:
+            _console().print(_decision_table(decision))
         if decision.chosen is None:
             err.print("error: no_route: no eligible deployment: "
                       + decision.explain_exclusions(), markup=False)
@@ -256,6 +312,10 @@ def config_check(
             if prov.api_key is None and prov.api_key_env is not None:
                 con.print(f"warning: providers.{name}: {prov.api_key_env} is not set; its "
                           "deployments are excluded from routing until it is", markup=False)
+        problem = state_problem(cfg.state.backend, cfg.state.url)
+        if problem is not None:
+            err.print(f"error: state: {problem}", markup=False)
+            return 2 if "extra" in problem else 1
         return 0
 
     raise typer.Exit(_guard(body))
@@ -295,9 +355,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: server.port).")] = None,
 ) -> None:
     """Run the HTTP server (SSE, WebSocket, OpenAI/Anthropic-compatible endpoints)."""
-    from router.server.app import serve as run_server
 
     def body() -> int:
+        from router.server.app import serve as run_server  # needs the `server` extra
+
         run_server(config, host, port)
         return 0
 
@@ -330,7 +391,8 @@ def spend(config: ConfigOpt = None, scope: ScopeOpt = None, window: WindowOpt = 
 
         report = asyncio.run(run())
         if as_json:
-            print(report.model_dump_json(indent=2))
+            print(orjson.dumps(round_usd(report.model_dump(mode="json")),
+                               option=orjson.OPT_INDENT_2).decode())
         else:
             for table in report_tables(report):
                 _console().print(table)

@@ -151,7 +151,7 @@ class Router:
 
     def _vendor(self, name: str) -> Vendor | None:
         cfg = self.loaded.config.providers[name]
-        if cfg.vendor is None and cfg.kind != "openai":
+        if cfg.vendor is None and cfg.kind not in ("openai", "openai_responses"):
             return None
         from router.config.catalog import load_catalog
 

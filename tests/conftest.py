@@ -6,13 +6,18 @@ routing decisions stay realistic while the streams themselves are instant.
 
 Fixtures: `fleet` (session; `fleet.config(options={id: {...}}, tasks=..., seed=...)`,
 `fleet.load`, `fleet.router`, `fleet.sim(router)`, `await fleet.collect(router, prompt, ...)`)
-and `make_router` (a factory whose routers are closed after the test).
+`make_router` (a factory whose routers are closed after the test), and `redis_url` (a
+throwaway `redis-server` on loopback, per test module).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Callable, Mapping
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -131,3 +136,37 @@ async def make_router(fleet: Fleet) -> AsyncIterator[Callable[..., Router]]:
     yield make
     for r in routers:
         await r.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server on loopback (no persistence files), stopped after the module."""
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is required (Debian package redis-server)"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
+                c.sendall(b"PING\r\n")
+                if c.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(5)

@@ -15,7 +15,8 @@ from router.budgets.windows import Window
 
 Capability = Literal["tools", "reasoning", "prefill", "vision"]
 Prefer = Literal["cost", "latency", "quality", "balanced"]
-ProviderKind = Literal["simulated", "anthropic", "openai", "openai_compatible", "ollama", "gemini"]
+ProviderKind = Literal["simulated", "anthropic", "openai", "openai_compatible", "openai_responses",
+                       "ollama", "gemini"]
 ResumePolicy = Literal["continue", "restart", "fail"]
 
 class _Strict(BaseModel):

@@ -15,7 +15,7 @@ thinking signatures (thinking blocks are streamed with an empty signature).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
@@ -46,6 +46,9 @@ from router.server.compat import (
     scope_key_of,
     sse_frames,
 )
+
+if TYPE_CHECKING:
+    from router.core import Router
 
 # Router error code -> (HTTP status, Anthropic error type).
 _ERRORS: dict[str, tuple[int, str]] = {
@@ -128,11 +131,13 @@ class BlockWriter:
     another block starts; tool_use blocks stay open to the end, so argument fragments of
     parallel calls may interleave."""
 
-    __slots__ = ("_next", "_open", "_tools", "message_id", "model", "sent_content")
+    __slots__ = ("_next", "_open", "_tools", "input_tokens", "message_id", "model",
+                 "sent_content")
 
-    def __init__(self, message_id: str, model: str) -> None:
+    def __init__(self, message_id: str, model: str, input_tokens: int = 0) -> None:
         self.message_id = message_id
         self.model = model
+        self.input_tokens = input_tokens  # the router's estimate, until usage arrives
         self._next = 0
         # The open text/thinking block: kind, index, and its delta frame's leading bytes.
         self._open: tuple[str, int, bytes] | None = None
@@ -143,7 +148,7 @@ class BlockWriter:
         message: dict[str, Any] = {
             "id": self.message_id, "type": "message", "role": "assistant", "content": [],
             "model": self.model, "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0}}
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": 0}}
         return (_frame(b"message_start", orjson.dumps({"type": "message_start",
                                                         "message": message}))
                 + _frame(b"ping", b'{"type":"ping"}'))
@@ -287,12 +292,23 @@ async def messages(request: Request) -> Response:
         body = await read_json(request)
         input_ = to_openai_messages(body.get("messages"))
         kwargs = stream_kwargs(body, router, scope_key_of(request))
-        return routed_response(request, input_, kwargs, _renderer(body))
+        try:
+            input_tokens = _input_estimate(input_, kwargs, router)
+        except RequestError:
+            input_tokens = 0  # the stream itself refuses the request, in its own words
+        return routed_response(request, input_, kwargs, _renderer(body, input_tokens))
     except RequestProblem as p:
         return _problem_response(p)
 
 
-def _renderer(body: Mapping[str, Any]) -> Render:
+def _input_estimate(input_: Any, kwargs: Mapping[str, Any], router: Router) -> int:
+    """The router's input-token estimate (the one routing prices); raises `RequestError`
+    for a request the core would refuse."""
+    fields = {k: v for k, v in kwargs.items() if k in _COUNTED}
+    return prepare(StreamParams(input=input_, **fields), router.loaded).constraints.input_tokens
+
+
+def _renderer(body: Mapping[str, Any], input_tokens: int = 0) -> Render:
     async def render(head: list[Event], rest: ObservedStream) -> Response | EventBody:
         last = head[-1] if head else None
         request_id = rest.request_id
@@ -311,7 +327,7 @@ def _renderer(body: Mapping[str, Any]) -> Render:
                             media_type="application/json")
         model = next((ev.deployment for ev in reversed(head) if isinstance(ev, StartEvent)),
                      str(body.get("model")))
-        w = BlockWriter(f"msg_{request_id}", model)
+        w = BlockWriter(f"msg_{request_id}", model, input_tokens)
         return EventBody(sse_frames(w.start(), head, rest, _render, w), headers)
 
     return render
@@ -324,14 +340,12 @@ async def count_tokens(request: Request) -> Response:
     try:
         body = await read_json(request)
         input_ = to_openai_messages(body.get("messages"))
-        kwargs = stream_kwargs(body, router, None)
-        fields = {k: v for k, v in kwargs.items() if k in _COUNTED}
-        prepared = prepare(StreamParams(input=input_, **fields), router.loaded)
+        input_tokens = _input_estimate(input_, stream_kwargs(body, router, None), router)
     except RequestProblem as p:
         return _problem_response(p)
     except RequestError as e:
         return _error_response(400, "invalid_request_error", e.message, None)
-    return Response(orjson.dumps({"input_tokens": prepared.constraints.input_tokens}),
+    return Response(orjson.dumps({"input_tokens": input_tokens}),
                     media_type="application/json")
 
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import copy
 import importlib
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from router.config.schema import ServerConfig
+from router.errors import ConfigError
 from router.server.auth import (
     ANONYMOUS_PRINCIPAL,
     AuthMiddleware,
@@ -45,9 +47,10 @@ from router.server.metrics import CONTENT_TYPE, ServerMetrics, deployment_rows, 
 from router.server.params import early_error_response, parse_stream_body, stream_kwargs
 from router.server.runs import RunError, RunRegistry
 from router.server.sse import EventStreamResponse, frame, last_event_id
+from router.server.url_errors import exception_handlers
 from router.server.ws import websocket_endpoint
 
-EXTENSIONS = ("openai_compat", "anthropic_compat", "playground")
+EXTENSIONS = ("openai_compat", "anthropic_compat", "responses_api", "playground")
 _JSON = "application/json"
 
 
@@ -268,7 +271,8 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
         Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
         Middleware(AuthMiddleware, keys=keys, limiter=limiter, public_paths=public),
     ]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers=exception_handlers)
     app.state.router = router
     app.state.settings = settings
     app.state.hub = hub
@@ -287,10 +291,21 @@ async def _sweep(streams: EventLog, runs: EventLog, retention_s: float) -> None:
         runs.sweep()
 
 
-__all__ = ["create_app", "principal_of"]
+__all__ = ["banner", "create_app", "principal_of"]
 
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def banner(settings: ServerConfig, host: str, port: int, source: str) -> str:
+    """The line `serve` prints first: where it listens, whether keys are required, and
+    where the playground and the compatible APIs are."""
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    n = len(settings.api_keys)
+    auth = (f"on ({n} API key{'s' if n != 1 else ''})" if n
+            else "off (no server.api_keys: loopback only)")
+    return (f"llm-router serving {source} on {url} · auth {auth} · playground {url}/ · "
+            f"OpenAI/Anthropic-compatible base_url {url}/v1")
 
 
 def serve(config: str | None = None, host: str | None = None, port: int | None = None,
@@ -305,16 +320,18 @@ def serve(config: str | None = None, host: str | None = None, port: int | None =
     settings: ServerConfig = router.loaded.config.server
     host = host or settings.host
     if not settings.api_keys and host not in _LOOPBACK:
-        raise ValueError(
+        raise ConfigError(
             f"refusing to serve on {host} without API keys: add server.api_keys "
             "(sha256 of each key) to the config, or bind 127.0.0.1")
+    port = settings.port if port is None else port
+    print(banner(settings, host, port, str(router.loaded.source)), file=sys.stderr, flush=True)
     app = create_app(router, settings, close_router=True)
     # The server's own log lines (one per stream: id, key name, task; the prompt only with
     # server.log_prompts) go where uvicorn's go.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["router"] = {"handlers": ["default"], "level": log_level.upper(),
                                        "propagate": False}
-    uvicorn.run(app, host=host, port=settings.port if port is None else port,
+    uvicorn.run(app, host=host, port=port,
                 log_level=log_level, log_config=log_config,
                 # No access log: a formatted line per request was ~4% of the server's CPU at
                 # c=50, and the server logs its own line per stream. uvloop + httptools: the

@@ -92,7 +92,8 @@ def error_response(status: int, message: str, type_: str, param: str | None = No
                     headers=headers, media_type="application/json")
 
 
-def _event_error(ev: ErrorEvent) -> tuple[int, dict[str, Any]]:
+def event_error(ev: ErrorEvent) -> tuple[int, dict[str, Any]]:
+    """An `error` event as OpenAI's HTTP status and `{"error": {...}}` body."""
     status, type_, code = _ERRORS.get(ev.code, (500, "server_error", ev.code))
     if ev.code == "no_route" and ev.retryable:
         status, type_ = 503, "server_error"
@@ -107,7 +108,7 @@ def _param_of(message: str) -> str | None:
             "stop": "stop", "max_tokens": "max_tokens"}.get(head)
 
 
-def _problem_response(p: RequestProblem) -> Response:
+def problem_response(p: RequestProblem) -> Response:
     return error_response(p.status, p.message, "invalid_request_error", p.param, p.code)
 
 
@@ -240,7 +241,7 @@ def x_router(ev: DoneEvent) -> dict[str, Any]:
 
 def _in_stream_error(ev: ErrorEvent) -> bytes:
     # The SDK raises `APIError` on a data chunk whose JSON has a top-level `error`.
-    return b"data: " + orjson.dumps(_event_error(ev)[1]) + b"\n\n"
+    return b"data: " + orjson.dumps(event_error(ev)[1]) + b"\n\n"
 
 
 def _restart_error(ev: FallbackEvent) -> bytes:
@@ -323,7 +324,7 @@ async def chat_completions(request: Request) -> Response:
         kwargs = _stream_kwargs(body, router, scope_key_of(request))
         return routed_response(request, messages, kwargs, _renderer(body))
     except RequestProblem as p:
-        return _problem_response(p)
+        return problem_response(p)
 
 
 def _renderer(body: Mapping[str, Any]) -> Render:
@@ -332,13 +333,13 @@ def _renderer(body: Mapping[str, Any]) -> Render:
     async def render(head: list[Event], rest: ObservedStream) -> Response | EventBody:
         last = head[-1] if head else None
         if isinstance(last, ErrorEvent):
-            return _error_of(last)
+            return error_of(last)
         headers = {"x-request-id": rest.request_id}
         if not body.get("stream"):
             events = await drain(head, rest)
             end = events[-1] if events else None
             if isinstance(end, ErrorEvent):
-                return _error_of(end)
+                return error_of(end)
             if not isinstance(end, DoneEvent):
                 return error_response(500, "The stream ended without a result.",
                                       "server_error")
@@ -355,8 +356,9 @@ def _renderer(body: Mapping[str, Any]) -> Render:
     return render
 
 
-def _error_of(ev: ErrorEvent) -> Response:
-    status, err = _event_error(ev)
+def error_of(ev: ErrorEvent) -> Response:
+    """An `error` event as OpenAI's HTTP error response."""
+    status, err = event_error(ev)
     return error_response(status, **_flat(err), request_id=ev.request_id,
                           retryable=ev.retryable)
 

@@ -28,6 +28,22 @@ from router.serving.ledger import Ledger
 if TYPE_CHECKING:
     from router.serving.context import ServingContext
 
+_MISSING_KEY = "missing_api_key: set "
+
+
+def _missing_keys_hint(decision: RouteDecision) -> str | None:
+    """When missing API keys excluded candidates, the hint names the variables to set (the
+    generic `no_route` hint would send the user relaxing budgets that are not the cause)."""
+    keys = sorted({e.reason.removeprefix(_MISSING_KEY) for e in decision.candidates
+                   if e.reason and e.reason.startswith(_MISSING_KEY)})
+    if not keys:
+        return None
+    hint = f"set {' or '.join(keys)} (the provider's API key) in the environment"
+    if all(e.reason and e.reason.startswith(_MISSING_KEY) for e in decision.candidates):
+        return hint
+    return hint + ", or relax max_ttft_ms / max_latency_ms / max_cost_usd"
+
+
 def route_event(em: Emitter, decision: RouteDecision) -> RouteEvent:
     chosen = decision.chosen
     candidates = [
@@ -71,7 +87,7 @@ async def run_stream(ctx: ServingContext, params: StreamParams,
         tripped = all(e.reason == "circuit_open" for e in decision.candidates)
         yield em.error("circuit_open" if tripped else "no_route",
                        "no eligible deployment: " + decision.explain_exclusions(),
-                       retryable=tripped)
+                       retryable=tripped, suggestion=_missing_keys_hint(decision))
         return
     reservation = await ctx.budgets.reserve(req, chosen.cost_usd, req.constraints.max_cost_usd)
     if isinstance(reservation, Refusal):

@@ -1,7 +1,8 @@
 """A loopback provider server for testing agents and routers over real sockets.
 
 `LoopbackProvider` is a real HTTP/1.1 server on 127.0.0.1 that speaks the streaming wire
-protocols of OpenAI Chat Completions (`…/chat/completions`), Anthropic Messages
+protocols of OpenAI Chat Completions (`…/chat/completions`) and Responses (`…/responses`),
+Anthropic Messages
 (`…/messages`), Ollama (`…/api/chat`) and Gemini (`…:streamGenerateContent`), byte for byte
 as the real providers send them, from scripted `Reply` objects — with fault injection:
 HTTP errors with provider-shaped bodies, connection resets, silence, slow first tokens,
@@ -42,11 +43,13 @@ from router.testing.http import (
 )
 from router.testing.script import Fault, Finish, Reply, ToolCall, default_error_kind
 from router.testing.wire import WIRES, Wire
+from router.testing.wire_responses import ResponsesWire
 
 __all__ = ["Fault", "Finish", "LoopbackProvider", "LoopbackThread", "RecordedRequest", "Reply",
            "ToolCall"]
 
-Protocol = Literal["openai", "anthropic", "ollama", "gemini"]
+Protocol = Literal["openai", "openai_responses", "anthropic", "ollama", "gemini"]
+_WIRES: dict[str, Wire] = {**WIRES, ResponsesWire.name: ResponsesWire()}
 _T = TypeVar("_T")
 
 
@@ -68,6 +71,8 @@ class RecordedRequest:
 def _protocol_of(path: str) -> Protocol | None:
     if path.endswith("/chat/completions"):
         return "openai"
+    if path.endswith("/responses"):
+        return "openai_responses"
     if path.endswith("/messages"):
         return "anthropic"
     if path.endswith("/api/chat"):
@@ -229,7 +234,7 @@ class LoopbackProvider:
                 {"error": {"message": f"no route for {request.method} {path}"}}))
             return keep_alive
         reply = self._next_reply(protocol, model)
-        return await self._respond(conn, WIRES[protocol], reply, model or "loopback",
+        return await self._respond(conn, _WIRES[protocol], reply, model or "loopback",
                                    parsed if isinstance(parsed, dict) else {}) and keep_alive
 
     async def _respond(self, conn: Conn, wire: Wire, reply: Reply, model: str,

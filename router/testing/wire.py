@@ -35,7 +35,7 @@ class Rendered:
     marker: list[bytes] = field(default_factory=list)
 
 
-def _split_args(text: str, parts: int = 3) -> list[str]:
+def split_args(text: str, parts: int = 3) -> list[str]:
     """Split a JSON text at arbitrary points, as providers stream tool arguments."""
     if not text:
         return [""]
@@ -52,7 +52,7 @@ def _retry_headers(retry_after: float | None, with_ms: bool) -> dict[str, str]:
     return headers
 
 
-def _finish(reply: Reply) -> str:
+def finish_of(reply: Reply) -> str:
     if reply.finish is not None:
         return reply.finish
     return "tool_calls" if reply.tool_calls else "stop"
@@ -139,10 +139,10 @@ class OpenAIWire(Wire):
             out.steps.append(delta({"tool_calls": [{"index": i, "id": call_id, "type": "function",
                                                     "function": {"name": call.name,
                                                                  "arguments": ""}}]}))
-            for frag in _split_args(orjson.dumps(call.arguments).decode()):
+            for frag in split_args(orjson.dumps(call.arguments).decode()):
                 out.steps.append(delta({"tool_calls": [{"index": i,
                                                         "function": {"arguments": frag}}]}))
-        out.tail.append(delta({}, _OPENAI_FINISH[_finish(reply)]))
+        out.tail.append(delta({}, _OPENAI_FINISH[finish_of(reply)]))
         if include_usage and reply.send_usage:
             out.tail.append(chunk([], {
                 "prompt_tokens": reply.input_tokens,
@@ -235,11 +235,11 @@ class AnthropicWire(Wire):
                              + delta({"type": "input_json_delta", "partial_json": ""}))
             args = orjson.dumps(call.arguments).decode() if call.arguments else ""
             out.steps += [delta({"type": "input_json_delta", "partial_json": f})
-                          for f in _split_args(args) if f]
+                          for f in split_args(args) if f]
         final_usage = {**usage, "output_tokens": reply.total_output_tokens}
         out.tail.append(pending + _sse("message_delta", {
             "type": "message_delta",
-            "delta": {"stop_reason": _ANTHROPIC_FINISH[_finish(reply)], "stop_sequence": None},
+            "delta": {"stop_reason": _ANTHROPIC_FINISH[finish_of(reply)], "stop_sequence": None},
             "usage": final_usage if reply.send_usage else {"output_tokens": 0}}))
         out.marker.append(_sse("message_stop", {"type": "message_stop"}))
         return out
@@ -293,7 +293,7 @@ class OllamaWire(Wire):
             {"id": c.id or f"call_loopback_{i}",
              "function": {"index": i, "name": c.name, "arguments": c.arguments}}]})
             for i, c in enumerate(reply.tool_calls)]
-        finish = _finish(reply)
+        finish = finish_of(reply)
         final: dict[str, Any] = {
             "model": model, "created_at": created,
             "message": {"role": "assistant", "content": ""}, "done": True,
@@ -368,7 +368,7 @@ class GeminiWire(Wire):
             return b"data: " + _gemini_json(obj).encode() + b"\r\n\r\n"
 
         out = Rendered(steps=[event(p, (i + 1) / n, None) for i, p in enumerate(parts)])
-        out.marker.append(event({"text": ""}, 1.0, _GEMINI_FINISH[_finish(reply)]))
+        out.marker.append(event({"text": ""}, 1.0, _GEMINI_FINISH[finish_of(reply)]))
         return out
 
     def error(self, kind: str, status: int, retry_after: float | None) -> tuple[

@@ -29,7 +29,7 @@ from providers.base import (
 from router.testing import LoopbackProvider, Reply, ToolCall
 from tests.providers.replay import Result
 
-PROTOCOLS = ["openai", "anthropic", "ollama", "gemini"]
+PROTOCOLS = ["openai", "openai_responses", "anthropic", "ollama", "gemini"]
 KEY = "sk-loopback-SECRET-0123456789"
 REQUEST = ProviderRequest(model="test-model", messages=[{"role": "user", "content": "hi"}],
                           max_tokens=64)
@@ -40,7 +40,7 @@ def settings_for(protocol: str, base_url: str) -> ProviderSettings:
     kind = {"openai": "openai"}.get(protocol, protocol)
     return ProviderSettings(
         name=f"loop-{protocol}", kind=kind,
-        base_url=base_url + "/v1" if protocol == "openai" else base_url,
+        base_url=base_url + "/v1" if protocol.startswith("openai") else base_url,
         api_key=SecretStr(KEY), api_key_env=f"{protocol.upper()}_API_KEY",
         connect_timeout_s=2.0, read_timeout_s=READ_TIMEOUT_S)
 
@@ -85,6 +85,7 @@ async def run(srv: LoopbackProvider, protocol: str, request: ProviderRequest = R
 
 USAGE = {  # each protocol's normalized view of the same scripted usage
     "openai": UsageDelta(20, 9, 5, 3),
+    "openai_responses": UsageDelta(20, 9, 5, 3),
     "anthropic": UsageDelta(20, 9, 5, 0),  # Anthropic does not report reasoning separately
     "ollama": UsageDelta(20, 9, 0, 0),  # Ollama reports neither cache nor reasoning
     "gemini": UsageDelta(20, 9, 5, 3),
@@ -169,8 +170,8 @@ FAULTS: list[tuple[str, Reply, dict[str, str], str]] = [
     ("no-terminal", Reply(text=("a", "b")).without_terminal(),
      dict.fromkeys(PROTOCOLS, "protocol_error"), "ab"),
     ("stream-error", Reply(text=("a", "b", "c", "d")).stream_error(2),
-     {"openai": "provider_error", "anthropic": "overloaded", "ollama": "provider_error",
-      "gemini": "overloaded"}, "ab"),
+     {"openai": "provider_error", "openai_responses": "provider_error",
+      "anthropic": "overloaded", "ollama": "provider_error", "gemini": "overloaded"}, "ab"),
 ]
 RETRYABLE = {"rate_limited", "overloaded", "provider_error", "connection", "timeout",
              "protocol_error"}

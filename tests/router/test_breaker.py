@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pybreaker
 import pytest
-import redis
 
 from router.config import BreakerConfig
 from router.resilience.breaker import BreakerRegistry, Permit, redis_storage
@@ -208,31 +204,6 @@ def test_importing_the_module_does_not_import_pybreaker() -> None:
     code = ("import sys, router.resilience.breaker; "
             "assert 'pybreaker' not in sys.modules, 'pybreaker imported eagerly'")
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A throwaway redis-server on loopback (no persistence), stopped after the module."""
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is required (Debian package redis-server)"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        client = redis.Redis(port=port)
-        for _ in range(500):  # up to ~5 s for the server to accept connections
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.01)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 def test_redis_storage_shares_breakers_between_routers(redis_url: str) -> None:

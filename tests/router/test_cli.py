@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -171,3 +173,184 @@ def test_real_process_bad_number_has_no_traceback() -> None:
     assert proc.returncode == 2
     assert "Invalid value for '--max-cost-usd'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- papercuts (issue 15) -----------------------------------------------------------------
+
+REASONING_FLEET = """
+version: 1
+providers:
+  sim: {kind: simulated, options: {seed: 3}}
+deployments:
+  - {id: thinker, provider: sim, model: sim-pro, capabilities: [reasoning],
+     price: {input_per_mtok: 0.1, output_per_mtok: 0.4},
+     latency_prior: {ttft_ms: 100, tokens_per_s: 400},
+     options: {output_tokens: 12, reasoning_tokens: 4, ttft_ms: 0}}
+tasks:
+  general: {candidates: [thinker]}
+defaults: {task: general}
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "router.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # nothing listens there now: connections are refused
+
+
+def _with_state(fleet: str, url: str) -> str:
+    text = Path(fleet).read_text() + f'state: {{backend: redis, url: "{url}"}}\n'
+    Path(fleet).write_text(text)
+    return fleet
+
+
+def test_reasoning_goes_to_stderr_apart_from_the_answer(cli: CliRunner, tmp_path: Path) -> None:
+    config = _write(tmp_path, REASONING_FLEET)
+    shown = cli.invoke(app, ["stream", "think first", "--config", config])
+    assert shown.exit_code == 0, shown.stderr
+    assert len(shown.stdout.split()) == 12  # the answer alone
+    assert "step" not in shown.stdout
+    first = shown.stderr.splitlines()[0]
+    assert first.startswith("reasoning: step 1")  # its own line, before the summary
+    hidden = cli.invoke(app, ["stream", "think first", "--config", config, "--no-reasoning"])
+    assert hidden.exit_code == 0 and "reasoning:" not in hidden.stderr
+    assert hidden.stdout == shown.stdout
+
+
+def test_serve_without_the_server_extra_names_it(cli: CliRunner, fleet: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn -> ModuleNotFoundError
+    result = cli.invoke(app, ["serve", "--config", fleet])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: this needs the `server` extra (no module 'uvicorn'): "
+        'pip install "llm-stream-router[server]"']
+
+
+def test_redis_backend_without_the_redis_extra_names_it(cli: CliRunner, fleet: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _with_state(fleet, f"redis://127.0.0.1:{_closed_port()}/0")
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    for args in (["stream", "hi"], ["spend"], ["config", "check", config]):
+        result = cli.invoke(app, [*args, "--config", config] if args[0] != "config" else args)
+        assert result.exit_code == 2, (args, result.stderr)
+        assert 'pip install "llm-stream-router[redis]"' in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_unreachable_redis_is_one_line_and_config_check_reports_it(cli: CliRunner,
+                                                                    fleet: str) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{_closed_port()}/0"
+    config = _with_state(fleet, url)
+    for args in (["stream", "hi"], ["spend"]):
+        result = cli.invoke(app, [*args, "--config", config])
+        assert result.exit_code == 1, result.stderr
+        lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and "state store (Redis" in lines[0]
+        assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
+    check = cli.invoke(app, ["config", "check", config])
+    assert check.exit_code == 1
+    assert "is unreachable" in check.stderr and "redis://***@127.0.0.1:" in check.stderr
+    assert "s3cret" not in check.stdout + check.stderr
+
+
+def test_config_check_reaches_a_live_redis(cli: CliRunner, fleet: str, redis_url: str) -> None:
+    check = cli.invoke(app, ["config", "check", _with_state(fleet, redis_url)])
+    assert check.exit_code == 0, check.stderr
+    assert ": ok" in check.stdout
+
+
+def test_missing_api_key_hint_names_the_variable(cli: CliRunner, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("H15A_UNSET_KEY", raising=False)
+    config = _write(tmp_path, """
+version: 1
+providers:
+  oa: {kind: openai, api_key_env: H15A_UNSET_KEY}
+deployments:
+  - {id: gpt, provider: oa, model: gpt-x, price: {input_per_mtok: 1, output_per_mtok: 1}}
+tasks:
+  general: {candidates: [gpt]}
+defaults: {task: general}
+""")
+    result = cli.invoke(app, ["stream", "hi", "--config", config])
+    assert result.exit_code == 1
+    assert "hint: set H15A_UNSET_KEY (the provider's API key) in the environment" in result.stderr
+    assert "relax" not in result.stderr
+
+
+def test_route_json_is_the_route_event_with_rounded_costs(cli: CliRunner, fleet: str) -> None:
+    result = cli.invoke(app, ["route", "Explain circuit breakers", "--config", fleet, "--json"])
+    assert result.exit_code == 0, result.stderr
+    ev = decode_event(result.stdout)
+    assert ev.type == "route" and ev.deployment in ("fast", "strong")
+    assert {c.deployment for c in ev.candidates} == {"fast", "strong"}
+    for value in [ev.estimated_cost_usd, *(c.estimated_cost_usd for c in ev.candidates)]:
+        assert value == round(value, 12)
+
+
+def test_costs_are_rounded_for_display(cli: CliRunner, tmp_path: Path) -> None:
+    # 3 input tokens at $0.1/Mtok is 3.0000000000000004e-07 in floating point.
+    assert round(3 * 0.1 * 1e-6, 12) != 3 * 0.1 * 1e-6
+    config = _write(tmp_path, FAST_FLEET.replace("output_tokens: 12", "output_tokens: 3"))
+    result = cli.invoke(app, ["stream", "abc", "--config", config, "--json", "--model", "fast"])
+    assert result.exit_code == 0
+    for line in result.stdout.splitlines():
+        _assert_usd_rounded(orjson.loads(line))
+    assert "0000000000" not in result.stdout and "9999999999" not in result.stdout
+
+
+def _assert_usd_rounded(data: object) -> None:
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if k.endswith("_usd") and isinstance(v, float):
+                assert v == round(v, 12), (k, v)
+            _assert_usd_rounded(v)
+    elif isinstance(data, list):
+        for v in data:
+            _assert_usd_rounded(v)
+
+
+def test_version_and_help_without_bool_placeholders(cli: CliRunner) -> None:
+    version = cli.invoke(app, ["--version"])
+    assert version.exit_code == 0
+    assert version.stdout.strip() == f"llm-router {importlib.metadata.version('llm-stream-router')}"
+    for command in (["stream"], ["route"], ["spend"], []):
+        out = cli.invoke(app, [*command, "--help"]).stdout
+        assert "--help" in out and "<bool>" not in out, command
+
+
+def test_serve_on_all_interfaces_without_keys_exits_2(cli: CliRunner, fleet: str) -> None:
+    result = cli.invoke(app, ["serve", "--config", fleet, "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert "refusing to serve on 0.0.0.0 without API keys" in result.stderr
+
+
+def test_serve_banner_says_whether_auth_is_on_and_where_the_playground_is(
+    cli: CliRunner, fleet: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    served: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw))
+    open_ = cli.invoke(app, ["serve", "--config", fleet, "--port", "8123"])
+    assert open_.exit_code == 0, open_.stderr
+    assert served[0]["port"] == 8123
+    assert "auth off (no server.api_keys: loopback only)" in open_.stderr
+    assert "playground http://127.0.0.1:8123/" in open_.stderr
+    key = "0" * 64
+    Path(fleet).write_text(Path(fleet).read_text()
+                           + f"server: {{api_keys: [{{name: a, sha256: '{key}'}}]}}\n")
+    keyed = cli.invoke(app, ["serve", "--config", fleet, "--port", "8124", "--host", "0.0.0.0"])
+    assert keyed.exit_code == 0, keyed.stderr
+    assert "on http://0.0.0.0:8124 · auth on (1 API key)" in keyed.stderr

@@ -24,7 +24,7 @@ from router.resilience.continuation import CONTINUE_INSTRUCTION
 from router.resilience.policies import Resilience
 from router.testing import LoopbackProvider, Reply
 
-WIRES = ("openai", "anthropic", "ollama")
+WIRES = ("openai", "openai_responses", "anthropic", "ollama")
 ANSWER = "Hello from the loopback server, streaming a complete answer."
 PIECES = Reply.from_text(ANSWER).text  # one word a chunk, leading spaces kept
 FULL = Reply(text=PIECES)
@@ -41,6 +41,8 @@ def config(wire: str, base_url: str) -> dict[str, Any]:
     provider: dict[str, Any] = {
         "openai": {"kind": "openai_compatible", "base_url": base_url + "/v1",
                    "api_key": "sk-test"},
+        "openai_responses": {"kind": "openai_responses", "base_url": base_url + "/v1",
+                             "api_key": "sk-test"},
         "anthropic": {"kind": "anthropic", "base_url": base_url, "api_key": "sk-ant-test"},
         "ollama": {"kind": "ollama", "base_url": base_url},
     }[wire]
@@ -243,7 +245,7 @@ async def test_continuation_requests_carry_the_partial_answer(srv: LoopbackProvi
 
 
 def _last_message_text(body: Any) -> str:
-    content = body["messages"][-1]["content"]
+    content = (body["messages"] if "messages" in body else body["input"])[-1]["content"]
     if isinstance(content, list):
         return "".join(part.get("text", "") for part in content)
     return str(content)

@@ -267,6 +267,20 @@ async def test_count_tokens_is_the_routers_input_estimate(
     assert count.input_tokens == prepared.constraints.input_tokens > 0
 
 
+async def test_message_start_reports_the_input_estimate_not_zero(
+    client: anthropic.AsyncAnthropic,
+) -> None:
+    messages: list[Any] = [{"role": "user", "content": "Qualify this lead: Acme"}]
+    count = await client.messages.count_tokens(model="chat", system="Be brief.",
+                                               messages=messages)
+    stream = await client.messages.create(model="chat", system="Be brief.", max_tokens=50,
+                                          messages=messages, stream=True)
+    events = [ev async for ev in stream]
+    start = events[0]
+    assert start.type == "message_start"
+    assert start.message.usage.input_tokens == count.input_tokens > 0
+
+
 async def test_models_list_in_the_anthropic_shape(client: anthropic.AsyncAnthropic) -> None:
     page = await client.models.list()
     ids = [m.id for m in page.data]
