@@ -120,7 +120,7 @@ BAD: dict[str, tuple[tuple[str, str], str]] = {
     "unknown provider kind": (
         ("kind: simulated", "kind: simulator"),
         "providers.sim.kind: Input should be 'simulated', 'anthropic', 'openai', "
-        "'openai_compatible', 'ollama' or 'gemini' (got 'simulator')"),
+        "'openai_compatible', 'openai_responses', 'ollama' or 'gemini' (got 'simulator')"),
 }
 
 

@@ -258,7 +258,8 @@ def test_serve_refuses_a_public_address_without_api_keys() -> None:
     import pytest
 
     from router.config import embedded_path
+    from router.errors import ConfigError
     from router.server.app import serve
 
-    with pytest.raises(ValueError, match="without API keys"):
+    with pytest.raises(ConfigError, match="without API keys"):
         serve(str(embedded_path("default.yaml")), host="0.0.0.0", port=0)
