@@ -17,9 +17,11 @@ Clients:
 - `httpx-aiohttp`: raw httpx with the `httpx_aiohttp.AiohttpTransport`.
 - `pyreqwest`: the Rust (reqwest/hyper) client.
 - `router`: `router.stream(...)` on one `openai_compatible` deployment (library level).
-- `server`: `llm-router serve` in its own process; the load generator is raw aiohttp in
-  another process (on the provider's core) posting to `/v1/chat/completions`, stream=true.
+- `server`: `llm-router serve` (uvicorn, httptools, uvloop) in its own process; the load
+  generator is raw aiohttp in another process (on the provider's core) posting to
+  `/v1/chat/completions`, stream=true.
   CPU per chunk is the gateway's own; the load generator's is not counted.
+- `server-granian`: the same app on granian (ASGI, one worker, uvloop, no access log).
 
 Columns: "added" is over the provider's schedule (TTFT 200 ms; total 200 + 39 x 20 ms);
 "CPU/chunk" is the process's user+system CPU over the run divided by the chunks received;
@@ -54,7 +56,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "sk-bench-concurrency"
 BODY = orjson.dumps({"model": "bench", "stream": True,
                      "messages": [{"role": "user", "content": "hi"}]})
-CLIENTS = ("aiohttp", "httpx", "httpx-pools", "httpx-aiohttp", "pyreqwest", "router", "server")
+CLIENTS = ("aiohttp", "httpx", "httpx-pools", "httpx-aiohttp", "pyreqwest", "router", "server",
+           "server-granian")
 
 
 # --- worker side: one process runs one client stack ---------------------------------------
@@ -252,32 +255,50 @@ def start_provider(args: argparse.Namespace) -> tuple[subprocess.Popen[str], int
 
 
 def run_client(kind: str, n: int, url: str, core: str, repeat: int = 1) -> dict[str, Any]:
-    out = subprocess.run([*_pin(core), sys.executable, "-m", "benchmarks.concurrency",
-                          "--worker", kind, "--n", str(n), "--url", url,
-                          "--repeat", str(repeat)],
-                         capture_output=True, text=True, cwd=ROOT, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{kind} worker failed: {out.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        out = subprocess.run([*_pin(core), sys.executable, "-m", "benchmarks.concurrency",
+                              "--worker", kind, "--n", str(n), "--url", url,
+                              "--repeat", str(repeat), "--out", f.name],
+                             capture_output=True, text=True, cwd=ROOT, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"{kind} worker failed: {out.stderr[-2000:]}")
+        result: dict[str, Any] = json.load(f)
     return result
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (granian serves from a worker process)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        for task in os.listdir(f"/proc/{pids[i]}/task"):
+            with contextlib.suppress(OSError), \
+                    open(f"/proc/{pids[i]}/task/{task}/children") as f:
+                pids.extend(int(c) for c in f.read().split())
+        i += 1
+    return pids
+
+
 def _proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in _tree(pid):
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _proc_rss_mb(pid: int, key: str = "VmHWM") -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    total = 0.0
+    for p in _tree(pid):
+        with open(f"/proc/{p}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
 @contextlib.contextmanager
-def running_server(provider_port: int) -> Any:
+def running_server(provider_port: int, impl: str = "uvicorn") -> Any:
     """`llm-router serve` pinned to the first core, with the default admission limits."""
     import socket
     with socket.socket() as s:
@@ -285,8 +306,15 @@ def running_server(provider_port: int) -> Any:
         port = s.getsockname()[1]
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(router_config(f"http://127.0.0.1:{provider_port}/v1"), f)
-    proc = subprocess.Popen([*_pin("0"), sys.executable, "-m", "router.cli", "serve",
-                             "--config", f.name, "--port", str(port)], cwd=ROOT,
+    if impl == "granian":  # one worker, one thread, uvloop, no access log: like uvicorn's
+        cmd = ["granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1", "--runtime-mode", "st", "--loop", "uvloop",
+               "--no-access-log", "--no-ws", "benchmarks.granian_app:app"]
+    else:
+        cmd = [sys.executable, "-m", "router.cli", "serve", "--config", f.name,
+               "--port", str(port)]
+    env = {**os.environ, "LLM_ROUTER_CONFIG": f.name}
+    proc = subprocess.Popen([*_pin("0"), *cmd], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -301,8 +329,9 @@ def running_server(provider_port: int) -> Any:
         os.unlink(f.name)
 
 
-def run_server_case(provider_port: int, n: int, repeat: int = 1) -> dict[str, Any]:
-    with running_server(provider_port) as (proc, port):
+def run_server_case(provider_port: int, n: int, repeat: int = 1,
+                    impl: str = "uvicorn") -> dict[str, Any]:
+    with running_server(provider_port, impl) as (proc, port):
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         run_client("aiohttp", 1, url, _last_core())  # warm-up: imports, first connection
         cpu0 = _proc_cpu_s(proc.pid)
@@ -330,14 +359,15 @@ def row(name: str, n: int, r: dict[str, Any], args: argparse.Namespace) -> str:
             f"{_pct(total, 0.99):,.0f} | {per_chunk:,.0f} | {r['rss_mb']:,.0f} | {errors} |")
 
 
-def print_zero_delay(args: argparse.Namespace) -> None:
+def print_zero_delay(args: argparse.Namespace, impl: str) -> None:
     """The gateway's own cost with nothing to wait for: 50 lanes of 40 streams each against
     a provider with no pacing (its latency columns are then over 0 ms, not the schedule)."""
     zero = argparse.Namespace(ttft_ms=0, chunks=args.chunks, gap_ms=0)
     provider, port = start_provider(zero)
     try:
-        result = run_server_case(port, 50, repeat=40)
-        print(row("server, zero-delay provider, c=50 x 40", 2000, result, zero), flush=True)
+        result = run_server_case(port, 50, repeat=40, impl=impl)
+        name = "server" if impl == "uvicorn" else "server-granian"
+        print(row(f"{name}, zero-delay provider, c=50 x 40", 2000, result, zero), flush=True)
     finally:
         provider.terminate()
         provider.wait(10)
@@ -355,10 +385,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         import uvloop
-        print(json.dumps(uvloop.run(run_worker(args.worker, args.n, args.url, args.repeat))))
+        result = uvloop.run(run_worker(args.worker, args.n, args.url, args.repeat))
+        with open(args.out, "w") as f:  # a file, not stdout: some clients' runtimes cut it
+            json.dump(result, f)
         return
     provider, port = start_provider(args)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -366,13 +399,16 @@ def main() -> None:
           "CPU/chunk µs | RSS MB | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     try:
-        for kind in [c for c in args.clients.split(",") if c and c != "server"]:
+        for kind in [c for c in args.clients.split(",") if c and not c.startswith("server")]:
             for n in [int(x) for x in args.streams.split(",") if x]:
                 print(row(kind, n, run_client(kind, n, url, "0"), args), flush=True)
-        if "server" in args.clients.split(","):
+        for impl in ("uvicorn", "granian"):
+            name = "server" if impl == "uvicorn" else "server-granian"
+            if name not in args.clients.split(","):
+                continue
             for n in [int(x) for x in args.server_streams.split(",") if x]:
-                print(row("server", n, run_server_case(port, n), args), flush=True)
-            print_zero_delay(args)
+                print(row(name, n, run_server_case(port, n, impl=impl), args), flush=True)
+            print_zero_delay(args, impl)
     finally:
         provider.terminate()
         provider.wait(10)
