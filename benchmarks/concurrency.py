@@ -28,7 +28,17 @@ Columns: "added" is over the provider's schedule (TTFT 200 ms; total 200 + 39 x 
 "RSS" is peak resident memory; "errors" counts streams that did not end with `[DONE]`
 (or `done`), by error text. An `overloaded` error is a clear refusal, not a silent failure.
 
-The LiteLLM proxy peer: see the README (it does not install in the time allotted here).
+`litellm`: the LiteLLM proxy as the peer gateway, when installed in `.venv-litellm/`
+(`python3 -m venv .venv-litellm && .venv-litellm/bin/pip install "litellm[proxy]"`), run
+as `litellm --config <file> --num_workers 1` with this config (model `bench` ->
+`openai/bench-model` at the mock's `/v1`, master key = the benchmark's key):
+
+    model_list:
+      - model_name: bench
+        litellm_params: {model: openai/bench-model, api_base: "http://127.0.0.1:<port>/v1",
+                         api_key: sk-bench-concurrency}
+    general_settings: {master_key: sk-bench-concurrency}
+    litellm_settings: {drop_params: true}
 """
 
 from __future__ import annotations
@@ -106,6 +116,9 @@ def _raw_one(n: int, url: str, kind: str) -> tuple[Callable[[], Awaitable[None]]
 
         async def one_aiohttp(out: dict[str, Any]) -> None:
             async with session.post(url, data=BODY, headers=headers) as resp:
+                if resp.status != 200:  # a refusal: say which (e.g. 503 overloaded)
+                    error = orjson.loads(await resp.read()).get("error") or {}
+                    raise RuntimeError(f"HTTP {resp.status} {error.get('code')}")
                 await consume(resp.content.iter_any(), out["t0"], out)
 
         return session.close, one_aiohttp
@@ -266,6 +279,14 @@ def run_client(kind: str, n: int, url: str, core: str, repeat: int = 1) -> dict[
     return result
 
 
+def litellm_config(provider_port: int) -> dict[str, Any]:
+    return {"model_list": [{"model_name": "bench", "litellm_params": {
+                "model": "openai/bench-model", "api_key": KEY,
+                "api_base": f"http://127.0.0.1:{provider_port}/v1"}}],
+            "general_settings": {"master_key": KEY},
+            "litellm_settings": {"drop_params": True}}
+
+
 def _tree(pid: int) -> list[int]:
     """`pid` and its descendants (granian serves from a worker process)."""
     pids, i = [pid], 0
@@ -306,7 +327,12 @@ def running_server(provider_port: int, impl: str = "uvicorn") -> Any:
         port = s.getsockname()[1]
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(router_config(f"http://127.0.0.1:{provider_port}/v1"), f)
-    if impl == "granian":  # one worker, one thread, uvloop, no access log: like uvicorn's
+    if impl == "litellm":  # the peer, from its own venv (see the docstring)
+        with open(f.name, "w") as cfg:
+            yaml.safe_dump(litellm_config(provider_port), cfg)
+        cmd = [os.path.join(ROOT, ".venv-litellm", "bin", "litellm"), "--config", f.name,
+               "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    elif impl == "granian":  # one worker, one thread, uvloop, no access log: like uvicorn's
         cmd = ["granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1", "--runtime-mode", "st", "--loop", "uvloop",
                "--no-access-log", "--no-ws", "benchmarks.granian_app:app"]
@@ -317,7 +343,7 @@ def running_server(provider_port: int, impl: str = "uvicorn") -> Any:
     proc = subprocess.Popen([*_pin("0"), *cmd], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
                 break
@@ -366,7 +392,7 @@ def print_zero_delay(args: argparse.Namespace, impl: str) -> None:
     provider, port = start_provider(zero)
     try:
         result = run_server_case(port, 50, repeat=40, impl=impl)
-        name = "server" if impl == "uvicorn" else "server-granian"
+        name = {"uvicorn": "server", "granian": "server-granian"}.get(impl, impl)
         print(row(f"{name}, zero-delay provider, c=50 x 40", 2000, result, zero), flush=True)
     finally:
         provider.terminate()
@@ -399,11 +425,12 @@ def main() -> None:
           "CPU/chunk µs | RSS MB | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     try:
-        for kind in [c for c in args.clients.split(",") if c and not c.startswith("server")]:
+        gateways = ("server", "server-granian", "litellm")
+        for kind in [c for c in args.clients.split(",") if c and c not in gateways]:
             for n in [int(x) for x in args.streams.split(",") if x]:
                 print(row(kind, n, run_client(kind, n, url, "0"), args), flush=True)
-        for impl in ("uvicorn", "granian"):
-            name = "server" if impl == "uvicorn" else "server-granian"
+        for impl in ("uvicorn", "granian", "litellm"):
+            name = {"uvicorn": "server", "granian": "server-granian"}.get(impl, impl)
             if name not in args.clients.split(","):
                 continue
             for n in [int(x) for x in args.server_streams.split(",") if x]:
