@@ -26,7 +26,8 @@ chunk, so without `[DONE]` we cannot know the answer (or its usage) is complete.
 that never sends `[DONE]` sets the row option `done_marker: false`; its streams then end
 at a clean EOF after a `finish_reason`.
 
-Not supported: the Responses API (`/v1/responses`, `event: response.*`), legacy
+Not supported here: the Responses API (`/v1/responses`, `event: response.*`; that is kind
+`openai_responses`, `providers/openai_responses.py`), legacy
 `function_call`, `n > 1` (only choice 0 is read), audio and logprobs.
 
 Options (provider `options`, overridden by the deployment's):
@@ -75,6 +76,7 @@ from providers.http import (
     map_error_payload,
     map_transport_error,
     open_stream,
+    parse_quota,
 )
 from providers.sse import SSEDecoder
 
@@ -295,7 +297,10 @@ class OpenAIProvider(HTTPProvider):
         feed = decoder.feed
         loads = orjson.loads
         chunks = body_chunks(response)
+        quota = parse_quota(response.headers)
         try:
+            if quota is not None:  # routing spends the announced headroom deliberately
+                yield quota
             try:
                 async for raw in chunks:
                     for sse in feed(raw):

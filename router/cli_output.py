@@ -64,14 +64,11 @@ class StreamOutput:
 
 
 def state_problem(backend: str, url: str, timeout_s: float = 2.0) -> str | None:
-    """Why the configured state store cannot be used now (None when it answers a PING
-    within `timeout_s`)."""
+    """Why the configured state store cannot be reached now (None when it answers a PING
+    within `timeout_s`). Without the `redis` extra the import fails: the CLI names it."""
     if backend != "redis":
         return None
-    try:
-        import redis.asyncio as aioredis
-    except ModuleNotFoundError:
-        return 'the redis backend needs the `redis` extra: pip install "llm-stream-router[redis]"'
+    import redis.asyncio as aioredis
 
     async def ping() -> None:
         client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s,

@@ -31,7 +31,7 @@ from router.events import (
     Usage,
 )
 from router.request import StreamParams, prepare
-from router.routing.policy import RouteDecision, choose_route
+from router.routing.policy import RouteDecision, RoutingPolicy, choose_route
 from router.routing.stats import StatsRegistry
 from router.serving.context import ServingContext
 
@@ -94,27 +94,31 @@ class Router:
     """Routes requests across the deployments of one config."""
 
     def __init__(self, config: LoadedConfig | str | os.PathLike[str] | None = None, *,
-                 budgets: BudgetGate | None = None) -> None:
+                 budgets: BudgetGate | None = None,
+                 inflight: Callable[[str], int] | None = None) -> None:
         self.loaded = config if isinstance(config, LoadedConfig) else load_config(config)
-        self.stats = StatsRegistry()
-        # Without budgets configured the manager still books spend for `spend()`.
+        self.stats = StatsRegistry(self.loaded.config.routing)
         from router.budgets.manager import BudgetManager
+        from router.resilience.policies import Resilience
         from router.serving.admission import Admission
 
+        admission = self.loaded.config.resilience.admission
+        self.admission: Admission = Admission(
+            {dep.id: dep.max_concurrency for dep in self.loaded.deployments.values()},
+            max_queued=admission.max_queued, queue_timeout_s=admission.queue_timeout_s)
+        # Streams in flight per deployment (slots held in admission): a plain callable.
+        self.inflight: Callable[[str], int] = inflight or self.admission.inflight
+        # Routing's load term reads the same counts (or the `inflight` given).
+        self.policy = RoutingPolicy(
+            self.stats, inflight=self.inflight,
+            backoff_ms=self.loaded.config.resilience.retry.initial_backoff_ms)
+        # Without budgets configured the manager still books spend for `spend()`.
         self.budgets: BudgetGate = budgets or BudgetManager.from_config(self.loaded)
         self._owns_budgets = budgets is None
         self.notices: list[BudgetNotice] = []
         self._providers: dict[str, Provider] = {}
         self._run_sinks: list[RunSink] = []
-        from router.resilience.policies import Resilience
-
         self.resilience = Resilience(self.loaded)
-        admission = self.loaded.config.resilience.admission
-        self.admission: Admission = Admission(
-            {dep.id: dep.max_concurrency for dep in self.loaded.deployments.values()},
-            max_queued=admission.max_queued, queue_timeout_s=admission.queue_timeout_s)
-        # Streams in flight per deployment: the plain callable load-aware routing reads.
-        self.inflight: Callable[[str], int] = self.admission.inflight
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None) -> Router:
@@ -200,7 +204,8 @@ class Router:
     def _serving_context(self) -> ServingContext:
         # Built per request: tests and embedders may swap `resilience` or `budgets`.
         return ServingContext(self.loaded, self.stats, self.resilience, self.budgets,
-                              self.provider, self.unavailable_reason, self.admission)
+                              self.provider, self.unavailable_reason, self.policy,
+                              self.admission)
 
     async def complete(self, input: str | Sequence[Mapping[str, Any]],
                        **options: Any) -> Completion:
@@ -248,7 +253,8 @@ class Router:
                 "reason": self.unavailable_reason(dep),
                 "ttft_ms": self.stats.estimate_ttft_ms(dep),
                 "tokens_per_s": self.stats.estimate_tokens_per_s(dep),
-                "observed": s.ttft_ms is not None,
+                "observed": s.observed,
+                "estimate": self.stats.describe(dep),
                 "requests": s.requests,
                 "failures": s.failures,
                 "last_error": s.last_error,

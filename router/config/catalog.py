@@ -97,5 +97,7 @@ def resolve_deployments(config: RouterConfig, source: str) -> Mapping[str, Deplo
             capabilities=frozenset(caps),
             options=dep.options,
             max_concurrency=dep.max_concurrency or config.resilience.admission.max_concurrency,
+            rpm=dep.rpm,
+            tpm=dep.tpm,
         )
     return out

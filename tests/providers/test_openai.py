@@ -119,9 +119,10 @@ async def test_transcript_normalizes_to_expected_under_any_chunking(name: str) -
 
 
 @pytest.mark.parametrize("name", RESPONSES_API)
-async def test_responses_api_streams_are_not_supported_and_never_succeed(name: str) -> None:
-    # /v1/responses is a different protocol (`event: response.*`, no [DONE]); fed to the
-    # Chat Completions parser it must fail loudly, not end as an empty success.
+async def test_responses_api_streams_never_succeed_in_the_chat_adapter(name: str) -> None:
+    # /v1/responses is a different protocol (`event: response.*`, no [DONE]; kind
+    # openai_responses reads it); fed to the Chat Completions parser it must fail loudly,
+    # not end as an empty success.
     # (Its `error` event is still recognized: insufficient_quota, not retryable.)
     result, _, _ = await replay([(TRANSCRIPTS / name).read_bytes()])
     assert result.error is not None and result.finish is None

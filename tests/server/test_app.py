@@ -261,5 +261,6 @@ def test_serve_refuses_a_public_address_without_api_keys() -> None:
     from router.errors import ConfigError
     from router.server.app import serve
 
+    # A config problem: the CLI reports it as such (exit 2).
     with pytest.raises(ConfigError, match="without API keys"):
         serve(str(embedded_path("default.yaml")), host="0.0.0.0", port=0)
