@@ -31,12 +31,11 @@ from router.events import (
     Usage,
 )
 from router.request import StreamParams, prepare
-from router.routing.policy import RouteDecision, RoutingPolicy, choose_route
-from router.routing.stats import StatsRegistry
 from router.serving.context import ServingContext
 
 if TYPE_CHECKING:  # loaded with the first Router: kept off `import router` (asyncio, redis glue)
     from router.budgets.spend import ReportWindow, SpendReport
+    from router.routing.policy import RouteDecision
     from router.serving.admission import Admission
 
 
@@ -97,8 +96,11 @@ class Router:
                  budgets: BudgetGate | None = None,
                  inflight: Callable[[str], int] | None = None) -> None:
         self.loaded = config if isinstance(config, LoadedConfig) else load_config(config)
-        self.stats = StatsRegistry(self.loaded.config.routing)
         from router.budgets.manager import BudgetManager
+        from router.routing.policy import RoutingPolicy
+        from router.routing.stats import StatsRegistry
+
+        self.stats = StatsRegistry(self.loaded.config.routing)
         from router.resilience.policies import Resilience
         from router.serving.admission import Admission
 
@@ -237,6 +239,8 @@ class Router:
 
     def route(self, input: str | Sequence[Mapping[str, Any]], **options: Any) -> RouteDecision:
         """The routing decision for a request, calling no provider (a dry run)."""
+        from router.routing.policy import choose_route
+
         req = prepare(StreamParams(input=input, **options), self.loaded)
         return choose_route(req.constraints, self.loaded.deployments, self.stats,
                             self.unavailable_reason)
