@@ -364,13 +364,19 @@ def serve(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default: server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: server.port).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes on the one port (needs "
+                                         "`state: {backend: redis}`).")] = 1,
 ) -> None:
     """Run the HTTP server (SSE, WebSocket, OpenAI/Anthropic-compatible endpoints)."""
 
     def body() -> int:
+        if workers > 1 and load_config(config).config.state.backend != "redis":
+            raise Exit(2, f"error: --workers {workers} needs a shared state backend: each "
+                       "worker would keep its own streams, spend and breakers; set "
+                       "`state: {backend: redis, url: ...}` in the config")
         from router.server.app import serve as run_server  # needs the `server` extra
 
-        run_server(config, host, port)
+        run_server(config, host, port, workers=workers)
         return 0
 
     raise typer.Exit(_guard(body))

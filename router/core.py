@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # loaded with the first Router: kept off `import router` (asy
     from router.budgets.spend import ReportWindow, SpendReport
     from router.routing.policy import RouteDecision
     from router.serving.admission import Admission
+    from router.serving.takeover import PriorAnswer
 
 
 class Completion(BaseModel):
@@ -192,7 +193,10 @@ class Router:
                tool_choice: str | Mapping[str, Any] | None = None,
                stop: str | Sequence[str] | None = None,
                metadata: Mapping[str, Any] | None = None,
-               request_id: str | None = None) -> EventStream:
+               request_id: str | None = None,
+               resume_from: PriorAnswer | None = None) -> EventStream:
+        """`resume_from`: continue a stream whose serving instance died (the server's
+        takeover), numbering events on from it."""
         from router.serving.orchestrator import run_stream
 
         params = StreamParams(
@@ -201,6 +205,11 @@ class Router:
             temperature=temperature, system=system, tools=tools, tool_choice=tool_choice,
             stop=stop, metadata=metadata or {})
         rid = request_id or os.urandom(16).hex()  # uuid4's randomness without `import uuid`
+        if resume_from is not None:
+            from router.serving.takeover import resume_stream
+
+            return EventStream(resume_stream(self._serving_context(), params, rid,
+                                             resume_from), rid)
         return EventStream(run_stream(self._serving_context(), params, rid), rid)
 
     def _serving_context(self) -> ServingContext:
@@ -302,6 +311,7 @@ class Router:
         providers, self._providers = self._providers, {}
         for provider in providers.values():
             await provider.aclose()
+        await self.resilience.aclose()
         from router.budgets.manager import BudgetManager
 
         if self._owns_budgets and isinstance(self.budgets, BudgetManager):

@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import copy
 import importlib
+import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -42,9 +43,18 @@ from router.server.auth import (
     problem,
 )
 from router.server.eventlog import EventLog, LogGap, StreamLog
+from router.server.eventlog_redis import RUN, STREAM
 from router.server.hub import Started, StreamHub, stream_status
 from router.server.metrics import CONTENT_TYPE, ServerMetrics, deployment_rows, live_snapshot
 from router.server.params import early_error_response, parse_stream_body, stream_kwargs
+from router.server.remote import (
+    Batches,
+    located,
+    publish_shared,
+    run_batches,
+    shared_logs,
+    stream_batches,
+)
 from router.server.runs import RunError, RunRegistry
 from router.server.sse import EventStreamResponse, frame, last_event_id
 from router.server.url_errors import exception_handlers
@@ -68,14 +78,15 @@ def _owned(request: Request, slog: StreamLog | None, what: str) -> Response | No
     if slog is None:
         return problem(404, "not_found", f"no such {what} (unknown, or expired after "
                        "server.retention_s)")
-    if slog.owner is not None and slog.owner != principal_of(request).name:
+    if not slog.owned_by(principal_of(request).name):
         return problem(403, "forbidden", f"this {what} belongs to another API key")
     return None
 
 
-async def follow_frames(slog: StreamLog, after: int) -> AsyncIterator[bytes]:
+async def follow_frames(slog: StreamLog, after: int,
+                        batches: Batches | None = None) -> AsyncIterator[bytes]:
     try:
-        async for first, batch in slog.follow_batches(after):
+        async for first, batch in batches or slog.follow_batches(after):
             if len(batch) == 1:
                 yield frame(first, batch[0])
             else:  # a reader that fell behind catches up in one write
@@ -119,15 +130,18 @@ async def post_stream(request: Request) -> Response | EventStreamResponse:
             hub.cancel(slog, explicit=False)
 
     # This request's task produces the stream (no hand-over per event); a detached stream
-    # goes on producing into the log after its client left.
-    return EventStreamResponse(pumped_frames(hub, started), on_disconnect,
+    # goes on producing into the log after its client left. (With the shared log the
+    # stream has its own task; the response shows what is written.)
+    frames = pumped_frames(hub, started) if started.gen is not None or hub.shared is None \
+        else follow_frames(slog, -1)
+    return EventStreamResponse(frames, on_disconnect,
                                [(b"x-request-id", slog.key.encode())],
                                heartbeat_s=state.settings.heartbeat_s,
                                cancel_on_disconnect=not slog.detach)
 
 
 async def get_stream(request: Request) -> Response:
-    slog = request.app.state.streams.get(request.path_params["request_id"])
+    slog, _ = await located(request.app.state.hub, STREAM, request.path_params["request_id"])
     refused = _owned(request, slog, "stream")
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
@@ -135,14 +149,17 @@ async def get_stream(request: Request) -> Response:
 
 
 async def stream_events(request: Request) -> Response | EventStreamResponse:
-    slog = request.app.state.streams.get(request.path_params["request_id"])
+    slog, snap = await located(request.app.state.hub, STREAM, request.path_params["request_id"])
     refused = _owned(request, slog, "stream")
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
-    return _resume(request, slog)
+    hub = request.app.state.hub
+    return _resume(request, slog, None if snap is None else (
+        lambda after: stream_batches(hub, snap, after)))
 
 
-def _resume(request: Request, slog: StreamLog) -> Response | EventStreamResponse:
+def _resume(request: Request, slog: StreamLog,
+            remote: Callable[[int], Batches] | None = None) -> Response | EventStreamResponse:
     after = last_event_id(dict(request.headers), dict(request.query_params))
     after = -1 if after is None else max(after, -1)
     if slog.closed and after >= slog.next_seq - 1:
@@ -151,26 +168,36 @@ def _resume(request: Request, slog: StreamLog) -> Response | EventStreamResponse
     if after + 1 < slog.dropped:
         return problem(410, "events_dropped", f"events before id {slog.dropped} are no longer "
                        "kept (server.max_log_events)", "Last-Event-ID")
-    return EventStreamResponse(follow_frames(slog, after),
-                               headers=[(b"x-request-id", slog.key.encode())],
+    frames = follow_frames(slog, after, None if remote is None else remote(after))
+    return EventStreamResponse(frames, headers=[(b"x-request-id", slog.key.encode())],
                                heartbeat_s=request.app.state.settings.heartbeat_s)
 
 
 async def cancel_stream(request: Request) -> Response:
-    slog = request.app.state.streams.get(request.path_params["request_id"])
+    hub: StreamHub = request.app.state.hub
+    slog, snap = await located(hub, STREAM, request.path_params["request_id"])
     refused = _owned(request, slog, "stream")
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
-    return _json({"request_id": slog.key, "cancelled": request.app.state.hub.cancel(slog)},
-                 202)
+    if snap is not None and hub.shared is not None:  # running on another instance
+        cancelled = await hub.shared.request_cancel(slog.key, snap.meta)
+    else:
+        cancelled = hub.cancel(slog)
+    return _json({"request_id": slog.key, "cancelled": cancelled}, 202)
 
 
 async def run_events(request: Request) -> Response | EventStreamResponse:
-    slog = request.app.state.runs.log.get(request.path_params["run_id"])
+    run_id = request.path_params["run_id"]
+    hub: StreamHub = request.app.state.hub
+    if hub.shared is None:
+        slog = request.app.state.runs.log.get(run_id)
+    else:  # every instance reads runs from the shared log
+        slog, _ = await located(request.app.state.hub, RUN, run_id)
     refused = _owned(request, slog, "run")
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
-    return _resume(request, slog)
+    return _resume(request, slog, None if hub.shared is None else (
+        lambda after: run_batches(hub, run_id, after)))
 
 
 async def publish_run_event(request: Request) -> Response:
@@ -180,6 +207,9 @@ async def publish_run_event(request: Request) -> Response:
         return problem(422, "invalid_json", f"body: not JSON ({exc})", "body")
     events = body if isinstance(body, list) else [body]
     runs: RunRegistry = request.app.state.runs
+    if request.app.state.hub.shared is not None:
+        return await publish_shared(request.app.state.hub, request.path_params["run_id"],
+                                    principal_of(request).name, events)
     numbers = []
     try:
         for ev in events:
@@ -228,14 +258,28 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     streams = EventLog(settings.max_log_events, settings.retention_s)
     runs = RunRegistry(EventLog(settings.max_log_events, settings.retention_s,
                                 expire_idle=True))
+    shared = shared_logs(router, settings)
+    if shared is not None:
+        streams.sink, runs.log.sink = shared.streams_sink, shared.runs_sink
     server_metrics = ServerMetrics(lambda: live_snapshot(router))
-    hub = StreamHub(router, streams, runs, server_metrics, log_prompts=settings.log_prompts)
+    hub = StreamHub(router, streams, runs, server_metrics, log_prompts=settings.log_prompts,
+                    shared=shared)
+    if shared is not None:
+        shared.on_cancel = hub.cancel_by_id
     extra_routes, public = _extension_routes()
     install_log_redaction()
     keys, limiter = KeyRing(settings.api_keys), RateLimiter()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        stats_sync = None
+        if shared is not None:
+            await shared.start()
+            from router.state.stats_sync import StatsSync
+
+            stats_sync = StatsSync(router.stats, router.loaded.deployments,
+                                   router.loaded.config.state, instance=shared.instance)
+            stats_sync.start()
         sweeper = asyncio.create_task(_sweep(streams, runs.log, settings.retention_s))
         # `router.publish(run_id, event)` from agent code in this process reaches the runs.
         remove_sink = router.add_run_sink(runs.publish)
@@ -245,6 +289,10 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
             remove_sink()
             sweeper.cancel()
             await hub.shutdown(settings.shutdown_grace_s)
+            if stats_sync is not None:
+                await stats_sync.aclose()
+            if shared is not None:
+                await shared.aclose()
             if close_router:
                 await router.aclose()
 
@@ -309,33 +357,51 @@ def banner(settings: ServerConfig, host: str, port: int, source: str) -> str:
 
 
 def serve(config: str | None = None, host: str | None = None, port: int | None = None,
-          log_level: str = "info") -> None:
+          log_level: str = "info", workers: int = 1) -> None:
     """`llm-router serve`: the router of `config` (discovered if None) on uvicorn. Host and
-    port default to the `server:` section. A server without API keys only binds loopback."""
+    port default to the `server:` section. A server without API keys only binds loopback.
+    `workers` > 1: that many processes on one port (uvicorn's workers), each a whole
+    router; only with a shared state backend, which `llm-router serve` checks first."""
     import uvicorn
 
+    from router.config import load_config
     from router.core import Router
 
-    router = Router.from_config(config)
-    settings: ServerConfig = router.loaded.config.server
+    loaded = load_config(config)
+    settings: ServerConfig = loaded.config.server
     host = host or settings.host
     if not settings.api_keys and host not in _LOOPBACK:
         raise ConfigError(
             f"refusing to serve on {host} without API keys: add server.api_keys "
             "(sha256 of each key) to the config, or bind 127.0.0.1")
     port = settings.port if port is None else port
-    print(banner(settings, host, port, str(router.loaded.source)), file=sys.stderr, flush=True)
-    app = create_app(router, settings, close_router=True)
+    print(banner(settings, host, port, str(loaded.source)), file=sys.stderr, flush=True)
     # The server's own log lines (one per stream: id, key name, task; the prompt only with
     # server.log_prompts) go where uvicorn's go.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["router"] = {"handlers": ["default"], "level": log_level.upper(),
                                        "propagate": False}
-    uvicorn.run(app, host=host, port=port,
-                log_level=log_level, log_config=log_config,
-                # No access log: a formatted line per request was ~4% of the server's CPU at
-                # c=50, and the server logs its own line per stream. uvloop + httptools: the
-                # fastest loop and parser measured (README, "ASGI server").
-                access_log=False, loop="uvloop", http="httptools",
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-                ws_ping_interval=max(settings.heartbeat_s, 1.0))
+    options: dict[str, Any] = {
+        "host": host, "port": port, "log_level": log_level,
+        "log_config": log_config, "ws_ping_interval": max(settings.heartbeat_s, 1.0),
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s) or None,
+        # No access log: a formatted line per request was ~4% of the server's CPU at c=50,
+        # and the server logs its own line per stream. uvloop + httptools: the fastest loop
+        # and parser measured (README, "ASGI server").
+        "access_log": False, "loop": "uvloop", "http": "httptools"}
+    if workers > 1:
+        # Each worker process builds its own router from the same config (by path).
+        os.environ["LLM_ROUTER_CONFIG"] = loaded.source
+        uvicorn.run("router.server.app:app_from_environment", factory=True, workers=workers,
+                    **options)
+        return
+    uvicorn.run(create_app(Router(loaded), settings, close_router=True), **options)
+
+
+def app_from_environment() -> Starlette:
+    """The app of one `serve --workers N` worker: the config named by
+    `$LLM_ROUTER_CONFIG`."""
+    from router.core import Router
+
+    router = Router.from_config(os.environ.get("LLM_ROUTER_CONFIG"))
+    return create_app(router, close_router=True)

@@ -7,15 +7,21 @@ live ones as they arrive, and stop after the log is closed (its terminal entry).
 kept `retention_s` after it closes (or after its last entry, for a run nobody closes), then
 swept. Past `max_events` the oldest entries are dropped; a reader asking for a dropped entry
 gets `LogGap` rather than a silent hole. (Heartbeats are the SSE response's business.)
+
+A log with a `sink` (the shared event log on Redis, `router.server.eventlog_redis`) is
+written through: `append` only marks it dirty for the sink's writer, which writes batches
+and then advances `flushed`; readers see an entry once it is flushed, so whatever a client
+was sent is in Redis, and another instance can resume or take over exactly after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 Entry = tuple[str, bytes]  # (event type, compact JSON object)
 
@@ -28,9 +34,16 @@ class LogGap(Exception):
         self.first_kept = first_kept
 
 
+class LogSink(Protocol):
+    def mark(self, log: StreamLog) -> None:
+        """`log` has entries (or an end) not yet written: write it soon, then wake it."""
+        ...
+
+
 class StreamLog:
-    __slots__ = ("_waiters", "cancel_requested", "closed", "detach", "dropped", "entries",
-                 "key", "max_events", "owner", "task", "touched_at")
+    __slots__ = ("_waiters", "cancel_requested", "closed", "detach", "dirty", "dropped",
+                 "entries", "flushed", "key", "max_events", "owner", "owner_hash", "sink",
+                 "task", "touched_at")
 
     def __init__(self, key: str, owner: str | None, max_events: int, now: float) -> None:
         self.key = key
@@ -47,6 +60,17 @@ class StreamLog:
         # The task producing the entries of a routed stream; cancelling it cancels upstream.
         self.task: asyncio.Task[Any] | None = None
         self._waiters: list[asyncio.Future[bool]] = []
+        self.sink: LogSink | None = None
+        self.dirty = False  # marked to the sink, not yet written
+        self.flushed = 0  # with a sink: entries numbered below this are written
+        # A log read back from the shared store knows its owner by hash only.
+        self.owner_hash: str | None = None
+
+    def owned_by(self, name: str) -> bool:
+        """May the key called `name` read this log?"""
+        if self.owner_hash is not None:
+            return owner_hash(name) == self.owner_hash
+        return self.owner is None or self.owner == name
 
     @property
     def next_seq(self) -> int:
@@ -59,16 +83,24 @@ class StreamLog:
         if len(entries) > self.max_events:
             entries.popleft()
             self.dropped += 1
-        if self._waiters:
-            self._wake()
+        if self.sink is not None:
+            if not self.dirty:
+                self.dirty = True
+                self.sink.mark(self)
+        elif self._waiters:
+            self.wake()
         return self.dropped + len(entries) - 1
 
     def close(self, now: float) -> None:
         self.closed = True
         self.touched_at = now
-        self._wake()
+        if self.sink is not None:
+            self.dirty = True
+            self.sink.mark(self)  # its end is written too; readers wake once it is
+        else:
+            self.wake()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for fut in waiters:
             if not fut.done():
@@ -95,11 +127,13 @@ class StreamLog:
                 raise LogGap(dropped)
             entries = self.entries
             end = dropped + len(entries)
+            if self.sink is not None and self.flushed < end:
+                end = self.flushed
             if nxt < end:
                 yield nxt, [entries[i] for i in range(nxt - dropped, end - dropped)]
                 nxt = end
                 continue
-            if self.closed:
+            if self.closed and nxt >= dropped + len(entries):
                 return
             fut: asyncio.Future[bool] = loop.create_future()
             self._waiters.append(fut)
@@ -122,6 +156,7 @@ class EventLog:
         self.max_events = max_events
         self.retention_s = retention_s
         self.clock = clock
+        self.sink: LogSink | None = None  # given to every log opened (the shared log)
         self._logs: dict[str, StreamLog] = {}
 
     def __len__(self) -> int:
@@ -134,6 +169,7 @@ class EventLog:
         log = self._logs.get(key)
         if log is None:
             log = self._logs[key] = StreamLog(key, owner, self.max_events, self.clock())
+            log.sink = self.sink
         return log
 
     def active(self) -> list[StreamLog]:
@@ -146,5 +182,11 @@ class EventLog:
                  if log.touched_at <= horizon and (log.closed or self.expire_idle)]
         for key in stale:
             log = self._logs.pop(key)
+            log.sink = None  # its retention in the shared store is the store's own
             log.close(log.touched_at)
         return len(stale)
+
+
+def owner_hash(name: str) -> str:
+    """What the shared store keeps of a log's owner: a hash of the key's name."""
+    return hashlib.sha256(name.encode()).hexdigest()[:32]

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -26,9 +27,13 @@ from router.events import (
     Event,
     encode_event,
 )
-from router.server.eventlog import Entry, EventLog, StreamLog
+from router.server.eventlog import Entry, EventLog, StreamLog, owner_hash
 from router.server.metrics import OBSERVED_TYPES, ServerMetrics
-from router.server.runs import RunRegistry
+from router.server.runs import RunError, RunRegistry
+from router.serving.takeover import prior_answer
+
+if TYPE_CHECKING:
+    from router.server.eventlog_redis import SharedLogs, Snapshot
 
 log = logging.getLogger("router.server")
 _HEAD_END = frozenset({"start"}) | TERMINAL_TYPES
@@ -54,12 +59,25 @@ class Started:
 
 class StreamHub:
     def __init__(self, router: Any, streams: EventLog, runs: RunRegistry,
-                 metrics: ServerMetrics, *, log_prompts: bool = False) -> None:
+                 metrics: ServerMetrics, *, log_prompts: bool = False,
+                 shared: SharedLogs | None = None) -> None:
         self.router = router
         self.streams = streams
         self.runs = runs
         self.metrics = metrics
         self.log_prompts = log_prompts
+        # The shared event log (Redis): streams are then always produced by their own task,
+        # and readers see events once they are written there.
+        self.shared = shared
+
+    async def run_channel(self, run_id: str, owner: str | None) -> StreamLog:
+        """The run's log for `owner`; with the shared log, ownership is checked there."""
+        run = self.runs.channel(run_id, owner)
+        if self.shared is not None:
+            found = await self.shared.claim_run(run_id, owner)
+            if found and owner is not None and found != owner_hash(owner):
+                raise RunError(403, "forbidden", "this run belongs to another API key")
+        return run
 
     async def start(self, input_: Any, kwargs: Mapping[str, Any], *, owner: str | None,
                     detach: bool = False, spawn: bool = True) -> Started:
@@ -71,7 +89,8 @@ class StreamHub:
         metadata = kwargs.get("metadata") or {}
         run_id = metadata.get("run_id") if isinstance(metadata, Mapping) else None
         # Checked before starting: a refused run channel must not leave a stream running.
-        run = self.runs.channel(str(run_id), owner) if run_id is not None else None
+        run = await self.run_channel(str(run_id), owner) if run_id is not None else None
+        spawn = spawn or self.shared is not None
         gen: AsyncGenerator[Event, None] = self.router.stream(input_, **kwargs)
         head: list[Event] = []
         try:
@@ -90,6 +109,10 @@ class StreamHub:
         rid = head[0].request_id
         slog = self.streams.open(rid, owner)
         slog.detach = detach
+        if self.shared is not None:
+            self.shared.describe(slog, {
+                "owner": owner_hash(owner) if owner else "", "detach": "1" if detach else "0",
+                "req": orjson.dumps({"input": input_, "kwargs": kwargs}).decode()})
         self._log_start(rid, owner, input_, kwargs, detach)
         for ev in head:
             self._record(slog, run, ev)
@@ -192,7 +215,7 @@ class StreamHub:
         """Pass through a stream that an endpoint renders itself (the OpenAI- and
         Anthropic-compatible ones), counting it in the metrics and copying its events into
         run `run_id` when given. Closing the wrapper closes `events`."""
-        run = self.runs.channel(run_id, owner) if run_id is not None else None
+        run = await self.run_channel(run_id, owner) if run_id is not None else None
         metrics = self.metrics
         metrics.active.inc()
         try:
@@ -209,6 +232,29 @@ class StreamHub:
             if aclose is not None:
                 await aclose()
 
+    async def take_over(self, snap: Snapshot) -> bool:
+        """Continue here a stream whose instance died (see `router.serving.takeover`): the
+        rest of the answer is asked of a deployment with the continuation machinery, and its
+        events numbered on from the last one written. True when this instance took it."""
+        rid = snap.log.key
+        prior = prior_answer(rid, snap.log.next_seq, snap.log.entries)
+        request = snap.meta.get("req")
+        if (self.shared is None or prior is None or request is None
+                or self.streams.get(rid) is not None or not await self.shared.claim(snap)):
+            return False
+        req = orjson.loads(request)
+        slog = self.streams.open(rid, None)
+        slog.owner_hash, slog.detach = snap.log.owner_hash, True  # nobody's connection
+        slog.entries, slog.dropped = deque(snap.log.entries), snap.log.dropped
+        slog.flushed = slog.next_seq
+        log.info("stream %s taken over from instance %s after event %d", rid,
+                 snap.meta.get("inst"), slog.next_seq - 1)
+        gen = self.router.stream(req["input"], **req["kwargs"], request_id=rid,
+                                 resume_from=prior)
+        t0 = time.perf_counter() - prior.elapsed_ms / 1000.0
+        slog.task = asyncio.create_task(self._produce(gen, slog, None, t0), name=f"stream-{rid}")
+        return True
+
     def cancel(self, slog: StreamLog, *, explicit: bool = True) -> bool:
         """Cancel a running stream (upstream closed at once). False if it had ended.
         `explicit` (a cancel request, not a disconnect): the stream still ends normally
@@ -219,6 +265,11 @@ class StreamHub:
         slog.cancel_requested = explicit
         task.cancel()
         return True
+
+    def cancel_by_id(self, request_id: str) -> bool:
+        """Cancel this instance's stream `request_id` (asked by another instance)."""
+        slog = self.streams.get(request_id)
+        return slog is not None and self.cancel(slog)
 
     async def shutdown(self, grace_s: float) -> None:
         """Let running streams finish for up to `grace_s`, then cancel the rest."""

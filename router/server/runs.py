@@ -61,6 +61,15 @@ class RunRegistry:
             raise RunError(409, "run_ended", f"run {run_id!r} has ended")
         if not isinstance(event, Mapping):
             return self.append(log, event.type, encode_event(event))
+        etype, data = self.prepare(run_id, event)
+        n = self.append(log, etype, data)
+        if etype == RUN_END:
+            log.close(self.log.clock())
+        return n
+
+    def prepare(self, run_id: str, event: Mapping[str, Any]) -> tuple[str, bytes]:
+        """An agent's event as a log entry: a JSON object with a string `type` that is not
+        a router event type; it gets a `ts` (Unix seconds) when it has none."""
         etype = event.get("type")
         if not isinstance(etype, str) or not etype or len(etype) > MAX_TYPE_LEN:
             raise RunError(422, "invalid_event", "type: expected a non-empty string of at "
@@ -73,13 +82,9 @@ class RunRegistry:
         body.setdefault("run_id", run_id)
         body.setdefault("ts", time.time())
         try:
-            data = orjson.dumps(body)
+            return etype, orjson.dumps(body)
         except TypeError as exc:
             raise RunError(422, "invalid_event", f"event is not JSON: {exc}") from None
-        n = self.append(log, etype, data)
-        if etype == RUN_END:
-            log.close(self.log.clock())
-        return n
 
     def append(self, log: StreamLog, etype: str, data: bytes) -> int:
         log.touched_at = self.log.clock()

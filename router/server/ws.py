@@ -5,6 +5,7 @@ Client -> server:
     {"type": "stream", "ref": "a", ...}            the `POST /v1/stream` body; `ref` is yours
     {"type": "cancel", "request_id": "..."}
     {"type": "resume", "request_id": "...", "after": 41}
+    {"type": "subscribe", "run_id": "...", "after": -1}   a run channel's events, live
     {"type": "ping", ...}                          answered by {"type": "pong", ...same id}
 Server -> client:
     {"type": "ready", "key": "<key name>"}         authenticated
@@ -28,8 +29,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from router.server.auth import Principal
 from router.server.eventlog import LogGap, StreamLog
+from router.server.eventlog_redis import RUN, STREAM
 from router.server.hub import StreamHub
 from router.server.params import BodyProblem, check_stream_body, early_status, stream_kwargs
+from router.server.remote import Batches, find, run_batches, stream_batches
 from router.server.runs import RunError
 
 AUTH_TIMEOUT_S = 10.0
@@ -59,20 +62,22 @@ class Session:
         await self.send_json({"type": "rejected", "ref": ref, "status": status, "code": code,
                               "message": message, "param": param, **extra})
 
-    async def forward(self, slog: StreamLog, after: int) -> None:
+    async def forward(self, key: str, batches: Batches) -> None:
         try:
-            async for _, (_, data) in slog.follow(after):
-                await self.send(data)
+            async for _, batch in batches:
+                for _, data in batch:
+                    await self.send(data)
         except LogGap as gap:
             await self.reject(None, 410, "events_dropped", str(gap), "after",
-                              request_id=slog.key)
+                              request_id=key)
 
-    def watch(self, slog: StreamLog, after: int) -> None:
+    def watch(self, slog: StreamLog, after: int, batches: Batches | None = None) -> None:
         old = self.forwarders.pop(slog.key, None)
         if old is not None:
             old.cancel()
         self.logs[slog.key] = slog
-        self.forwarders[slog.key] = asyncio.create_task(self.forward(slog, after))
+        self.forwarders[slog.key] = asyncio.create_task(
+            self.forward(slog.key, batches or slog.follow_batches(after)))
 
     async def on_stream(self, msg: dict[str, Any]) -> None:
         ref = msg.pop("ref", None)
@@ -112,7 +117,12 @@ class Session:
         self.hub.cancel(slog)
 
     async def on_resume(self, msg: dict[str, Any]) -> None:
-        slog = self._owned(msg.get("request_id"))
+        rid = msg.get("request_id")
+        slog, snap = self._owned(rid), None
+        if slog is None and isinstance(rid, str) and self.hub.shared is not None:
+            snap = await find(self.hub, STREAM, rid)  # produced by another instance
+            slog = snap.log if snap is not None and snap.log.owned_by(
+                self.principal.name) else None
         after = msg.get("after", -1)
         if slog is None or not isinstance(after, int):
             await self.reject(msg.get("ref"), 404 if slog is None else 422,
@@ -120,11 +130,32 @@ class Session:
                               "no such stream" if slog is None else "after: expected an "
                               "integer", "request_id" if slog is None else "after")
             return
-        self.watch(slog, after)
+        self.watch(slog, after, None if snap is None else stream_batches(self.hub, snap, after))
+
+    async def on_subscribe(self, msg: dict[str, Any]) -> None:
+        """Follow a run channel (from the shared log when there is one)."""
+        run_id, after = msg.get("run_id"), msg.get("after", -1)
+        slog: StreamLog | None = None
+        if isinstance(run_id, str):
+            if self.hub.shared is not None:
+                snap = await find(self.hub, RUN, run_id)
+                slog = snap.log if snap is not None else None
+            else:
+                slog = self.hub.runs.log.get(run_id)
+        if slog is None or not slog.owned_by(self.principal.name) or not isinstance(
+                after, int):
+            await self.reject(msg.get("ref"), 404, "not_found", "no such run", "run_id")
+            return
+        remote = None if self.hub.shared is None else run_batches(self.hub, slog.key, after)
+        old = self.forwarders.pop("run:" + slog.key, None)
+        if old is not None:
+            old.cancel()
+        self.forwarders["run:" + slog.key] = asyncio.create_task(
+            self.forward(slog.key, remote or slog.follow_batches(after)))
 
     def _owned(self, rid: Any) -> StreamLog | None:
         slog = self.hub.streams.get(rid) if isinstance(rid, str) else None
-        if slog is None or (slog.owner is not None and slog.owner != self.principal.name):
+        if slog is None or not slog.owned_by(self.principal.name):
             return None  # another key's stream is as invisible as a missing one
         return slog
 
@@ -168,7 +199,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         return
     session = Session(ws, ws.app.state.hub, principal)
     handlers = {"stream": session.on_stream, "cancel": session.on_cancel,
-                "resume": session.on_resume}
+                "resume": session.on_resume, "subscribe": session.on_subscribe}
     try:
         await session.send_json({"type": "ready", "key": principal.name})
         while True:

@@ -61,6 +61,9 @@ class Failover:
         self._permits: list[Permit] = []  # every breaker admission of this request
         self._attempt: Attempt | None = None  # the attempt the last `start` event announced
         self._extra_input = 0  # input tokens a continuation request adds
+        # Set for a stream taken over from a dead instance: the deployment that was serving
+        # it and how it was lost (the first `fallback` then says so).
+        self.resumed: tuple[Deployment, ProviderError] | None = None
 
     # --- the candidate loop ---------------------------------------------------------------
 
@@ -86,6 +89,8 @@ class Failover:
         ranked, i = self.ranked, 0
         failed_on: Deployment | None = None
         failure: ProviderError | None = None
+        if self.resumed is not None:
+            failed_on, failure = self.resumed
         while i < len(ranked):
             dep, i = ranked[i], i + 1
             if failure is not None and failure.code == "context_length" and failed_on and (

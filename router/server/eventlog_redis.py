@@ -1,0 +1,435 @@
+"""The shared event log: every stream's events and every run channel in a Redis Stream, so
+any instance can resume a stream, show its status, follow a run, or take over a stream
+whose instance died.
+
+Writes never happen per chunk: an appended log is only marked dirty (`mark`), and one
+writer task writes the dirty logs in one pipeline, at most every `state.event_flush_ms`.
+A stream's text deltas (and its opening `route` and `start`) are held back until 20 are
+pending or the oldest waited `state.event_batch_ms`; its first text and every other event
+go with the next write. So a stream
+costs a few writes plus one per ~20 events. Each write adds ONE stream entry per log
+holding all its new events (`f` = the number of
+the first, `d` = the events packed as `type SP json LF`), whose ID `0-<end>` is the number
+after the last, so `XREAD` from `0-<after+1>` starts at the entry holding `after + 1`.
+Readers on the producing instance see an event once it is flushed (`StreamLog.flushed`).
+
+Readers elsewhere block in `XREAD BLOCK` (no polling). Each instance refreshes a heartbeat
+key `inst:<id>` every `stream_lease_s / 3`; a stream whose meta names an instance whose heartbeat
+expired is orphaned, and the first reader to claim it (one Lua step) continues it.
+
+Keys (under `state.prefix`): `log:<s|r>:<key>` (the Stream), `...:meta` (owner hash,
+state, instance, the request to rebuild), `log:r:<run>:n` (a run's counter), `inst:<id>`.
+When Redis fails, a flush is counted and logged and the events are delivered anyway: the
+instance keeps serving its own clients; resume elsewhere and takeover miss those events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from router.config.schema import StateConfig
+from router.server.eventlog import Entry, LogGap, StreamLog, owner_hash
+
+log = logging.getLogger("router.server")
+
+STREAM, RUN = "s", "r"
+_CONTENT = frozenset({"text", "reasoning", "tool_call"})
+# What may wait for a batch: content, and the opening `route`/`start` (they go with the
+# first text, or after `event_batch_ms`).
+_MAY_WAIT = _CONTENT | {"route", "start"}
+_BATCH_EVENTS = 20
+
+# KEYS: counter, stream, meta. ARGV: n, packed, maxlen, ttl_s, closes (0/1).
+# Returns the run's count after the append, or -1 when the run has ended.
+_APPEND_RUN = """
+if redis.call('HGET', KEYS[3], 'state') == 'closed' then return -1 end
+local n = tonumber(ARGV[1])
+local last = redis.call('INCRBY', KEYS[1], n)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '0-' .. last, 'f', last - n, 'd', ARGV[2])
+redis.call('HSETNX', KEYS[3], 'state', 'open')
+if ARGV[5] == '1' then redis.call('HSET', KEYS[3], 'state', 'closed') end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return last
+"""
+
+# KEYS: meta, the heartbeat key of the instance named in it. ARGV: that instance, me.
+_CLAIM = """
+if redis.call('HGET', KEYS[1], 'inst') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'inst', ARGV[2])
+return 1
+"""
+
+
+def pack(entries: Sequence[Entry]) -> bytes:
+    return b"".join([etype.encode() + b" " + data + b"\n" for etype, data in entries])
+
+
+def unpack(packed: bytes) -> list[Entry]:
+    out: list[Entry] = []
+    for line in packed.split(b"\n"):
+        if line:
+            etype, _, data = line.partition(b" ")
+            out.append((etype.decode(), data))
+    return out
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """A log read back from Redis: its entries as a `StreamLog`, and its meta."""
+
+    log: StreamLog
+    meta: dict[str, str]
+
+
+class _Sink:
+    __slots__ = ("kind", "shared")
+
+    def __init__(self, shared: SharedLogs, kind: str) -> None:
+        self.shared, self.kind = shared, kind
+
+    def mark(self, log: StreamLog) -> None:
+        self.shared.mark(log, self.kind)
+
+
+class SharedLogs:
+    """The Redis side of the streams' and runs' event logs, for one instance."""
+
+    def __init__(self, cfg: StateConfig, *, max_events: int, retention_s: float,
+                 stream_ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        import redis.asyncio as aioredis
+
+        self.instance = uuid.uuid4().hex[:12]
+        self.prefix = cfg.prefix
+        self.max_events = max_events
+        self.retention_s = max(1, int(retention_s))
+        self.stream_ttl_s = max(1, int(stream_ttl_s + retention_s))
+        self.flush_s = cfg.event_flush_ms / 1000.0
+        self.batch_s = cfg.event_batch_ms / 1000.0
+        self.lease_s = cfg.stream_lease_s
+        self.timeout_s = cfg.socket_timeout_s
+        self.block_ms = max(50, int(cfg.stream_lease_s * 500))
+        self.clock = clock
+        self.redis: Any = aioredis.Redis.from_url(
+            cfg.url, socket_connect_timeout=cfg.connect_timeout_s,
+            socket_timeout=cfg.socket_timeout_s)
+        # Blocked readers each hold a connection for up to `block_ms`: their own pool.
+        self._readers: Any = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool
+                                            .from_url(cfg.url, max_connections=2048,
+                                                      timeout=cfg.connect_timeout_s,
+                                                      socket_connect_timeout=cfg.connect_timeout_s,
+                                                      socket_timeout=cfg.socket_timeout_s
+                                                      + self.block_ms / 1000.0))
+        self._append_run = self.redis.register_script(_APPEND_RUN)
+        self._claim = self.redis.register_script(_CLAIM)
+        self.streams_sink, self.runs_sink = _Sink(self, STREAM), _Sink(self, RUN)
+        self._dirty: dict[StreamLog, str] = {}
+        # Logs whose text waits for a batch: since when, and how far they were looked at
+        # (each entry is looked at once, however many rounds it waits).
+        self._held: dict[StreamLog, tuple[float, int]] = {}
+        self._spoken: set[StreamLog] = set()  # streams whose first text was written
+        self._meta: dict[str, dict[str, str]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Called with the id of a stream of this instance another instance asked to cancel.
+        self.on_cancel: Callable[[str], object] | None = None
+        self.flushes = 0
+        self.failures = 0
+
+    def key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}log:{kind}:{name}"
+
+    def _inst_key(self, instance: str) -> str:
+        return f"{self.prefix}inst:{instance}"
+
+    # --- writing ----------------------------------------------------------------------
+
+    def describe(self, slog: StreamLog, fields: dict[str, str]) -> None:
+        """Meta of a stream to write with its first flush (owner, request...)."""
+        self._meta[slog.key] = {"inst": self.instance, "state": "running", **fields}
+
+    def mark(self, slog: StreamLog, kind: str) -> None:
+        self._dirty[slog] = kind
+        self._wake.set()
+
+    async def start(self) -> None:
+        await self._beat_once()
+        self._tasks = [asyncio.create_task(self._write_loop(), name="eventlog-writer"),
+                       asyncio.create_task(self._heartbeat(), name="eventlog-heartbeat")]
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            if self.flush_s:
+                await asyncio.sleep(self.flush_s)  # let a batch gather
+            self._wake.clear()
+            batch = self._due(time.monotonic())
+            if self._dirty:
+                self._wake.set()  # held text: look again next round
+            if batch:
+                await self._flush(batch)
+
+    def _due(self, now: float) -> dict[StreamLog, str]:
+        """Take the dirty logs to write now; leave those whose text may wait for more."""
+        due: dict[StreamLog, str] = {}
+        for slog, kind in list(self._dirty.items()):
+            if kind == RUN or slog.closed or self._urgent(slog, now):
+                due[slog] = kind
+                del self._dirty[slog]
+                self._held.pop(slog, None)
+        return due
+
+    def _urgent(self, slog: StreamLog, now: float) -> bool:
+        start = max(slog.flushed, slog.dropped)
+        end = slog.next_seq
+        if end - start >= _BATCH_EVENTS:
+            return True
+        since, looked = self._held.get(slog, (now, start))
+        if now - since >= self.batch_s:
+            return True
+        entries, base = slog.entries, slog.dropped
+        spoken = slog in self._spoken
+        for i in range(max(looked, start), end):
+            etype = entries[i - base][0]
+            if etype not in _MAY_WAIT:
+                return True
+            if not spoken and etype in _CONTENT:  # TTFT does not wait for a batch
+                self._spoken.add(slog)
+                return True
+        self._held[slog] = (since, end)
+        return False
+
+    async def _flush(self, batch: dict[StreamLog, str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        plan: list[tuple[StreamLog, int]] = []
+        for slog, kind in batch.items():
+            slog.dirty = False
+            if slog.closed:
+                self._spoken.discard(slog)
+            start, end = max(slog.flushed, slog.dropped), slog.next_seq
+            entries = [slog.entries[i - slog.dropped] for i in range(start, end)]
+            if kind == STREAM:
+                self._stream_commands(pipe, slog, start, end, entries)
+            elif entries:
+                await self._run_command(pipe, slog, entries)
+            plan.append((slog, end))
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                results = await pipe.execute(raise_on_error=False)
+            errors = [r for r in results if isinstance(r, Exception)]
+            if errors:
+                raise errors[0]
+            self.flushes += 1
+        except Exception as exc:
+            self.failures += 1
+            if self.failures == 1 or self.failures % 1000 == 0:
+                log.warning("shared event log: write failed (%d so far): %r; events are "
+                            "delivered but not shared", self.failures, exc)
+        finally:
+            for slog, end in plan:
+                slog.flushed = max(slog.flushed, end)
+                slog.wake()
+
+    def _stream_commands(self, pipe: Any, slog: StreamLog, start: int, end: int,
+                         entries: list[Entry]) -> None:
+        ev, meta = self.key(STREAM, slog.key), self.key(STREAM, slog.key) + ":meta"
+        if entries:
+            pipe.xadd(ev, {"f": start, "d": pack(entries)}, id=f"0-{end}",
+                      maxlen=self.max_events, approximate=True)
+        fields = self._meta.pop(slog.key, None)
+        if fields is not None:
+            pipe.hset(meta, mapping=fields)
+        if slog.closed:
+            pipe.hset(meta, "state", "closed")
+            pipe.expire(meta, self.retention_s)
+            pipe.expire(ev, self.retention_s)
+        elif fields is not None:
+            pipe.expire(meta, self.stream_ttl_s)
+            pipe.expire(ev, self.stream_ttl_s)
+
+    async def _run_command(self, pipe: Any, slog: StreamLog, entries: list[Entry]) -> None:
+        base = self.key(RUN, slog.key)
+        closes = int(slog.closed and entries[-1][0] == "run_end")
+        await self._append_run(keys=[base + ":n", base, base + ":meta"],  # queued
+                               args=[len(entries), pack(entries), self.max_events,
+                                     self.retention_s, closes], client=pipe)
+
+    async def append_run(self, run_id: str, entries: Sequence[Entry], closes: bool) -> int:
+        """Append to a run at once (an agent's POST); returns the run's count after it, or
+        -1 when the run has ended."""
+        base = self.key(RUN, run_id)
+        async with asyncio.timeout(self.timeout_s * 2):
+            return int(await self._append_run(
+                keys=[base + ":n", base, base + ":meta"],
+                args=[len(entries), pack(entries), self.max_events, self.retention_s,
+                      int(closes)]))
+
+    async def claim_run(self, run_id: str, owner: str | None) -> str | None:
+        """Record `owner` as the run's owner unless it has one; returns the owner hash on
+        record ('' for an open run), None when Redis cannot tell."""
+        meta = self.key(RUN, run_id) + ":meta"
+        try:
+            async with asyncio.timeout(self.timeout_s * 2), self.redis.pipeline(
+                    transaction=False) as pipe:
+                pipe.hsetnx(meta, "owner", owner_hash(owner) if owner else "")
+                pipe.hget(meta, "owner")
+                pipe.expire(meta, self.retention_s, nx=True)
+                _, found, _ = await pipe.execute()
+        except Exception:
+            return None
+        return found.decode() if found is not None else ""
+
+    async def _beat_once(self) -> list[str]:
+        """Refresh the heartbeat; returns the streams other instances asked to cancel."""
+        asked: list[bytes] = []
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.timeout_s * 2), self.redis.pipeline(
+                    transaction=False) as pipe:
+                pipe.set(self._inst_key(self.instance), b"1", px=int(self.lease_s * 1000))
+                pipe.spop(self._cancel_key(self.instance), 256)
+                _, asked = await pipe.execute()
+        return [rid.decode() for rid in asked or ()]
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            for rid in await self._beat_once():
+                if self.on_cancel is not None:
+                    self.on_cancel(rid)
+
+    def _cancel_key(self, instance: str) -> str:
+        return f"{self.prefix}cancel:{instance}"
+
+    async def request_cancel(self, rid: str, meta: dict[str, str]) -> bool:
+        """Ask the instance running stream `rid` to cancel it (it hears within a heartbeat
+        period). False when the stream has ended or Redis is unavailable."""
+        inst = meta.get("inst")
+        if meta.get("state") != "running" or not inst:
+            return False
+        try:
+            async with asyncio.timeout(self.timeout_s * 2), self.redis.pipeline(
+                    transaction=False) as pipe:
+                pipe.sadd(self._cancel_key(inst), rid)
+                pipe.expire(self._cancel_key(inst), max(1, int(self.lease_s * 3)))
+                await pipe.execute()
+        except Exception:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._dirty:  # the last events
+            batch, self._dirty = self._dirty, {}
+            await self._flush(batch)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.timeout_s):
+                await self.redis.delete(self._inst_key(self.instance))
+        await self.redis.aclose()
+        await self._readers.aclose()
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def snapshot(self, kind: str, name: str) -> Snapshot | None:
+        """The log as Redis has it, or None when Redis has none (or is unavailable)."""
+        base = self.key(kind, name)
+        try:
+            async with asyncio.timeout(self.timeout_s * 2), self.redis.pipeline(
+                    transaction=False) as pipe:
+                pipe.hgetall(base + ":meta")
+                pipe.xrange(base)
+                raw_meta, items = await pipe.execute()
+        except Exception:
+            return None
+        if not raw_meta and not items:
+            return None
+        meta = {k.decode(): v.decode() for k, v in raw_meta.items()}
+        slog = StreamLog(name, None, self.max_events, self.clock())
+        slog.owner_hash = meta.get("owner") or None
+        slog.detach = meta.get("detach") == "1"
+        slog.closed = meta.get("state") == "closed"
+        entries: deque[Entry] = deque()
+        for n, (_, fields) in enumerate(items):
+            if n == 0:
+                slog.dropped = int(fields[b"f"])
+            entries.extend(unpack(fields[b"d"]))
+        slog.entries = entries
+        return Snapshot(slog, meta)
+
+    async def meta(self, kind: str, name: str) -> dict[str, str] | None:
+        """A log's meta; None when it has none, or Redis cannot tell."""
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                raw = await self.redis.hgetall(self.key(kind, name) + ":meta")
+        except Exception:
+            return None
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def orphaned(self, meta: dict[str, str]) -> bool:
+        """Is the stream of `meta` running on an instance whose heartbeat expired?"""
+        inst = meta.get("inst")
+        if meta.get("state") != "running" or not inst or inst == self.instance:
+            return False
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                return not await self.redis.exists(self._inst_key(inst))
+        except Exception:
+            return False
+
+    async def claim(self, snap: Snapshot) -> bool:
+        """Make this instance the one serving an orphaned stream (one winner)."""
+        inst = snap.meta.get("inst", "")
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                won = await self._claim(keys=[self.key(STREAM, snap.log.key) + ":meta",
+                                              self._inst_key(inst)],
+                                        args=[inst, self.instance])
+        except Exception:
+            return False
+        return bool(won)
+
+    async def follow(self, kind: str, name: str, after: int, end_types: frozenset[str],
+                     on_idle: Callable[[], Awaitable[bool]] | None = None
+                     ) -> AsyncIterator[tuple[int, list[Entry]]]:
+        """Entries numbered above `after`, then live ones, in batches `(first, entries)`,
+        until an entry of `end_types`, or the log expires. `on_idle` runs when a blocking
+        read found nothing new (False: stop)."""
+        stream = self.key(kind, name)
+        last_id, nxt = f"0-{after + 1}", after + 1
+        while True:
+            try:
+                resp = await self._readers.xread({stream: last_id}, count=64,
+                                                 block=self.block_ms)
+            except Exception as exc:  # Redis went away: end; the client resumes later
+                log.warning("shared event log: reading %s failed: %r", stream, exc)
+                return
+            if not resp:
+                if on_idle is not None and not await on_idle():
+                    return
+                continue
+            for item_id, fields in resp[0][1]:
+                last_id = item_id
+                first = int(fields[b"f"])
+                if first > nxt:
+                    raise LogGap(first)
+                entries = unpack(fields[b"d"])[nxt - first:]
+                if not entries:
+                    continue
+                yield nxt, entries
+                nxt += len(entries)
+                if any(etype in end_types for etype, _ in entries):
+                    return
