@@ -59,6 +59,7 @@ from providers.base import (
 )
 from providers.http import (
     HTTPProvider,
+    body_chunks,
     drain,
     error_in_text,
     map_error_payload,
@@ -252,7 +253,7 @@ class AnthropicProvider(HTTPProvider):
         decoder = SSEDecoder()
         feed = decoder.feed
         loads = orjson.loads
-        chunks = response.aiter_bytes()
+        chunks = body_chunks(response)
         quota = parse_quota(response.headers)
         try:
             if quota is not None:  # routing spends the announced headroom deliberately

@@ -263,9 +263,18 @@ def create_provider(
     return provider
 
 
+# Connections one provider's client may hold: a backstop. The router's per-deployment
+# admission limit (router.serving.admission) is what bounds the streams in flight.
+MAX_CONNECTIONS = 2048
+
+
 def make_client(settings: ProviderSettings) -> httpx.AsyncClient:
-    """One pooled keep-alive client per provider, with timeouts from config."""
+    """One pooled keep-alive client per provider, with timeouts from config: httpx's API
+    over aiohttp's pool (`providers.transport`; why, in its docstring)."""
     import httpx
+
+    from providers.transport import AiohttpTransport
+
     timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, headers=dict(settings.headers))
+    return httpx.AsyncClient(transport=AiohttpTransport(max_connections=MAX_CONNECTIONS),
+                             timeout=timeout, headers=dict(settings.headers))

@@ -59,6 +59,7 @@ from providers.base import (
 )
 from providers.http import (
     HTTPProvider,
+    body_chunks,
     drain,
     map_error_payload,
     map_transport_error,
@@ -348,7 +349,7 @@ class GeminiProvider(HTTPProvider):
         decoder = SSEDecoder()
         feed = decoder.feed
         out: list[Delta] = []
-        chunks = response.aiter_bytes()
+        chunks = body_chunks(response)
         try:
             try:
                 async for chunk in chunks:

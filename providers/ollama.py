@@ -51,6 +51,7 @@ from providers.base import (
 )
 from providers.http import (
     HTTPProvider,
+    body_chunks,
     drain,
     map_error_payload,
     map_transport_error,
@@ -302,7 +303,7 @@ class OllamaProvider(HTTPProvider):
         state = _State()
         lines = _Lines()
         out: list[Delta] = []
-        chunks = response.aiter_bytes()
+        chunks = body_chunks(response)
         try:
             try:
                 async for chunk in chunks:

@@ -78,6 +78,7 @@ from providers.base import (
 )
 from providers.http import (
     HTTPProvider,
+    body_chunks,
     drain,
     error_in_text,
     map_error_payload,
@@ -309,7 +310,7 @@ class OpenAIProvider(HTTPProvider):
         decoder = SSEDecoder()
         feed = decoder.feed
         loads = orjson.loads
-        chunks = response.aiter_bytes()
+        chunks = body_chunks(response)
         quota = parse_quota(response.headers)
         try:
             if quota is not None:  # routing spends the announced headroom deliberately

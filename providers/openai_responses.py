@@ -54,6 +54,7 @@ from providers.base import (
 )
 from providers.http import (
     HTTPProvider,
+    body_chunks,
     drain,
     error_in_text,
     map_error_payload,
@@ -307,7 +308,7 @@ class OpenAIResponsesProvider(HTTPProvider):
                                      secrets=self._secrets)
         state = _State()
         decoder = SSEDecoder()
-        chunks = response.aiter_bytes()
+        chunks = body_chunks(response)
         quota = parse_quota(response.headers)
         try:
             if quota is not None:  # routing spends the announced headroom deliberately

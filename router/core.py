@@ -7,7 +7,6 @@ manager). `Router.complete()` drains one into a `Completion` or raises the typed
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -16,8 +15,6 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from providers.base import Provider, ProviderSettings, create_provider
 from router.budgets.gate import BudgetGate, BudgetNotice
-from router.budgets.manager import BudgetManager
-from router.budgets.spend import ReportWindow, SpendReport, build_report
 from router.config import Deployment, LoadedConfig, load_config
 from router.config.catalog import Vendor
 from router.errors import StreamError, error_for
@@ -34,11 +31,12 @@ from router.events import (
     Usage,
 )
 from router.request import StreamParams, prepare
-from router.routing.policy import RouteDecision, RoutingPolicy, choose_route
-from router.routing.stats import StatsRegistry
 from router.serving.context import ServingContext
 
-if TYPE_CHECKING:  # the pipeline is imported with the first request
+if TYPE_CHECKING:  # loaded with the first Router: kept off `import router` (asyncio, redis glue)
+    from router.budgets.spend import ReportWindow, SpendReport
+    from router.routing.policy import RouteDecision
+    from router.serving.admission import Admission
     from router.serving.takeover import PriorAnswer
 
 
@@ -99,11 +97,23 @@ class Router:
                  budgets: BudgetGate | None = None,
                  inflight: Callable[[str], int] | None = None) -> None:
         self.loaded = config if isinstance(config, LoadedConfig) else load_config(config)
+        from router.budgets.manager import BudgetManager
+        from router.routing.policy import RoutingPolicy
+        from router.routing.stats import StatsRegistry
+
         self.stats = StatsRegistry(self.loaded.config.routing)
-        # `inflight`: requests in flight per deployment, from an admission limiter if one
-        # is given; the statistics' own count of running attempts otherwise.
+        from router.resilience.policies import Resilience
+        from router.serving.admission import Admission
+
+        admission = self.loaded.config.resilience.admission
+        self.admission: Admission = Admission(
+            {dep.id: dep.max_concurrency for dep in self.loaded.deployments.values()},
+            max_queued=admission.max_queued, queue_timeout_s=admission.queue_timeout_s)
+        # Streams in flight per deployment (slots held in admission): a plain callable.
+        self.inflight: Callable[[str], int] = inflight or self.admission.inflight
+        # Routing's load term reads the same counts (or the `inflight` given).
         self.policy = RoutingPolicy(
-            self.stats, inflight=inflight,
+            self.stats, inflight=self.inflight,
             backoff_ms=self.loaded.config.resilience.retry.initial_backoff_ms)
         # Without budgets configured the manager still books spend for `spend()`.
         self.budgets: BudgetGate = budgets or BudgetManager.from_config(self.loaded)
@@ -111,8 +121,6 @@ class Router:
         self.notices: list[BudgetNotice] = []
         self._providers: dict[str, Provider] = {}
         self._run_sinks: list[RunSink] = []
-        from router.resilience.policies import Resilience
-
         self.resilience = Resilience(self.loaded)
 
     @classmethod
@@ -199,7 +207,7 @@ class Router:
             temperature=temperature, system=system, tools=tools, tool_choice=tool_choice,
             stop=stop, metadata=metadata or {}, response_format=response_format,
             params=params)
-        rid = request_id or uuid.uuid4().hex
+        rid = request_id or os.urandom(16).hex()  # uuid4's randomness without `import uuid`
         if resume_from is not None:
             from router.serving.takeover import resume_stream
 
@@ -210,7 +218,8 @@ class Router:
     def _serving_context(self) -> ServingContext:
         # Built per request: tests and embedders may swap `resilience` or `budgets`.
         return ServingContext(self.loaded, self.stats, self.resilience, self.budgets,
-                              self.provider, self.unavailable_reason, self.policy)
+                              self.provider, self.unavailable_reason, self.policy,
+                              self.admission)
 
     async def complete(self, input: str | Sequence[Mapping[str, Any]],
                        **options: Any) -> Completion:
@@ -242,6 +251,8 @@ class Router:
 
     def route(self, input: str | Sequence[Mapping[str, Any]], **options: Any) -> RouteDecision:
         """The routing decision for a request, calling no provider (a dry run)."""
+        from router.routing.policy import choose_route
+
         req = prepare(StreamParams(input=input, **options), self.loaded)
         return choose_route(req.constraints, self.loaded.deployments, self.stats,
                             self.unavailable_reason)
@@ -273,6 +284,9 @@ class Router:
     async def spend(self, scope: str | None = None, window: ReportWindow = "day") -> SpendReport:
         """Spend in the current UTC hour, day or month per scope and deployment, and each
         budget's state. `scope`: `user` selects every user, `user:alice` one."""
+        from router.budgets.manager import BudgetManager
+        from router.budgets.spend import build_report
+
         if not isinstance(self.budgets, BudgetManager):
             raise TypeError("spend() needs the router's BudgetManager as its budget gate")
         return await build_report(self.budgets, scope, window)
@@ -301,6 +315,8 @@ class Router:
         for provider in providers.values():
             await provider.aclose()
         await self.resilience.aclose()
+        from router.budgets.manager import BudgetManager
+
         if self._owns_budgets and isinstance(self.budgets, BudgetManager):
             await self.budgets.aclose()
 

@@ -16,7 +16,8 @@ from router.config.files import embedded_path, read_yaml
 from router.config.schema import Capability, Deployment, LatencyPrior, Price, RouterConfig
 from router.errors import ConfigError
 
-DEFAULT_PRIOR = LatencyPrior(ttft_ms=1000, tokens_per_s=50)
+# Built without its validator: validating it here would build pydantic schemas at import.
+DEFAULT_PRIOR = LatencyPrior.model_construct(ttft_ms=1000, tokens_per_s=50)
 DEFAULT_CONTEXT = 128_000
 
 
@@ -96,6 +97,7 @@ def resolve_deployments(config: RouterConfig, source: str) -> Mapping[str, Deplo
             quality=dep.quality if dep.quality is not None else (entry.quality if entry else 0.5),
             capabilities=frozenset(caps),
             options=dep.options,
+            max_concurrency=dep.max_concurrency or config.resilience.admission.max_concurrency,
             rpm=dep.rpm,
             tpm=dep.tpm,
             params=supported_params(config.providers[dep.provider].kind,

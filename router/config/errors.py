@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from typing import Any
@@ -82,6 +81,8 @@ def _describe(err: Any, data: Any, root: type[BaseModel]) -> str:
         key = str(parts[-1]) if parts else "?"
         model = _model_at(root, parts[:-1])
         allowed = sorted(model.model_fields) if model else []
+        import difflib  # only for a bad config: ~5 ms of import kept off `import router`
+
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return (

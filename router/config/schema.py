@@ -63,6 +63,8 @@ class DeploymentConfig(_Strict):
     latency_prior: LatencyPrior | None = None
     quality: float | None = Field(default=None, ge=0, le=1)
     capabilities: list[Capability] | None = None
+    # Streams in flight at once; None takes `resilience.admission.max_concurrency`.
+    max_concurrency: int | None = Field(default=None, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -117,12 +119,23 @@ class TimeoutsConfig(_Strict):
     total_s: float = Field(default=600, gt=0)
 
 
+class AdmissionConfig(_Strict):
+    """Per-deployment concurrency limit (router.serving.admission): past `max_concurrency`
+    streams in flight, a request waits in a FIFO of at most `max_queued` for at most
+    `queue_timeout_s`, then goes to the next candidate or ends with `overloaded`."""
+
+    max_concurrency: int = Field(default=512, ge=1)
+    max_queued: int = Field(default=1024, ge=0)
+    queue_timeout_s: float = Field(default=5, gt=0)
+
+
 class ResilienceConfig(_Strict):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     resume: ResumePolicy = "continue"
     hedge: HedgeConfig = Field(default_factory=HedgeConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
 
 
 class ApiKeyConfig(_Strict):
@@ -265,6 +278,8 @@ class Deployment:
     tpm: int | None = None
     # The sampling parameters (`providers.base.SAMPLING_PARAMS`) this deployment can honour.
     params: frozenset[str] = frozenset()
+    # Resolved: the deployment's own, else resilience.admission.max_concurrency.
+    max_concurrency: int = AdmissionConfig.model_fields["max_concurrency"].default
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the resilience kit imports tenacity: only when the first ro
     from router.resilience.policies import Resilience
     from router.routing.policy import RoutingPolicy
     from router.routing.stats import StatsRegistry
+    from router.serving.admission import Admission
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +32,5 @@ class ServingContext:
     # Why a deployment cannot serve now (missing key, open breaker), or None.
     unavailable_reason: Callable[[Deployment], str | None]
     policy: RoutingPolicy
+    # Per-deployment concurrency limits; None (tests building a bare context): unlimited.
+    admission: Admission | None = None

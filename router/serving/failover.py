@@ -32,6 +32,7 @@ from router.events import Event, FallbackEvent, ResumeMode, RetryEvent, StartEve
 from router.resilience.breaker import Permit
 from router.resilience.continuation import Splice, Way, continuation_messages
 from router.routing.cost import input_cost
+from router.serving.admission import AdmissionRefused
 from router.serving.attempt import AttemptFailed, Opened, end_attempt, open_upstream, stream_opened
 from router.serving.ledger import Attempt, Ledger
 
@@ -271,6 +272,9 @@ class Failover:
                     else:
                         yield self._start(dep, hedge=False)
                         self.opened = await self._open(dep, preq, self._current(), permit)
+                except AdmissionRefused as err:
+                    self.error = err  # full here: the next candidate, not a retry
+                    return
                 except ProviderError as err:
                     attempt.failed(err)
                     continue
@@ -306,7 +310,12 @@ class Failover:
         stats.attempt_started(dep.id)
         try:
             upstream, head = await open_upstream(provider, preq, started, self.timeouts.ttft_s,
-                                                 self.timeouts.total_s)
+                                                 self.timeouts.total_s, self.ctx.admission,
+                                                 dep.id)
+        except AdmissionRefused:
+            end_attempt(self.ctx, self.ledger, attempt)
+            permit.release()  # our own limit, not the deployment's failure
+            raise
         except ProviderError as err:
             end_attempt(self.ctx, self.ledger, attempt)
             permit.failure(err.code)

@@ -59,7 +59,7 @@ BAD: dict[str, tuple[tuple[str, str], str]] = {
          "id: a\n    provider: sim\n    model: m\n    contxt_window: 5\n"),
         "deployments[0].contxt_window: unknown key 'contxt_window' (expected one of: "
         "capabilities, catalog, context_window, default_max_tokens, id, latency_prior, "
-        "max_output_tokens, model, options, price, provider, quality, rpm, tpm; "
+        "max_concurrency, max_output_tokens, model, options, price, provider, quality, rpm, tpm; "
         "did you mean 'context_window'?)"),
     "unknown top-level section": (
         ("defaults:", "resilence: {}\ndefaults:"),

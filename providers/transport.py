@@ -1,0 +1,151 @@
+"""httpx's API over aiohttp's connection pool: the transport of every provider client.
+
+Why: httpcore's pool (httpx's default transport) rescans every queued request against
+every connection on each arrival and release, so under hundreds of concurrent streams its
+CPU per chunk and its tail latency grow with the load (numbers in the README's transport
+table, from `python -m benchmarks.concurrency`). aiohttp's pool does O(1) work per
+request. Keeping the httpx API keeps the adapters and their respx-mocked tests unchanged.
+
+`httpx_aiohttp.AiohttpTransport` is the same idea, but it maps every connection failure
+to `ConnectTimeout` (a reset peer or a server that hung up looked like a slow connect);
+this one maps aiohttp's failures to the httpx exceptions that say what happened, which
+`providers.http.map_transport_error` turns into error codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import httpx
+
+__all__ = ["AiohttpTransport"]
+
+_READ_SIZE = 64 * 1024
+
+
+def _mapped(exc: BaseException, *, during_body: bool) -> httpx.HTTPError:
+    """The httpx exception that says what an aiohttp failure was."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(text)
+    if isinstance(exc, aiohttp.SocketTimeoutError | TimeoutError):
+        return httpx.ReadTimeout(text)
+    if isinstance(exc, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        return httpx.ProxyError(text)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(text)
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        return httpx.UnsupportedProtocol(text)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(f"Server disconnected: {text}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        # A body cut short (incomplete chunked read, peer closed) or a malformed one.
+        low = text.lower()
+        if any(m in low for m in ("not enough data", "not completed", "incomplete", "closed",
+                                      "reset")):
+            return httpx.RemoteProtocolError(f"peer closed connection mid-body: {text}")
+        return httpx.RemoteProtocolError(text)
+    if isinstance(exc, aiohttp.ClientResponseError):  # an unparsable status line or header
+        return httpx.RemoteProtocolError(text)
+    if isinstance(exc, aiohttp.ClientOSError | ConnectionError | OSError):
+        return httpx.ReadError(text) if during_body else httpx.ConnectError(text)
+    return httpx.TransportError(text)
+
+
+_FAILURES = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+class _Body(httpx.AsyncByteStream):
+    """The response body, with the read timeout kept lazily: aiohttp's own re-arms a timer
+    on every packet (a cancel and a `call_later` per chunk); this one notes the time of
+    each read and wakes once per `read_timeout_s` to compare."""
+
+    __slots__ = ("_last", "_loop", "_read_timeout_s", "_response", "_timer")
+
+    def __init__(self, response: aiohttp.ClientResponse, read_timeout_s: float | None) -> None:
+        self._response = response
+        self._read_timeout_s = read_timeout_s
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        connection = response.connection
+        if read_timeout_s and connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = None  # from here on, ours
+            self._timer = self._loop.call_at(self._last + read_timeout_s, self._check)
+
+    def _check(self) -> None:
+        timeout = self._read_timeout_s
+        assert timeout is not None
+        deadline = self._last + timeout
+        if self._loop.time() >= deadline:
+            self._timer = None
+            self._response.content.set_exception(
+                aiohttp.SocketTimeoutError(f"no data from the server for {timeout:g} s"))
+        else:
+            self._timer = self._loop.call_at(deadline, self._check)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        read = self._response.content.readany
+        time = self._loop.time
+        while True:
+            try:
+                chunk = await read()
+            except _FAILURES as exc:
+                raise _mapped(exc, during_body=True) from exc
+            if not chunk:
+                return
+            self._last = time()
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # Released to the pool if the body was read to its end, else the socket is closed.
+        self._response.release()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """One aiohttp `ClientSession` (made at the first request, inside the running loop)
+    with a pool of at most `max_connections`, idle ones kept `keepalive_s`."""
+
+    def __init__(self, *, max_connections: int, keepalive_s: float = 15.0,
+                 verify: ssl.SSLContext | bool = True) -> None:
+        self._max_connections = max_connections
+        self._keepalive_s = keepalive_s
+        self._ssl: ssl.SSLContext | bool = verify if isinstance(verify, ssl.SSLContext) else (
+            httpx.create_ssl_context() if verify else False)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
+                                         keepalive_timeout=self._keepalive_s, ssl=self._ssl)
+        return aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                     skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                                     cookie_jar=aiohttp.DummyCookieJar())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._session
+        if session is None or session.closed:
+            session = self._session = self._new_session()
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.get("pool"),
+                                        sock_connect=timeouts.get("connect"),
+                                        sock_read=timeouts.get("read"))
+        try:
+            response = await session.request(
+                request.method, str(request.url), headers=request.headers.multi_items(),
+                data=request.content or None, allow_redirects=False, timeout=timeout)
+        except _FAILURES as exc:
+            raise _mapped(exc, during_body=False) from exc
+        return httpx.Response(response.status, headers=response.raw_headers,
+                              stream=_Body(response, timeouts.get("read")), request=request,
+                              extensions={"http_version": b"HTTP/1.1"})
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
