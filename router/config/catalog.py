@@ -21,7 +21,7 @@ DEFAULT_CONTEXT = 128_000
 
 
 class CatalogModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
     provider: str
     price: Price
     context_window: int = Field(gt=0)
@@ -34,7 +34,7 @@ class CatalogModel(BaseModel):
 class Vendor(BaseModel):
     """An OpenAI-compatible endpoint: a row of data, not a class."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
     base_url: str
     api_key_env: str | None = None
     include_usage: bool = True
@@ -42,7 +42,7 @@ class Vendor(BaseModel):
 
 
 class Catalog(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
     prices_as_of: str
     currency: str = "USD"
     models: dict[str, CatalogModel]

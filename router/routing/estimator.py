@@ -240,10 +240,6 @@ class Estimator:
         slowest = self._ttft.quantile(_TOP)
         return None if slowest is None else slowest * (1.0 + leaves / (1.0 - leaves))
 
-    def ttft_quantile(self, q: float, now: float) -> float | None:
-        """The observed TTFT quantile, None while less than one sample's weight is left."""
-        return self._ttft.quantile(q) if self._ttft.weight(now) >= 1.0 else None
-
     def snapshot(self, now: float, quantile: float) -> Snapshot:
         p = self.prior
         age = None if self._last is None else max(0.0, now - self._last)

@@ -1,7 +1,7 @@
 """Live statistics per deployment: one `Estimator` each (decayed TTFT distribution, decode
 rate, error rate), requests in flight, and the quota a vendor announced or a 429 imposed.
-The serving pipeline reports into it; the policy reads `snapshot()`s from it, the hedge
-delay its decayed p95 (hedge losers included, as censored observations)."""
+The serving pipeline reports into it; the policy reads `snapshot()`s from it. A recent-TTFT
+window is kept for the hedge delay's percentile."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from router.config.schema import Deployment
 from router.routing.estimator import Clock, Estimator, Prior, Snapshot
 from router.routing.settings import RoutingConfig
 
-HEDGE_MIN_SAMPLES = 20  # observations before the hedge delay trusts the live p95
+WINDOW = 200  # recent TTFT samples kept for the hedge delay's percentile
 
 
 @dataclass(slots=True)
@@ -36,6 +36,7 @@ class DeploymentStats:
     inflight: int = 0
     started_in_window: deque[float] = field(default_factory=deque)  # for `rpm`
     quota: Quota = field(default_factory=Quota)
+    recent_ttft_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
 
     @property
     def observed(self) -> bool:
@@ -79,7 +80,9 @@ class StatsRegistry:
     # --- what the serving pipeline reports --------------------------------------------------
 
     def observe_ttft(self, deployment_id: str, ttft_ms: float) -> None:
-        self.get(deployment_id).estimator.observe_ttft(ttft_ms, self.clock())
+        s = self.get(deployment_id)
+        s.estimator.observe_ttft(ttft_ms, self.clock())
+        s.recent_ttft_ms.append(ttft_ms)
 
     def observe_censored(self, deployment_id: str, at_least_ms: float) -> None:
         """An attempt given up before its first token (hedge loser, timeout)."""
@@ -164,11 +167,12 @@ class StatsRegistry:
         return 1000.0 / self.snapshot(dep).ms_per_token
 
     def p95_ttft_ms(self, dep: Deployment) -> float:
-        """The decayed 95th percentile of TTFT, or twice the estimate before enough
-        observations (and once they have faded below one sample's weight)."""
-        est = self.know(dep).estimator
-        p95 = est.ttft_quantile(0.95, self.clock()) if est.samples >= HEDGE_MIN_SAMPLES else None
-        return 2 * self.estimate_ttft_ms(dep) if p95 is None else p95
+        """95th percentile of recent TTFTs, or twice the estimate before enough samples."""
+        s = self._by_id.get(dep.id)
+        if s is None or len(s.recent_ttft_ms) < 20:
+            return 2 * self.estimate_ttft_ms(dep)
+        ordered = sorted(s.recent_ttft_ms)
+        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
     def describe(self, dep: Deployment) -> dict[str, float | int | None]:
         """The live estimates of `dep`, for `health()` and `llm-router deployments`."""

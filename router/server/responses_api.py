@@ -40,7 +40,9 @@ from router.server.compat import (
     ObservedStream,
     Render,
     RequestProblem,
+    RoutingExtras,
     drain,
+    parse_body,
     read_json,
     resolve_model,
     routed_response,
@@ -234,7 +236,7 @@ def stream_kwargs(body: Mapping[str, Any], router: Router,
                   scope_key: str | None) -> dict[str, Any]:
     """`Router.stream` keyword arguments from a Responses API body."""
     _refuse_unsupported(body)
-    kwargs = routing_options(body)
+    kwargs = routing_options(parse_body(RoutingExtras, body))
     kwargs.update(resolve_model(body.get("model"), router, explicit_task=kwargs.get("task")))
     max_tokens = body.get("max_output_tokens")
     if max_tokens is not None:

@@ -376,8 +376,14 @@ async def test_no_route_names_every_exclusion_and_raises_no_route_error(
 @pytest.mark.parametrize(("options", "message"), [
     ({"task": "nope"}, "unknown task 'nope'"),
     ({"model": "nope"}, "unknown model 'nope'"),
-    ({"prefer": "fastest"}, "prefer: 'fastest' is not one of"),
-    ({"max_latency_ms": -1}, "max_latency_ms: expected a positive number"),
+    ({"prefer": "fastest"}, "prefer: Input should be 'cost', 'latency'"),
+    ({"max_latency_ms": -1}, "max_latency_ms: Input should be greater than 0"),
+    # Once silently ignored (NaN compares false with every cost) or an overflow.
+    ({"max_cost_usd": float("nan")}, "max_cost_usd: Input should be a finite number"),
+    ({"max_cost_usd": float("inf")}, "max_cost_usd: Input should be a finite number"),
+    ({"max_cost_usd": 1e308}, "max_cost_usd: Input should be less than or equal to"),
+    ({"temperature": float("nan")}, "temperature: Input should be a finite number"),
+    ({"stop": 5}, "stop: Input should be a valid string"),
     ({"tools": [{"description": "no name"}]}, "tools[0]: expected a tool with a name"),
 ])
 async def test_bad_requests_end_with_one_error_event(
