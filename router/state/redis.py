@@ -13,6 +13,7 @@ instead of each waiting out the timeout again, so a dead Redis costs requests no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -320,8 +321,11 @@ class RedisState:
         return await self._call(read) if keys else []
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
-        await self._pool.disconnect()
+        # Bounded too: closing connections to a Redis that hangs must not hang shutdown.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._bound_s):
+                await self._redis.aclose()
+                await self._pool.disconnect()
 
 
 def glob_escape(text: str) -> str:
