@@ -52,6 +52,7 @@ from providers.http import (
     map_error_payload,
     map_transport_error,
     open_stream,
+    parse_quota,
 )
 from providers.sse import SSEDecoder
 
@@ -354,7 +355,10 @@ class AnthropicProvider(HTTPProvider):
         feed = decoder.feed
         loads = orjson.loads
         chunks = response.aiter_bytes()
+        quota = parse_quota(response.headers)
         try:
+            if quota is not None:  # routing spends the announced headroom deliberately
+                yield quota
             try:
                 async for chunk in chunks:
                     for sse in feed(chunk):

@@ -125,7 +125,19 @@ class FinishDelta:
     reason: ProviderFinish
 
 
-Delta = TextDelta | ReasoningDelta | ToolCallDelta | UsageDelta | FinishDelta
+@dataclass(slots=True)
+class QuotaDelta:
+    """What the vendor's rate-limit headers say is left of its window (OpenAI-wire
+    `x-ratelimit-*`, Anthropic `anthropic-ratelimit-*`); None where a header is absent.
+    Sent once, before the first content, when the response carries any of them."""
+
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_s: float | None = None  # seconds until the request count resets
+    reset_tokens_s: float | None = None
+
+
+Delta = TextDelta | ReasoningDelta | ToolCallDelta | UsageDelta | FinishDelta | QuotaDelta
 
 
 # --- request ------------------------------------------------------------------------------

@@ -18,15 +18,23 @@ error body only, and every secret the adapter passes in is redacted from them.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 import orjson
 
-from providers.base import ErrorCodeName, ProviderError, ProviderSettings, make_client
+from providers.base import (
+    ErrorCodeName,
+    ProviderError,
+    ProviderSettings,
+    QuotaDelta,
+    make_client,
+)
 
 __all__ = [
     "aiter_body",
@@ -36,6 +44,7 @@ __all__ = [
     "map_http_error",
     "map_transport_error",
     "open_stream",
+    "parse_quota",
     "parse_retry_after",
     "redact",
 ]
@@ -95,6 +104,51 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:  # an HTTP date is always GMT
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+_QUOTA_HEADERS = (
+    # (remaining requests, remaining tokens, requests reset, tokens reset)
+    ("x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens",
+     "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"),
+    ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-tokens-remaining",
+     "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-reset"),
+)
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_GO_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_quota(headers: Mapping[str, str], *, now: float | None = None) -> QuotaDelta | None:
+    """The remaining quota a response announces, or None when it announces none. Resets
+    are OpenAI's durations ("1s", "6m0s", "20ms") or Anthropic's RFC 3339 instants."""
+    for names in _QUOTA_HEADERS:
+        raw = [_header(headers, name) for name in names]
+        if any(v is not None for v in raw):
+            return QuotaDelta(_int(raw[0]), _int(raw[1]), _reset_s(raw[2], now),
+                              _reset_s(raw[3], now))
+    return None
+
+
+def _int(raw: str | None) -> int | None:
+    try:
+        return None if raw is None else int(raw)
+    except ValueError:
+        return None
+
+
+def _reset_s(raw: str | None, now: float | None) -> float | None:
+    if raw is None:
+        return None
+    parts = _GO_DURATION.findall(raw)
+    if parts and "".join(n + u for n, u in parts) == raw.strip():
+        return sum(float(n) * _GO_UNIT_S[u] for n, u in parts)
+    try:
+        when = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
         return None
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)

@@ -75,6 +75,7 @@ from providers.http import (
     map_error_payload,
     map_transport_error,
     open_stream,
+    parse_quota,
 )
 from providers.sse import SSEDecoder
 
@@ -295,7 +296,10 @@ class OpenAIProvider(HTTPProvider):
         feed = decoder.feed
         loads = orjson.loads
         chunks = response.aiter_bytes()
+        quota = parse_quota(response.headers)
         try:
+            if quota is not None:  # routing spends the announced headroom deliberately
+                yield quota
             try:
                 async for raw in chunks:
                     for sse in feed(raw):

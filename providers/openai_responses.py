@@ -59,6 +59,7 @@ from providers.http import (
     map_error_payload,
     map_transport_error,
     open_stream,
+    parse_quota,
 )
 from providers.sse import SSEDecoder
 
@@ -302,7 +303,10 @@ class OpenAIResponsesProvider(HTTPProvider):
         state = _State()
         decoder = SSEDecoder()
         chunks = response.aiter_bytes()
+        quota = parse_quota(response.headers)
         try:
+            if quota is not None:  # routing spends the announced headroom deliberately
+                yield quota
             try:
                 async for raw in chunks:
                     for sse in decoder.feed(raw):

@@ -12,7 +12,7 @@ import asyncio
 import importlib.metadata
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -330,7 +330,8 @@ def deployments(config: ConfigOpt = None) -> None:
         health = router.health()
         table = Table(title=f"deployments ({router.loaded.source})", title_justify="left")
         for col in ("id", "provider/model", "$ in/cached/out per Mtok", "context",
-                    "prior TTFT ms", "prior tok/s", "quality", "capabilities", "state"):
+                    "prior TTFT ms", "prior tok/s", "quality", "capabilities", "state",
+                    "live estimate"):
             table.add_column(col)
         for dep in router.loaded.deployments.values():
             p = dep.price
@@ -341,11 +342,21 @@ def deployments(config: ConfigOpt = None) -> None:
                           f"{p.input_per_mtok:g} / {cached} / {p.output_per_mtok:g}",
                           f"{dep.context_window:,}", f"{dep.latency_prior.ttft_ms:g}",
                           f"{dep.latency_prior.tokens_per_s:g}", f"{dep.quality:g}",
-                          ", ".join(sorted(dep.capabilities)), state)
+                          ", ".join(sorted(dep.capabilities)), state,
+                          _estimate_text(h["estimate"]))
         _console().print(table)
         return 0
 
     raise typer.Exit(_guard(body))
+
+
+def _estimate_text(e: Mapping[str, Any]) -> str:
+    """One line of a deployment's live estimate: mean and budget-quantile TTFT, error rate,
+    evidence (observations, decayed weight, age) and requests in flight."""
+    age = "never observed" if e["age_s"] is None else f"{e['age_s']:.0f} s ago"
+    return (f"TTFT {e['ttft_ms']:.0f} ms, p{100 * e['quantile']:g} {e['ttft_q_ms']:.0f} ms, "
+            f"err {100 * e['error_rate']:.1f}%, n={e['samples']} (w {e['weight']:.1f}), "
+            f"{age}, {e['inflight']} in flight")
 
 
 @app.command()

@@ -34,7 +34,7 @@ from router.events import (
     Usage,
 )
 from router.request import StreamParams, prepare
-from router.routing.policy import RouteDecision, choose_route
+from router.routing.policy import RouteDecision, RoutingPolicy, choose_route
 from router.routing.stats import StatsRegistry
 from router.serving.context import ServingContext
 
@@ -96,9 +96,15 @@ class Router:
     """Routes requests across the deployments of one config."""
 
     def __init__(self, config: LoadedConfig | str | os.PathLike[str] | None = None, *,
-                 budgets: BudgetGate | None = None) -> None:
+                 budgets: BudgetGate | None = None,
+                 inflight: Callable[[str], int] | None = None) -> None:
         self.loaded = config if isinstance(config, LoadedConfig) else load_config(config)
-        self.stats = StatsRegistry()
+        self.stats = StatsRegistry(self.loaded.config.routing)
+        # `inflight`: requests in flight per deployment, from an admission limiter if one
+        # is given; the statistics' own count of running attempts otherwise.
+        self.policy = RoutingPolicy(
+            self.stats, inflight=inflight,
+            backoff_ms=self.loaded.config.resilience.retry.initial_backoff_ms)
         # Without budgets configured the manager still books spend for `spend()`.
         self.budgets: BudgetGate = budgets or BudgetManager.from_config(self.loaded)
         self._owns_budgets = budgets is None
@@ -201,7 +207,7 @@ class Router:
     def _serving_context(self) -> ServingContext:
         # Built per request: tests and embedders may swap `resilience` or `budgets`.
         return ServingContext(self.loaded, self.stats, self.resilience, self.budgets,
-                              self.provider, self.unavailable_reason)
+                              self.provider, self.unavailable_reason, self.policy)
 
     async def complete(self, input: str | Sequence[Mapping[str, Any]],
                        **options: Any) -> Completion:
@@ -249,7 +255,8 @@ class Router:
                 "reason": self.unavailable_reason(dep),
                 "ttft_ms": self.stats.estimate_ttft_ms(dep),
                 "tokens_per_s": self.stats.estimate_tokens_per_s(dep),
-                "observed": s.ttft_ms is not None,
+                "observed": s.observed,
+                "estimate": self.stats.describe(dep),
                 "requests": s.requests,
                 "failures": s.failures,
                 "last_error": s.last_error,

@@ -40,6 +40,26 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
+class CandidateEstimate(_Model):
+    """How a candidate's estimate was made. `quantile` is the one the budgets were held
+    against and `ttft_q_ms` / `latency_q_ms` its values; `expected_ms` the ranking's
+    expected time to a successful answer; `samples` observations ever, `weight` their
+    decayed weight (below 1: drifting back to the prior), `age_s` since the last one
+    (null: never observed); `wait_ms` a quota wait; `explore`: chosen to re-measure it."""
+
+    quantile: float
+    ttft_q_ms: float
+    latency_q_ms: float
+    expected_ms: float
+    samples: int
+    weight: float
+    age_s: float | None
+    error_rate: float
+    inflight: int
+    wait_ms: float
+    explore: bool = False
+
+
 class Candidate(_Model):
     deployment: str
     eligible: bool
@@ -47,6 +67,8 @@ class Candidate(_Model):
     estimated_cost_usd: float
     estimated_ttft_ms: float
     estimated_latency_ms: float
+    # Absent (not null) when unknown, so that logs written before it still round-trip.
+    estimate: CandidateEstimate | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ToolCall(_Model):

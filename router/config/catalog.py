@@ -95,5 +95,7 @@ def resolve_deployments(config: RouterConfig, source: str) -> Mapping[str, Deplo
             quality=dep.quality if dep.quality is not None else (entry.quality if entry else 0.5),
             capabilities=frozenset(caps),
             options=dep.options,
+            rpm=dep.rpm,
+            tpm=dep.tpm,
         )
     return out

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from router.budgets.windows import Window
+from router.routing.settings import RoutingConfig
 
 Capability = Literal["tools", "reasoning", "prefill", "vision"]
 Prefer = Literal["cost", "latency", "quality", "balanced"]
@@ -54,6 +55,8 @@ class DeploymentConfig(_Strict):
     catalog: str | None = None
     price: Price | None = None
     context_window: int | None = Field(default=None, gt=0)
+    rpm: int | None = Field(default=None, gt=0)  # requests per minute the vendor allows
+    tpm: int | None = Field(default=None, gt=0)  # tokens per minute
     max_output_tokens: int | None = Field(default=None, gt=0)
     default_max_tokens: int | None = Field(default=None, gt=0)
     latency_prior: LatencyPrior | None = None
@@ -99,6 +102,11 @@ class RetryConfig(_Strict):
 class BreakerConfig(_Strict):
     fail_max: int = Field(default=5, ge=1)
     reset_timeout_s: float = Field(default=30, gt=0)
+    # Also open when at least `failure_rate` of the last `window_s` seconds' calls failed,
+    # once `min_calls` were made in it (resilience4j's failure-rate threshold). None: off.
+    failure_rate: float | None = Field(default=None, gt=0, le=1)
+    min_calls: int = Field(default=10, ge=1)
+    window_s: float = Field(default=60, gt=0)
 
 
 class TimeoutsConfig(_Strict):
@@ -199,6 +207,7 @@ class RouterConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     budgets: list[BudgetConfig] = Field(default_factory=list)
     state: StateConfig = Field(default_factory=StateConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +226,8 @@ class Deployment:
     quality: float
     capabilities: frozenset[str]
     options: Mapping[str, Any]
+    rpm: int | None = None  # the vendor's request and token limits per minute, if known
+    tpm: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ import time (~100 ms or more): it is imported only when the first breaker is bui
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -145,7 +146,9 @@ class Permit:
         """A failed attempt; `code` is the error code (client errors are not counted)."""
         if not self.resolved:
             self.resolved = True
-            if code in CLIENT_ERROR_CODES:
+            # A 429 is a quota answer, not an outage: routing cools the deployment for its
+            # retry-after instead (`StatsRegistry.observe_outcome`).
+            if code in CLIENT_ERROR_CODES or code == "rate_limited":
                 self._breaker._release(self.probe)
             else:
                 self._breaker._record(self.probe, failed=True)
@@ -170,6 +173,11 @@ class Breaker:
         self._storage = storage
         self._on_change = on_change
         self._reset = timedelta(seconds=cfg.reset_timeout_s)
+        # The failure-rate trip (resilience4j's): outcomes of the last `window_s`, in this
+        # process (with Redis storage the consecutive count is shared, this window is not).
+        self._rate, self._min_calls = cfg.failure_rate, cfg.min_calls
+        self._window = timedelta(seconds=cfg.window_s)
+        self._outcomes: deque[tuple[datetime, bool]] = deque()
         # throw_new_error_on_trip=False: a failure that trips it re-raises our _Failed.
         self._cb = pybreaker.CircuitBreaker(
             fail_max=cfg.fail_max, reset_timeout=cfg.reset_timeout_s, state_storage=storage,
@@ -231,12 +239,32 @@ class Breaker:
             return  # admitted before the trip: only the probe decides now
         with contextlib.suppress(_Failed):
             self._cb.call(_raise_failed if failed else _succeed)
+        if before == "closed" and self.state == "closed" and self._rate_exceeded(failed):
+            self._cb.open()
         after = self.state
         if after == "open" and before != "open":
             # pybreaker stamped the wall clock: use ours, so time is injectable.
             self._storage.opened_at = self._clock()
         if after != before:
             self._notify(before, after)
+
+    def _rate_exceeded(self, failed: bool) -> bool:
+        """Record one outcome of a closed breaker; True when the window's failure rate has
+        reached `failure_rate` over at least `min_calls` calls."""
+        if self._rate is None:
+            return False
+        now = self._clock()
+        outcomes = self._outcomes
+        outcomes.append((now, failed))
+        while outcomes and outcomes[0][0] <= now - self._window:
+            outcomes.popleft()
+        if len(outcomes) < self._min_calls:
+            return False
+        failures = sum(1 for _, f in outcomes if f)
+        if failures < self._rate * len(outcomes):
+            return False
+        outcomes.clear()  # a fresh window after the breaker closes again
+        return True
 
     def _release(self, probe: bool) -> None:
         if probe:
@@ -250,6 +278,7 @@ class Breaker:
         """Close the breaker by hand (an operator knows the deployment is back)."""
         before = self.state
         self._cb.close()
+        self._outcomes.clear()
         self._end_probe()
         if before != "closed":
             self._notify(before, "closed")

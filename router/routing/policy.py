@@ -2,20 +2,39 @@
 
 A candidate is excluded, with a stated reason, when it is unavailable (open breaker, missing
 credentials), its context window is too small, it lacks a required capability, or its
-estimated TTFT, latency or cost exceeds the request's budget. Eligible candidates are
-ranked by `prefer`. Estimates use live statistics once observed, config priors before.
+estimate exceeds the request's budget: `max_ttft_ms` and `max_latency_ms` are held against
+the `routing.quantile` (p90 by default) of the decayed TTFT distribution (plus the decode
+time of the expected output, plus any quota wait), `max_cost_usd` against the price.
+
+Eligible candidates are ranked by `prefer`. The latency objective, in one line: the
+expected time to a successful answer,
+
+    E = (latency + wait + p/(1-p) * (failure time + retry backoff)) * (1 + load * in-flight)
+
+with p the decayed error rate (a deployment failing half its calls costs one failed
+attempt per success), then shrunk by up to `routing.optimism` for candidates with little
+evidence. `prefer: cost` ranks by price, ties by E. With probability `routing.explore` the
+least-measured eligible candidate is moved to the front instead (exploration); it is drawn
+from the eligible set only, so it never breaks a cap, a budget, a pin or a capability.
 """
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from router.config.schema import Deployment, Prefer
 from router.routing.cost import estimate_cost
+from router.routing.estimator import Snapshot
+from router.routing.settings import RoutingConfig
 from router.routing.stats import StatsRegistry
 
 Unavailable = Callable[[Deployment], str | None]
+InFlight = Callable[[str], int]
+
+_MAX_ERROR_RATE = 0.95  # beyond this the expected retries are effectively unbounded
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +59,19 @@ class Estimate:
     eligible: bool
     reason: str | None
     cost_usd: float
-    ttft_ms: float
-    latency_ms: float
+    ttft_ms: float  # expected (mean) time to first token
+    latency_ms: float  # expected total latency for the expected output
+    ttft_q_ms: float = 0.0  # the quantile the budgets are held against
+    latency_q_ms: float = 0.0
+    quantile: float = 0.9
+    expected_ms: float = 0.0  # the latency objective E (see the module docstring)
+    samples: int = 0
+    weight: float = 0.0
+    age_s: float | None = None
+    error_rate: float = 0.0
+    inflight: int = 0
+    wait_ms: float = 0.0
+    explore: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,49 +88,82 @@ class RouteDecision:
         return "; ".join(f"{e.deployment.id}: {e.reason}" for e in self.candidates)
 
 
-def estimate(
-    dep: Deployment, c: RouteConstraints, stats: StatsRegistry, unavailable: Unavailable
-) -> Estimate:
-    ttft = stats.estimate_ttft_ms(dep)
-    latency = ttft + 1000.0 * c.output_tokens / stats.estimate_tokens_per_s(dep)
-    cost = estimate_cost(dep.price, c.input_tokens, c.output_tokens)
+def expected_ms(s: Snapshot, output_tokens: int, wait_ms: float, inflight: int,
+                cfg: RoutingConfig, backoff_ms: float) -> float:
+    p = min(s.error_rate, _MAX_ERROR_RATE)
+    failures_per_success = p / (1.0 - p)
+    base = s.latency_ms(output_tokens) + wait_ms + failures_per_success * (
+        s.failure_ms + backoff_ms)
+    return base * (1.0 + cfg.load_penalty * inflight)
+
+
+def _exclusion(dep: Deployment, c: RouteConstraints, ttft_q: float, latency_q: float,
+               cost: float, unavailable: Unavailable) -> str | None:
     reason = unavailable(dep)
     missing = sorted(c.requires - dep.capabilities)
     if reason is not None:
-        pass
-    elif c.input_tokens + c.output_tokens > dep.context_window:
-        reason = (
-            f"context_window: ~{c.input_tokens} input + {c.output_tokens} output tokens "
-            f"> {dep.context_window}"
-        )
-    elif missing:
-        reason = f"capability: lacks {', '.join(missing)}"
-    elif c.max_ttft_ms is not None and ttft > c.max_ttft_ms:
-        reason = f"max_ttft_ms: estimated {ttft:.0f} ms > {c.max_ttft_ms:g} ms"
-    elif c.max_latency_ms is not None and latency > c.max_latency_ms:
-        reason = f"max_latency_ms: estimated {latency:.0f} ms > {c.max_latency_ms:g} ms"
-    elif c.max_cost_usd is not None and cost > c.max_cost_usd:
-        reason = f"max_cost_usd: estimated ${cost:.6g} > ${c.max_cost_usd:.6g}"
-    return Estimate(dep, reason is None, reason, cost, ttft, latency)
+        return reason
+    if c.input_tokens + c.output_tokens > dep.context_window:
+        return (f"context_window: ~{c.input_tokens} input + {c.output_tokens} output tokens "
+                f"> {dep.context_window}")
+    if missing:
+        return f"capability: lacks {', '.join(missing)}"
+    if c.max_ttft_ms is not None and ttft_q > c.max_ttft_ms:
+        return f"max_ttft_ms: estimated {ttft_q:.0f} ms > {c.max_ttft_ms:g} ms"
+    if c.max_latency_ms is not None and latency_q > c.max_latency_ms:
+        return f"max_latency_ms: estimated {latency_q:.0f} ms > {c.max_latency_ms:g} ms"
+    if c.max_cost_usd is not None and cost > c.max_cost_usd:
+        return f"max_cost_usd: estimated ${cost:.6g} > ${c.max_cost_usd:.6g}"
+    return None
 
 
-def _rank_key(prefer: Prefer, pool: Sequence[Estimate]) -> Callable[[Estimate], tuple[float, ...]]:
+def estimate(dep: Deployment, c: RouteConstraints, stats: StatsRegistry,
+             unavailable: Unavailable, inflight: InFlight | None = None,
+             backoff_ms: float = 0.0) -> Estimate:
+    cfg = stats.routing
+    s = stats.snapshot(dep)
+    wait = stats.wait_ms(dep)
+    load = (inflight or stats.inflight)(dep.id)
+    ttft_q = s.ttft_q_ms + wait
+    latency_q = s.latency_q_ms(c.output_tokens) + wait
+    cost = estimate_cost(dep.price, c.input_tokens, c.output_tokens)
+    reason = _exclusion(dep, c, ttft_q, latency_q, cost, unavailable)
+    return Estimate(
+        dep, reason is None, reason, cost, s.ttft_ms, s.latency_ms(c.output_tokens),
+        ttft_q, latency_q, s.quantile,
+        expected_ms(s, c.output_tokens, wait, load, cfg, backoff_ms), s.samples, s.weight,
+        s.age_s, s.error_rate, load, wait)
+
+
+def _optimistic(e: Estimate, cfg: RoutingConfig) -> float:
+    """E shrunk by up to `optimism` when there is little evidence behind it."""
+    return e.expected_ms * (1.0 - cfg.optimism / math.sqrt(1.0 + e.weight))
+
+
+def _probing(e: Estimate) -> bool:
+    """Its figures are mostly prior and a request is already finding out: one probe at a
+    time, so a burst does not herd onto a deployment nobody has measured lately."""
+    return e.weight < 1.0 and e.inflight > 0
+
+
+def _rank_key(prefer: Prefer, pool: Sequence[Estimate],
+              cfg: RoutingConfig) -> Callable[[Estimate], tuple[float, ...]]:
     if prefer == "cost":
-        return lambda e: (e.cost_usd, e.latency_ms)
+        return lambda e: (_probing(e), e.cost_usd, _optimistic(e, cfg))
     if prefer == "latency":
-        return lambda e: (e.latency_ms, e.cost_usd)
+        return lambda e: (_probing(e), _optimistic(e, cfg), e.cost_usd)
     if prefer == "quality":
         return lambda e: (-e.deployment.quality, e.cost_usd)
     max_cost = max((e.cost_usd for e in pool), default=0.0) or 1.0
-    max_latency = max((e.latency_ms for e in pool), default=0.0) or 1.0
+    max_latency = max((e.expected_ms for e in pool), default=0.0) or 1.0
 
     def balanced(e: Estimate) -> tuple[float, ...]:
         score = (
             0.5 * e.deployment.quality
             + 0.25 * (1 - e.cost_usd / max_cost)
-            + 0.25 * (1 - e.latency_ms / max_latency)
+            + 0.25 * (1 - _optimistic(e, cfg) / max_latency)
         )
-        return (-score, e.cost_usd)
+        return (_probing(e), -score, e.cost_usd)
 
     return balanced
 
@@ -113,19 +176,70 @@ _WHY = {
 }
 
 
+class RoutingPolicy:
+    """The decision of one router: estimates, hard constraints, ranking, exploration.
+
+    `inflight` says how many requests a deployment is serving (an admission limiter may
+    supply it; the stats registry's own count by default). The exploration draws come from
+    a generator seeded by `routing.seed`, so a run repeats itself.
+    """
+
+    def __init__(self, stats: StatsRegistry, *, inflight: InFlight | None = None,
+                 backoff_ms: float = 0.0, rng: random.Random | None = None) -> None:
+        self.stats = stats
+        self.cfg = stats.routing
+        self.inflight = inflight or stats.inflight
+        self.backoff_ms = backoff_ms
+        self.rng = rng or random.Random(self.cfg.seed)
+
+    def choose(self, c: RouteConstraints, deployments: Mapping[str, Deployment],
+               unavailable: Unavailable) -> RouteDecision:
+        all_estimates = [estimate(deployments[d], c, self.stats, unavailable, self.inflight,
+                                  self.backoff_ms) for d in c.candidates]
+        eligible = [e for e in all_estimates if e.eligible]
+        ranked = sorted(eligible, key=_rank_key(c.prefer, eligible, self.cfg))
+        if not ranked:
+            return RouteDecision([], all_estimates, "no eligible candidate")
+        if c.pinned:
+            return RouteDecision(ranked, all_estimates, f"pinned model {ranked[0].deployment.id}")
+        reason = f"{_WHY[c.prefer]} (prefer={c.prefer}) of {len(ranked)} eligible"
+        explored = self._explore(ranked)
+        if explored is not None:
+            chosen = replace(ranked[explored], explore=True)
+            ranked = [chosen, *ranked[:explored], *ranked[explored + 1:]]
+            all_estimates = [chosen if e.deployment is chosen.deployment else e
+                             for e in all_estimates]
+            reason = (f"exploring {chosen.deployment.id} (weight {chosen.weight:.1f} < "
+                      f"{self.cfg.explore_below_weight:g}) instead of the "
+                      f"{_WHY[c.prefer]} of {len(ranked)} eligible")
+        return RouteDecision(ranked, all_estimates, reason)
+
+    def _explore(self, ranked: list[Estimate]) -> int | None:
+        """The index of the candidate to re-measure now, or None (serve the best)."""
+        if len(ranked) < 2 or self.cfg.explore <= 0:
+            return None
+        draw = self.rng.random()  # drawn every time: the sequence depends on the seed only
+        if draw >= self.cfg.explore:
+            return None
+        under = [i for i, e in enumerate(ranked[1:], 1)
+                 if e.weight < self.cfg.explore_below_weight]
+        return under[0] if under else None  # the most promising of the under-measured
+
+
 def choose_route(
     c: RouteConstraints,
     deployments: Mapping[str, Deployment],
     stats: StatsRegistry,
     unavailable: Unavailable,
 ) -> RouteDecision:
-    all_estimates = [estimate(deployments[d], c, stats, unavailable) for d in c.candidates]
-    eligible = [e for e in all_estimates if e.eligible]
-    ranked = sorted(eligible, key=_rank_key(c.prefer, eligible))
-    if not ranked:
-        return RouteDecision([], all_estimates, "no eligible candidate")
-    if c.pinned:
-        reason = f"pinned model {ranked[0].deployment.id}"
-    else:
-        reason = f"{_WHY[c.prefer]} (prefer={c.prefer}) of {len(ranked)} eligible"
-    return RouteDecision(ranked, all_estimates, reason)
+    """The decision without exploration (a dry run, or a caller without a policy)."""
+    policy = RoutingPolicy(stats, rng=_NEVER)
+    return policy.choose(c, deployments, unavailable)
+
+
+class _NeverExplore(random.Random):
+    def random(self) -> float:
+        return 1.0
+
+
+_NEVER = _NeverExplore(0)

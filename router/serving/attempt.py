@@ -24,6 +24,7 @@ from providers.base import (
     Provider,
     ProviderError,
     ProviderRequest,
+    QuotaDelta,
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
@@ -106,6 +107,9 @@ def end_attempt(ctx: ServingContext, ledger: Ledger, attempt: Attempt) -> None:
     """Close `attempt`'s books even when another attempt (a hedge) is the current one."""
     current = ledger.current
     ledger.current = attempt
+    if attempt.inflight:
+        attempt.inflight = False
+        ctx.stats.attempt_ended(attempt.deployment.id)
     ledger.end_attempt(ctx.stats)
     ledger.current = current if current is not attempt else None
 
@@ -190,6 +194,11 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
             elif kind is FinishDelta:
                 assert isinstance(delta, FinishDelta)
                 attempt.finish = delta.reason
+            elif kind is QuotaDelta:
+                assert isinstance(delta, QuotaDelta)
+                ctx.stats.observe_quota(dep.id, delta.remaining_requests,
+                                        delta.remaining_tokens, delta.reset_requests_s,
+                                        delta.reset_tokens_s)
         if attempt.finish is None:
             raise ProviderError("protocol_error", "stream ended without a finish marker")
         if splice is not None and (rest := splice.flush()):

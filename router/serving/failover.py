@@ -301,18 +301,28 @@ class Failover:
         loop = asyncio.get_running_loop()
         started = loop.time()
         provider = self.ctx.provider(dep.provider)
+        stats = self.ctx.stats
+        attempt.inflight = True
+        stats.attempt_started(dep.id)
         try:
             upstream, head = await open_upstream(provider, preq, started, self.timeouts.ttft_s,
                                                  self.timeouts.total_s)
         except ProviderError as err:
             end_attempt(self.ctx, self.ledger, attempt)
             permit.failure(err.code)
-            self.ctx.stats.observe_outcome(dep.id, err.code)
+            waited_ms = (self.em.clock() - attempt.started_at) * 1000.0
+            if err.code == "timeout":  # no first token for this long: at least this long
+                stats.observe_censored(dep.id, waited_ms)
+            stats.observe_outcome(dep.id, err.code, waited_ms, err.retry_after)
             raise
         except BaseException:
             self.abandon(attempt, permit)
             raise
         return Opened(dep, upstream, head, attempt, permit, started)
+
+    def _censor(self, attempt: Attempt) -> None:
+        waited_ms = (self.em.clock() - attempt.started_at) * 1000.0
+        self.ctx.stats.observe_censored(attempt.deployment.id, waited_ms)
 
     def abandon(self, attempt: Attempt, permit: Permit) -> None:
         """An attempt given up without an outcome (caller left, hedge lost): the provider
@@ -334,7 +344,7 @@ class Failover:
         from router.serving.hedge import Race
 
         yield self._start(dep, hedge=False)
-        race = Race(self.ledger, self.abandon)
+        race = Race(self.ledger, self.abandon, self._censor)
         primary = self._current()
         race.add(primary, self._open(dep, preq, primary, permit), permit)
         try:

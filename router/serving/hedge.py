@@ -14,14 +14,18 @@ from router.serving.attempt import Opened, close_quietly
 from router.serving.ledger import Attempt, Ledger
 
 Abandon = Callable[[Attempt, Permit], None]
+Censor = Callable[[Attempt], None]
 
 
 class Race:
-    __slots__ = ("_abandon", "_entries", "_ledger", "_winner")
+    __slots__ = ("_abandon", "_censor", "_entries", "_ledger", "_winner")
 
-    def __init__(self, ledger: Ledger, abandon: Abandon) -> None:
+    def __init__(self, ledger: Ledger, abandon: Abandon, censor: Censor | None = None) -> None:
         self._ledger = ledger
         self._abandon = abandon
+        # A loser cut before its first token took at least this long: told to the
+        # statistics as a censored observation, so a slow deployment does not look fast.
+        self._censor = censor
         self._entries: list[tuple[Attempt, asyncio.Task[Opened], Permit]] = []
         self._winner: asyncio.Task[Opened] | None = None
 
@@ -67,6 +71,8 @@ class Race:
             if task is self._winner:
                 continue
             if not task.done():
+                if self._censor is not None:
+                    self._censor(attempt)
                 task.cancel()  # its `open` closes the upstream and counts the input
                 await asyncio.wait({task})
                 if not permit.resolved:  # cancelled before it even began

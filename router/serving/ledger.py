@@ -25,8 +25,8 @@ class Attempt:
     """One call to one deployment, as seen so far."""
 
     __slots__ = ("content_deltas", "deployment", "finish", "first_content_at", "hidden_chars",
-                 "input_estimate", "input_usd", "ledger", "number", "out_price", "output_tokens",
-                 "reasoning_tokens", "started_at", "usage")
+                 "inflight", "input_estimate", "input_usd", "ledger", "number", "out_price",
+                 "output_tokens", "reasoning_tokens", "started_at", "usage")
 
     def __init__(self, ledger: Ledger, dep: Deployment, number: int, input_estimate: int) -> None:
         self.ledger = ledger
@@ -43,6 +43,7 @@ class Attempt:
         self.finish: ProviderFinish | FinishReason | None = None
         self.started_at = ledger.em.clock()
         self.first_content_at: float | None = None
+        self.inflight = False  # counted in its deployment's requests in flight
 
     def add_output(self, text: str, reasoning: bool = False) -> bool:
         """Count one content delta; True when the next one would pass the spending limit."""
@@ -166,7 +167,18 @@ class Ledger:
         attempt.first_content_at = now
         if self.first_content_at is None:
             self.first_content_at = now
-        stats.observe_ttft(attempt.deployment.id, (now - attempt.started_at) * 1000.0)
+        stats.observe_ttft(attempt.deployment.id, (now - self._first_try_at(attempt)) * 1000.0)
+
+    def _first_try_at(self, attempt: Attempt) -> float:
+        """When this request began trying `attempt`'s deployment: its TTFT includes the
+        failed attempts and retry backoff before it (what routing there costs a caller)."""
+        start = attempt.started_at
+        for earlier in reversed(self.attempts[:self.attempts.index(attempt)]):
+            if earlier.deployment is not attempt.deployment or (
+                    earlier.first_content_at is not None):
+                break
+            start = min(start, earlier.started_at)
+        return start
 
     def end_attempt(self, stats: StatsRegistry | None = None) -> None:
         attempt = self.current

@@ -15,12 +15,13 @@ from router.budgets.gate import BudgetNotice, Refusal, Reservation
 from router.events import (
     BudgetEvent,
     Candidate,
+    CandidateEstimate,
     Event,
     RouteEvent,
     build,
 )
 from router.request import RequestError, StreamParams, prepare
-from router.routing.policy import RouteDecision, choose_route
+from router.routing.policy import RouteDecision
 from router.serving.emitter import Emitter
 from router.serving.failover import Failover
 from router.serving.ledger import Ledger
@@ -52,6 +53,11 @@ def route_event(em: Emitter, decision: RouteDecision) -> RouteEvent:
             reason=e.reason if not e.eligible else ("chosen" if e is chosen else "eligible"),
             estimated_cost_usd=e.cost_usd, estimated_ttft_ms=e.ttft_ms,
             estimated_latency_ms=e.latency_ms,
+            estimate=build(
+                CandidateEstimate, quantile=e.quantile, ttft_q_ms=e.ttft_q_ms,
+                latency_q_ms=e.latency_q_ms, expected_ms=e.expected_ms, samples=e.samples,
+                weight=e.weight, age_s=e.age_s, error_rate=e.error_rate, inflight=e.inflight,
+                wait_ms=e.wait_ms, explore=e.explore),
         )
         for e in decision.candidates
     ]
@@ -78,8 +84,8 @@ async def run_stream(ctx: ServingContext, params: StreamParams,
     except RequestError as exc:
         yield em.error(exc.code, exc.message, suggestion=exc.suggestion)
         return
-    decision = choose_route(req.constraints, ctx.loaded.deployments, ctx.stats,
-                            ctx.unavailable_reason)
+    decision = ctx.policy.choose(req.constraints, ctx.loaded.deployments,
+                                 ctx.unavailable_reason)
     yield route_event(em, decision)
     chosen = decision.chosen
     if chosen is None:

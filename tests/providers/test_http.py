@@ -24,6 +24,7 @@ from providers.http import (
     map_http_error,
     map_transport_error,
     open_stream,
+    parse_quota,
     parse_retry_after,
     redact,
 )
@@ -313,3 +314,33 @@ def test_error_in_text_finds_json_error_bodies_only() -> None:
     assert error_in_text(b'{"choices": []}') is None
     assert error_in_text(b"{broken") is None
     assert error_in_text(b"") is None
+
+
+def test_quota_from_openai_wire_headers() -> None:
+    quota = parse_quota(httpx.Headers({
+        "x-ratelimit-remaining-requests": "59", "x-ratelimit-remaining-tokens": "149984",
+        "x-ratelimit-reset-requests": "1m0.5s", "x-ratelimit-reset-tokens": "20ms"}))
+    assert quota is not None
+    assert (quota.remaining_requests, quota.remaining_tokens) == (59, 149984)
+    assert quota.reset_requests_s == pytest.approx(60.5)
+    assert quota.reset_tokens_s == pytest.approx(0.02)
+
+
+def test_quota_from_anthropic_headers() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    quota = parse_quota({
+        "anthropic-ratelimit-requests-remaining": "3",
+        "anthropic-ratelimit-requests-reset": "2026-01-01T00:00:30Z",
+        "anthropic-ratelimit-tokens-remaining": "0",
+        "anthropic-ratelimit-tokens-reset": "2026-01-01T00:00:05+00:00"}, now=now.timestamp())
+    assert quota is not None
+    assert (quota.remaining_requests, quota.remaining_tokens) == (3, 0)
+    assert (quota.reset_requests_s, quota.reset_tokens_s) == (30.0, 5.0)
+
+
+def test_no_quota_headers_no_quota_and_garbage_is_unknown() -> None:
+    assert parse_quota(httpx.Headers({"content-type": "text/event-stream"})) is None
+    quota = parse_quota(httpx.Headers({"x-ratelimit-remaining-requests": "many",
+                                       "x-ratelimit-reset-requests": "soon"}))
+    assert quota is not None
+    assert (quota.remaining_requests, quota.reset_requests_s) == (None, None)

@@ -246,3 +246,47 @@ def test_a_released_shared_probe_lets_another_instance_probe(redis_url: str) -> 
     assert probe.probe and one.admit("a") is None
     probe.failure("timeout")
     assert one.get("a").state == "open" and one.admit("a") is None
+
+
+# --- the failure-rate trip -----------------------------------------------------------------
+
+
+def rate_registry(clock: FakeClock, changes: list[tuple[str, str, str]]) -> BreakerRegistry:
+    cfg = BreakerConfig(fail_max=100, reset_timeout_s=30, failure_rate=0.5, min_calls=10,
+                        window_s=60)
+    return BreakerRegistry(cfg, clock=clock, on_change=lambda *c: changes.append(c))
+
+
+def test_alternating_failures_trip_the_rate_not_the_consecutive_count(
+        clock: FakeClock, changes: list[tuple[str, str, str]]) -> None:
+    reg = rate_registry(clock, changes)
+    for i in range(9):  # a 50% brown-out never fails twice in a row
+        permit = admit(reg)
+        permit.failure("overloaded") if i % 2 == 0 else permit.success()
+        clock.advance(1)
+    assert reg.get("a").state == "closed"  # 9 calls < min_calls
+    admit(reg).success()  # the 10th call: 5 of 10 failed
+    assert reg.get("a").state == "open"
+    assert changes == [("a", "closed", "open")]
+    assert reg.snapshot()["a"].opened_at == clock.now  # the injected clock, not the wall
+
+
+def test_the_rate_window_forgets_old_failures(clock: FakeClock,
+                                              changes: list[tuple[str, str, str]]) -> None:
+    reg = rate_registry(clock, changes)
+    for _ in range(9):  # fewer than min_calls
+        admit(reg).failure("overloaded")
+    clock.advance(61)  # they leave the window
+    for i in range(10):
+        permit = admit(reg)
+        permit.failure("overloaded") if i % 3 == 0 else permit.success()
+    # 4 of the window's 10 failed (40%); 13 of 19 (68%) had the old ones counted.
+    assert reg.get("a").state == "closed"
+    assert changes == []
+
+
+def test_a_429_is_not_a_breaker_failure(reg: BreakerRegistry) -> None:
+    for _ in range(10):
+        admit(reg).failure("rate_limited")
+    assert reg.get("a").state == "closed"
+    assert reg.snapshot()["a"].fail_counter == 0

@@ -163,6 +163,7 @@ def test_deployments_lists_prices_context_and_state(cli: CliRunner, fleet: str) 
     assert "0.1 / - / 0.4" in out and "3 / - / 15" in out
     assert "200,000" in out
     assert "closed" in out
+    assert "never observed" in out  # the live estimate column: priors until served
 
 
 def test_real_process_bad_number_has_no_traceback() -> None:

@@ -59,7 +59,7 @@ BAD: dict[str, tuple[tuple[str, str], str]] = {
          "id: a\n    provider: sim\n    model: m\n    contxt_window: 5\n"),
         "deployments[0].contxt_window: unknown key 'contxt_window' (expected one of: "
         "capabilities, catalog, context_window, default_max_tokens, id, latency_prior, "
-        "max_output_tokens, model, options, price, provider, quality; "
+        "max_output_tokens, model, options, price, provider, quality, rpm, tpm; "
         "did you mean 'context_window'?)"),
     "unknown top-level section": (
         ("defaults:", "resilence: {}\ndefaults:"),
@@ -349,3 +349,21 @@ def test_readme_config_examples_load(tmp_path: Path, block: str) -> None:
 @pytest.mark.parametrize("name", ["default.yaml", "examples/multi-provider.yaml"])
 def test_shipped_configs_load_without_keys(name: str) -> None:
     assert load_config(embedded_path(name), env={}).deployments
+
+
+@pytest.mark.parametrize(("routing", "path"), [
+    ("{quantile: 1.5}", "routing.quantile"),
+    ("{half_life_s: 0}", "routing.half_life_s"),
+    ("{explore: 0.9}", "routing.explore"),
+    ("{explor: 0.1}", "routing.explor"),
+])
+def test_routing_errors_name_their_path(tmp_path: Path, routing: str, path: str) -> None:
+    message = error_of(tmp_path, GOOD + f"routing: {routing}\n")
+    assert f": {path}: " in message, message
+
+
+def test_routing_section_is_read(tmp_path: Path) -> None:
+    loaded = load_config(write(tmp_path, GOOD + "routing: {quantile: 0.95, explore: 0, seed: 7}\n"),
+                         env={})
+    routing = loaded.config.routing
+    assert (routing.quantile, routing.explore, routing.seed) == (0.95, 0.0, 7)

@@ -572,3 +572,24 @@ async def test_concurrent_streams_keep_their_own_numbering_and_all_close(
         assert isinstance(events[-1], DoneEvent)
     assert len({events[0].request_id for events in results}) == len(prompts)
     assert fleet.sim(r).open_streams == 0 and fleet.sim(r).calls == len(prompts)
+
+
+async def test_the_route_event_explains_each_estimate_and_load_returns_to_zero(
+        make_router: MakeRouter, fleet: Any) -> None:
+    r = make_router()
+    events = await fleet.collect(r, "hi", task="quick")
+    route = events[0]
+    assert isinstance(route, RouteEvent)
+    for cand in route.candidates:
+        assert cand.estimate is not None
+        assert cand.estimate.quantile == 0.9 and cand.estimate.samples == 0
+        assert cand.estimate.age_s is None and not cand.estimate.explore
+    served = route.deployment
+    assert served is not None
+    assert r.stats.inflight(served) == 0  # counted at the attempt's start, freed at its end
+    estimate = r.health()[served]["estimate"]
+    assert estimate["samples"] == 1 and estimate["inflight"] == 0
+    again = (await fleet.collect(r, "hi", task="quick"))[0]
+    assert isinstance(again, RouteEvent)
+    mine = next(c for c in again.candidates if c.deployment == served)
+    assert mine.estimate is not None and mine.estimate.samples == 1

@@ -292,3 +292,43 @@ async def test_a_pinned_deployment_with_an_open_breaker_says_circuit_open(
     assert (err.code, err.retryable) == ("circuit_open", True)
     assert "fast: circuit_open" in err.message and err.suggestion
     assert fleet.sim(r).calls == 0
+
+
+# --- what the statistics learn from a request ----------------------------------------------
+
+
+def test_ttft_is_timed_from_the_first_try_on_the_deployment_across_retries(fleet: Fleet
+                                                                          ) -> None:
+    from router.routing.stats import StatsRegistry
+
+    r = fleet.router()
+    strong, mid = r.loaded.deployments["strong"], r.loaded.deployments["mid"]
+    now = [0.0]
+    em = Emitter("r")
+    em.clock = lambda: now[0]
+    ledger = Ledger(em, None)
+    stats = StatsRegistry(clock=lambda: now[0])
+    ledger.begin(strong, 10)  # fails at 1 s
+    now[0] = 1.0
+    ledger.end_attempt()
+    ledger.begin(mid, 10)  # a failed first try, 1.0 -> 1.5 s, then a retry after backoff
+    now[0] = 1.5
+    ledger.end_attempt()
+    now[0] = 1.7
+    ledger.begin(mid, 10)
+    now[0] = 1.9
+    ledger.first_content(stats)
+    # mid is charged its own failed try and backoff (0.9 s), not strong's second.
+    assert stats.get("mid").estimator.snapshot(1.9, 0.9).ttft_ms == pytest.approx(900.0)
+    assert stats.get("strong").estimator.samples == 0
+
+
+async def test_a_hedge_loser_is_recorded_as_censored(fleet: Fleet, make_router: Make) -> None:
+    r = make_router(options={"strong": {"ttft_ms": 60000}},
+                    resilience=resumed(hedge={"enabled": True, "after_ms": 10}))
+    events = await fleet.collect(r, task="best")
+    assert isinstance(events[-1], DoneEvent) and events[-1].deployment == "mid"
+    strong = r.stats.snapshot(r.loaded.deployments["strong"])
+    assert strong.samples == 1  # its slow first token was not dropped: at least 10 ms
+    assert strong.ttft_ms >= 10.0
+    assert r.stats.inflight("strong") == 0 and r.stats.inflight("mid") == 0

@@ -44,13 +44,17 @@ def constraints(**kw: Any) -> RouteConstraints:
     return RouteConstraints(**{**base, **kw})
 
 
+def FROZEN() -> float:
+    return 0.0
+
+
 def available(d: Deployment) -> str | None:
     return None
 
 
 def route(c: RouteConstraints, stats: StatsRegistry | None = None,
           unavailable: Any = available) -> Any:
-    return choose_route(c, FLEET, stats or StatsRegistry(), unavailable)
+    return choose_route(c, FLEET, stats or StatsRegistry(clock=FROZEN), unavailable)
 
 
 def ranked_ids(decision: Any) -> list[str]:
@@ -198,19 +202,21 @@ def test_cost_ties_are_broken_by_latency_and_latency_ties_by_cost() -> None:
     }
     c = RouteConstraints(candidates=("slow", "quick", "pricey"), prefer="cost",
                          input_tokens=100, output_tokens=100)
-    assert [e.deployment.id for e in choose_route(c, twin, StatsRegistry(), available).ranked
-            ] == ["quick", "slow", "pricey"]
+    stats = StatsRegistry(clock=FROZEN)
+    ranked = choose_route(c, twin, stats, available).ranked
+    assert [e.deployment.id for e in ranked] == ["quick", "slow", "pricey"]
     c = RouteConstraints(candidates=("pricey", "quick", "slow"), prefer="latency",
                          input_tokens=100, output_tokens=100)
-    assert [e.deployment.id for e in choose_route(c, twin, StatsRegistry(), available).ranked
-            ] == ["quick", "pricey", "slow"]
+    stats = StatsRegistry(clock=FROZEN)
+    ranked = choose_route(c, twin, stats, available).ranked
+    assert [e.deployment.id for e in ranked] == ["quick", "pricey", "slow"]
 
 
 # --- live statistics ---------------------------------------------------------------------
 
 
 def test_observed_latency_overrides_the_priors() -> None:
-    stats = StatsRegistry()
+    stats = StatsRegistry(clock=FROZEN)
     assert ranked_ids(route(constraints(prefer="latency"), stats))[0] == "fast"
     # strong turns out to be quick; fast turns out to be slow.
     stats.observe_ttft("strong", 80)
@@ -225,7 +231,7 @@ def test_observed_latency_overrides_the_priors() -> None:
 
 
 def test_observations_are_decayed_averages_not_the_last_sample() -> None:
-    stats = StatsRegistry()
+    stats = StatsRegistry(clock=FROZEN)
     stats.observe_ttft("mid", 1000)
     stats.observe_ttft("mid", 2000)
     estimate = {e.deployment.id: e for e in route(constraints(), stats).candidates}["mid"]
@@ -235,10 +241,197 @@ def test_observations_are_decayed_averages_not_the_last_sample() -> None:
 
 
 def test_latency_budget_admits_a_deployment_once_it_proves_fast() -> None:
-    stats = StatsRegistry()
+    stats = StatsRegistry(clock=FROZEN)
     c = constraints(prefer="quality", max_latency_ms=2000)
     assert ranked_ids(route(c, stats)) == ["fast"]
     for _ in range(3):
         stats.observe_ttft("strong", 200)
         stats.observe_rate("strong", 800)
     assert ranked_ids(route(c, stats)) == ["strong", "fast"]
+
+
+# --- learning policy: exploration, hard constraints, load, failures, quota -----------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from router.routing.policy import RoutingPolicy  # noqa: E402
+from router.routing.settings import RoutingConfig  # noqa: E402
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def learning(explore: float = 0.2, seed: int = 1, **cfg: Any) -> tuple[RoutingPolicy, Clock]:
+    clock = Clock()
+    stats = StatsRegistry(RoutingConfig(explore=explore, seed=seed, **cfg), clock=clock)
+    return RoutingPolicy(stats), clock
+
+
+def serve(policy: RoutingPolicy, clock: Clock, c: RouteConstraints, n: int,
+          ttft: dict[str, float]) -> list[str]:
+    """n requests one after another, each observed with its deployment's TTFT."""
+    chosen = []
+    for _ in range(n):
+        decision = policy.choose(c, FLEET, available)
+        assert decision.chosen is not None
+        dep = decision.chosen.deployment.id
+        chosen.append(dep)
+        clock.now += 0.1
+        policy.stats.observe_ttft(dep, ttft[dep])
+        policy.stats.observe_outcome(dep, None)
+    return chosen
+
+
+TTFT = {"fast": 120.0, "mid": 350.0, "strong": 900.0, "budget": 2000.0}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    explore=st.floats(0, 0.5), seed=st.integers(0, 10**6),
+    max_cost=st.none() | st.floats(0.0002, 0.02),
+    max_ttft=st.none() | st.floats(100, 3000),
+    requires=st.sets(st.sampled_from(["tools", "reasoning", "prefill"]), max_size=2),
+    pinned=st.none() | st.sampled_from(ALL),
+    prefer=st.sampled_from(["cost", "latency", "quality", "balanced"]),
+)
+def test_exploration_never_routes_outside_hard_constraints(
+        explore: float, seed: int, max_cost: float | None, max_ttft: float | None,
+        requires: set[str], pinned: str | None, prefer: str) -> None:
+    policy, clock = learning(explore, seed)
+    c = constraints(prefer=prefer, max_cost_usd=max_cost, max_ttft_ms=max_ttft,
+                    requires=frozenset(requires), candidates=(pinned,) if pinned else ALL,
+                    pinned=pinned is not None)
+    for _ in range(30):
+        decision = policy.choose(c, FLEET, available)
+        for e in decision.ranked:
+            d = e.deployment
+            assert c.requires <= d.capabilities
+            assert max_cost is None or e.cost_usd <= max_cost
+            assert max_ttft is None or e.ttft_q_ms <= max_ttft
+            assert pinned is None or d.id == pinned
+        if decision.chosen is not None:
+            dep = decision.chosen.deployment.id
+            clock.now += 1.0
+            policy.stats.observe_ttft(dep, TTFT[dep])
+
+
+def test_exploration_share_is_the_configured_one_within_tolerance() -> None:
+    # Re-measuring is due all the time here: every candidate but the best stays stale.
+    policy, _clock = learning(explore=0.1, seed=3, explore_below_weight=1e9)
+    c = constraints(prefer="latency")
+    n = 4000
+    explored = sum(policy.choose(c, FLEET, available).chosen.explore  # type: ignore[union-attr]
+                   for _ in range(n))
+    assert explored / n == pytest.approx(0.1, abs=0.015)
+
+
+def test_exploration_only_touches_under_measured_candidates() -> None:
+    policy, clock = learning(explore=0.5, seed=3, explore_below_weight=3.0)
+    c = constraints(prefer="latency")
+    serve(policy, clock, c, 60, TTFT)
+    for dep in ("mid", "strong", "budget"):
+        for _ in range(5):
+            policy.stats.observe_ttft(dep, TTFT[dep])
+    # Everyone is measured now: no more exploring, the fastest serves every request.
+    assert set(serve(policy, clock, c, 50, TTFT)) == {"fast"}
+
+
+def test_a_seed_determines_every_choice() -> None:
+    runs = []
+    for _ in range(2):
+        policy, clock = learning(explore=0.3, seed=42)
+        runs.append(serve(policy, clock, constraints(prefer="latency"), 200, TTFT))
+    assert runs[0] == runs[1]
+    other, clock = learning(explore=0.3, seed=43)
+    assert serve(other, clock, constraints(prefer="latency"), 200, TTFT) != runs[0]
+
+
+def test_the_default_config_does_not_look_random_to_one_user() -> None:
+    policy, clock = learning(explore=RoutingConfig().explore, seed=0)
+    chosen = serve(policy, clock, constraints(prefer="latency"), 100, TTFT)
+    assert chosen.count("fast") >= 95
+
+
+def test_a_recovered_deployment_is_found_again() -> None:
+    policy, clock = learning(explore=0.05, seed=5)
+    c = constraints(prefer="latency", output_tokens=10)  # TTFT decides
+    slow_fast = {**TTFT, "fast": 3000.0}
+    assert serve(policy, clock, c, 100, slow_fast)[-20:].count("fast") <= 1
+    clock.now += 60.0  # fast recovered while nobody asked it
+    assert serve(policy, clock, c, 200, TTFT)[-50:].count("fast") >= 45
+
+
+def test_a_browning_out_deployment_loses_traffic_before_any_breaker() -> None:
+    policy, _clock = learning(explore=0.0)
+    c = constraints(prefer="latency", output_tokens=10)  # TTFT decides
+    for _ in range(10):
+        policy.stats.observe_ttft("fast", 120.0)
+        policy.stats.observe_outcome("fast", None)
+        policy.stats.observe_ttft("mid", 350.0)
+    assert policy.choose(c, FLEET, available).chosen.deployment.id == "fast"  # type: ignore[union-attr]
+    for _ in range(10):  # half its calls fail now, each after 900 ms
+        policy.stats.observe_outcome("fast", "overloaded", 900.0)
+    decision = policy.choose(c, FLEET, available)
+    assert decision.chosen is not None and decision.chosen.deployment.id != "fast"
+    fast = next(e for e in decision.candidates if e.deployment.id == "fast")
+    assert fast.error_rate > 0.4
+
+
+def test_requests_in_flight_spread_a_burst() -> None:
+    policy, _clock = learning(explore=0.0, load_penalty=0.5)
+    twin = {"a": dep("a", (1, 1), (200, 100), 0.5, 10000, ()),
+            "b": dep("b", (1, 1), (220, 100), 0.5, 10000, ())}
+    c = RouteConstraints(candidates=("a", "b"), prefer="latency", input_tokens=10,
+                         output_tokens=10)
+    for d in twin:
+        for _ in range(5):
+            policy.stats.observe_ttft(d, twin[d].latency_prior.ttft_ms)
+    picks = []
+    for _ in range(6):  # none finishes: a burst
+        chosen = policy.choose(c, twin, available).chosen
+        assert chosen is not None
+        picks.append(chosen.deployment.id)
+        policy.stats.attempt_started(chosen.deployment.id)
+    assert picks.count("a") == 3 and picks.count("b") == 3
+
+
+def test_an_injected_in_flight_count_is_used() -> None:
+    clock = Clock()
+    stats = StatsRegistry(RoutingConfig(explore=0.0, load_penalty=1.0), clock=clock)
+    policy = RoutingPolicy(stats, inflight=lambda d: 10 if d == "fast" else 0)
+    decision = policy.choose(constraints(prefer="latency"), FLEET, available)
+    assert decision.chosen is not None and decision.chosen.deployment.id == "mid"
+
+
+def test_a_429_cools_the_deployment_for_its_retry_after_without_a_failure() -> None:
+    policy, clock = learning(explore=0.0)
+    stats = policy.stats
+    c = constraints(prefer="latency", max_ttft_ms=1000)
+    stats.observe_outcome("fast", "rate_limited", 5.0, retry_after_s=2.0)
+    decision = policy.choose(c, FLEET, available)
+    assert decision.chosen is not None and decision.chosen.deployment.id == "mid"
+    fast = next(e for e in decision.candidates if e.deployment.id == "fast")
+    assert fast.wait_ms == pytest.approx(2000.0)
+    assert fast.reason == "max_ttft_ms: estimated 2120 ms > 1000 ms"
+    assert fast.error_rate == pytest.approx(0.01)  # a quota answer is not an outage
+    clock.now += 2.5
+    assert policy.choose(c, FLEET, available).chosen.deployment.id == "fast"  # type: ignore[union-attr]
+
+
+def test_announced_quota_moves_traffic_before_the_429() -> None:
+    policy, clock = learning(explore=0.0)
+    stats = policy.stats
+    stats.observe_quota("fast", remaining_requests=1, remaining_tokens=None, reset_s=30.0)
+    c = constraints(prefer="latency")
+    assert policy.choose(c, FLEET, available).chosen.deployment.id == "fast"  # type: ignore[union-attr]
+    stats.attempt_started("fast")  # spends the last request of the window
+    stats.attempt_ended("fast")
+    assert policy.choose(c, FLEET, available).chosen.deployment.id == "mid"  # type: ignore[union-attr]
+    clock.now += 31.0
+    assert policy.choose(c, FLEET, available).chosen.deployment.id == "fast"  # type: ignore[union-attr]

@@ -1,12 +1,26 @@
-"""Live statistics: decayed averages of TTFT and output rate, priors until observed, and
-the recent-TTFT percentile used for hedging."""
+"""Live statistics: estimates decayed by age (half-life from `routing:`), priors until
+observed, quota waits, in-flight counts, and the recent-TTFT percentile used for hedging.
+A hand-driven clock: no assertion depends on real time."""
 
 from __future__ import annotations
 
 import pytest
 
 from router.config import Deployment, LatencyPrior, Price
-from router.routing.stats import DECAY, WINDOW, StatsRegistry
+from router.routing.settings import RoutingConfig
+from router.routing.stats import StatsRegistry
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def registry(clock: Clock | None = None, half_life_s: float = 60.0) -> StatsRegistry:
+    return StatsRegistry(RoutingConfig(half_life_s=half_life_s), clock=clock or Clock())
 
 
 def dep(id: str = "d", ttft: float = 500, rate: float = 100) -> Deployment:
@@ -19,14 +33,14 @@ def dep(id: str = "d", ttft: float = 500, rate: float = 100) -> Deployment:
 
 
 def test_priors_until_observed() -> None:
-    stats = StatsRegistry()
+    stats = registry()
     d = dep()
     assert stats.estimate_ttft_ms(d) == 500
     assert stats.estimate_tokens_per_s(d) == 100
 
 
 def test_first_observation_replaces_the_prior() -> None:
-    stats = StatsRegistry()
+    stats = registry()
     d = dep()
     stats.observe_ttft("d", 40)
     stats.observe_rate("d", 900)
@@ -34,42 +48,48 @@ def test_first_observation_replaces_the_prior() -> None:
     assert stats.estimate_tokens_per_s(d) == 900
 
 
-def test_later_observations_move_the_average_by_the_decay() -> None:
-    stats = StatsRegistry()
+def test_an_observation_one_half_life_old_weighs_half() -> None:
+    # Decay is by age, not by count (the old EWMA weighed the newest sample 0.2 however
+    # old the previous ones were).
+    clock = Clock()
+    stats = registry(clock)
     d = dep()
     stats.observe_ttft("d", 100)
-    stats.observe_ttft("d", 200)
-    assert stats.estimate_ttft_ms(d) == pytest.approx(100 + DECAY * 100)
+    clock.now = 60.0
+    stats.observe_ttft("d", 400)
+    assert stats.estimate_ttft_ms(d) == pytest.approx((0.5 * 100 + 400) / 1.5)
     stats.observe_rate("d", 50)
-    stats.observe_rate("d", 150)
-    assert stats.estimate_tokens_per_s(d) == pytest.approx(50 + DECAY * 100)
+    stats.observe_rate("d", 150)  # same instant: equal weights of 20 and 6.67 ms per token
+    assert stats.estimate_tokens_per_s(d) == pytest.approx(1000 / ((20 + 1000 / 150) / 2))
 
 
 def test_average_converges_to_a_new_steady_level() -> None:
-    stats = StatsRegistry()
+    clock = Clock()
+    stats = registry(clock)
     d = dep()
     stats.observe_ttft("d", 1000)
     for _ in range(40):
+        clock.now += 30
         stats.observe_ttft("d", 100)
     assert stats.estimate_ttft_ms(d) == pytest.approx(100, abs=1)
 
 
 def test_ttft_and_rate_are_independent() -> None:
-    stats = StatsRegistry()
+    stats = registry()
     d = dep()
     stats.observe_ttft("d", 10)
     assert stats.estimate_tokens_per_s(d) == 100  # still the prior
 
 
 def test_deployments_are_tracked_separately() -> None:
-    stats = StatsRegistry()
+    stats = registry()
     stats.observe_ttft("a", 10)
     assert stats.estimate_ttft_ms(dep("a")) == 10
     assert stats.estimate_ttft_ms(dep("b")) == 500
 
 
 def test_outcomes_count_requests_and_failures() -> None:
-    stats = StatsRegistry()
+    stats = registry()
     stats.observe_outcome("d", None)
     stats.observe_outcome("d", "timeout")
     stats.observe_outcome("d", None)
@@ -78,7 +98,7 @@ def test_outcomes_count_requests_and_failures() -> None:
 
 
 def test_p95_is_twice_the_estimate_before_enough_samples() -> None:
-    stats = StatsRegistry()
+    stats = registry()
     d = dep()
     assert stats.p95_ttft_ms(d) == 1000
     for _ in range(19):
@@ -87,16 +107,28 @@ def test_p95_is_twice_the_estimate_before_enough_samples() -> None:
 
 
 def test_p95_of_recent_samples() -> None:
-    stats = StatsRegistry()
+    # Read from the decayed histogram (10% bins) instead of a sorted window: within a bin.
+    stats = StatsRegistry(RoutingConfig(max_weight=1000), clock=Clock())
     for ms in range(1, 101):  # 1..100 ms
         stats.observe_ttft("d", float(ms))
-    assert stats.p95_ttft_ms(dep()) == 96
+    assert stats.p95_ttft_ms(dep()) == pytest.approx(96, rel=0.05)
 
 
-def test_p95_forgets_samples_outside_the_window() -> None:
-    stats = StatsRegistry()
-    for _ in range(WINDOW):
+def test_p95_forgets_old_samples() -> None:
+    # The old window forgot after 200 samples; the estimate's weight cap (20) forgets
+    # sooner, and age forgets a deployment nobody asks.
+    stats = registry()
+    for _ in range(200):
         stats.observe_ttft("d", 5000)
-    for _ in range(WINDOW):
+    for _ in range(200):
         stats.observe_ttft("d", 100)
-    assert stats.p95_ttft_ms(dep()) == 100
+    assert stats.p95_ttft_ms(dep()) == pytest.approx(100)
+
+
+def test_p95_counts_hedge_losers_as_at_least_their_wait() -> None:
+    stats = registry()
+    for _ in range(18):
+        stats.observe_ttft("d", 100)
+    for _ in range(2):  # hedge losers cut after 3 s: a tenth of the outcomes
+        stats.observe_censored("d", 3000)
+    assert stats.p95_ttft_ms(dep()) == pytest.approx(3000)

@@ -1,0 +1,277 @@
+"""Routing that learns, against an oracle: a seeded drifting fleet, simulated time.
+
+    python -m benchmarks.routing [--requests 3000] [--rate 12] [--seed 7] [--plot routing.png]
+
+Seven deployments drift the way production fleets do: `degrading` (150 ms -> 1.5 s TTFT,
+then recovers), `brownout` (50% errors for a while), `heavytail` (one reply in ten 8x
+slower), `wrongprior` (its config says 100 ms, it takes 900), `cheapslow` (cheapest, over
+a 1 s budget on its tail), `quota` (cheap and fast, 240 requests a minute: then 429 with
+`retry-after`, and `x-ratelimit-remaining-requests` shrinking on every reply) and `loaded`
+(latency rising with its own requests in flight). Requests arrive as a Poisson stream.
+
+The REAL `RoutingPolicy` and `StatsRegistry` decide and learn, on a simulated clock (no
+sleeping): the simulation calls `choose()` and reports attempts exactly as the serving
+pipeline does (`attempt_started/ended`, `observe_ttft` from the first try on a deployment,
+`observe_outcome` with retry-after, `observe_quota` from the headers). Reference policies
+pin a deployment per request: an oracle that knows every deployment's true current
+distribution and load, random, static (best prior), and LiteLLM-style (mean of the last 10
+latencies). Common random numbers: request i meets the same draws on deployment d under
+every policy. Every policy retries a failed attempt once after a backoff (a 429 after its
+retry-after) and then falls over to its next choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from benchmarks.routing_sim import (
+    BACKOFF_S,
+    FLEET,
+    INPUT_TOKENS,
+    OUTPUT_TOKENS,
+    TRIES_PER_DEPLOYMENT,
+    Outcome,
+    Policy,
+    Simulation,
+    Truth,
+)
+from router.config import Deployment
+from router.routing.policy import RouteConstraints, RoutingPolicy
+from router.routing.settings import RoutingConfig
+from router.routing.stats import StatsRegistry
+
+
+class Learned(Policy):
+    """The router's own policy and estimator."""
+
+    name = "router"
+
+    def __init__(self, deps: dict[str, Deployment], clock: Callable[[], float],
+                 cfg: RoutingConfig) -> None:
+        self.deps = deps
+        self.stats = StatsRegistry(cfg, clock=clock)
+        self.policy = RoutingPolicy(self.stats, backoff_ms=BACKOFF_S * 1000)
+
+    def rank(self, now: float, f: float, c: RouteConstraints) -> list[str]:
+        decision = self.policy.choose(c, self.deps, lambda d: None)
+        ranked = [e.deployment.id for e in decision.ranked]
+        # Nothing passes the budget: the sim still serves, as fastest-first.
+        return ranked or [e.deployment.id for e in sorted(decision.candidates,
+                                                           key=lambda e: e.expected_ms)]
+
+    def started(self, dep: str) -> None:
+        self.stats.attempt_started(dep)
+
+    def ended(self, dep: str) -> None:
+        self.stats.attempt_ended(dep)
+
+    def first_token(self, dep: str, ttft_ms: float) -> None:
+        self.stats.observe_ttft(dep, ttft_ms)
+
+    def finished(self, dep: str, latency_ms: float, decode_ms_per_token: float) -> None:
+        self.stats.observe_rate(dep, 1000.0 / decode_ms_per_token)
+        self.stats.observe_outcome(dep, None)
+
+    def failed(self, dep: str, duration_ms: float, code: str, retry_after: float | None
+               ) -> None:
+        self.stats.observe_outcome(dep, code, duration_ms, retry_after)
+
+    def headers(self, dep: str, remaining: int, reset_s: float) -> None:
+        self.stats.observe_quota(dep, remaining, None, reset_s)
+
+
+class Oracle(Policy):
+    """Knows every deployment's true current distribution, load and quota."""
+
+    name = "oracle"
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def rank(self, now: float, f: float, c: RouteConstraints) -> list[str]:
+        def expected(t: Truth) -> float:
+            p = t.error(f)
+            load = self.sim.load[t.id]
+            wait = self.sim.quota_wait_s(t.id, now) * 1000.0
+            return t.mean_latency_ms(f, load) + wait + p / (1 - p) * (
+                t.median_ms(f, load) + BACKOFF_S * 1000)
+
+        by_time = sorted(FLEET, key=expected)
+        if c.prefer == "latency" or c.max_latency_ms is None:
+            return [t.id for t in by_time]
+        def fits_budget(t: Truth) -> bool:
+            # The budget's quantile of time to success: requests that fail over are slower
+            # than any success, so the successes' 0.9 / (1 - p**tries) quantile (the
+            # router's criterion; a retry's wait is inside the latency).
+            level = 0.9 / (1 - t.error(f) ** TRIES_PER_DEPLOYMENT)
+            return level < 1 and self.sim.quota_wait_s(t.id, now) == 0 and t.q_latency_ms(
+                f, self.sim.load[t.id] + 1, level) <= budget
+
+        budget = c.max_latency_ms
+        fits = [t for t in FLEET if fits_budget(t)]
+        fits.sort(key=lambda t: t.price)
+        return [t.id for t in fits] + [t.id for t in by_time if t not in fits]
+
+
+class Random(Policy):
+    name = "random"
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def rank(self, now: float, f: float, c: RouteConstraints) -> list[str]:
+        ids = [t.id for t in FLEET]
+        self.rng.shuffle(ids)
+        return ids
+
+
+class Static(Policy):
+    """The best prior, forever (what a router without statistics does)."""
+
+    name = "static"
+
+    def rank(self, now: float, f: float, c: RouteConstraints) -> list[str]:
+        def prior(t: Truth) -> float:
+            return t.prior_ttft_ms + OUTPUT_TOKENS * t.ms_per_token
+
+        if c.prefer == "cost" and c.max_latency_ms is not None:
+            budget = c.max_latency_ms
+            return [t.id for t in sorted(FLEET, key=lambda t: (prior(t) > budget, t.price))]
+        return [t.id for t in sorted(FLEET, key=prior)]
+
+
+class MeanOfTen(Policy):
+    """LiteLLM's latency-based routing: the mean of each deployment's last 10 latencies;
+    a deployment never measured counts as 0 (so each is tried once)."""
+
+    name = "litellm-mean10"
+
+    def __init__(self) -> None:
+        self.recent: dict[str, deque[float]] = {t.id: deque(maxlen=10) for t in FLEET}
+
+    def _mean(self, dep: str) -> float:
+        r = self.recent[dep]
+        return statistics.fmean(r) if r else 0.0
+
+    def rank(self, now: float, f: float, c: RouteConstraints) -> list[str]:
+        if c.prefer == "cost" and c.max_latency_ms is not None:
+            budget = c.max_latency_ms
+            return [t.id for t in sorted(FLEET, key=lambda t: (self._mean(t.id) > budget,
+                                                                t.price))]
+        return [t.id for t in sorted(FLEET, key=lambda t: self._mean(t.id))]
+
+    def finished(self, dep: str, latency_ms: float, decode_ms_per_token: float) -> None:
+        self.recent[dep].append(latency_ms)
+
+    def failed(self, dep: str, duration_ms: float, code: str, retry_after: float | None
+               ) -> None:
+        self.recent[dep].append(duration_ms + BACKOFF_S * 1000)  # LiteLLM counts the wait
+
+
+def _q(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else math.nan
+
+
+@dataclass
+class Row:
+    name: str
+    outcomes: list[Outcome]
+
+    def served(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.failed]
+
+    def latencies(self) -> list[float]:
+        return [o.latency_ms for o in self.served()]
+
+
+def table(rows: list[Row], budget: float | None) -> str:
+    oracle = next(r for r in rows if r.name == "oracle")
+    o95 = _q(oracle.latencies(), 0.95)
+    o_cost = statistics.fmean(o.cost_usd for o in oracle.outcomes)
+    head = ("| policy | TTFT p50 | p95 | p99 | latency p50 | p95 | p99 | mean cost $ | cost vs "
+            "oracle | failed | over budget | on oracle's pick | p95 vs oracle |")
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        ttft, lat = [o.ttft_ms for o in r.served()], r.latencies()
+        cost = statistics.fmean(o.cost_usd for o in r.outcomes)
+        misses = sum(1 for o in r.outcomes if o.failed or (
+            budget is not None and o.latency_ms > budget))
+        share = sum(o.first_choice == o.best for o in r.outcomes) / len(r.outcomes)
+        lines.append(
+            f"| {r.name} | {_q(ttft, .5):.0f} | {_q(ttft, .95):.0f} | {_q(ttft, .99):.0f} | "
+            f"{_q(lat, .5):.0f} | {_q(lat, .95):.0f} | {_q(lat, .99):.0f} | {cost:.7f} | "
+            f"{cost / o_cost:.3f}x | {sum(o.failed for o in r.outcomes)} | "
+            f"{misses if budget is not None else '-'} | {share:.0%} | "
+            f"{_q(lat, .95) / o95:.2f}x |")
+    return "\n".join(lines)
+
+
+def plot(path: str, scenarios: list[tuple[str, list[Row]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = [t.id for t in FLEET]
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(12, 4 * len(scenarios)), squeeze=False)
+    for ax, (title, rows) in zip(axes[:, 0], scenarios, strict=True):
+        by = {r.name: r for r in rows}
+        for name, offset, style in (("oracle", 0.15, "k|"), ("router", -0.15, "r|")):
+            outs = by[name].outcomes
+            ax.plot([o.arrival for o in outs], [ids.index(o.first_choice) + offset
+                                                for o in outs], style, markersize=4,
+                    label=name, alpha=0.6)
+        ax.set_yticks(range(len(ids)), ids)
+        ax.set_xlabel("simulated time (s)")
+        ax.set_title(title)
+        ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--rate", type=float, default=12.0, help="requests per simulated second")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--budget-ms", type=float, default=1000.0)
+    ap.add_argument("--plot", default="routing.png", help="PNG path ('' for none)")
+    args = ap.parse_args()
+    sim = Simulation(args.requests, args.rate, args.seed)
+    deps = {t.id: t.deployment() for t in FLEET}
+    ids = tuple(deps)
+    cfg = RoutingConfig(seed=args.seed)
+    makers: list[tuple[str, Callable[[Simulation], Policy]]] = [
+        ("oracle", Oracle),
+        ("router", lambda s: Learned(deps, lambda: s.now, cfg)),
+        ("litellm-mean10", lambda s: MeanOfTen()),
+        ("static", lambda s: Static()),
+        ("random", lambda s: Random(args.seed)),
+    ]
+    scenarios = [
+        ("prefer: latency", RouteConstraints(ids, "latency", INPUT_TOKENS, OUTPUT_TOKENS), None),
+        (f"prefer: cost, max_latency_ms: {args.budget_ms:g}",
+         RouteConstraints(ids, "cost", INPUT_TOKENS, OUTPUT_TOKENS,
+                          max_latency_ms=args.budget_ms), args.budget_ms),
+    ]
+    plotted = []
+    print(f"{args.requests} requests, {args.rate:g}/s Poisson arrivals, seed {args.seed}, "
+          f"{len(FLEET)} drifting deployments (simulated clock)\n")
+    for title, c, budget in scenarios:
+        rows = [Row(name, sim.run(make(sim), Oracle(sim), c)) for name, make in makers]
+        print(f"### {title}\n\n{table(rows, budget)}\n")
+        plotted.append((title, rows))
+    if args.plot:
+        plot(args.plot, plotted)
+        print(f"choices over time: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""What one deployment's recent behaviour says about its next request: decayed distributions
+of time to first token and of decode time per token, a decayed error rate, and how much
+evidence stands behind each figure. It only learns; `router.routing.policy` decides.
+
+Every observation's weight halves each `half_life_s` of age, so a deployment that was slow
+an hour ago and has not served since counts as unknown, not as slow: below one fresh
+sample's worth of weight an estimate slides linearly back to the config prior. Quantiles
+come from a decayed log-binned histogram (bins 10% wide; each bin also keeps its weighted
+mean, so one sample's quantile is that sample). An attempt given up before its first token
+(a hedge loser, a timeout) is right-censored — "at least this long" — and its weight is
+spread over the longer bins in proportion to their mass (the Kaplan-Meier redistribution),
+never dropped. The clock is injected: a simulation drives it without sleeping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Clock = Callable[[], float]
+
+_LOG_RATIO = math.log(1.1)  # bin width: 10% of the value
+_BINS = 160  # 1 ms .. ~4 million ms
+_RESCALE_EXPONENT = 40.0  # renormalize stored weights before 2**exponent overflows precision
+
+
+class DecayedHistogram:
+    """Weights in log-spaced bins; each weight halves every `half_life_s` of age.
+
+    Weights are stored scaled by 2**((t - t_ref) / half_life) so that adding is O(1) and
+    aging everything costs nothing: the scale cancels out of every quantile and mean.
+    """
+
+    __slots__ = ("_half_life", "_max_weight", "_sum", "_t_ref", "_total", "_weight")
+
+    def __init__(self, half_life_s: float, now: float, max_weight: float = math.inf) -> None:
+        self._half_life = half_life_s
+        self._max_weight = max_weight
+        self._t_ref = now
+        self._weight = [0.0] * _BINS
+        self._total = [0.0] * _BINS  # weighted sum of the values in each bin
+        self._sum = 0.0
+
+    @staticmethod
+    def _bin(value: float) -> int:
+        if value <= 1.0:
+            return 0
+        return min(_BINS - 1, int(math.log(value) / _LOG_RATIO))
+
+    def _scale(self, now: float) -> float:
+        exponent = (now - self._t_ref) / self._half_life
+        if exponent > _RESCALE_EXPONENT:
+            factor = 2.0 ** -exponent
+            self._weight = [w * factor for w in self._weight]
+            self._total = [t * factor for t in self._total]
+            self._sum *= factor
+            self._t_ref, exponent = now, 0.0
+        return float(2.0 ** exponent)
+
+    def add(self, value: float, now: float, weight: float = 1.0) -> None:
+        w = weight * self._scale(now)
+        i = self._bin(value)
+        self._weight[i] += w
+        self._total[i] += w * value
+        self._sum += w
+        self._cap(now)
+
+    def _cap(self, now: float) -> None:
+        """Past `max_weight` every weight shrinks: a busy deployment's distribution
+        follows a change within about `max_weight` requests, not only a half-life."""
+        excess = self.weight(now) / self._max_weight
+        if excess > 1.0:
+            self._weight = [w / excess for w in self._weight]
+            self._total = [t / excess for t in self._total]
+            self._sum /= excess
+
+    def add_censored(self, lower: float, now: float, weight: float = 1.0) -> None:
+        """An outcome known only to be at least `lower`: its weight goes to the longer bins
+        in proportion to their mass; to `lower` itself when nothing longer was seen."""
+        w = weight * self._scale(now)
+        first = self._bin(lower) + 1
+        above = sum(self._weight[first:])
+        if above <= 0.0:
+            self.add(lower, now, weight)
+            return
+        grow = 1.0 + w / above
+        for i in range(first, _BINS):
+            self._weight[i] *= grow
+            self._total[i] *= grow
+        self._sum += w
+        self._cap(now)
+
+    def weight(self, now: float) -> float:
+        """The decayed sample weight at `now` (1.0 = one sample observed just now)."""
+        return self._sum * math.pow(2.0, -(now - self._t_ref) / self._half_life)
+
+    def quantile(self, q: float) -> float | None:
+        if self._sum <= 0.0:
+            return None
+        target, cumulative = q * self._sum, 0.0
+        for w, total in zip(self._weight, self._total, strict=True):
+            if w <= 0.0:
+                continue
+            cumulative += w
+            if cumulative >= target:
+                return total / w
+        return None  # unreachable but for rounding: q <= 1
+
+    def mean(self) -> float | None:
+        return sum(self._total) / self._sum if self._sum > 0.0 else None
+
+
+class DecayedMean:
+    """A mean whose observations' weights halve every `half_life_s`."""
+
+    __slots__ = ("_half_life", "_max_weight", "_t", "_total", "_weight")
+
+    def __init__(self, half_life_s: float, now: float, max_weight: float = math.inf) -> None:
+        self._half_life, self._t, self._weight, self._total = half_life_s, now, 0.0, 0.0
+        self._max_weight = max_weight
+
+    def _age_to(self, now: float) -> None:
+        if now > self._t:
+            factor = 2.0 ** (-(now - self._t) / self._half_life)
+            self._weight *= factor
+            self._total *= factor
+            self._t = now
+
+    def add(self, value: float, now: float, weight: float = 1.0) -> None:
+        self._age_to(now)
+        self._weight += weight
+        self._total += weight * value
+        if self._weight > self._max_weight:  # as DecayedHistogram._cap
+            self._total *= self._max_weight / self._weight
+            self._weight = self._max_weight
+
+    def weight(self, now: float) -> float:
+        return self._weight * math.pow(2.0, -max(0.0, now - self._t) / self._half_life)
+
+    def mean(self) -> float | None:
+        return self._total / self._weight if self._weight > 0.0 else None
+
+
+def toward_prior(observed: float | None, prior: float, weight: float) -> float:
+    """Trust observations fully from one fresh sample's worth of weight; below it, slide
+    linearly back to the prior (a stale estimate reverts instead of freezing)."""
+    if observed is None:
+        return prior
+    trust = min(1.0, weight)
+    return trust * observed + (1.0 - trust) * prior
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    ttft_ms: float
+    ms_per_token: float
+    error_rate: float = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One deployment's estimates at one instant, priors blended in by staleness."""
+
+    ttft_ms: float  # expected time to first token (mean)
+    ttft_q_ms: float  # its `quantile`
+    quantile: float
+    ms_per_token: float  # expected decode time per output token
+    error_rate: float  # decayed share of attempts that failed (Beta prior blended in)
+    failure_ms: float  # expected time a failed attempt costs before it fails
+    weight: float  # decayed TTFT sample weight: the evidence behind the figures
+    samples: int  # TTFT observations ever (censored included)
+    age_s: float | None  # since the last observation of any kind; None: never observed
+
+    def latency_ms(self, output_tokens: int) -> float:
+        return self.ttft_ms + output_tokens * self.ms_per_token
+
+    def latency_q_ms(self, output_tokens: int) -> float:
+        return self.ttft_q_ms + output_tokens * self.ms_per_token
+
+
+_TOP = 0.999  # the highest quantile read from a histogram
+# Pseudo-attempts of the prior error rate: one fresh failure in few attempts shows at once.
+_PRIOR_ATTEMPTS = 2.0
+
+
+class Estimator:
+    """Decayed estimates of one deployment, learnt from its observations."""
+
+    __slots__ = ("_decode", "_failed", "_failure_ms", "_last", "_ttft", "_ttft_mean",
+                 "half_life_s", "prior", "samples")
+
+    def __init__(self, prior: Prior, half_life_s: float, now: float,
+                 max_weight: float = math.inf) -> None:
+        self.prior = prior
+        self.half_life_s = half_life_s
+        cap = max_weight
+        self._ttft = DecayedHistogram(half_life_s, now, cap)
+        self._ttft_mean = DecayedMean(half_life_s, now, cap)  # exact mean (bins are 10% wide)
+        self._decode = DecayedMean(half_life_s, now, cap)
+        self._failed = DecayedMean(half_life_s, now, cap)  # mean of 1 (failed) / 0 (ok)
+        self._failure_ms = DecayedMean(half_life_s, now, cap)
+        self._last: float | None = None
+        self.samples = 0
+
+    def observe_ttft(self, ttft_ms: float, now: float) -> None:
+        self._ttft.add(ttft_ms, now)
+        self._ttft_mean.add(ttft_ms, now)
+        self.samples += 1
+        self._last = now
+
+    def observe_censored(self, at_least_ms: float, now: float) -> None:
+        """An attempt abandoned before its first token after `at_least_ms`."""
+        self._ttft.add_censored(at_least_ms, now)
+        # The mean moves to at least the bound's share: a lower bound on the truth.
+        self._ttft_mean.add(max(at_least_ms, self._ttft.mean() or at_least_ms), now)
+        self.samples += 1
+        self._last = now
+
+    def observe_decode(self, ms_per_token: float, now: float) -> None:
+        self._decode.add(ms_per_token, now)
+        self._last = now
+
+    def observe_outcome(self, failed: bool, now: float, duration_ms: float | None = None) -> None:
+        self._failed.add(1.0 if failed else 0.0, now)
+        if failed and duration_ms is not None:
+            self._failure_ms.add(duration_ms, now)
+        self._last = now
+
+    def _failure_aware_quantile(self, q: float, error_rate: float) -> float | None:
+        """The q-quantile of time to first token with requests that fail over elsewhere as
+        outcomes slower than any success: the successes' q/(1-f) quantile, f = p**2 (a
+        retry's wait is inside the observed TTFT; a request leaves after its retry fails
+        too). Past 1 no success rate can meet q: the slowest success stretched by the
+        failures per success stands for it (finite)."""
+        leaves = error_rate * error_rate
+        level = q / (1.0 - leaves)
+        if level < _TOP:
+            return self._ttft.quantile(level)
+        slowest = self._ttft.quantile(_TOP)
+        return None if slowest is None else slowest * (1.0 + leaves / (1.0 - leaves))
+
+    def ttft_quantile(self, q: float, now: float) -> float | None:
+        """The observed TTFT quantile, None while less than one sample's weight is left."""
+        return self._ttft.quantile(q) if self._ttft.weight(now) >= 1.0 else None
+
+    def snapshot(self, now: float, quantile: float) -> Snapshot:
+        p = self.prior
+        age = None if self._last is None else max(0.0, now - self._last)
+        # What was true `age` ago says less about now however much of it there was: the
+        # trust in it halves every half-life without news (a mean-reverting drift).
+        fresh = 1.0 if age is None else 2.0 ** (-age / self.half_life_s)
+        weight = self._ttft.weight(now)
+        attempts = self._failed.weight(now) * fresh
+        failed = attempts * (self._failed.mean() or 0.0)
+        error_rate = (failed + _PRIOR_ATTEMPTS * p.error_rate) / (attempts + _PRIOR_ATTEMPTS)
+        trust = min(1.0, weight) * fresh
+        ttft = toward_prior(self._ttft_mean.mean(), p.ttft_ms, trust)
+        # The quantile budgets are held against keeps bad news until its weight fades (a
+        # budget is a hard constraint: re-admitting on age alone would probe with misses).
+        ttft_q = toward_prior(self._failure_aware_quantile(quantile, error_rate), p.ttft_ms,
+                              min(1.0, weight))
+        decode = toward_prior(self._decode.mean(), p.ms_per_token,
+                              min(1.0, self._decode.weight(now)) * fresh)
+        failure_ms = toward_prior(self._failure_ms.mean(), p.ttft_ms,
+                                  min(1.0, self._failure_ms.weight(now)) * fresh)
+        return Snapshot(ttft, max(ttft_q, 0.0), quantile, decode, error_rate, failure_ms,
+                        weight * fresh, self.samples, age)

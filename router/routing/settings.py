@@ -1,0 +1,30 @@
+"""`routing:` in the config: how the estimator learns and how the policy explores.
+
+The defaults are safe for one user on the embedded fleet: exploration is rare, touches only
+under-measured candidates, and draws from a seeded generator, so a demo repeats itself."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RoutingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    # Age at which an observation counts half; estimates drift to the prior past it.
+    half_life_s: float = Field(default=15.0, gt=0)
+    # Most sample weight an estimate holds: a busy deployment's estimate follows a change
+    # within about this many requests, however short their ages.
+    max_weight: float = Field(default=20.0, ge=1)
+    # Quantile of TTFT and latency that `max_ttft_ms` / `max_latency_ms` are checked against.
+    quantile: float = Field(default=0.9, gt=0, lt=1)
+    # Share of requests sent to the least-measured eligible candidate instead of the best.
+    explore: float = Field(default=0.02, ge=0, le=0.5)
+    # A candidate with less decayed sample weight than this is "under-measured".
+    explore_below_weight: float = Field(default=3.0, gt=0)
+    # Optimism under uncertainty: rank scores shrink by up to this share with no evidence.
+    optimism: float = Field(default=0.1, ge=0, lt=1)
+    # Expected-time penalty per request already in flight on a deployment (peak-EWMA style).
+    load_penalty: float = Field(default=0.05, ge=0)
+    # The error rate a deployment is assumed to have before it is observed.
+    prior_error_rate: float = Field(default=0.01, ge=0, lt=1)
+    seed: int | None = 0  # None: a fresh random seed per router

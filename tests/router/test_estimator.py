@@ -1,0 +1,132 @@
+"""The estimator learns on a hand-driven clock: decay by age, quantiles of a known
+distribution, censored observations, reversion to the prior, the decayed error rate."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from router.routing.estimator import DecayedHistogram, DecayedMean, Estimator, Prior
+
+PRIOR = Prior(ttft_ms=500.0, ms_per_token=10.0, error_rate=0.01)
+
+
+def test_an_observation_weighs_half_after_one_half_life() -> None:
+    h = DecayedHistogram(half_life_s=10.0, now=0.0)
+    h.add(100.0, now=0.0)
+    assert h.weight(0.0) == pytest.approx(1.0)
+    assert h.weight(10.0) == pytest.approx(0.5)
+    assert h.weight(30.0) == pytest.approx(0.125)
+    m = DecayedMean(half_life_s=10.0, now=0.0)
+    m.add(100.0, 0.0)
+    m.add(400.0, 10.0)  # the first now weighs half: (50 + 400) / 1.5
+    assert m.mean() == pytest.approx(300.0)
+
+
+def test_decay_survives_long_runs_without_overflow() -> None:
+    h = DecayedHistogram(half_life_s=1.0, now=0.0)
+    for t in range(0, 5000, 10):
+        h.add(200.0, now=float(t))
+    assert h.quantile(0.5) == pytest.approx(200.0)
+    assert h.weight(4990.0) == pytest.approx(1 / (1 - 2 ** -10), rel=1e-6)
+
+
+def test_the_weight_cap_makes_a_busy_estimate_follow_a_change() -> None:
+    h = DecayedHistogram(half_life_s=1e9, now=0.0, max_weight=20.0)
+    for _ in range(1000):
+        h.add(100.0, 0.0)
+    for _ in range(60):
+        h.add(1000.0, 0.0)
+    assert h.weight(0.0) == pytest.approx(20.0)
+    assert h.quantile(0.5) == pytest.approx(1000.0)  # 1000 samples of 100 did not freeze it
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9, 0.95, 0.99])
+def test_quantiles_of_a_lognormal_within_the_bin_width(q: float) -> None:
+    rng = random.Random(1)
+    samples = sorted(rng.lognormvariate(5.0, 0.6) for _ in range(20000))
+    h = DecayedHistogram(half_life_s=1e9, now=0.0)
+    for x in samples:
+        h.add(x, 0.0)
+    exact = samples[int(q * len(samples))]
+    got = h.quantile(q)
+    assert got is not None
+    assert got == pytest.approx(exact, rel=0.06)  # bins are 10% wide; each reports its mean
+
+
+def test_one_sample_is_its_own_quantile() -> None:
+    h = DecayedHistogram(half_life_s=10.0, now=0.0)
+    h.add(80.0, 0.0)
+    assert h.quantile(0.9) == 80.0 and h.mean() == 80.0
+
+
+def test_a_censored_observation_moves_mass_above_its_bound() -> None:
+    h = DecayedHistogram(half_life_s=1e9, now=0.0)
+    for x in (100.0, 200.0, 1000.0, 2000.0):
+        h.add(x, 0.0)
+    # "At least 500 ms": its weight goes to 1000 and 2000 in proportion, none below.
+    h.add_censored(500.0, 0.0)
+    assert h.weight(0.0) == pytest.approx(5.0)
+    assert h.quantile(0.4) == pytest.approx(200.0)
+    assert h.quantile(0.41) == pytest.approx(1000.0)  # 2.5 of 5 at or below 1000
+    assert h.quantile(0.7) == pytest.approx(1000.0)
+
+
+def test_a_censored_observation_beyond_everything_counts_at_its_bound() -> None:
+    h = DecayedHistogram(half_life_s=1e9, now=0.0)
+    h.add(100.0, 0.0)
+    h.add_censored(3000.0, 0.0)
+    assert h.quantile(0.9) == pytest.approx(3000.0)
+
+
+def test_hedge_losers_recorded_as_censored_raise_the_tail() -> None:
+    fast_only, censored = (Estimator(PRIOR, 60.0, 0.0) for _ in range(2))
+    for est in (fast_only, censored):
+        for _ in range(18):
+            est.observe_ttft(100.0, 0.0)
+    censored.observe_censored(2000.0, 0.0)
+    censored.observe_censored(2000.0, 0.0)
+    assert fast_only.snapshot(0.0, 0.9).ttft_q_ms == pytest.approx(100.0)
+    assert censored.snapshot(0.0, 0.95).ttft_q_ms >= 2000.0
+    assert censored.snapshot(0.0, 0.9).samples == 20
+
+
+def test_priors_before_any_observation() -> None:
+    s = Estimator(PRIOR, 60.0, 0.0).snapshot(0.0, 0.9)
+    assert (s.ttft_ms, s.ttft_q_ms, s.ms_per_token) == (500.0, 500.0, 10.0)
+    assert s.error_rate == pytest.approx(0.01)
+    assert (s.weight, s.samples, s.age_s) == (0.0, 0, None)
+
+
+def test_a_stale_estimate_reverts_to_its_prior() -> None:
+    est = Estimator(PRIOR, 10.0, 0.0)
+    for _ in range(5):
+        est.observe_ttft(2000.0, 0.0)
+    assert est.snapshot(0.0, 0.9).ttft_ms == pytest.approx(2000.0)
+    later = [est.snapshot(t, 0.9).ttft_ms for t in (10.0, 30.0, 60.0, 200.0)]
+    assert later == sorted(later, reverse=True)  # drifts back, never freezes
+    assert later[-1] == pytest.approx(500.0, abs=1.0)
+    # The budget quantile keeps bad news until its evidence fades below one sample.
+    assert est.snapshot(20.0, 0.9).ttft_q_ms == pytest.approx(2000.0)
+    assert est.snapshot(200.0, 0.9).ttft_q_ms == pytest.approx(500.0, abs=1.0)
+
+
+def test_the_error_rate_is_decayed_and_shapes_the_budget_quantile() -> None:
+    est = Estimator(PRIOR, 10.0, 0.0)
+    for i in range(20):
+        est.observe_outcome(failed=i % 2 == 0, now=0.0, duration_ms=300.0)
+        est.observe_ttft(200.0, 0.0)
+    s = est.snapshot(0.0, 0.9)
+    assert s.error_rate == pytest.approx((10 + 0.02) / 22)
+    assert s.failure_ms == pytest.approx(300.0)
+    # A quarter of requests leave after a failed retry: no success rate meets p90.
+    assert s.ttft_q_ms > 200.0
+    assert est.snapshot(100.0, 0.9).error_rate == pytest.approx(0.01, abs=0.01)
+
+
+def test_decode_time_per_token() -> None:
+    est = Estimator(PRIOR, 10.0, 0.0)
+    est.observe_decode(2.0, 0.0)
+    s = est.snapshot(0.0, 0.9)
+    assert s.latency_ms(100) == pytest.approx(500.0 + 200.0)
