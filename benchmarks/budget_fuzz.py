@@ -41,7 +41,8 @@ from router.config import BudgetConfig, parse_config
 from router.core import Router
 from router.events import BudgetEvent, DoneEvent, ErrorEvent, TextEvent
 from router.request import PreparedRequest
-from router.state.store import MemoryState, RedisState, StateBackend, to_usd
+from router.state.redis import RedisState
+from router.state.store import MemoryState, StateBackend, to_usd
 
 T0 = datetime(2026, 6, 1, 12, tzinfo=UTC).timestamp()
 EPS = 1e-9

@@ -25,6 +25,7 @@ from router.errors import (
     ProviderTimeoutError,
     RateLimitError,
     RouterError,
+    StateUnavailableError,
     StreamCancelledError,
     StreamError,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "Router",
     "RouterError",
     "StartEvent",
+    "StateUnavailableError",
     "StreamCancelledError",
     "StreamError",
     "TextEvent",

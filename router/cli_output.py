@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from router.events import Event, RouteEvent, encode_event
+from router.state.store import StateUnavailable
 
 # The extra that installs a top-level module (a `No module named ...` becomes a hint).
 EXTRAS = {"uvicorn": "server", "starlette": "server", "prometheus_client": "server",
@@ -18,8 +19,10 @@ EXTRAS = {"uvicorn": "server", "starlette": "server", "prometheus_client": "serv
 
 
 def is_redis_error(exc: BaseException) -> bool:
-    # redis-py's errors, recognised without importing redis (an optional extra).
-    return any(c.__module__.startswith("redis.") for c in type(exc).__mro__)
+    # redis-py's errors, recognised without importing redis (an optional extra), and the
+    # state layer's own (its message names the store without credentials).
+    return isinstance(exc, StateUnavailable) or any(
+        c.__module__.startswith("redis.") for c in type(exc).__mro__)
 
 
 def round_usd(data: Any) -> Any:

@@ -297,6 +297,7 @@ class Router:
         providers, self._providers = self._providers, {}
         for provider in providers.values():
             await provider.aclose()
+        await self.resilience.aclose()
         if self._owns_budgets and isinstance(self.budgets, BudgetManager):
             await self.budgets.aclose()
 

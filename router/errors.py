@@ -67,6 +67,11 @@ class StreamCancelledError(StreamError):
     """The stream was cancelled (`cancelled`)."""
 
 
+class StateUnavailableError(StreamError):
+    """The state store (Redis) did not answer and `state.on_unavailable` is `fail_closed`:
+    the request was refused before it started. Retryable."""
+
+
 _BY_CODE: dict[str, type[StreamError]] = {
     "no_route": NoRouteError,
     "budget_exceeded": BudgetExceededError,
@@ -82,6 +87,7 @@ _BY_CODE: dict[str, type[StreamError]] = {
     "provider_error": ProviderFailure,
     "protocol_error": ProviderFailure,
     "cancelled": StreamCancelledError,
+    "state_unavailable": StateUnavailableError,
 }
 
 

@@ -31,6 +31,7 @@ ErrorCode = Literal[
     "provider_error",
     "protocol_error",
     "cancelled",
+    "state_unavailable",
 ]
 ResumeMode = Literal["continue", "restart"]
 BudgetLevel = Literal["warning", "exceeded"]

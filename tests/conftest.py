@@ -13,10 +13,6 @@ throwaway `redis-server` on loopback, per test module).
 from __future__ import annotations
 
 import copy
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
@@ -138,35 +134,25 @@ async def make_router(fleet: Fleet) -> AsyncIterator[Callable[..., Router]]:
         await r.aclose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    """A throwaway redis-server on loopback (no persistence files), stopped after the module."""
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is required (Debian package redis-server)"
-    port = _free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as c:
-                c.sendall(b"PING\r\n")
-                if c.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "redis-server did not start"
-        time.sleep(0.02)
+    """A throwaway redis-server on loopback (no persistence), stopped after the module."""
+    from router.testing.redis_server import RedisServer
+
+    server = RedisServer()
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(5)
+        server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A redis-server of the test's own, to pause, kill and restart."""
+    from router.testing.redis_server import RedisServer
+
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -2,12 +2,13 @@
 
 At start the stream asks the gate for a reservation of its estimated cost; the reservation
 says the most the request may spend (its own cap, or less when a budget is nearly used up)
-and is settled to the actual cost at the end, whatever the outcome. `router/budgets.py`
+and is settled to the actual cost at the end, whatever the outcome. `router.budgets.manager`
 implements the gate for configured budgets; `Unlimited` serves when there are none.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -41,6 +42,15 @@ class Reservation(Protocol):
     # The budget scope that sets `limit_usd`, or None when it is the request's own cap.
     limit_scope: str | None
 
+    @property
+    def book_every_s(self) -> float:
+        """How often a running stream books its spend so far (`progress`)."""
+        ...
+
+    async def progress(self, cost_usd: float, by_deployment: Mapping[str, float]) -> None:
+        """Book the spend so far of a stream still running; the settle books the rest."""
+        ...
+
     async def settle(self, cost_usd: float, stopped: bool,
                      by_deployment: Mapping[str, float] | None = None) -> Sequence[BudgetNotice]:
         """Book the actual cost (`by_deployment`: the same cost split per deployment, for
@@ -62,6 +72,10 @@ class CapOnly:
 
     limit_usd: float | None
     limit_scope: str | None = None
+    book_every_s: float = math.inf
+
+    async def progress(self, cost_usd: float, by_deployment: Mapping[str, float]) -> None:
+        return None
 
     async def settle(self, cost_usd: float, stopped: bool,
                      by_deployment: Mapping[str, float] | None = None) -> Sequence[BudgetNotice]:

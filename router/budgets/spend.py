@@ -52,8 +52,8 @@ class SpendReport(BaseModel):
 
 
 def _matches(scope: str, wanted: str | None) -> bool:
-    """`user` selects every user, `user:alice` one of them."""
-    return wanted is None or scope == wanted or scope.startswith(wanted + ":")
+    """`user` selects every user, `user:alice` one of them, `user:<key>` the key's users."""
+    return wanted is None or scope == wanted or scope.startswith((wanted + ":", wanted + "/"))
 
 
 async def build_report(manager: BudgetManager, scope: str | None = None,
@@ -90,11 +90,16 @@ async def build_report(manager: BudgetManager, scope: str | None = None,
 async def _budget_statuses(manager: BudgetManager, parsed: dict[tuple[str, str], dict[str, int]],
                            scope: str | None, now: float) -> list[BudgetStatus]:
     lines: list[tuple[Line, tuple[str, ...]]] = []
+    # Scopes with requests in flight have a row too, spend or not.
+    head = manager.held_key("")
+    leased = {k[len(head):] for k in await manager.state.scan_held(head)} if (
+        manager.budgets) else set()
     for budget in manager.budgets:
         buckets = budget.window.spent_buckets(now)
         kind = budget.scope
         values = {sc for sc, bk in parsed if bk in buckets and (
             sc == kind or sc.startswith(kind + ":"))}
+        values |= {sc for sc in leased if sc == kind or sc.startswith(kind + ":")}
         if kind in ("global",) or kind.startswith("task:"):
             values.add(kind)
         for value in sorted(values):

@@ -181,20 +181,38 @@ class StateConfig(BaseModel):
     backend: Literal["memory", "redis"] = "memory"
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "llmr:"
-    # Every Redis call is bounded: connecting, and each reply.
-    connect_timeout_s: float = Field(default=1.0, gt=0)
-    socket_timeout_s: float = Field(default=1.0, gt=0)
+    # Every call to the store is bounded: a hung or dead Redis costs a request at most
+    # about connect + socket timeout, never a frozen event loop.
+    connect_timeout_s: float = Field(default=0.5, gt=0, le=60, allow_inf_nan=False)
+    socket_timeout_s: float = Field(default=0.5, gt=0, le=60, allow_inf_nan=False)
+    # The store unreachable: `fail_open` serves on per-process breakers and budgets and
+    # journals spend to book it when the store returns; `fail_closed` refuses new
+    # requests with `state_unavailable` (HTTP 503).
+    on_unavailable: Literal["fail_open", "fail_closed"] = "fail_open"
+    # A reservation is a lease of the request's `total_s` timeout plus this slack: a dead
+    # process holds a budget for one lease time at most.
+    lease_slack_s: float = Field(default=30.0, ge=0, le=86400, allow_inf_nan=False)
+    # Spend of a long stream is booked every this many seconds (a kill -9 loses at most
+    # the last increment).
+    book_every_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
+    # Spend waiting for the store while it is unavailable (settles); when full, new
+    # requests are refused with `state_unavailable` rather than spend be lost.
+    journal_max: int = Field(default=100_000, ge=1)
+    # `per_key`: `user` and `session` budget scopes are namespaced by the caller's key
+    # (`user:<key>/ann`), so one tenant cannot spend another's budget. `shared` is for a
+    # trusted single tenant whose keys share users.
+    user_scopes: Literal["per_key", "shared"] = "per_key"
     # The shared event log (Redis Streams): how long events wait to be written together
     # (readers elsewhere see them at most this much later), and how long an instance may
     # be silent before its running streams count as orphaned and another takes them over.
-    event_flush_ms: float = Field(default=10.0, ge=0, le=1000)
+    event_flush_ms: float = Field(default=10.0, ge=0, le=1000, allow_inf_nan=False)
     # A stream's text deltas wait up to this long (or 20 of them) to be written together;
     # its first text, and every other event, go with the next flush.
-    event_batch_ms: float = Field(default=100.0, ge=0, le=5000)
-    lease_s: float = Field(default=3.0, gt=0)
+    event_batch_ms: float = Field(default=100.0, ge=0, le=5000, allow_inf_nan=False)
+    stream_lease_s: float = Field(default=3.0, gt=0, le=3600, allow_inf_nan=False)
     # How often each instance merges its routing statistics with the others' (the bound on
     # how stale another instance's observations are when this one routes on them).
-    stats_sync_s: float = Field(default=2.0, gt=0)
+    stats_sync_s: float = Field(default=2.0, gt=0, le=3600, allow_inf_nan=False)
 
 
 class RouterConfig(_Strict):

@@ -56,41 +56,6 @@ def memory_storage(name: str) -> pybreaker.CircuitBreakerStorage:
     return pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
 
 
-def redis_storage(url: str, namespace: str = "llm-router:breaker") -> StorageFactory:
-    """pybreaker's Redis storage: every router instance on `url` shares each deployment's
-    state, failure count and `opened_at`. (pybreaker's client is synchronous: each admit
-    and outcome costs a loopback round trip or two on the event loop.) If Redis cannot be
-    reached when a breaker is built, that breaker falls back to memory."""
-    import pybreaker
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-
-    class SharedStorage(pybreaker.CircuitRedisStorage):
-        """Also holds the half-open probe slot, so one probe goes at a time across all
-        instances (the slot expires after `ttl_s` should its holder vanish)."""
-
-        def claim_probe(self, ttl_s: float) -> bool:
-            try:
-                key = self._namespace("probe")
-                return bool(client.set(key, "1", nx=True, px=max(1, int(ttl_s * 1000))))
-            except redis.RedisError:
-                return True  # Redis unreachable: the per-instance rule still holds
-
-        def release_probe(self) -> None:
-            with contextlib.suppress(redis.RedisError):
-                client.delete(self._namespace("probe"))
-
-    def make(deployment: str) -> pybreaker.CircuitBreakerStorage:
-        try:
-            return SharedStorage(pybreaker.STATE_CLOSED, client,
-                                 namespace=f"{namespace}:{deployment}")
-        except redis.RedisError:
-            return memory_storage(deployment)
-
-    return make
-
-
 class _Failed(Exception):
     """Raised inside `CircuitBreaker.call` so that pybreaker counts a failure."""
 
@@ -298,8 +263,9 @@ class BreakerRegistry:
     """Every deployment's breaker, built on first use from `resilience.breaker`.
 
     `storage_factory(deployment)` returns the pybreaker storage of one breaker: memory by
-    default; `redis_storage` (pybreaker's `CircuitRedisStorage`) shares state between router
-    instances and holds the half-open probe slot across them."""
+    default; `router.resilience.breaker_sync.BreakerSync` keeps it in memory too and syncs
+    it with the other router instances through Redis in the background (no Redis call on
+    the decision path)."""
 
     def __init__(self, cfg: BreakerConfig, *, clock: Clock = utc_now,
                  storage_factory: StorageFactory = memory_storage,

@@ -15,9 +15,9 @@ from router.resilience.breaker import (
     Clock,
     StorageFactory,
     memory_storage,
-    redis_storage,
     utc_now,
 )
+from router.resilience.breaker_sync import BreakerSync
 from router.resilience.continuation import Way
 from router.resilience.retry import RetryPolicy, Sleep
 from router.routing.stats import StatsRegistry
@@ -35,14 +35,25 @@ class Resilience:
         self.cfg = cfg
         state = loaded.config.state
         shared = storage_factory is not None or state.backend == "redis"
-        if storage_factory is None:
-            # With `state: {backend: redis}` breakers are shared by every router instance.
-            storage_factory = redis_storage(state.url) if state.backend == "redis" else (
-                memory_storage)
+        self.sync: BreakerSync | None = None
+        if storage_factory is None and state.backend == "redis":
+            # With `state: {backend: redis}` breakers are shared by every router instance,
+            # synced in the background (decisions never wait for Redis).
+            from router.state.redis import RedisState
+
+            self.sync = BreakerSync(RedisState(
+                state.url, max_connections=4, connect_timeout_s=state.connect_timeout_s,
+                socket_timeout_s=state.socket_timeout_s), state.prefix)
+            storage_factory = self.sync
+        storage_factory = storage_factory or memory_storage
         self.breakers = BreakerRegistry(cfg.breaker, clock=clock, storage_factory=storage_factory,
                                         shared=shared)
         self.retry = RetryPolicy(cfg.retry, sleep=sleep, rng=rng, clock=monotonic)
         self._refused: dict[str, set[Way]] = {}
+
+    async def aclose(self) -> None:
+        if self.sync is not None:
+            await self.sync.aclose()
 
     def continuation_ways(self, dep: Deployment) -> list[Way]:
         """The ways to ask `dep` for a continuation, best first, minus learned refusals."""

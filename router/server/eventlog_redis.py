@@ -14,7 +14,7 @@ after the last, so `XREAD` from `0-<after+1>` starts at the entry holding `after
 Readers on the producing instance see an event once it is flushed (`StreamLog.flushed`).
 
 Readers elsewhere block in `XREAD BLOCK` (no polling). Each instance refreshes a heartbeat
-key `inst:<id>` every `lease_s / 3`; a stream whose meta names an instance whose heartbeat
+key `inst:<id>` every `stream_lease_s / 3`; a stream whose meta names an instance whose heartbeat
 expired is orphaned, and the first reader to claim it (one Lua step) continues it.
 
 Keys (under `state.prefix`): `log:<s|r>:<key>` (the Stream), `...:meta` (owner hash,
@@ -117,9 +117,9 @@ class SharedLogs:
         self.stream_ttl_s = max(1, int(stream_ttl_s + retention_s))
         self.flush_s = cfg.event_flush_ms / 1000.0
         self.batch_s = cfg.event_batch_ms / 1000.0
-        self.lease_s = cfg.lease_s
+        self.lease_s = cfg.stream_lease_s
         self.timeout_s = cfg.socket_timeout_s
-        self.block_ms = max(50, int(cfg.lease_s * 500))
+        self.block_ms = max(50, int(cfg.stream_lease_s * 500))
         self.clock = clock
         self.redis: Any = aioredis.Redis.from_url(
             cfg.url, socket_connect_timeout=cfg.connect_timeout_s,

@@ -19,7 +19,7 @@ from router.server.auth import Principal, error_body
 
 # An `error` event before the first `start` is a refusal, answered with an HTTP status.
 _EARLY_STATUS = {"budget_exceeded": 429, "bad_request": 422, "no_route": 422,
-                 "context_length": 422}
+                 "context_length": 422, "state_unavailable": 503}
 
 
 class StreamBody(BaseModel):

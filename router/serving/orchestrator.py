@@ -7,6 +7,7 @@ continuation), and the terminal event. The per-chunk hot path is `router.serving
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from router.routing.policy import RouteDecision
 from router.serving.emitter import Emitter
 from router.serving.failover import Failover
 from router.serving.ledger import Ledger
+from router.state.store import StateUnavailable
 
 if TYPE_CHECKING:
     from router.serving.context import ServingContext
@@ -95,7 +97,12 @@ async def run_stream(ctx: ServingContext, params: StreamParams,
                        "no eligible deployment: " + decision.explain_exclusions(),
                        retryable=tripped, suggestion=_missing_keys_hint(decision))
         return
-    reservation = await ctx.budgets.reserve(req, chosen.cost_usd, req.constraints.max_cost_usd)
+    try:
+        reservation = await ctx.budgets.reserve(req, chosen.cost_usd,
+                                                req.constraints.max_cost_usd)
+    except StateUnavailable as exc:  # state.on_unavailable: fail_closed
+        yield em.error("state_unavailable", str(exc), retryable=True)
+        return
     if isinstance(reservation, Refusal):
         yield em.error("budget_exceeded", reservation.message)
         return
@@ -109,15 +116,19 @@ async def run_stream(ctx: ServingContext, params: StreamParams,
 async def serve_to_end(failover: Failover,
                        reservation: Reservation) -> AsyncGenerator[Event, None]:
     """Serve a routed, reserved request: its events, the settlement of its spend, and the
-    terminal event."""
+    terminal event (also what a takeover runs for an orphaned stream)."""
     em, ledger = failover.em, failover.ledger
     settled = False
     try:
         # aclosing: closing this generator must close the provider stream at once, not
         # whenever the abandoned inner generators are garbage collected.
+        booking = Progress(reservation, ledger, em)
         async with aclosing(failover.run()) as served:
             async for event in served:
                 yield event
+                if em.clock() >= booking.due:
+                    booking.start()
+        await booking.wait()
         settled = True
         stopped = ledger.finish == "budget"
         for notice in await reservation.settle(ledger.cost_usd(), stopped,
@@ -133,6 +144,30 @@ async def serve_to_end(failover: Failover,
     finally:
         if not settled:  # cancelled by the caller: the spend still counts
             await reservation.settle(ledger.cost_usd(), False, ledger.costs_by_deployment())
+
+
+class Progress:
+    """Books a long stream's spend every `book_every_s` in the background (one booking at
+    a time), so a process killed mid-stream loses at most the last increment."""
+
+    __slots__ = ("due", "em", "ledger", "reservation", "task")
+
+    def __init__(self, reservation: Reservation, ledger: Ledger, em: Emitter) -> None:
+        self.reservation = reservation
+        self.ledger = ledger
+        self.em = em
+        self.due = em.clock() + reservation.book_every_s
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.due = self.em.clock() + self.reservation.book_every_s
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self.reservation.progress(
+                self.ledger.cost_usd(), self.ledger.costs_by_deployment()))
+
+    async def wait(self) -> None:
+        if self.task is not None:
+            await asyncio.shield(self.task)
 
 
 def budget_event(em: Emitter, notice: BudgetNotice) -> BudgetEvent:

@@ -12,7 +12,10 @@ import pybreaker
 import pytest
 
 from router.config import BreakerConfig
-from router.resilience.breaker import BreakerRegistry, Permit, redis_storage
+from router.resilience.breaker import BreakerRegistry, Permit
+from router.resilience.breaker_sync import BreakerSync
+from router.state.redis import RedisState
+from router.testing.redis_server import RedisServer
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -206,46 +209,62 @@ def test_importing_the_module_does_not_import_pybreaker() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_redis_storage_shares_breakers_between_routers(redis_url: str) -> None:
-    """Two router instances on one Redis: a trip seen by one is seen by the other, and so
-    is the recovery. (Redis keeps `opened_at` in whole seconds of the wall clock, so the
-    fake clock starts just after now.)"""
-    clock = FakeClock()
-    clock.now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
-    cfg = BreakerConfig(fail_max=2, reset_timeout_s=30)
-    namespace = f"test-{time.monotonic_ns()}"
-    one = BreakerRegistry(cfg, clock=clock, storage_factory=redis_storage(redis_url, namespace),
-                          shared=True)
-    two = BreakerRegistry(cfg, clock=clock, storage_factory=redis_storage(redis_url, namespace),
-                          shared=True)
-    admit(one).failure("overloaded")
-    admit(two).failure("overloaded")
-    assert two.unavailable_reason("a") == "circuit_open"
-    assert one.snapshot(("a",))["a"].opened_at == clock.now
-    assert two.unavailable_reason("never-used-here") is None
-    clock.advance(31)
-    probe = admit(one)
-    assert probe.probe
-    assert two.admit("a") is None  # one probe at a time across instances
-    probe.success()
-    assert two.get("a").state == "closed" and two.admit("a") is not None
+def shared_registry(redis_url: str, clock: FakeClock, fail_max: int,
+                    prefix: str) -> tuple[BreakerRegistry, BreakerSync]:
+    sync = BreakerSync(RedisState(redis_url), prefix)
+    cfg = BreakerConfig(fail_max=fail_max, reset_timeout_s=30)
+    return BreakerRegistry(cfg, clock=clock, storage_factory=sync, shared=True), sync
 
 
-def test_a_released_shared_probe_lets_another_instance_probe(redis_url: str) -> None:
+async def test_shared_breakers_sync_trips_and_recoveries_between_routers(
+        redis_url: str) -> None:
+    """Two router instances on one Redis: a trip on one reaches the other at its next sync,
+    and so does the recovery; no Redis call is made while deciding."""
     clock = FakeClock()
-    clock.now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
-    cfg = BreakerConfig(fail_max=1, reset_timeout_s=30)
-    namespace = f"test-{time.monotonic_ns()}"
-    one, two = (BreakerRegistry(cfg, clock=clock, shared=True,
-                                storage_factory=redis_storage(redis_url, namespace))
-                for _ in range(2))
-    admit(one).failure("timeout")
-    clock.advance(31)
-    admit(one).release()  # the caller left: no outcome
-    probe = admit(two)
-    assert probe.probe and one.admit("a") is None
-    probe.failure("timeout")
-    assert one.get("a").state == "open" and one.admit("a") is None
+    prefix = f"test-{time.monotonic_ns()}:"
+    one, sync_one = shared_registry(redis_url, clock, 2, prefix)
+    two, sync_two = shared_registry(redis_url, clock, 2, prefix)
+    try:
+        admit(two)  # both instances know the deployment
+        admit(one).failure("overloaded")
+        admit(one).failure("overloaded")
+        assert one.unavailable_reason("a") == "circuit_open"
+        assert await sync_one.sync_once() and await sync_two.sync_once()
+        assert two.unavailable_reason("a") == "circuit_open"
+        assert two.snapshot(("a",))["a"].opened_at == clock.now
+        assert two.unavailable_reason("never-used-here") is None
+        clock.advance(31)
+        probe = admit(one)
+        assert probe.probe
+        probe.success()
+        assert await sync_one.sync_once() and await sync_two.sync_once()
+        assert two.get("a").state == "closed" and two.admit("a") is not None
+    finally:
+        await sync_one.aclose()
+        await sync_two.aclose()
+
+
+async def test_shared_breakers_decide_alone_while_redis_is_down(redis_server: RedisServer) -> None:
+    clock = FakeClock()
+    one, sync = shared_registry(redis_server.url, clock, 1, "t:")
+    try:
+        redis_server.kill()
+        admit(one).failure("timeout")
+        assert one.unavailable_reason("a") == "circuit_open"  # per process meanwhile
+        assert not await sync.sync_once()
+        redis_server.start()
+        # The trip made meanwhile is written once Redis answers (the background task may
+        # be the one to write it: poll, with a deadline).
+        deadline = time.monotonic() + 10
+        while not (await sync.store.ping() and await sync.sync_once()):
+            assert time.monotonic() < deadline
+        other, other_sync = shared_registry(redis_server.url, clock, 1, "t:")
+        other.get("a")
+        assert await other_sync.sync_once()
+        assert other.unavailable_reason("a") == "circuit_open"
+        await other_sync.aclose()
+    finally:
+        await sync.aclose()
 
 
 # --- the failure-rate trip -----------------------------------------------------------------

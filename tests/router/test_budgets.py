@@ -28,7 +28,7 @@ from providers.base import (
 from router.budgets.gate import Refusal
 from router.budgets.manager import BudgetManager, BudgetReservation
 from router.budgets.windows import Window, calendar_bucket, parse_duration
-from router.config import BudgetConfig, parse_config
+from router.config import BudgetConfig, StateConfig, parse_config
 from router.core import Router
 from router.errors import ConfigError
 from router.events import BudgetEvent, DoneEvent, ErrorEvent, Event, TextEvent
@@ -201,10 +201,28 @@ async def test_scopes_come_from_metadata_task_and_global() -> None:
     res = await reserve(m, 0.1, metadata={"key": "k1", "session": "s9"}, task="qualification")
     assert isinstance(res, BudgetReservation)
     assert sorted(ln.label for ln in res.lines) == [
-        "global/day", "key:k1/day", "session:s9/day", "task:qualification/day"]
+        "global/day", "key:k1/day", "session:k1/s9/day", "task:qualification/day"]
     other = await reserve(m, 0.1, metadata={}, task="general")
     assert isinstance(other, BudgetReservation)
     assert [ln.label for ln in other.lines] == ["global/day"]
+
+
+async def test_user_budgets_of_one_key_do_not_spend_another_keys() -> None:
+    # Key A spending as user ann must not exhaust key B's ann (issue 13, item 8).
+    m = manager({"scope": "user", "limit_usd": 0.10})
+    await spend(m, 0.10, metadata={"key": "A", "user": "ann"})
+    assert isinstance(await reserve(m, 0.01, metadata={"key": "A", "user": "ann"}), Refusal)
+    b = await reserve(m, 0.05, metadata={"key": "B", "user": "ann"})
+    assert isinstance(b, BudgetReservation)
+    assert [ln.scope for ln in b.lines] == ["user:B/ann"]
+
+
+async def test_a_trusted_single_tenant_can_share_users_across_keys() -> None:
+    clock = Clock()
+    m = BudgetManager([BudgetConfig(scope="user", limit_usd=0.10)], MemoryState(clock),
+                      clock=clock, settings=StateConfig(user_scopes="shared"))
+    await spend(m, 0.10, metadata={"key": "A", "user": "ann"})
+    assert isinstance(await reserve(m, 0.01, metadata={"key": "B", "user": "ann"}), Refusal)
 
 
 async def test_stream_limit_is_what_the_request_holds() -> None:

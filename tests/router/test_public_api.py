@@ -40,6 +40,7 @@ PUBLIC = [
     "Router",
     "RouterError",
     "StartEvent",
+    "StateUnavailableError",
     "StreamCancelledError",
     "StreamError",
     "TextEvent",

@@ -54,13 +54,16 @@ async def test_report_splits_spend_by_scope_and_deployment() -> None:
         "global": (1.75, {"fast": 0.75, "strong": 1.0}),
         "key:k1": (1.25, {"fast": 0.25, "strong": 1.0}),
         "task:qualification": (1.75, {"fast": 0.75, "strong": 1.0}),
-        "user:ann": (1.25, {"fast": 0.25, "strong": 1.0}),
+        "user:k1/ann": (1.25, {"fast": 0.25, "strong": 1.0}),
         "user:bob": (0.5, {"fast": 0.5}),
     }
     users = await build_report(m, scope="user")
-    assert [r.scope for r in users.scopes] == ["user:ann", "user:bob"]
-    ann = await build_report(m, scope="user:ann")
-    assert [r.scope for r in ann.scopes] == ["user:ann"]
+    # A keyed request's user is the key's own (user:<key>/<user>); `user:k1` selects them.
+    assert [r.scope for r in users.scopes] == ["user:bob", "user:k1/ann"]
+    ann = await build_report(m, scope="user:k1/ann")
+    assert [r.scope for r in ann.scopes] == ["user:k1/ann"]
+    assert [r.scope for r in (await build_report(m, scope="user:k1")).scopes] == [
+        "user:k1/ann"]
     assert (await build_report(m, scope="user:an")).scopes == []
 
 

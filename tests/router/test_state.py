@@ -13,19 +13,18 @@ from typing import Any
 import pytest
 
 from router.budgets.manager import BudgetManager
-from router.config import parse_config
+from router.config import StateConfig, parse_config
 from router.core import Router
+from router.state.backends import create_state
+from router.state.redis import RedisState
 from router.state.store import (
     NANO,
     TOTAL,
     Booking,
     LimitCheck,
     MemoryState,
-    RedisState,
     StateBackend,
-    StateConfig,
     Watch,
-    create_state,
     to_nano,
     to_usd,
 )
@@ -79,19 +78,20 @@ async def test_reserve_is_all_or_nothing_across_checks(state: StateBackend) -> N
 async def test_checks_sharing_a_scope_hold_the_amount_once(state: StateBackend) -> None:
     held, hour, day = _k("held"), _k("hour"), _k("day")
     checks = [LimitCheck(held, (hour,), 500), LimitCheck(held, (day,), 5000)]
-    assert (await state.reserve(checks, 200, 60)).failed is None
+    adm = await state.reserve(checks, 200, 60)
+    assert adm.failed is None
     assert await state.held([held]) == [200]
-    await state.settle([held, held], 200, [], [])
+    await state.settle([held, held], 200, [], [], lease=adm.lease)
     assert await state.held([held]) == [0]
 
 
 async def test_settle_releases_the_hold_and_books_exactly(state: StateBackend) -> None:
     held, spent = _k("held"), _k("spent")
     check = LimitCheck(held, (spent,), 10_000)
-    await state.reserve([check], 1000, 60)
+    first = await state.reserve([check], 1000, 60)
     await state.reserve([check], 1000, 60)
     await state.settle([held], 1000, [Booking(spent, "a", 123, 60), Booking(spent, "b", 7, 60)],
-                       [])
+                       [], lease=first.lease)
     assert await state.held([held]) == [1000]
     assert await state.totals([spent]) == [130]
     rows = await state.scan(spent.split("|")[0], "|spent")
@@ -135,7 +135,8 @@ async def test_concurrent_reservations_never_pass_the_limit(state: StateBackend)
         peak = max(peak, now)
         await asyncio.sleep(0)
         actual = rng.randint(0, amount)  # a request never costs more than it reserved
-        await state.settle([held], amount, [Booking(spent, "d", actual, 60)], [])
+        await state.settle([held], amount, [Booking(spent, "d", actual, 60)], [],
+                           lease=adm.lease)
         return True
 
     admitted = await asyncio.gather(*(request() for _ in range(200)))

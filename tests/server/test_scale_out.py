@@ -53,7 +53,7 @@ def _config(tmp: Path, redis_url: str, **state: Any) -> Path:
         "server": {"api_keys": [key_entry(n, k) for n, k in KEYS.items()],
                    "heartbeat_s": 1, "retention_s": 120},
         "state": {"backend": "redis", "url": redis_url, "prefix": f"t{uuid.uuid4().hex[:8]}:",
-                  "lease_s": 0.6, "event_flush_ms": 5, "stats_sync_s": 0.2, **state},
+                  "stream_lease_s": 0.6, "event_flush_ms": 5, "stats_sync_s": 0.2, **state},
     }
     path = tmp / "router.yaml"
     path.write_text(yaml.safe_dump(cfg))
