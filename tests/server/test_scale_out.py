@@ -234,7 +234,7 @@ async def test_a_breaker_opened_by_a_routes_b_requests_away(pair) -> None:
                                          json={"input": "hi", "task": "risky"}) as r:
         events = await read_until_terminal(r)
     route = events[0].data
-    assert route["deployment"] == "spare"
+    assert route["deployment"] == "spare", (route["reason"], route["candidates"])
     assert {x["deployment"]: x["reason"] for x in route["candidates"]}["flaky"] == "circuit_open"
 
 
