@@ -9,6 +9,7 @@ request takes a lease), while one fault is injected on a real redis-server:
   fsynced on every write, so the restarted Redis has what it acknowledged);
 - `instance killed -9`: two router processes on one Redis, one killed -9 mid-load.
 
+A first row without a fault is the baseline (the lag of 300 streams on this machine).
 Per fault, a table: requests served (`done`), clear errors (`error` events, by code),
 streams without a terminal event (must be 0), spend booked in Redis vs the `done.cost_usd`
 delivered (must match; after a kill -9, the cut streams' partial spend is booked too and
@@ -142,7 +143,11 @@ async def fault_in_process(server: RedisServer, name: str, streams: int) -> dict
     prefix = f"bench{time.monotonic_ns()}:"
     r = Router(parse_config(fleet(server.url, prefix), "faults.yaml", env={}))
     tally = Tally()
-    if name == "pause":
+    if name == "none":
+        async def inject() -> None:
+            return None
+        seconds = 12.0
+    elif name == "pause":
         async def inject() -> None:
             await asyncio.sleep(2)
             server.pause()
@@ -257,7 +262,8 @@ def table(title: str, row: dict[str, Any]) -> str:
 
 
 async def main(streams: int, only: str | None) -> None:
-    faults = [("pause", "Redis paused 20 s (SIGSTOP)"),
+    faults = [("none", "no fault (baseline for the lag on this machine)"),
+              ("pause", "Redis paused 20 s (SIGSTOP)"),
               ("kill", "Redis killed (SIGKILL), restarted 5 s later"),
               ("instance", "one of two router instances killed -9")]
     print(f"{streams} concurrent streams, simulated 40-token answers at 40 tokens/s, "
@@ -281,6 +287,6 @@ async def main(streams: int, only: str | None) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=300)
-    parser.add_argument("--only", choices=["pause", "kill", "instance"])
+    parser.add_argument("--only", choices=["none", "pause", "kill", "instance"])
     args = parser.parse_args()
     asyncio.run(main(args.streams, args.only))

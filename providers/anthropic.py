@@ -13,6 +13,17 @@ Usage is normalized: `input_tokens` = input + cache_read + cache_creation,
 is inside `output_tokens`). A UsageDelta is yielded at `message_start` (input known,
 output provisional) and at each `message_delta`.
 
+End of stream: `message_stop` is the terminal marker, but a stream that ends cleanly
+without it (its last event lacking the blank line that dispatches it, as in the official
+SDK's own fixtures) is complete when a `message_delta` already carried the stop reason
+and usage: nothing but `message_stop` can follow it, and re-serving a complete answer
+would pay for it twice. Without that `message_delta` the end is a `protocol_error`.
+
+Structured output (`response_format`) is a forced tool, `json_answer`, whose input schema
+is the requested one; its input fragments are streamed as text and the turn ends `stop`.
+Sampling parameters: `top_p`, `top_k`, `user` (-> `metadata.user_id`),
+`parallel_tool_calls: false` (-> `tool_choice.disable_parallel_tool_use`).
+
 Not supported: thinking signatures and redacted-thinking blocks are not returned (so
 thinking cannot be sent back in a later turn), citations, server tools (web search, code
 execution) results, images in assistant turns, the Batch and Files APIs. A final assistant
@@ -33,6 +44,7 @@ from typing import Any
 import httpx
 import orjson
 
+from providers.anthropic_request import ANSWER_TOOL, build_request, json_default
 from providers.base import (
     Delta,
     FinishDelta,
@@ -58,7 +70,6 @@ from providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
-DEFAULT_MAX_TOKENS = 4096  # the API requires max_tokens; the router normally sets it
 
 FINISH_REASONS: dict[str, ProviderFinish] = {
     "end_turn": "stop",
@@ -70,9 +81,7 @@ FINISH_REASONS: dict[str, ProviderFinish] = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
-BODY_OPTIONS = ("thinking", "top_p", "top_k", "metadata", "service_tier")
 _MALFORMED = (orjson.JSONDecodeError, AttributeError, KeyError, TypeError)
-_TOOL_CHOICE = {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}}
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -83,143 +92,15 @@ def _map_error(payload: Any, secrets: Sequence[str]) -> ProviderError:
     return map_error_payload(payload, secrets=secrets, where="anthropic stream error")
 
 
-# --- request ------------------------------------------------------------------------------
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if isinstance(obj, Sequence) and not isinstance(obj, str | bytes):
-        return list(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-    return ""
-
-
-def _user_blocks(content: Any) -> list[dict[str, Any]]:
-    """OpenAI-shaped content (str or parts) -> Anthropic content blocks."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks: list[dict[str, Any]] = []
-    for part in content or ():
-        kind = part.get("type")
-        if kind == "text":
-            blocks.append({"type": "text", "text": part.get("text", "")})
-        elif kind == "image_url":
-            url = part["image_url"]["url"] if isinstance(part["image_url"], Mapping) \
-                else part["image_url"]
-            if url.startswith("data:"):
-                media, _, data = url[5:].partition(";base64,")
-                source = {"type": "base64", "media_type": media, "data": data}
-            else:
-                source = {"type": "url", "url": url}
-            blocks.append({"type": "image", "source": source})
-    return blocks
-
-
-def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
-    blocks = _user_blocks(_text_of(message.get("content")))
-    for call in message.get("tool_calls") or ():
-        fn = call.get("function", {})
-        raw = fn.get("arguments") or "{}"
-        try:
-            arguments = orjson.loads(raw) if isinstance(raw, str) else raw
-        except orjson.JSONDecodeError:
-            arguments = {}  # a malformed call from an earlier turn: send it without input
-        blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""),
-                       "input": arguments})
-    return blocks
-
-
-def _messages(messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """OpenAI chat history -> (Anthropic messages, system texts found in the history).
-    Tool results become `tool_result` blocks of a user turn; consecutive turns of one role
-    are merged, so parallel tool results share one user message as the API requires."""
-    out: list[dict[str, Any]] = []
-    system: list[str] = []
-    for message in messages:
-        role = message.get("role")
-        if role == "system":
-            system.append(_text_of(message.get("content")))
-            continue
-        if role == "tool":
-            role = "user"
-            blocks: list[dict[str, Any]] = [{
-                "type": "tool_result",
-                "tool_use_id": message.get("tool_call_id", ""),
-                "content": _text_of(message.get("content")),
-            }]
-        elif role == "assistant":
-            blocks = _assistant_blocks(message)
-        else:
-            role = "user"
-            blocks = _user_blocks(message.get("content"))
-        if not blocks:  # the API rejects empty content
-            continue
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-    if out and out[-1]["role"] == "assistant":  # a prefill: no trailing whitespace allowed
-        last = out[-1]["content"]
-        if last and last[-1]["type"] == "text":
-            last[-1]["text"] = last[-1]["text"].rstrip()
-            if not last[-1]["text"]:
-                last.pop()
-        if not last:
-            out.pop()
-    return out, system
-
-
-def _build_request(
-    request: ProviderRequest, options: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The Messages API body for `request` (pure). `options`: provider-level extras."""
-    messages, system = _messages(request.messages)
-    if request.system:
-        system.insert(0, request.system)
-    body: dict[str, Any] = {
-        "model": request.model,
-        "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
-        "messages": messages,
-        "stream": True,
-    }
-    if system:
-        body["system"] = "\n\n".join(s for s in system if s)
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.stop:
-        body["stop_sequences"] = list(request.stop)
-    if request.tools:
-        body["tools"] = [
-            {"name": t.name, "description": t.description, "input_schema": t.parameters}
-            for t in request.tools
-        ]
-        if request.tool_choice:
-            body["tool_choice"] = _TOOL_CHOICE.get(
-                request.tool_choice, {"type": "tool", "name": request.tool_choice}
-            )
-    merged = {**(options or {}), **request.options}
-    for key in BODY_OPTIONS:
-        if key in merged:
-            body[key] = merged[key]
-    return body
-
-
 # --- stream parsing -----------------------------------------------------------------------
 
 
 class _State:
     """Per-stream parse state: our tool indices, usage so far, stop reason, end seen."""
 
-    __slots__ = ("cache_creation", "cache_read", "done", "error", "input", "output",
-                 "stop_reason", "tool_args", "tools")
+    __slots__ = ("answer_block", "answer_seen", "cache_creation", "cache_read", "done",
+                 "error", "final_usage", "input", "output", "stop_reason", "tool_args",
+                 "tools")
 
     def __init__(self) -> None:
         self.tools: dict[int, int] = {}  # Anthropic block index -> our tool-call index
@@ -231,6 +112,9 @@ class _State:
         self.stop_reason: str | None = None
         self.done = False  # message_stop or error: stop reading
         self.error: Mapping[str, Any] | None = None  # the in-stream `error` event
+        self.final_usage = False  # a message_delta carried the stop reason and usage
+        self.answer_block: int | None = None  # the block index of the ANSWER_TOOL call
+        self.answer_seen = False  # it had input
 
     def usage(self, raw: Mapping[str, Any]) -> UsageDelta:
         """Override with every non-null count in `raw` (message_delta is cumulative)."""
@@ -254,6 +138,9 @@ def _block_edge(kind: str, event: Mapping[str, Any], state: _State) -> Delta | N
     """`content_block_start` / `content_block_stop`: tool calls open and close here."""
     if kind == "content_block_start":
         block = event.get("content_block") or {}
+        if block.get("type") == "tool_use" and block.get("name") == ANSWER_TOOL:
+            state.answer_block = event.get("index", -1)
+            return None
         if block.get("type") == "tool_use":
             index = len(state.tools)
             state.tools[event.get("index", index)] = index
@@ -263,6 +150,9 @@ def _block_edge(kind: str, event: Mapping[str, Any], state: _State) -> Delta | N
         if block.get("type") == "text" and block.get("text"):
             return TextDelta(block["text"])
         return None
+    if event.get("index", -1) == state.answer_block and not state.answer_seen:
+        state.answer_seen = True
+        return TextDelta("{}")
     ours = state.tools.get(event.get("index", -1))
     if ours is not None and not state.tool_args[ours]:
         state.tool_args[ours] = True
@@ -281,6 +171,9 @@ def _parse_event(event: Mapping[str, Any], state: _State) -> Delta | None:
             return TextDelta(text) if text else None
         if dtype == "input_json_delta":
             fragment = delta.get("partial_json")
+            if event.get("index", -1) == state.answer_block:
+                state.answer_seen = state.answer_seen or bool(fragment)
+                return TextDelta(fragment) if fragment else None
             index = state.tools.get(event.get("index", -1))
             if not fragment or index is None:
                 return None
@@ -297,7 +190,10 @@ def _parse_event(event: Mapping[str, Any], state: _State) -> Delta | None:
         if stop is not None:
             state.stop_reason = stop
         usage = event.get("usage")
-        return state.usage(usage) if usage else None
+        if not usage:
+            return None
+        state.final_usage = state.stop_reason is not None
+        return state.usage(usage)
     if kind == "message_start":
         usage = (event.get("message") or {}).get("usage")
         return state.usage(usage) if usage else None
@@ -310,6 +206,8 @@ def _parse_event(event: Mapping[str, Any], state: _State) -> Delta | None:
 
 
 def _finish(state: _State) -> FinishDelta:
+    if state.answer_block is not None and not state.tools:
+        return FinishDelta("stop")  # the forced answer tool ended the turn: a text answer
     return FinishDelta(FINISH_REASONS.get(state.stop_reason or "end_turn", "stop"))
 
 
@@ -346,8 +244,8 @@ class AnthropicProvider(HTTPProvider):
     async def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
         options = {**self.settings.options, **request.options}
         headers = self._headers(options)
-        content = orjson.dumps(_build_request(request, self.settings.options),
-                               default=_json_default)
+        content = orjson.dumps(build_request(request, self.settings.options),
+                               default=json_default)
         response = await open_stream(self._client, self._url, content=content, headers=headers,
                                      secrets=self._secrets)
         state = _State()
@@ -380,8 +278,9 @@ class AnthropicProvider(HTTPProvider):
                 stray = error_in_text(decoder.leftover())  # JSON error instead of SSE
                 if stray is not None:
                     raise _map_error(stray, self._secrets)
-                raise ProviderError("protocol_error", "anthropic: stream ended without "
-                                    "message_stop")
+                if not state.final_usage:
+                        raise ProviderError("protocol_error", "anthropic: stream ended without "
+                                        "message_stop")
             await drain(chunks)
             yield _finish(state)
         finally:

@@ -157,6 +157,10 @@ class ProviderRequest:
     which is in `system`. A final assistant message is a prefill to continue.
 
     `tool_choice`: "auto", "none", "required", or the name of one tool.
+    `response_format`: OpenAI's shape, `{"type": "json_object"}` or `{"type": "json_schema",
+    "json_schema": {"name", "schema", "strict"}}`; each adapter maps it to its own wire.
+    `params`: optional sampling parameters by our name (`SAMPLING_PARAMS`); routing only
+    sends a name to a deployment whose kind lists it in `PROVIDER_PARAMS`.
     `options` are the deployment's provider-specific options from config."""
 
     model: str
@@ -167,7 +171,45 @@ class ProviderRequest:
     tools: Sequence[Tool] = ()
     tool_choice: str | None = None
     stop: Sequence[str] = ()
+    response_format: Mapping[str, Any] | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+
+
+# Optional request parameters, by our (OpenAI's) name; `top_k` and `stop_sequences` come from
+# the Anthropic-compatible side. Which wire can carry which is data, below, not code in the
+# core: a request naming one only routes to deployments whose kind lists it.
+SAMPLING_PARAMS = (
+    "seed", "top_p", "top_k", "frequency_penalty", "presence_penalty", "user",
+    "parallel_tool_calls",
+)
+PROVIDER_PARAMS: dict[str, frozenset[str]] = {
+    "simulated": frozenset(SAMPLING_PARAMS),
+    "openai": frozenset({"seed", "top_p", "frequency_penalty", "presence_penalty", "user",
+                         "parallel_tool_calls"}),
+    # The common subset of OpenAI-compatible vendors; a deployment narrows or widens it
+    # with the option `params: [...]`.
+    "openai_compatible": frozenset({"seed", "top_p", "frequency_penalty", "presence_penalty",
+                                    "user", "parallel_tool_calls"}),
+    "openai_responses": frozenset({"top_p", "user", "parallel_tool_calls"}),
+    "anthropic": frozenset({"top_p", "top_k", "user", "parallel_tool_calls"}),
+    "gemini": frozenset({"seed", "top_p", "top_k", "frequency_penalty", "presence_penalty"}),
+    "ollama": frozenset({"seed", "top_p", "top_k", "frequency_penalty", "presence_penalty"}),
+}
+
+
+# Parameters that do not change the answer (`user`: an end-user id for abuse monitoring):
+# sent where the wire carries them, but no reason to refuse a route.
+ADVISORY_PARAMS = frozenset({"user"})
+
+
+def supported_params(kind: str, options: Mapping[str, Any]) -> frozenset[str]:
+    """The sampling parameters a deployment can honour: its kind's, unless its options
+    list them (`params: [seed, top_p]`)."""
+    listed = options.get("params")
+    if isinstance(listed, Sequence) and not isinstance(listed, str):
+        return frozenset(str(p) for p in listed)
+    return PROVIDER_PARAMS.get(kind, frozenset())
 
 
 # --- provider -----------------------------------------------------------------------------

@@ -31,6 +31,10 @@ Authentication: `x-goog-api-key` header. A missing key raises `auth` before any 
 Options (provider `options`, overridden by the deployment's): `thinking_config` (e.g.
 `{"includeThoughts": true}`), `safety_settings`, `top_p`, `top_k`, `seed`, and
 `generation_config` (merged into `generationConfig` verbatim).
+
+Structured output: `response_format` -> `generationConfig.responseMimeType:
+application/json` with the schema as `responseJsonSchema`; sampling parameters seed, top_p,
+top_k and the penalties -> their `generationConfig` fields.
 """
 
 from __future__ import annotations
@@ -80,6 +84,9 @@ FAILED_FINISH = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"})
 PLACEHOLDER_SIGNATURE = "skip_thought_signature_validator"
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 _GENERATION_OPTIONS = {"top_p": "topP", "top_k": "topK", "seed": "seed"}
+# Our sampling parameter names (`PROVIDER_PARAMS["gemini"]`) -> generationConfig fields.
+_SAMPLING = {"top_p": "topP", "top_k": "topK", "seed": "seed",
+             "frequency_penalty": "frequencyPenalty", "presence_penalty": "presencePenalty"}
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -208,6 +215,15 @@ def _build_request(request: ProviderRequest, options: Mapping[str, Any]) -> dict
     for key, name in _GENERATION_OPTIONS.items():
         if key in options:
             generation[name] = options[key]
+    for key, value in request.params.items():  # routing sent only what this kind lists
+        if key in _SAMPLING:
+            generation[_SAMPLING[key]] = value
+    fmt = request.response_format
+    if fmt is not None:
+        generation["responseMimeType"] = "application/json"
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if schema is not None:
+            generation["responseJsonSchema"] = dict(schema)
     if "thinking_config" in options:
         generation["thinkingConfig"] = dict(options["thinking_config"])
     generation.update(options.get("generation_config") or {})

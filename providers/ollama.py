@@ -15,16 +15,18 @@ included; Ollama reports no cached or reasoning counts). An `{"error": "…"}` l
 `protocol_error`.
 
 Not supported: `/api/generate` (top-level `response`/`thinking`, `context` arrays), the
-`/v1` OpenAI-compatible endpoint (use the `openai_compatible` kind for it), structured
-`format` schemas beyond passing the option through, `tool_choice` other than `none` or a
-tool name (Ollama cannot force a call: `required` sends the tools unchanged).
+`/v1` OpenAI-compatible endpoint (use the `openai_compatible` kind for it),
+`tool_choice` other than `none` or a tool name (Ollama cannot force a call: `required`
+sends the tools unchanged).
 
 Authentication: none by default; a configured key is sent as `Authorization: Bearer`
 (Ollama's cloud and authenticating proxies).
 
 Options (provider `options`, overridden by the deployment's): `think`, `keep_alive`,
 `format` go into the body; `options` (a mapping) and any other key (`num_ctx`, `top_p`,
-`seed`, …) go into the body's runtime `options`.
+`seed`, …) go into the body's runtime `options`. A request's `response_format` becomes
+`format` (its JSON schema, or `"json"` for json_object); its sampling parameters (seed,
+top_p, top_k, penalties) go into the runtime `options`.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ FINISH_REASONS: dict[str, ProviderFinish] = {
     "unload": "stop",
 }
 BODY_OPTIONS = ("think", "keep_alive", "format")
+_RUNTIME_PARAMS = frozenset({"seed", "top_p", "top_k", "frequency_penalty", "presence_penalty"})
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -163,6 +166,8 @@ def _build_request(request: ProviderRequest, options: Mapping[str, Any]) -> dict
             for t in tools]
     runtime: dict[str, Any] = {}
     for key, value in options.items():
+        if key == "params":  # the router's own option (which sampling parameters to route)
+            continue
         if key in BODY_OPTIONS:
             body[key] = value
         elif key == "options" and isinstance(value, Mapping):
@@ -175,6 +180,12 @@ def _build_request(request: ProviderRequest, options: Mapping[str, Any]) -> dict
         runtime["temperature"] = request.temperature
     if request.stop:
         runtime["stop"] = list(request.stop)
+    # seed, top_p, top_k, penalties: Ollama's names are ours
+    runtime.update((k, v) for k, v in request.params.items() if k in _RUNTIME_PARAMS)
+    fmt = request.response_format
+    if fmt is not None:
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        body["format"] = dict(schema) if schema is not None else "json"
     if runtime:
         body["options"] = runtime
     return body

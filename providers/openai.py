@@ -20,15 +20,23 @@ from `prompt_tokens_details.cached_tokens` or DeepSeek's `prompt_cache_hit_token
 from `total_tokens`, and added), `finish_reason` `stop` on a turn with tool calls is
 `tool_calls`.
 
-Terminal marker: `[DONE]` is required. A stream that ends without it is a
-`protocol_error`, even after a `finish_reason` chunk: the usage chunk follows the finish
-chunk, so without `[DONE]` we cannot know the answer (or its usage) is complete. A vendor
-that never sends `[DONE]` sets the row option `done_marker: false`; its streams then end
-at a clean EOF after a `finish_reason`.
+Terminal marker: `[DONE]` is required unless the answer is provably complete. A stream that
+ends cleanly without it after a `finish_reason` AND a usage object (in the finish chunk or
+after it) is complete: nothing can follow the usage chunk but `[DONE]`, so it ends normally
+rather than being re-served (which would pay for the answer twice). Without the usage (or
+without the finish reason) the end is a `protocol_error`: the usage chunk follows the
+finish chunk, so we cannot know the answer or its usage is complete. A vendor that never
+sends `[DONE]` sets the row option `done_marker: false`; its streams then end at a clean
+EOF after a `finish_reason`.
+
+Request: `response_format` is sent natively (routing sends it only to deployments with the
+`structured_output` capability), and the sampling parameters routing allowed for the kind
+(`providers.base.PROVIDER_PARAMS`: seed, top_p, penalties, user, parallel_tool_calls) as
+they are named.
 
 Not supported here: the Responses API (`/v1/responses`, `event: response.*`; that is kind
 `openai_responses`, `providers/openai_responses.py`), legacy
-`function_call`, `n > 1` (only choice 0 is read), audio and logprobs.
+`function_call`, `n > 1` (only choice 0 is read), audio and logprobs (refused at the edge).
 
 Options (provider `options`, overridden by the deployment's):
     include_usage     bool  send `stream_options.include_usage` (default true)
@@ -159,6 +167,10 @@ def _build_request(request: ProviderRequest, options: Mapping[str, Any]) -> dict
     for key in BODY_OPTIONS:
         if key in options:
             body[key] = options[key]
+    # Routing sent only parameters this kind lists (`PROVIDER_PARAMS`): our names are OpenAI's.
+    body.update(request.params)
+    if request.response_format is not None:
+        body["response_format"] = dict(request.response_format)
     extra = options.get("extra_body")
     if isinstance(extra, Mapping):
         body.update(extra)
@@ -171,7 +183,7 @@ def _build_request(request: ProviderRequest, options: Mapping[str, Any]) -> dict
 class _State:
     """Per-stream parse state: vendor tool index -> ours, finish reason, flags."""
 
-    __slots__ = ("done", "finish", "refused", "tool_args", "tools")
+    __slots__ = ("done", "finish", "refused", "tool_args", "tools", "usage_after_finish")
 
     def __init__(self) -> None:
         self.tools: dict[int, int] = {}
@@ -179,6 +191,7 @@ class _State:
         self.finish: str | None = None
         self.refused = False
         self.done = False
+        self.usage_after_finish = False  # the answer and its usage are provably complete
 
 
 def _usage(raw: Mapping[str, Any]) -> UsageDelta:
@@ -240,6 +253,7 @@ def _parse_chunk(chunk: Mapping[str, Any], state: _State) -> list[Delta]:
         usage = x_groq.get("usage") if x_groq else None
     if usage:
         out.append(_usage(usage))
+        state.usage_after_finish = state.finish is not None
     return out
 
 
@@ -321,7 +335,8 @@ class OpenAIProvider(HTTPProvider):
                                     f"({type(exc).__name__})") from exc
             if state.done:
                 await drain(chunks)
-            elif not (state.finish and options.get("done_marker", True) is False):
+            elif not (state.finish and (options.get("done_marker", True) is False
+                                        or state.usage_after_finish)):
                 stray = error_in_text(decoder.leftover())  # JSON error instead of SSE
                 if stray is not None:
                     raise _map_error(stray, self._secrets, self._host)

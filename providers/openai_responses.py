@@ -165,6 +165,11 @@ def _build_request(request: ProviderRequest, options: Mapping[str, Any]) -> dict
     for key in BODY_OPTIONS:
         if key in options:
             body[key] = options[key]
+    body.update(request.params)  # top_p, user, parallel_tool_calls: the same names here
+    fmt = request.response_format
+    if fmt is not None:  # the Chat Completions shape, flattened into `text.format`
+        spec = fmt.get("json_schema")
+        body["text"] = {"format": {"type": "json_schema", **spec} if spec else dict(fmt)}
     extra = options.get("extra_body")
     if isinstance(extra, Mapping):
         body.update(extra)

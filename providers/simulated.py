@@ -19,6 +19,11 @@ Options (provider `options`, overridden per deployment):
     stall_after_tokens int the stream goes silent after N output tokens
     reject_prefill  bool   a final assistant message is refused with bad_request
     report_usage    bool   report usage at the end (default true)
+
+Behaving like a model (providers/simulated_behaviour.py): with tools offered it calls one
+when the conversation calls for it (`tool_choice` auto included), with arguments valid for
+the tool's JSON schema, and answers using the tool result on the next turn; with a JSON
+`response_format` it streams JSON valid for the schema.
 """
 
 from __future__ import annotations
@@ -28,8 +33,6 @@ import hashlib
 import random
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
-
-import orjson
 
 from providers.base import (
     Delta,
@@ -44,6 +47,7 @@ from providers.base import (
     UsageDelta,
     estimate_tokens,
 )
+from providers.simulated_behaviour import plan_turn
 
 _WORDS = (
     "the router streams tokens from the fastest healthy deployment while a circuit breaker "
@@ -156,13 +160,20 @@ class SimulatedProvider:
             yield ReasoningDelta(f"step {i + 1} ")
             emitted += 1
             await self._pace(tps, jitter)
-        tool = _forced_tool(request)
-        if tool is not None:
-            args = orjson.dumps({"query": prompt.split("\x00", 1)[1][:40]}).decode()
-            yield ToolCallDelta(0, f"call_{self.calls}", tool, args[: len(args) // 2])
-            yield ToolCallDelta(0, None, None, args[len(args) // 2 :])
-            emitted += 2
-            pieces, finish = [], "tool_calls"
+        if request.tools or request.response_format is not None:
+            turn = plan_turn(request, int(o.get("seed", 0)))
+            if turn.kind == "tool":
+                for i, part in enumerate(_split(turn.payload, 2)):
+                    yield ToolCallDelta(0, f"call_{self.calls}" if i == 0 else None,
+                                        turn.tool if i == 0 else None, part)
+                    emitted += 1
+                pieces, finish = [], "tool_calls"
+            elif turn.kind == "json":
+                answer = _split(turn.payload, max(1, len(turn.payload) // 4))
+                pieces = answer[:n_tokens]
+                finish = "length" if n_tokens < len(answer) else "stop"
+            elif turn.payload:
+                pieces = [turn.payload, *pieces]
         for piece in pieces:
             if fail_after is not None and emitted - n_reasoning >= int(fail_after):
                 raise ProviderError("protocol_error", "simulated stream cut (no terminal marker)")
@@ -207,9 +218,7 @@ def _drop_chars(pieces: list[str], n: int) -> list[str]:
     return out
 
 
-def _forced_tool(request: ProviderRequest) -> str | None:
-    if not request.tools or request.tool_choice in (None, "auto", "none"):
-        return None
-    if request.tool_choice == "required":
-        return request.tools[0].name
-    return request.tool_choice
+def _split(text: str, n: int) -> list[str]:
+    """`text` in `n` pieces of about equal length (fewer when it is shorter)."""
+    size = max(1, -(-len(text) // max(1, n)))
+    return [text[i:i + size] for i in range(0, len(text), size)] or [""]

@@ -185,24 +185,27 @@ class Router:
                tool_choice: str | Mapping[str, Any] | None = None,
                stop: str | Sequence[str] | None = None,
                metadata: Mapping[str, Any] | None = None,
+               response_format: Mapping[str, Any] | None = None,
+               params: Mapping[str, Any] | None = None,
                request_id: str | None = None,
                resume_from: PriorAnswer | None = None) -> EventStream:
         """`resume_from`: continue a stream whose serving instance died (the server's
         takeover), numbering events on from it."""
         from router.serving.orchestrator import run_stream
 
-        params = StreamParams(
+        stream_params = StreamParams(
             input=input, task=task, model=model, prefer=prefer, max_ttft_ms=max_ttft_ms,
             max_latency_ms=max_latency_ms, max_cost_usd=max_cost_usd, max_tokens=max_tokens,
             temperature=temperature, system=system, tools=tools, tool_choice=tool_choice,
-            stop=stop, metadata=metadata or {})
+            stop=stop, metadata=metadata or {}, response_format=response_format,
+            params=params)
         rid = request_id or uuid.uuid4().hex
         if resume_from is not None:
             from router.serving.takeover import resume_stream
 
-            return EventStream(resume_stream(self._serving_context(), params, rid,
+            return EventStream(resume_stream(self._serving_context(), stream_params, rid,
                                              resume_from), rid)
-        return EventStream(run_stream(self._serving_context(), params, rid), rid)
+        return EventStream(run_stream(self._serving_context(), stream_params, rid), rid)
 
     def _serving_context(self) -> ServingContext:
         # Built per request: tests and embedders may swap `resilience` or `budgets`.

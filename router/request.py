@@ -8,19 +8,130 @@ OpenAI shape (`{"type": "function", "function": {...}}`), the Anthropic shape
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
-from providers.base import Tool, estimate_tokens
+from providers.base import ADVISORY_PARAMS, Tool, estimate_tokens
 from router.config.schema import LoadedConfig, Prefer
 from router.events import ErrorCode
+from router.request_params import RequestParamError, check_params, check_response_format
 from router.routing.policy import RouteConstraints
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 PREFERS = ("cost", "latency", "quality", "balanced")
+# Bounds that keep every later computation finite (spend is counted in nano-dollars, as int).
+MAX_COST_USD = 1e6
+MAX_MS = 86_400_000.0  # a day
+MAX_TOKENS = 100_000_000
+
+# --- the schema of `stream()`'s arguments -----------------------------------------------
+# One set of field types, used by the library edge (`prepare`) and by every server
+# endpoint's request model, so a field is checked the same way wherever it enters.
+# Strict numbers: no bools, no numeric strings; never NaN or infinity.
+Milliseconds = Annotated[float, Field(gt=0, le=MAX_MS, strict=True, allow_inf_nan=False)]
+CostCap = Annotated[float, Field(gt=0, le=MAX_COST_USD, strict=True, allow_inf_nan=False)]
+TokenCount = Annotated[int, Field(gt=0, le=MAX_TOKENS, strict=True)]
+Temperature = Annotated[float, Field(ge=0, le=2, strict=True, allow_inf_nan=False)]
+Stop = str | list[str]
+ToolChoice = str | dict[str, Any]
+Metadata = dict[str, Any]
+
+
+@with_config(ConfigDict(extra="allow"))
+class ContentPart(TypedDict):
+    """A part of a message's content (`text`, `image_url`, ...): typed where we read it."""
+
+    type: str
+    text: NotRequired[str]
+
+
+@with_config(ConfigDict(extra="allow"))
+class ToolSpec(TypedDict, total=False):
+    """A tool in the OpenAI (`function`), Anthropic (`input_schema`) or plain shape."""
+
+    type: str
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    input_schema: dict[str, Any]
+    function: dict[str, Any]
+
+
+@with_config(ConfigDict(extra="allow"))
+class ChatMessage(TypedDict):
+    """An OpenAI-shaped chat message; `tool_calls`, `tool_call_id`, `name` ride as extras."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: NotRequired[str | list[ContentPart] | None]
+
+
+Input = str | Annotated[list[ChatMessage], Field(min_length=1)]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class StreamArgs(TypedDict, total=False):
+    """`stream()`'s arguments (validated as given, returned as plain data)."""
+
+    input: Input
+    task: str
+    model: str
+    prefer: Literal["cost", "latency", "quality", "balanced"]
+    max_ttft_ms: Milliseconds
+    max_latency_ms: Milliseconds
+    max_cost_usd: CostCap
+    max_tokens: TokenCount
+    temperature: Temperature
+    system: str
+    tools: list[ToolSpec]
+    tool_choice: ToolChoice
+    stop: Stop
+    metadata: Metadata
+    response_format: dict[str, Any]  # its shape: router.request_params
+    params: dict[str, Any]  # sampling parameters, by name: router.request_params
+
+
+_STREAM_ARGS: TypeAdapter[StreamArgs] = TypeAdapter(StreamArgs)
+# Union members and wrapper validators appear in pydantic's error locations; a field name is
+# a lower-case identifier that is not a type name.
+_FIELD = re.compile(r"[a-z_][a-z0-9_]*")
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """`input[0].content[1].text` from a pydantic error location."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _FIELD.fullmatch(part) and part not in _TYPE_NAMES:
+            out += f".{part}" if out else part
+    return out or "body"
+
+
+def first_problem(exc: ValidationError) -> tuple[str, str]:
+    """(field path, message) of the most specific error: the deepest location, which for a
+    union is the member that got furthest."""
+    errors = exc.errors(include_url=False, include_input=False)
+    path = max((field_path(e["loc"]) for e in errors), key=len)
+    # Several union members failing at the same place: say what each expected.
+    msgs = dict.fromkeys("unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+                         for e in errors if field_path(e["loc"]) == path)
+    return path, ", or ".join(msgs)
+
+
+def check_stream_args(args: Mapping[str, Any]) -> None:
+    """Raise RequestError (`bad_request`, naming the field) unless `args` fit `StreamArgs`."""
+    try:
+        _STREAM_ARGS.validate_python(args)
+    except ValidationError as exc:
+        path, msg = first_problem(exc)
+        raise RequestError("bad_request", f"{path}: {msg}") from None
 
 
 class RequestError(Exception):
@@ -49,6 +160,8 @@ class StreamParams:
     tool_choice: str | Mapping[str, Any] | None = None
     stop: str | Sequence[str] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    response_format: Mapping[str, Any] | None = None
+    params: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,28 +175,22 @@ class PreparedRequest:
     stop: tuple[str, ...]
     max_tokens: int | None
     temperature: float | None
+    response_format: Mapping[str, Any] | None
+    params: Mapping[str, Any]
     constraints: RouteConstraints
     task: str | None
     metadata: Mapping[str, Any]
 
 
 def _messages(params: StreamParams) -> tuple[str | None, list[Mapping[str, Any]]]:
+    """System text and conversation of input that passed `check_stream_args`."""
     if isinstance(params.input, str):
         if not params.input.strip():
             raise RequestError("bad_request", "input: the prompt is empty")
         return params.system, [{"role": "user", "content": params.input}]
-    if not isinstance(params.input, Sequence) or not params.input:
-        raise RequestError(
-            "bad_request", "input: expected a string or a non-empty list of messages"
-        )
     systems = [params.system] if params.system else []
     messages: list[Mapping[str, Any]] = []
-    for i, m in enumerate(params.input):
-        if not isinstance(m, Mapping) or m.get("role") not in ROLES:
-            raise RequestError(
-                "bad_request",
-                f"input[{i}]: expected a message with role one of {', '.join(sorted(ROLES))}",
-            )
+    for m in params.input:
         if m["role"] == "system":
             content = m.get("content")
             systems.append(content if isinstance(content, str) else _parts_text(content))
@@ -125,6 +232,8 @@ def _tool_choice(choice: str | Mapping[str, Any] | None, tools: tuple[Tool, ...]
 
 
 def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
+    check_stream_args({f.name: v for f in fields(params)
+                       if (v := getattr(params, f.name)) is not None and v != {}})
     system, messages = _messages(params)
     tools = tuple(_tool(i, t) for i, t in enumerate(params.tools or ()))
     cfg = loaded.config
@@ -157,10 +266,6 @@ def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
     if task is not None and task.system and not system:
         system = task.system
     max_tokens = params.max_tokens or (task.max_tokens if task else None)
-    for name in ("max_ttft_ms", "max_latency_ms", "max_cost_usd", "max_tokens"):
-        value = getattr(params, name)
-        if value is not None and value <= 0:
-            raise RequestError("bad_request", f"{name}: expected a positive number, got {value}")
     output_tokens = max_tokens or (
         task.expected_output_tokens if task and task.expected_output_tokens else None
     ) or cfg.defaults.expected_output_tokens
@@ -172,6 +277,13 @@ def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
     requires = set(task.requires) if task else set()
     if tools and (params.tool_choice != "none"):
         requires.add("tools")
+    try:
+        response_format = check_response_format(params.response_format)
+        sampling = check_params(params.params)
+    except RequestParamError as exc:
+        raise RequestError("bad_request", str(exc)) from None
+    if response_format is not None:
+        requires.add("structured_output")
     constraints = RouteConstraints(
         candidates=candidates,
         prefer=_prefer(prefer),
@@ -184,6 +296,7 @@ def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
         max_cost_usd=params.max_cost_usd if params.max_cost_usd is not None else (
             task.max_cost_usd if task else None),
         requires=frozenset(requires),
+        params=frozenset(sampling) - ADVISORY_PARAMS,
         task=task_name,
         pinned=params.model is not None,
     )
@@ -196,6 +309,8 @@ def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
         stop=stop,
         max_tokens=max_tokens,
         temperature=params.temperature,
+        response_format=response_format,
+        params=sampling,
         constraints=constraints,
         task=task_name,
         metadata=dict(params.metadata),

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from providers.base import supported_params
 from router.config.errors import format_validation_error
 from router.config.files import embedded_path, read_yaml
 from router.config.schema import Capability, Deployment, LatencyPrior, Price, RouterConfig
@@ -20,7 +21,7 @@ DEFAULT_CONTEXT = 128_000
 
 
 class CatalogModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
     provider: str
     price: Price
     context_window: int = Field(gt=0)
@@ -33,7 +34,7 @@ class CatalogModel(BaseModel):
 class Vendor(BaseModel):
     """An OpenAI-compatible endpoint: a row of data, not a class."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
     base_url: str
     api_key_env: str | None = None
     include_usage: bool = True
@@ -41,7 +42,7 @@ class Vendor(BaseModel):
 
 
 class Catalog(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
     prices_as_of: str
     currency: str = "USD"
     models: dict[str, CatalogModel]
@@ -97,5 +98,7 @@ def resolve_deployments(config: RouterConfig, source: str) -> Mapping[str, Deplo
             options=dep.options,
             rpm=dep.rpm,
             tpm=dep.tpm,
+            params=supported_params(config.providers[dep.provider].kind,
+                                    {**config.providers[dep.provider].options, **dep.options}),
         )
     return out

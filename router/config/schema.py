@@ -14,14 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from router.budgets.windows import Window
 from router.routing.settings import RoutingConfig
 
-Capability = Literal["tools", "reasoning", "prefill", "vision"]
+Capability = Literal["tools", "reasoning", "prefill", "vision", "structured_output"]
 Prefer = Literal["cost", "latency", "quality", "balanced"]
 ProviderKind = Literal["simulated", "anthropic", "openai", "openai_compatible", "openai_responses",
                        "ollama", "gemini"]
 ResumePolicy = Literal["continue", "restart", "fail"]
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    # No NaN or infinity anywhere: `limit_usd: .inf` once passed `config check`, then crashed.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
 
 
 class Price(_Strict):
@@ -133,6 +134,19 @@ class ApiKeyConfig(_Strict):
     rate_per_min: float | None = Field(default=None, gt=0)
 
 
+class ServerLimitsConfig(_Strict):
+    """What one client may hold of the server (see router/server/limits.py)."""
+
+    header_timeout_s: float = Field(default=10, gt=0)  # request line and headers, whole
+    body_timeout_s: float = Field(default=30, gt=0)  # request body, whole
+    max_connections: int = Field(default=2048, ge=1)
+    max_connections_per_client: int = Field(default=256, ge=1)  # per client IP address
+    ws_auth_max_bytes: int = Field(default=4096, ge=64)  # a frame before `auth`
+    run_max_bytes_per_key: int = Field(default=64 * 1024 * 1024, ge=1024)
+    run_max_events_per_key: int = Field(default=200_000, ge=16)
+    run_max_runs_per_key: int = Field(default=1000, ge=1)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -144,6 +158,7 @@ class ServerConfig(_Strict):
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
     log_prompts: bool = False
     shutdown_grace_s: float = Field(default=10, ge=0)
+    limits: ServerLimitsConfig = Field(default_factory=ServerLimitsConfig)
 
 
 _SCOPE = re.compile(r"^(key|user|session|global|task:[^\s|]+)$")
@@ -152,7 +167,8 @@ _SCOPE = re.compile(r"^(key|user|session|global|task:[^\s|]+)$")
 class BudgetConfig(BaseModel):
     """One entry of `budgets:` in the config."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True,
+                              allow_inf_nan=False)
     scope: str
     limit_usd: float = Field(gt=0)
     window: str = "day"
@@ -177,7 +193,8 @@ class StateConfig(BaseModel):
     """`state:` in the config: where shared state lives. `redis` keeps spend across router
     restarts and shares it between router processes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True,
+                              allow_inf_nan=False)
     backend: Literal["memory", "redis"] = "memory"
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "llmr:"
@@ -246,6 +263,8 @@ class Deployment:
     options: Mapping[str, Any]
     rpm: int | None = None  # the vendor's request and token limits per minute, if known
     tpm: int | None = None
+    # The sampling parameters (`providers.base.SAMPLING_PARAMS`) this deployment can honour.
+    params: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

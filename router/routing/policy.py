@@ -1,10 +1,12 @@
 """Routing policy: which deployments may serve a request, and in which order.
 
 A candidate is excluded, with a stated reason, when it is unavailable (open breaker, missing
-credentials), its context window is too small, it lacks a required capability, or its
-estimate exceeds the request's budget: `max_ttft_ms` and `max_latency_ms` are held against
-the `routing.quantile` (p90 by default) of the decayed TTFT distribution (plus the decode
-time of the expected output, plus any quota wait), `max_cost_usd` against the price.
+credentials), its context window is too small, it lacks a required capability
+(`structured_output` for a JSON `response_format`), it cannot honour a sampling parameter the
+request sets (`seed`, `top_p`, ...), or its estimate exceeds the request's budget:
+`max_ttft_ms` and `max_latency_ms` are held against the `routing.quantile` (p90 by default)
+of the decayed TTFT distribution (plus the decode time of the expected output, plus any
+quota wait), `max_cost_usd` against the price.
 
 Eligible candidates are ranked by `prefer`. The latency objective, in one line: the
 expected time to a successful answer,
@@ -49,6 +51,7 @@ class RouteConstraints:
     max_latency_ms: float | None = None
     max_cost_usd: float | None = None
     requires: frozenset[str] = frozenset()
+    params: frozenset[str] = frozenset()  # sampling parameters the request sets
     task: str | None = None
     pinned: bool = False
 
@@ -101,6 +104,7 @@ def _exclusion(dep: Deployment, c: RouteConstraints, ttft_q: float, latency_q: f
                cost: float, unavailable: Unavailable) -> str | None:
     reason = unavailable(dep)
     missing = sorted(c.requires - dep.capabilities)
+    unhonoured = sorted(c.params - dep.params)
     if reason is not None:
         return reason
     if c.input_tokens + c.output_tokens > dep.context_window:
@@ -108,6 +112,8 @@ def _exclusion(dep: Deployment, c: RouteConstraints, ttft_q: float, latency_q: f
                 f"> {dep.context_window}")
     if missing:
         return f"capability: lacks {', '.join(missing)}"
+    if unhonoured:
+        return f"parameter: cannot honour {', '.join(unhonoured)}"
     if c.max_ttft_ms is not None and ttft_q > c.max_ttft_ms:
         return f"max_ttft_ms: estimated {ttft_q:.0f} ms > {c.max_ttft_ms:g} ms"
     if c.max_latency_ms is not None and latency_q > c.max_latency_ms:

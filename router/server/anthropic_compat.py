@@ -33,13 +33,14 @@ from router.events import (
     ToolCallEvent,
 )
 from router.request import RequestError, StreamParams, prepare
-from router.server.anthropic_request import stream_kwargs, to_openai_messages
+from router.server.anthropic_request import MessagesBody, stream_kwargs, to_openai_messages
 from router.server.compat import (
     EventBody,
     ObservedStream,
     Render,
     RequestProblem,
     drain,
+    parse_body,
     read_json,
     routed_response,
     router_of,
@@ -289,8 +290,8 @@ def _message(events: list[Event], done: DoneEvent) -> dict[str, Any]:
 async def messages(request: Request) -> Response:
     router = router_of(request)
     try:
-        body = await read_json(request)
-        input_ = to_openai_messages(body.get("messages"))
+        body = parse_body(MessagesBody, await read_json(request))
+        input_ = to_openai_messages(body.messages)
         kwargs = stream_kwargs(body, router, scope_key_of(request))
         try:
             input_tokens = _input_estimate(input_, kwargs, router)
@@ -308,14 +309,14 @@ def _input_estimate(input_: Any, kwargs: Mapping[str, Any], router: Router) -> i
     return prepare(StreamParams(input=input_, **fields), router.loaded).constraints.input_tokens
 
 
-def _renderer(body: Mapping[str, Any], input_tokens: int = 0) -> Render:
+def _renderer(body: MessagesBody, input_tokens: int = 0) -> Render:
     async def render(head: list[Event], rest: ObservedStream) -> Response | EventBody:
         last = head[-1] if head else None
         request_id = rest.request_id
         if isinstance(last, ErrorEvent):
             return _error_response(*_event_error(last), request_id, last.retryable)
         headers = {"request-id": request_id}
-        if not body.get("stream"):
+        if not body.stream:
             events = await drain(head, rest)
             end = events[-1] if events else None
             if isinstance(end, ErrorEvent):
@@ -326,7 +327,7 @@ def _renderer(body: Mapping[str, Any], input_tokens: int = 0) -> Render:
             return Response(orjson.dumps(_message(events, end)), headers=headers,
                             media_type="application/json")
         model = next((ev.deployment for ev in reversed(head) if isinstance(ev, StartEvent)),
-                     str(body.get("model")))
+                     body.model)
         w = BlockWriter(f"msg_{request_id}", model, input_tokens)
         return EventBody(sse_frames(w.start(), head, rest, _render, w), headers)
 
@@ -338,8 +339,8 @@ async def count_tokens(request: Request) -> Response:
     prices), not a provider tokenizer's count."""
     router = router_of(request)
     try:
-        body = await read_json(request)
-        input_ = to_openai_messages(body.get("messages"))
+        body = parse_body(MessagesBody, await read_json(request))
+        input_ = to_openai_messages(body.messages)
         input_tokens = _input_estimate(input_, stream_kwargs(body, router, None), router)
     except RequestProblem as p:
         return _problem_response(p)

@@ -45,6 +45,7 @@ from router.server.auth import (
 from router.server.eventlog import EventLog, LogGap, StreamLog
 from router.server.eventlog_redis import RUN, STREAM
 from router.server.hub import Started, StreamHub, stream_status
+from router.server.limits import ClientGone, DrainingServer, server_options
 from router.server.metrics import CONTENT_TYPE, ServerMetrics, deployment_rows, live_snapshot
 from router.server.params import early_error_response, parse_stream_body, stream_kwargs
 from router.server.remote import (
@@ -55,8 +56,8 @@ from router.server.remote import (
     shared_logs,
     stream_batches,
 )
-from router.server.runs import RunError, RunRegistry
-from router.server.sse import EventStreamResponse, frame, last_event_id
+from router.server.runs import RunError, RunQuota, RunRegistry
+from router.server.sse import BadCursor, EventStreamResponse, frame, last_event_id
 from router.server.url_errors import exception_handlers
 from router.server.ws import websocket_endpoint
 
@@ -160,7 +161,10 @@ async def stream_events(request: Request) -> Response | EventStreamResponse:
 
 def _resume(request: Request, slog: StreamLog,
             remote: Callable[[int], Batches] | None = None) -> Response | EventStreamResponse:
-    after = last_event_id(dict(request.headers), dict(request.query_params))
+    try:
+        after = last_event_id(request.headers, request.query_params)
+    except BadCursor as exc:
+        return problem(400, "invalid_request", str(exc), exc.param)
     after = -1 if after is None else max(after, -1)
     if slog.closed and after >= slog.next_seq - 1:
         # Nothing left, ever: 204 tells an EventSource to stop reconnecting (WHATWG HTML).
@@ -187,10 +191,11 @@ async def cancel_stream(request: Request) -> Response:
 
 
 async def run_events(request: Request) -> Response | EventStreamResponse:
-    run_id = request.path_params["run_id"]
+    runs: RunRegistry = request.app.state.runs
+    run_id = runs.qualified(request.path_params["run_id"], principal_of(request).name)
     hub: StreamHub = request.app.state.hub
     if hub.shared is None:
-        slog = request.app.state.runs.log.get(run_id)
+        slog = runs.log.get(run_id)
     else:  # every instance reads runs from the shared log
         slog, _ = await located(request.app.state.hub, RUN, run_id)
     refused = _owned(request, slog, "run")
@@ -256,8 +261,11 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     if settings is None:
         settings = router.loaded.config.server
     streams = EventLog(settings.max_log_events, settings.retention_s)
+    limits = settings.limits
     runs = RunRegistry(EventLog(settings.max_log_events, settings.retention_s,
-                                expire_idle=True))
+                                expire_idle=True),
+                       RunQuota(limits.run_max_bytes_per_key, limits.run_max_events_per_key,
+                                limits.run_max_runs_per_key))
     shared = shared_logs(router, settings)
     if shared is not None:
         streams.sink, runs.log.sink = shared.streams_sink, shared.runs_sink
@@ -280,7 +288,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
             stats_sync = StatsSync(router.stats, router.loaded.config.state,
                                    instance=shared.instance)
             stats_sync.start()
-        sweeper = asyncio.create_task(_sweep(streams, runs.log, settings.retention_s))
+        sweeper = asyncio.create_task(_sweep(streams, runs, settings.retention_s))
         # `router.publish(run_id, event)` from agent code in this process reaches the runs.
         remove_sink = router.add_run_sink(runs.publish)
         try:
@@ -316,6 +324,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
             allow_methods=["GET", "POST"], expose_headers=["x-request-id"],
             allow_headers=["authorization", "x-api-key", "content-type", "last-event-id"]))
     middleware += [
+        Middleware(ClientGone),
         Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
         Middleware(AuthMiddleware, keys=keys, limiter=limiter, public_paths=public),
     ]
@@ -332,7 +341,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     return app
 
 
-async def _sweep(streams: EventLog, runs: EventLog, retention_s: float) -> None:
+async def _sweep(streams: EventLog, runs: RunRegistry, retention_s: float) -> None:
     while True:
         await asyncio.sleep(min(max(retention_s, 1.0), 30.0))
         streams.sweep()
@@ -381,17 +390,23 @@ def serve(config: str | None = None, host: str | None = None, port: int | None =
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["router"] = {"handlers": ["default"], "level": log_level.upper(),
                                        "propagate": False}
-    options: dict[str, Any] = {
-        "host": host, "port": port, "log_level": log_level,
-        "log_config": log_config, "ws_ping_interval": max(settings.heartbeat_s, 1.0),
-        "timeout_graceful_shutdown": int(settings.shutdown_grace_s) or None}
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level,
+                               "log_config": log_config}
     if workers > 1:
-        # Each worker process builds its own router from the same config (by path).
+        # Each worker process builds its own router from the same config (by path). uvicorn's
+        # supervisor builds each worker's server itself: no drain at SIGTERM nor connection
+        # limits there (its config must pickle), only the frame bound.
         os.environ["LLM_ROUTER_CONFIG"] = loaded.source
         uvicorn.run("router.server.app:app_from_environment", factory=True, workers=workers,
+                    ws_ping_interval=max(settings.heartbeat_s, 1.0),
+                    ws_max_size=settings.max_body_bytes,
+                    timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
                     **options)
         return
-    uvicorn.run(create_app(Router(loaded), settings, close_router=True), **options)
+    app = create_app(Router(loaded), settings, close_router=True)
+    hub: StreamHub = app.state.hub
+    uv_config = uvicorn.Config(app, **options, **server_options(settings))
+    DrainingServer(uv_config, lambda: hub.shutdown(settings.shutdown_grace_s)).run()
 
 
 def app_from_environment() -> Starlette:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 import orjson
 from starlette.responses import Response
@@ -35,17 +35,27 @@ from router.config.schema import ApiKeyConfig
 PUBLIC_PATHS = frozenset({"/healthz"})
 ANONYMOUS = "anonymous"
 _QUERY_KEY = "api_key"
-_REDACT = re.compile(r"(api_key=)[^&\s\"]*")
-
-
 def hash_key(key: str) -> str:
     """The digest to put in `server.api_keys[].sha256` for `key`."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+# A query parameter: its name (still URL-encoded) and value, up to the next separator.
+_QUERY_PARAM = re.compile(r"(?<=[?&;])([^=&;\s\"?#]+)=([^&;\s\"#]*)")
+
+
+def _redact_param(m: re.Match[str]) -> str:
+    name = m.group(1)
+    # The name as the server reads it: `api%5Fkey` and `API_KEY` are the key parameter too.
+    if unquote_plus(name).lower() == _QUERY_KEY:
+        return f"{name}=[redacted]"
+    return m.group(0)
+
+
 def redact(text: str) -> str:
-    """`text` (an access-log line, a URL) with any `api_key=` query value removed."""
-    return _REDACT.sub(r"\1[redacted]", text)
+    """`text` (an access-log line, a URL) with the value of any query parameter that names
+    `api_key` (URL-decoded, in any case) removed."""
+    return _QUERY_PARAM.sub(_redact_param, text) if "=" in text else text
 
 
 class RedactKeys(logging.Filter):
@@ -54,9 +64,9 @@ class RedactKeys(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and any(
-                isinstance(a, str) and "api_key=" in a for a in record.args):
+                isinstance(a, str) and "=" in a for a in record.args):
             record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
-        if isinstance(record.msg, str) and "api_key=" in record.msg:
+        if isinstance(record.msg, str) and "=" in record.msg:
             record.msg = redact(record.msg)
         return True
 
@@ -160,7 +170,8 @@ def presented_key(scope: Scope) -> str | None:
                 return str(text[7:].strip())
         elif name == b"x-api-key":
             return str(value.decode("latin-1")).strip()
-    if scope.get("method", "GET") == "GET" and b"api_key=" in scope.get("query_string", b""):
+    if scope.get("method", "GET") == "GET" and b"=" in scope.get("query_string", b""):
+        # Decoded first, as for any parameter: `?api%5Fkey=` is the key too (and redacted).
         for key, value in parse_qsl(scope["query_string"].decode("latin-1")):
             if key == _QUERY_KEY:
                 return str(value)

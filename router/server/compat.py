@@ -9,21 +9,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from router.events import Event
+from router.request import CostCap, Metadata, Milliseconds, first_problem
 from router.server.runs import RunError
 
 if TYPE_CHECKING:
     from router.core import EventStream, Router
 
 AUTO_MODEL = "auto"
-_NUMBERS = ("max_ttft_ms", "max_latency_ms", "max_cost_usd")
 # Events that decide a stream's HTTP status: the first content, or the end.
 _DECISIVE = frozenset({"text", "reasoning", "tool_call", "done", "error"})
 _Writer = TypeVar("_Writer")
@@ -73,31 +74,42 @@ async def read_json(request: Request) -> dict[str, Any]:
     return body
 
 
-def routing_options(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The router's own request fields, carried as extra body fields."""
-    out: dict[str, Any] = {}
-    for name in _NUMBERS:
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise RequestProblem(f"Invalid '{name}': expected a positive number.", name,
-                                 "invalid_value")
-        out[name] = value
-    for name in ("prefer", "task"):
-        value = body.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise RequestProblem(f"Invalid '{name}': expected a string.", name, "invalid_value")
-        out[name] = value
-    metadata = body.get("metadata")
-    if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise RequestProblem("Invalid 'metadata': expected an object.", "metadata",
-                                 "invalid_value")
-        out["metadata"] = dict(metadata)
-    return out
+class RoutingExtras(BaseModel):
+    """The router's own request fields, carried as extra body fields of both compatible
+    APIs. Each endpoint's body model adds its API's fields: a new field is one line there.
+    Fields the model does not name are ignored, as the vendors' APIs do."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: Annotated[str, Field(min_length=1)]
+    stream: StrictBool = False
+    max_ttft_ms: Milliseconds | None = None
+    max_latency_ms: Milliseconds | None = None
+    max_cost_usd: CostCap | None = None
+    prefer: Literal["cost", "latency", "quality", "balanced"] | None = None
+    task: str | None = None
+    metadata: Metadata | None = None
+
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def parse_body(model: type[_Body], data: Mapping[str, Any]) -> _Body:
+    """`data` validated by the endpoint's one schema, or a RequestProblem naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        param, msg = first_problem(exc)
+        code = "missing_required_parameter" if any(
+            e["type"] == "missing" for e in exc.errors()) else "invalid_value"
+        raise RequestProblem(f"Invalid '{param}': {msg}.", param, code) from None
+
+
+def routing_options(body: RoutingExtras) -> dict[str, Any]:
+    """`Router.stream` keyword arguments of the routing extras that were given."""
+    return {name: value for name in ("max_ttft_ms", "max_latency_ms", "max_cost_usd",
+                                     "prefer", "task", "metadata")
+            if (value := getattr(body, name)) is not None}
 
 
 def resolve_model(model: Any, router: Router, explicit_task: str | None = None) -> dict[str, Any]:

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("router.server")
 _HEAD_END = frozenset({"start"}) | TERMINAL_TYPES
+_RESUME_HINT = ("retry the request (another instance serves it), or, where instances share "
+                "the event log, resume with GET /v1/streams/{}/events and Last-Event-ID")
 
 
 @dataclass(slots=True)
@@ -66,6 +68,11 @@ class StreamHub:
         self.runs = runs
         self.metrics = metrics
         self.log_prompts = log_prompts
+        self.draining = False
+        # Tasks that deliver logs to clients (WebSocket forwarders), waited for at shutdown.
+        self.readers: set[asyncio.Task[None]] = set()
+        # Request tasks rendering a compatible endpoint's stream (`instrument`).
+        self.rendered: set[asyncio.Task[Any]] = set()
         # The shared event log (Redis): streams are then always produced by their own task,
         # and readers see events once they are written there.
         self.shared = shared
@@ -74,7 +81,7 @@ class StreamHub:
         """The run's log for `owner`; with the shared log, ownership is checked there."""
         run = self.runs.channel(run_id, owner)
         if self.shared is not None:
-            found = await self.shared.claim_run(run_id, owner)
+            found = await self.shared.claim_run(self.runs.qualified(run_id, owner), owner)
             if found and owner is not None and found != owner_hash(owner):
                 raise RunError(403, "forbidden", "this run belongs to another API key")
         return run
@@ -130,7 +137,7 @@ class StreamHub:
         etype = ev.type
         slog.append(etype, data)
         if run is not None and not run.closed:
-            self.runs.append(run, etype, data)
+            self.runs.copy(run, etype, data)
         if etype in OBSERVED_TYPES:
             self.metrics.observe(ev)
 
@@ -163,8 +170,8 @@ class StreamHub:
                 data = encode_event(ev)
                 etype = ev.type
                 seq = slog.append(etype, data)
-                if run is not None:
-                    self.runs.append(run, etype, data)
+                if run is not None and not self.runs.copy(run, etype, data):
+                    run = None  # the key's run quota is spent: the stream goes on
                 if etype in OBSERVED_TYPES:
                     metrics.observe(ev)
                     ended = etype in TERMINAL_TYPES
@@ -191,8 +198,12 @@ class StreamHub:
                    ) -> tuple[int, Entry] | None:
         """End a cancelled stream's log. An explicit cancel then ends the stream normally
         (the entry to deliver to its reader is returned); otherwise None: re-raise."""
-        last = self._end(slog, run, t0, "cancelled", "the stream was cancelled (client "
-                         "disconnected, cancel requested, or server shutting down)")
+        if self.draining:
+            last = self._end(slog, run, t0, "cancelled", "the server is shutting down",
+                             retryable=True, suggestion=_RESUME_HINT.format(slog.key))
+        else:
+            last = self._end(slog, run, t0, "cancelled", "the stream was cancelled (client "
+                             "disconnected, or cancel requested)")
         task = asyncio.current_task()
         if not slog.cancel_requested or task is None:
             return None
@@ -201,12 +212,13 @@ class StreamHub:
         return last
 
     def _end(self, slog: StreamLog, run: StreamLog | None, t0: float, code: ErrorCode,
-             message: str) -> tuple[int, Entry]:
+             message: str, *, retryable: bool | None = None,
+             suggestion: str | None = None) -> tuple[int, Entry]:
         ev = ErrorEvent.model_construct(
             request_id=slog.key, seq=slog.next_seq,
             elapsed_ms=(time.perf_counter() - t0) * 1000.0, code=code, message=message,
-            retryable=code != "cancelled", deployment=_last_deployment(slog), status=None,
-            suggestion=None)
+            retryable=code != "cancelled" if retryable is None else retryable,
+            deployment=_last_deployment(slog), status=None, suggestion=suggestion)
         self._record(slog, run, ev)
         return slog.next_seq - 1, slog.entries[-1]
 
@@ -218,15 +230,30 @@ class StreamHub:
         run = await self.run_channel(run_id, owner) if run_id is not None else None
         metrics = self.metrics
         metrics.active.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            self.rendered.add(task)
+        last: Event | None = None
         try:
             async for ev in events:
+                last = ev
                 etype = ev.type
-                if run is not None and not run.closed:
-                    self.runs.append(run, etype, encode_event(ev))
+                if run is not None and (run.closed or not self.runs.copy(
+                        run, etype, encode_event(ev))):
+                    run = None
                 if etype in OBSERVED_TYPES:
                     metrics.observe(ev)
                 yield ev
+        except asyncio.CancelledError:
+            ended = last is not None and last.type in TERMINAL_TYPES
+            if not self.draining or task is None or ended:
+                raise
+            while task.cancelling():  # cut by `shutdown`: the endpoint renders the end
+                task.uncancel()
+            yield _shutdown_error(getattr(events, "request_id", ""), last)
         finally:
+            if task is not None:
+                self.rendered.discard(task)
             metrics.active.dec()
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
@@ -272,15 +299,29 @@ class StreamHub:
         return slog is not None and self.cancel(slog)
 
     async def shutdown(self, grace_s: float) -> None:
-        """Let running streams finish for up to `grace_s`, then cancel the rest."""
-        tasks = [s.task for s in self.streams.active() if s.task is not None]
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=grace_s or None)
-        for task in pending:
+        """Let running streams finish for up to `grace_s`, then end each with a retryable
+        `cancelled` error (with the resume hint) that its readers receive before the
+        server closes their connections. Idempotent (SIGTERM drains, then the lifespan)."""
+        self.draining = True
+        running = [s for s in self.streams.active() if s.task is not None and not s.task.done()]
+        tasks = [s.task for s in running if s.task] + list(self.rendered)
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        cut = [s for s in running if s.task is not None and not s.task.done()]
+        for slog in cut:
+            if slog.detach:
+                log.warning("stream %s (detached) lost at shutdown: it was still running "
+                            "after server.shutdown_grace_s and ends with error cancelled",
+                            slog.key)
+            self.cancel(slog)  # explicit: the `cancelled` event is still delivered
+        rendered = [t for t in self.rendered if not t.done()]
+        for task in rendered:  # compatible endpoints' streams: see `instrument`
             task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
+        if cut or rendered:
+            await asyncio.wait([s.task for s in cut if s.task] + rendered, timeout=5)
+        readers = [t for t in self.readers if not t.done()]
+        if readers:  # WebSocket forwarders deliver the terminal events from the logs
+            await asyncio.wait(readers, timeout=5)
 
     def _log_start(self, rid: str, owner: str | None, input_: Any,
                    kwargs: Mapping[str, Any], detach: bool) -> None:
@@ -293,6 +334,15 @@ class StreamHub:
         else:
             log.info("stream %s key=%s task=%s model=%s detach=%s", rid, owner,
                      kwargs.get("task"), kwargs.get("model"), detach)
+
+
+def _shutdown_error(request_id: str, last: Event | None) -> ErrorEvent:
+    return ErrorEvent.model_construct(
+        request_id=last.request_id if last is not None else request_id,
+        seq=last.seq + 1 if last is not None else 0,
+        elapsed_ms=last.elapsed_ms if last is not None else 0.0, code="cancelled",
+        message="the server is shutting down", retryable=True, deployment=None, status=None,
+        suggestion="retry the request (another instance serves it)")
 
 
 def _last_deployment(slog: StreamLog) -> str | None:

@@ -10,20 +10,25 @@ object (request id, deployment, cost, latency) rides on the final chunk / the co
 
 A stream's HTTP status is decided at its first content event: an error before any token is
 an HTTP error with OpenAI's status and body; after that it is an in-stream error object.
-Not supported: `n` > 1, logprobs, audio, the Responses API.
+`response_format` (json_object, json_schema) and the sampling parameters (seed, top_p,
+penalties, user, parallel_tool_calls) are passed on; a request routes only to deployments
+that honour them (none: a 400 naming what is missing).
+Not supported: `n` > 1, logprobs (a 400), audio, the Responses API.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, with_config
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
+from providers.base import SAMPLING_PARAMS
 from router.events import (
     DoneEvent,
     ErrorEvent,
@@ -34,13 +39,16 @@ from router.events import (
     TextEvent,
     ToolCallEvent,
 )
+from router.request import ContentPart, Stop, Temperature, TokenCount, ToolChoice, ToolSpec
 from router.server import models_api
 from router.server.compat import (
     EventBody,
     ObservedStream,
     Render,
     RequestProblem,
+    RoutingExtras,
     drain,
+    parse_body,
     read_json,
     resolve_model,
     routed_response,
@@ -103,7 +111,9 @@ def event_error(ev: ErrorEvent) -> tuple[int, dict[str, Any]]:
 
 def _param_of(message: str) -> str | None:
     """The request field a core validation message starts with (`input[2]: ...`)."""
-    head = message.split(":", 1)[0].split("[", 1)[0].strip()
+    head = message.split(":", 1)[0].split("[", 1)[0].split(".", 1)[0].strip()
+    if head in SAMPLING_PARAMS or head == "response_format":
+        return head
     return {"input": "messages", "tools": "tools", "tool_choice": "tool_choice",
             "stop": "stop", "max_tokens": "max_tokens"}.get(head)
 
@@ -115,44 +125,70 @@ def problem_response(p: RequestProblem) -> Response:
 # --- request ------------------------------------------------------------------------------
 
 
-def _messages(raw: Any) -> list[dict[str, Any]]:
-    if not isinstance(raw, list) or not raw:
-        raise RequestProblem("Missing required parameter: 'messages'.", "messages",
-                             "missing_required_parameter")
-    out: list[dict[str, Any]] = []
-    for i, m in enumerate(raw):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise RequestProblem(f"Invalid value for 'messages[{i}]': expected a message "
-                                 "object with a role.", f"messages[{i}]", "invalid_value")
-        # `developer` is the newer name of the system role.
-        out.append({**m, "role": "system"} if m["role"] == "developer" else m)
-    return out
+@with_config(ConfigDict(extra="allow"))
+class OpenAIMessage(TypedDict):
+    """A chat message; `developer` is the newer name of the system role."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: NotRequired[str | list[ContentPart] | None]
 
 
-def _stream_kwargs(body: Mapping[str, Any], router: Router,
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class ChatCompletionBody(RoutingExtras):
+    """The fields of a chat completions body this endpoint reads (one line each)."""
+
+    messages: Annotated[list[OpenAIMessage], Field(min_length=1)]
+    n: Literal[1] | None = None
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
+    temperature: Temperature | None = None
+    stop: Stop | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    stream_options: StreamOptions | None = None
+    response_format: dict[str, Any] | None = None  # its shape: router.request_params
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    # The sampling parameters (`SAMPLING_PARAMS`) stay extras, checked by the core once.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+def _messages(body: ChatCompletionBody) -> list[dict[str, Any]]:
+    return [{**m, "role": "system"} if m["role"] == "developer" else dict(m)
+            for m in body.messages]
+
+
+def _stream_kwargs(body: ChatCompletionBody, router: Router,
                    scope_key: str | None) -> dict[str, Any]:
     """`Router.stream` keyword arguments from a chat completions body."""
-    if body.get("n") not in (None, 1):
-        raise RequestProblem("Only n=1 is supported.", "n", "unsupported_value")
     kwargs = routing_options(body)
-    kwargs.update(resolve_model(body.get("model"), router, explicit_task=kwargs.get("task")))
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None:
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise RequestProblem("Invalid 'max_tokens': expected a positive integer.",
-                                 "max_tokens", "invalid_value")
-        kwargs["max_tokens"] = max_tokens
-    if body.get("temperature") is not None:
-        kwargs["temperature"] = body["temperature"]
-    if body.get("stop") is not None:
-        kwargs["stop"] = body["stop"]
-    if body.get("tools"):
-        kwargs["tools"] = body["tools"]
-    if body.get("tool_choice") is not None:
-        kwargs["tool_choice"] = body["tool_choice"]
+    kwargs.update(resolve_model(body.model, router, explicit_task=body.task))
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    for name, value in (("max_tokens", max_tokens), ("temperature", body.temperature),
+                        ("stop", body.stop), ("tools", body.tools or None),
+                        ("tool_choice", body.tool_choice),
+                        ("response_format", body.response_format)):
+        if value is not None:
+            kwargs[name] = value
+    _output_options(body, kwargs)
     if scope_key is not None:
         kwargs["metadata"] = {**kwargs.get("metadata", {}), "key": scope_key}
     return kwargs
+
+
+def _output_options(body: ChatCompletionBody, kwargs: dict[str, Any]) -> None:
+    """The sampling parameters, passed on (routing sends them only to deployments that
+    honour them; the core validates them). Logprobs cannot be returned."""
+    if body.logprobs or body.top_logprobs:
+        raise RequestProblem("logprobs are not supported by this router.", "logprobs",
+                             "unsupported_parameter")
+    extra = body.model_extra or {}
+    params = {name: extra[name] for name in SAMPLING_PARAMS if extra.get(name) is not None}
+    if params:
+        kwargs["params"] = params
 
 
 # --- streaming ----------------------------------------------------------------------------
@@ -319,15 +355,14 @@ def _completion(events: list[Event], done: DoneEvent, created: int) -> dict[str,
 async def chat_completions(request: Request) -> Response:
     router = router_of(request)
     try:
-        body = await read_json(request)
-        messages = _messages(body.get("messages"))
+        body = parse_body(ChatCompletionBody, await read_json(request))
         kwargs = _stream_kwargs(body, router, scope_key_of(request))
-        return routed_response(request, messages, kwargs, _renderer(body))
+        return routed_response(request, _messages(body), kwargs, _renderer(body))
     except RequestProblem as p:
         return problem_response(p)
 
 
-def _renderer(body: Mapping[str, Any]) -> Render:
+def _renderer(body: ChatCompletionBody) -> Render:
     created = int(time.time())
 
     async def render(head: list[Event], rest: ObservedStream) -> Response | EventBody:
@@ -335,7 +370,7 @@ def _renderer(body: Mapping[str, Any]) -> Render:
         if isinstance(last, ErrorEvent):
             return error_of(last)
         headers = {"x-request-id": rest.request_id}
-        if not body.get("stream"):
+        if not body.stream:
             events = await drain(head, rest)
             end = events[-1] if events else None
             if isinstance(end, ErrorEvent):
@@ -345,10 +380,9 @@ def _renderer(body: Mapping[str, Any]) -> Render:
                                       "server_error")
             return Response(orjson.dumps(_completion(events, end, created)),
                             headers=headers, media_type="application/json")
-        options = body.get("stream_options")
-        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
         model = next((ev.deployment for ev in reversed(head) if isinstance(ev, StartEvent)),
-                     str(body.get("model")))
+                     body.model)
         writer = ChunkWriter(f"chatcmpl-{rest.request_id}", created, model, include_usage)
         return EventBody(sse_frames(writer.chunk(b'{"role":"assistant","content":""}'), head, rest,
                                     _render, writer), headers)

@@ -11,10 +11,22 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 from starlette.responses import Response
 
 from router.events import ErrorEvent, encode_event
+from router.request import (
+    CostCap,
+    Input,
+    Metadata,
+    Milliseconds,
+    Stop,
+    Temperature,
+    TokenCount,
+    ToolChoice,
+    ToolSpec,
+    first_problem,
+)
 from router.server.auth import Principal, error_body
 
 # An `error` event before the first `start` is a refusal, answered with an HTTP status.
@@ -23,24 +35,28 @@ _EARLY_STATUS = {"budget_exceeded": 429, "bad_request": 422, "no_route": 422,
 
 
 class StreamBody(BaseModel):
+    """`stream()`'s arguments (the library's own field types) and `detach`."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    input: str | list[dict[str, Any]]
+    input: Input
     task: str | None = None
     model: str | None = None
     prefer: Literal["cost", "latency", "quality", "balanced"] | None = None
-    max_ttft_ms: float | None = Field(default=None, gt=0)
-    max_latency_ms: float | None = Field(default=None, gt=0)
-    max_cost_usd: float | None = Field(default=None, gt=0)
-    max_tokens: int | None = Field(default=None, gt=0)
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_ttft_ms: Milliseconds | None = None
+    max_latency_ms: Milliseconds | None = None
+    max_cost_usd: CostCap | None = None
+    max_tokens: TokenCount | None = None
+    temperature: Temperature | None = None
     system: str | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    stop: str | list[str] | None = None
-    metadata: dict[str, Any] | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: ToolChoice | None = None
+    stop: Stop | None = None
+    metadata: Metadata | None = None
+    response_format: dict[str, Any] | None = None  # checked by router.request_params
+    params: dict[str, Any] | None = None  # sampling parameters: seed, top_p, ...
     # Keep producing into the event log when the client disconnects (resume later).
-    detach: bool = False
+    detach: StrictBool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +77,7 @@ def check_stream_body(data: Any) -> StreamBody | BodyProblem:
     try:
         return StreamBody.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in err["loc"]) or "body"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        param, msg = first_problem(exc)
         return BodyProblem(422, "invalid_request", f"{param}: {msg}", param)
 
 
@@ -80,7 +94,8 @@ def stream_kwargs(body: StreamBody, principal: Principal) -> tuple[Any, dict[str
     """`(input, keyword arguments)` for `Router.stream`."""
     kwargs: dict[str, Any] = {}
     for name in ("task", "model", "prefer", "max_ttft_ms", "max_latency_ms", "max_cost_usd",
-                 "max_tokens", "temperature", "system", "tools", "tool_choice", "stop"):
+                 "max_tokens", "temperature", "system", "tools", "tool_choice", "stop",
+                 "response_format", "params"):
         value = getattr(body, name)
         if value is not None:
             kwargs[name] = value

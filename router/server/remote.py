@@ -96,7 +96,8 @@ async def publish_shared(hub: StreamHub, run_id: str, owner: str,
     ends = [i for i, (etype, _) in enumerate(entries) if etype == RUN_END]
     entries = entries[:ends[0] + 1] if ends else entries
     try:
-        count = await hub.shared.append_run(run_id, entries, bool(ends))
+        count = await hub.shared.append_run(hub.runs.qualified(run_id, owner), entries,
+                                            bool(ends))
     except Exception:  # Redis unavailable: say so, the agent may retry
         return problem(503, "state_unavailable", "the shared event log (Redis) is "
                        "unavailable; retry")

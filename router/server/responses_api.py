@@ -13,9 +13,11 @@ do not change the answer: `store` (nothing is stored: the response says `store: 
 `stream_options`, `user`, `safety_identifier`, `prompt_cache_key`, `service_tier: auto`,
 `truncation: disabled`, `parallel_tool_calls: true`, `top_logprobs: 0`, `include` empty or
 `["reasoning.encrypted_content"]`, `text.format: {type: text}`, and any field that is null
-or an object of nulls. Anything else set to a value is a 400 naming the field — in
-particular `previous_response_id` and `conversation` (no server-side state), `background`,
-`reasoning`, `top_p`, `text.format` other than text, hosted tools — never silently dropped.
+or an object of nulls. `text.format` json_schema / json_object is structured output and
+`top_p` a sampling parameter (routed only where honoured, like on the chat endpoint).
+Anything else set to a value is a 400 naming the field — in particular
+`previous_response_id` and `conversation` (no server-side state), `background`,
+`reasoning`, hosted tools — never silently dropped.
 
 The output side (the `Response` object and the `response.*` events) is in
 `router.server.responses_stream`.
@@ -38,7 +40,9 @@ from router.server.compat import (
     ObservedStream,
     Render,
     RequestProblem,
+    RoutingExtras,
     drain,
+    parse_body,
     read_json,
     resolve_model,
     routed_response,
@@ -66,7 +70,7 @@ _NO_OP: dict[str, Any] = {
 }
 _HONOURED = frozenset({
     "model", "input", "instructions", "tools", "tool_choice", "max_output_tokens",
-    "temperature", "metadata", "stream", "text",
+    "temperature", "metadata", "stream", "text", "top_p",
     # the router's own extras (see `routing_options`)
     "max_ttft_ms", "max_latency_ms", "max_cost_usd", "prefer", "task",
 })
@@ -219,7 +223,8 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
     if not isinstance(text, dict):
         raise _bad("Invalid 'text': expected an object.", "text")
     for key, value in text.items():
-        if key == "format" and (value is None or value == {"type": "text"}):
+        if key == "format" and (value is None or (isinstance(value, dict) and value.get(
+                "type") in ("text", "json_object", "json_schema"))):
             continue
         if value is not None:
             raise RequestProblem(f"Unsupported parameter: 'text.{key}' (only text.format "
@@ -231,7 +236,7 @@ def stream_kwargs(body: Mapping[str, Any], router: Router,
                   scope_key: str | None) -> dict[str, Any]:
     """`Router.stream` keyword arguments from a Responses API body."""
     _refuse_unsupported(body)
-    kwargs = routing_options(body)
+    kwargs = routing_options(parse_body(RoutingExtras, body))
     kwargs.update(resolve_model(body.get("model"), router, explicit_task=kwargs.get("task")))
     max_tokens = body.get("max_output_tokens")
     if max_tokens is not None:
@@ -253,6 +258,15 @@ def stream_kwargs(body: Mapping[str, Any], router: Router,
         kwargs["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
         kwargs["tool_choice"] = _tool_choice(body["tool_choice"])
+    fmt = (body.get("text") or {}).get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        # the flat Responses shape -> the Chat Completions one `Router.stream` takes
+        kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+            k: v for k, v in fmt.items() if k != "type"}}
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        kwargs["response_format"] = {"type": "json_object"}
+    if body.get("top_p") is not None:
+        kwargs["params"] = {"top_p": body["top_p"]}
     if scope_key is not None:
         kwargs["metadata"] = {**kwargs.get("metadata", {}), "key": scope_key}
     return kwargs

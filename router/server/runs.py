@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from router.events import TERMINAL_TYPES, Event, encode_event
+from router.server.auth import ANONYMOUS
 from router.server.eventlog import EventLog, StreamLog
 
 RUN_END = "run_end"
@@ -36,20 +38,59 @@ class RunError(Exception):
         self.param = param
 
 
+@dataclass(frozen=True, slots=True)
+class RunQuota:
+    """What one API key may hold in run channels at once (`server.limits.run_max_*`)."""
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_events: int = 200_000
+    max_runs: int = 1000
+
+
+@dataclass(slots=True)
+class _Usage:
+    runs: int = 0
+    bytes: int = 0
+    events: int = 0
+
+
 class RunRegistry:
-    def __init__(self, log: EventLog) -> None:
+    """Run channels, namespaced by API key: key B's run `r1` is not key A's `r1`, so no key
+    can claim or read another's run id. In-process publishers (`router.publish`, owner
+    None) are trusted and address a key's run as `<key name>/<run id>`; on a server without
+    keys every run is un-namespaced."""
+
+    def __init__(self, log: EventLog, quota: RunQuota | None = None) -> None:
         self.log = log
+        self.quota = quota or RunQuota()
+        self._usage: dict[str, _Usage] = {}
+        self._held: dict[str, tuple[str, int, int]] = {}  # log key -> (owner, bytes, events)
+
+    @staticmethod
+    def qualified(run_id: str, owner: str | None) -> str:
+        return run_id if owner in (None, ANONYMOUS) else f"{owner}/{run_id}"
+
+    def get(self, run_id: str, owner: str | None) -> StreamLog | None:
+        return self.log.get(self.qualified(run_id, owner))
 
     def channel(self, run_id: str, owner: str | None) -> StreamLog:
-        """The run's log, opened for `owner` if new. Raises RunError (403) when another key
-        owns it, (409) when it has ended."""
+        """The run's log in `owner`'s namespace, opened if new. Raises RunError: 422 for a
+        bad id, 429 when the key holds `quota.max_runs` runs already."""
         if not run_id or len(run_id) > 200:
             raise RunError(422, "invalid_run_id", "run_id: expected 1 to 200 characters",
                            "run_id")
-        log = self.log.open(run_id, owner)
-        if log.owner is not None and owner is not None and log.owner != owner:
-            raise RunError(403, "forbidden", "this run belongs to another API key")
-        return log
+        key = self.qualified(run_id, owner)
+        log = self.log.get(key)
+        if log is not None:
+            return log
+        usage = self._usage.setdefault(owner or "", _Usage())
+        if usage.runs >= self.quota.max_runs:
+            raise RunError(429, "run_quota_exceeded", f"this key holds {usage.runs} runs "
+                           "(server.limits.run_max_runs_per_key); end some with run_end or "
+                           "let them expire", "run_id")
+        usage.runs += 1
+        self._held[key] = (owner or "", 0, 0)
+        return self.log.open(key, owner)
 
     def publish(self, run_id: str, event: Mapping[str, Any] | Event,
                 owner: str | None = None) -> int:
@@ -87,5 +128,39 @@ class RunRegistry:
             raise RunError(422, "invalid_event", f"event is not JSON: {exc}") from None
 
     def append(self, log: StreamLog, etype: str, data: bytes) -> int:
+        """Add an entry (a stream's event on the hot path: a few integer operations for the
+        quota). Raises RunError 413 past the key's byte or event quota."""
+        owner, nbytes, nevents = self._held.get(log.key, ("", 0, 0))
+        usage = self._usage.setdefault(owner, _Usage())
+        size = len(data)
+        if usage.bytes + size > self.quota.max_bytes or usage.events >= self.quota.max_events:
+            raise RunError(413, "run_quota_exceeded", f"this key's runs hold {usage.events} "
+                           f"events, {usage.bytes} bytes (server.limits.run_max_bytes_per_key"
+                           ", run_max_events_per_key); end runs with run_end or let them "
+                           "expire")
+        usage.bytes += size
+        usage.events += 1
+        self._held[log.key] = (owner, nbytes + size, nevents + 1)
         log.touched_at = self.log.clock()
         return log.append(etype, data)
+
+    def copy(self, log: StreamLog, etype: str, data: bytes) -> bool:
+        """`append` for a stream's events: False (and nothing added) past the quota, so
+        the stream itself goes on; its readers still have the stream's own log."""
+        try:
+            self.append(log, etype, data)
+        except RunError:
+            return False
+        return True
+
+    def sweep(self) -> int:
+        """Drop expired runs (see `EventLog.sweep`) and give their share back to the key."""
+        dropped = self.log.sweep()
+        if dropped:
+            for key in [k for k in self._held if self.log.get(k) is None]:
+                owner, nbytes, nevents = self._held.pop(key)
+                usage = self._usage[owner]
+                usage.runs -= 1
+                usage.bytes -= nbytes
+                usage.events -= nevents
+        return dropped

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from starlette.types import Receive, Scope, Send
 
@@ -36,13 +37,28 @@ def frame(seq: int, entry: Entry) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, etype.encode(), data)
 
 
-def last_event_id(headers: dict[str, str], query: dict[str, str]) -> int | None:
+class BadCursor(ValueError):
+    """A `Last-Event-ID` / `?after=` that is not an event number; `param` names which."""
+
+    def __init__(self, param: str) -> None:
+        super().__init__(f"{param}: expected an event number (an integer, -1 for the start)")
+        self.param = param
+
+
+# ASCII digits only (`str.isdigit` takes "²"), and short: `int()` of 5,000 digits raises.
+_CURSOR = re.compile(r"-?[0-9]{1,18}")
+
+
+def last_event_id(headers: Mapping[str, str], query: Mapping[str, str]) -> int | None:
     """Where a reader resumes: `Last-Event-ID` (what a reconnecting EventSource sends) or
-    `?after=`; None when neither is given or it is not a number."""
-    raw = headers.get("last-event-id") or query.get("after")
-    if raw is None or not raw.strip().lstrip("-").isdigit():
-        return None
-    return int(raw)
+    `?after=`; None when neither is given. Raises BadCursor when it is not a number."""
+    for param, raw in (("Last-Event-ID", headers.get("last-event-id")),
+                       ("after", query.get("after"))):
+        if raw:
+            if not _CURSOR.fullmatch(raw.strip()):
+                raise BadCursor(param)
+            return int(raw)
+    return None
 
 
 class EventStreamResponse:

@@ -391,5 +391,8 @@ def provider_request(dep: Deployment, req: PreparedRequest) -> ProviderRequest:
     return ProviderRequest(
         model=dep.model, messages=req.messages, system=req.system, max_tokens=max_tokens,
         temperature=req.temperature, tools=req.tools, tool_choice=req.tool_choice,
-        stop=req.stop, options=dep.options,
+        stop=req.stop, response_format=req.response_format,
+        # routing guaranteed the rest; advisory ones (`user`) go only where they can
+        params={k: v for k, v in req.params.items() if k in dep.params},
+        options=dep.options,
     )

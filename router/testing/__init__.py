@@ -42,7 +42,7 @@ from router.testing.http import (
     status_line,
 )
 from router.testing.script import Fault, Finish, Reply, ToolCall, default_error_kind
-from router.testing.wire import WIRES, Wire
+from router.testing.wire import WIRES, Rendered, Wire
 from router.testing.wire_responses import ResponsesWire
 
 __all__ = ["Fault", "Finish", "LoopbackProvider", "LoopbackThread", "RecordedRequest", "Reply",
@@ -281,7 +281,7 @@ class LoopbackProvider:
             ended = await self._fault_mid_stream(conn, wire, reply)
             if ended is not None:
                 return ended
-        end = rendered.tail if fault == "no_terminal" else rendered.tail + rendered.marker
+        end = _ending(rendered, fault)
         return await conn.send(b"".join(chunk(b) for b in end) + b"0\r\n\r\n")
 
     async def _fault_mid_stream(self, conn: Conn, wire: Wire, reply: Reply) -> bool | None:
@@ -356,3 +356,14 @@ class LoopbackThread:
     def wait_idle(self, within_s: float = 5.0) -> None:
         """Block until every connection is closed; raises TimeoutError otherwise."""
         self._call(self.server.wait_idle(within_s), within_s + 1.0)
+
+
+def _ending(rendered: Rendered, fault: str | None) -> list[bytes]:
+    """What follows the content: tail and marker, less what the fault drops."""
+    if fault == "no_finish":
+        return []
+    if fault == "no_terminal":
+        return rendered.tail
+    if fault == "unterminated" and rendered.marker:
+        return [*rendered.tail, *rendered.marker[:-1], rendered.marker[-1].rstrip(b"\n")]
+    return rendered.tail + rendered.marker

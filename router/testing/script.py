@@ -10,7 +10,7 @@ from typing import Any, Literal
 __all__ = ["ERROR_KINDS", "Fault", "Finish", "Reply", "ToolCall", "default_error_kind"]
 
 Fault = Literal["reset", "no_response", "cut", "stall", "malformed", "no_terminal",
-                "stream_error"]
+                "no_finish", "unterminated", "stream_error"]
 Finish = Literal["stop", "length", "tool_calls", "content_filter"]
 ERROR_KINDS = frozenset({
     "rate_limited", "server_error", "unavailable", "overloaded", "auth",
@@ -165,6 +165,16 @@ class Reply:
         """End the body cleanly without the terminal marker (`[DONE]`, `message_stop`,
         Ollama's `done` line, Gemini's finishReason chunk)."""
         return replace(self, fault="no_terminal")
+
+    def without_finish(self) -> Reply:
+        """End the body cleanly right after the content: no finish reason, no usage, no
+        terminal marker (nothing says the answer is complete)."""
+        return replace(self, fault="no_finish")
+
+    def unterminated(self) -> Reply:
+        """Send everything, but the last event without the blank line that ends it (as in
+        the Anthropic SDK's own fixtures), then end the body cleanly."""
+        return replace(self, fault="unterminated")
 
     def stream_error(self, after: int) -> Reply:
         """After `after` chunks send the protocol's in-stream error and end the body."""

@@ -15,7 +15,8 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from providers.anthropic import AnthropicProvider, _build_request
+from providers.anthropic import AnthropicProvider
+from providers.anthropic_request import build_request
 from providers.base import (
     FinishDelta,
     ProviderError,
@@ -87,15 +88,31 @@ async def test_transcript_normalizes_to_expected_under_any_chunking(name: str) -
         # An in-stream `error` event after HTTP 200: raised, mapped, no finish.
         assert whole.error is not None and whole.finish is None
         assert whole.error.code == "overloaded" and whole.error.retryable
-    elif not expected["terminal_marker_seen"]:
-        # The sdk-* fixtures lack the final newline: per the WHATWG rules the unterminated
-        # `message_stop` is dropped, so the stream ended without its terminal marker.
-        assert whole.error is not None and whole.error.code == "protocol_error"
-        assert whole.finish is None
     else:
+        # The sdk-* fixtures lack the final newline: per the WHATWG rules the unterminated
+        # `message_stop` is dropped, but `message_delta` already carried the stop reason
+        # and usage, so the answer is provably complete and ends normally.
         assert whole.error is None
         assert whole.finish == expected["finish_reason_normalized"]
         assert isinstance(whole.deltas[-1], FinishDelta)
+
+
+@pytest.mark.parametrize("name", ["anthropic/sdk-basic-text.sse",
+                                  "anthropic/sdk-text-then-tool-use.sse"])
+async def test_unterminated_stream_without_stop_reason_is_a_protocol_error(name: str) -> None:
+    # The same stream cut before its message_delta: nothing says the answer is complete.
+    data = (TRANSCRIPTS / name).read_bytes()
+    data = data[: data.index(b"event: message_delta")]
+    result, _, _ = await replay([data])
+    assert result.error is not None and result.error.code == "protocol_error"
+    assert result.finish is None
+
+
+async def test_message_delta_without_usage_does_not_complete_an_unterminated_stream() -> None:
+    data = (TRANSCRIPTS / "anthropic/sdk-basic-text.sse").read_bytes()
+    data = data.replace(b',"usage":{"output_tokens":6}', b"")
+    result, _, _ = await replay([data])
+    assert result.error is not None and result.error.code == "protocol_error"
 
 
 @pytest.mark.parametrize("name", ["anthropic/sdk-basic-text.sse",
@@ -237,7 +254,7 @@ def test_build_request_translates_openai_shaped_history() -> None:
         tool_choice="get_weather",
         options={"thinking": {"type": "enabled", "budget_tokens": 1024}, "seed": 3},
     )
-    body = _build_request(request)
+    body = build_request(request)
     assert body == {
         "model": "claude-sonnet-4-5",
         "max_tokens": 100,
@@ -277,13 +294,13 @@ def test_build_request_translates_openai_shaped_history() -> None:
 def test_tool_choice_values(choice: str, wire: dict[str, str]) -> None:
     request = ProviderRequest(model="m", messages=[{"role": "user", "content": "x"}],
                               tools=[Tool("t", "d", {"type": "object"})], tool_choice=choice)
-    assert _build_request(request)["tool_choice"] == wire
+    assert build_request(request)["tool_choice"] == wire
 
 
 def test_system_messages_in_history_join_the_system_prompt_and_max_tokens_default() -> None:
     request = ProviderRequest(model="m", system="A", messages=[
         {"role": "system", "content": "B"}, {"role": "user", "content": "x"}])
-    body = _build_request(request)
+    body = build_request(request)
     assert body["system"] == "A\n\nB" and body["max_tokens"] == 4096
     assert "tools" not in body and "tool_choice" not in body
 
@@ -292,7 +309,7 @@ def test_empty_turns_are_dropped() -> None:
     request = ProviderRequest(model="m", messages=[
         {"role": "user", "content": "x"}, {"role": "assistant", "content": ""},
         {"role": "user", "content": "y"}])
-    assert _build_request(request)["messages"] == [
+    assert build_request(request)["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "text", "text": "y"}]}]
 
 

@@ -5,6 +5,7 @@ fault ends in the expected `ProviderError` code with no stream or socket left op
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import orjson
@@ -167,7 +168,10 @@ FAULTS: list[tuple[str, Reply, dict[str, str], str]] = [
      "ab"),
     ("malformed", Reply(text=("a", "b", "c", "d")).malformed(2),
      dict.fromkeys(PROTOCOLS, "protocol_error"), "ab"),
+    # OpenAI and Anthropic streams that lose only their marker are complete (test below).
     ("no-terminal", Reply(text=("a", "b")).without_terminal(),
+     {"ollama": "protocol_error", "gemini": "protocol_error"}, "ab"),
+    ("no-finish", Reply(text=("a", "b")).without_finish(),
      dict.fromkeys(PROTOCOLS, "protocol_error"), "ab"),
     ("stream-error", Reply(text=("a", "b", "c", "d")).stream_error(2),
      {"openai": "provider_error", "openai_responses": "provider_error",
@@ -184,6 +188,8 @@ async def test_fault_maps_to_code_and_leaves_nothing_open(
     srv: LoopbackProvider, protocol: str, fault: str, reply: Reply, codes: dict[str, str],
     text: str,
 ) -> None:
+    if protocol not in codes:
+        return  # this protocol handles the fault without an error (tested on its own)
     srv.enqueue(reply)
     result = await run(srv, protocol)
     assert result.error is not None, f"{fault} on {protocol} did not fail"
@@ -193,6 +199,31 @@ async def test_fault_maps_to_code_and_leaves_nothing_open(
     assert not any(isinstance(d, FinishDelta) for d in result.deltas)
     assert KEY not in str(result.error) and KEY not in repr(result.error)
     assert len(srv.requests) == 1  # adapters never retry
+
+
+@pytest.mark.parametrize("fault", ["no_terminal", "unterminated"])
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+async def test_provably_complete_stream_without_its_marker_ends_normally(
+    srv: LoopbackProvider, protocol: str, fault: str,
+) -> None:
+    # The finish reason and the usage arrived; only `[DONE]` / `message_stop` (or the blank
+    # line ending it) is missing. Failing over would pay for the same answer twice.
+    reply = Reply(text=("a", "b"))
+    srv.enqueue(reply.without_terminal() if fault == "no_terminal" else reply.unterminated())
+    result = await run(srv, protocol)
+    assert result.error is None and result.text == "ab"
+    assert result.deltas[-1] == FinishDelta("stop")
+    assert any(isinstance(d, UsageDelta) and d.output_tokens > 0 for d in result.deltas)
+
+
+async def test_openai_stream_without_done_and_without_usage_is_a_protocol_error(
+    srv: LoopbackProvider,
+) -> None:
+    # Without usage nothing proves the finish chunk was the last one.
+    srv.enqueue(Reply(text=("a", "b")).without_terminal())
+    request = dataclasses.replace(REQUEST, options={"include_usage": False})
+    result = await run(srv, "openai", request)
+    assert result.error is not None and result.error.code == "protocol_error"
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

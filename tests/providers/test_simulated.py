@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 
@@ -149,22 +150,118 @@ async def test_prefill_can_be_refused() -> None:
 # --- tools --------------------------------------------------------------------------------
 
 
-async def test_a_forced_tool_is_called_in_fragments() -> None:
-    tools = (Tool("lookup", "Look up", {"type": "object"}),)
-    deltas = await drain(provider(), request("Find the docs", tools=tools,
-                                             tool_choice="lookup"))
+WEATHER = Tool("get_weather", "Current weather for a city", {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        "where": {"$ref": "#/$defs/Place"},
+        "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "detailed": {"type": "boolean"},
+    },
+    "required": ["city", "unit", "where"],
+    "additionalProperties": False,
+    "$defs": {"Place": {"type": "object", "properties": {
+        "lat": {"type": "number", "minimum": -90, "maximum": 90},
+        "country": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+        "required": ["lat", "country"]}},
+})
+CLOCK = Tool("get_time", "The time now in a timezone", {
+    "type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]})
+
+
+def calls_of(deltas: list[Delta]) -> dict[str, Any]:
+    out: dict[int, list[str]] = {}
+    for d in deltas:
+        if isinstance(d, ToolCallDelta):
+            call = out.setdefault(d.index, ["", ""])
+            call[0] = call[0] or d.name or ""
+            call[1] += d.arguments
+    return {name: orjson.loads(args) for name, args in out.values()}
+
+
+async def test_a_forced_tool_is_called_in_fragments_with_arguments_valid_for_its_schema(
+) -> None:
+    deltas = await drain(provider(), request("Find the docs", tools=(WEATHER,),
+                                             tool_choice="get_weather"))
     calls = [d for d in deltas if isinstance(d, ToolCallDelta)]
-    assert len(calls) == 2 and calls[0].name == "lookup" and calls[0].id
-    assert (calls[1].id, calls[1].name, calls[1].index) == (None, None, 0)
-    assert orjson.loads(calls[0].arguments + calls[1].arguments) == {"query": "Find the docs"}
+    assert len(calls) >= 2 and calls[0].name == "get_weather" and calls[0].id
+    assert all((c.id, c.name, c.index) == (None, None, 0) for c in calls[1:])
+    jsonschema.validate(calls_of(deltas)["get_weather"], WEATHER.parameters)
     assert text(deltas) == "" and deltas[-1] == FinishDelta("tool_calls")
 
 
-@pytest.mark.parametrize("choice", [None, "auto", "none"])
-async def test_tools_are_not_called_unless_forced(choice: str | None) -> None:
-    tools = (Tool("lookup", "Look up", {"type": "object"}),)
-    deltas = await drain(provider(), request(tools=tools, tool_choice=choice))
-    assert not any(isinstance(d, ToolCallDelta) for d in deltas)
+@pytest.mark.parametrize("choice", [None, "auto"])
+async def test_auto_calls_the_tool_the_question_is_about(choice: str | None) -> None:
+    deltas = await drain(provider(), request("What is the weather in Paris?",
+                                             tools=(CLOCK, WEATHER), tool_choice=choice))
+    args = calls_of(deltas)
+    assert list(args) == ["get_weather"]
+    jsonschema.validate(args["get_weather"], WEATHER.parameters)
+    assert args["get_weather"]["city"] == "Paris"  # drawn from the user's words
+    assert deltas[-1] == FinishDelta("tool_calls")
+
+
+async def test_after_the_tool_result_it_answers_using_it() -> None:
+    messages = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny, 21 C"},
+    ]
+    deltas = await drain(provider(), request(messages=messages, tools=(WEATHER,),
+                                             tool_choice="auto"))
+    assert not calls_of(deltas)
+    assert "sunny, 21 C" in text(deltas) and deltas[-1] == FinishDelta("stop")
+
+
+async def test_required_after_a_tool_result_calls_the_output_tool() -> None:
+    # An agent framework's output tool (pydantic-ai's `final_result`) ends the run.
+    final = Tool("final_result", "The final response", {
+        "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]})
+    messages = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    deltas = await drain(provider(), request(messages=messages, tools=(WEATHER, final),
+                                             tool_choice="required"))
+    assert list(calls_of(deltas)) == ["final_result"]
+
+
+async def test_none_never_calls_and_unrelated_tools_are_not_called_twice() -> None:
+    none = await drain(provider(), request(tools=(WEATHER,), tool_choice="none"))
+    assert not calls_of(none) and text(none)
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+         "function": {"name": "get_time", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "noon"},
+        {"role": "assistant", "content": "It is noon."},
+        {"role": "user", "content": "Explain circuit breakers"},
+    ]
+    later = await drain(provider(), request(messages=messages, tools=(CLOCK,)))
+    assert not calls_of(later) and text(later)
+
+
+async def test_a_json_schema_response_format_streams_valid_json_in_chunks() -> None:
+    schema = {k: v for k, v in WEATHER.parameters.items()}
+    fmt = {"type": "json_schema", "json_schema": {"name": "w", "schema": schema,
+                                                  "strict": True}}
+    deltas = await drain(provider(), request("Weather in Oslo as JSON", response_format=fmt))
+    pieces = [d for d in deltas if isinstance(d, TextDelta)]
+    assert len(pieces) > 3
+    jsonschema.validate(orjson.loads(text(deltas)), schema)
+    assert deltas[-1] == FinishDelta("stop")
+    assert deltas == await drain(provider(), request("Weather in Oslo as JSON",
+                                                     response_format=fmt))  # deterministic
+
+
+async def test_json_object_gives_an_object() -> None:
+    deltas = await drain(provider(), request(response_format={"type": "json_object"}))
+    assert isinstance(orjson.loads(text(deltas)), dict)
 
 
 # --- faults -------------------------------------------------------------------------------

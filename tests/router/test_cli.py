@@ -108,8 +108,11 @@ def test_route_is_a_dry_run_with_the_same_table(cli: CliRunner, tmp_path: Path) 
     [
         (["stream", "hi", "--task", "nope"], "unknown task 'nope'"),
         (["stream", "hi", "--model", "nope"], "unknown model 'nope'"),
-        (["stream", "hi", "--prefer", "cheap"], "prefer: 'cheap' is not one of"),
-        (["stream", "hi", "--max-tokens", "0"], "max_tokens: expected a positive number"),
+        (["stream", "hi", "--prefer", "cheap"], "prefer: Input should be 'cost', 'latency'"),
+        (["stream", "hi", "--max-tokens", "0"], "max_tokens: Input should be greater than 0"),
+        # Once a traceback (spend is counted in integer nano-dollars).
+        (["stream", "hi", "--max-cost-usd", "1e308"], "max_cost_usd: Input should be less"),
+        (["route", "hi", "--max-cost-usd", "nan"], "max_cost_usd: Input should be a finite"),
         (["stream", "   "], "the prompt is empty"),
         (["route", "hi", "--task", "nope"], "unknown task 'nope'"),
     ],
@@ -141,6 +144,21 @@ def test_config_check_accepts_a_good_file_and_names_the_path_of_a_bad_one(
     result = cli.invoke(app, ["config", "check", str(bad)])
     assert result.exit_code == 2
     assert "bad.yaml: tasks.chat.candidates[1]: unknown deployment 'strnog'" in result.stderr
+
+
+@pytest.mark.parametrize(("yaml", "path"), [
+    ("budgets:\n  - {scope: global, limit_usd: .inf}\n", "budgets[0].limit_usd"),
+    ("budgets:\n  - {scope: global, limit_usd: .nan}\n", "budgets[0].limit_usd"),
+    ("resilience:\n  timeouts: {total_s: .inf}\n", "resilience.timeouts.total_s"),
+])
+def test_config_check_refuses_non_finite_numbers(cli: CliRunner, tmp_path: Path, yaml: str,
+                                                 path: str) -> None:
+    # `limit_usd: .inf` once passed `config check`, then crashed `serve`.
+    bad = tmp_path / "inf.yaml"
+    bad.write_text(FAST_FLEET + yaml)
+    result = cli.invoke(app, ["config", "check", str(bad)])
+    assert result.exit_code == 2, result.stdout
+    assert f"inf.yaml: {path}" in result.stderr and "finite" in result.stderr
 
 
 def test_config_check_accepts_the_multi_provider_example_without_keys(cli: CliRunner,
@@ -345,8 +363,13 @@ def test_serve_banner_says_whether_auth_is_on_and_where_the_playground_is(
 ) -> None:
     import uvicorn
 
+    from router.server.limits import DrainingServer
+
     served: list[dict[str, object]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw))
+    # A real uvicorn.Config would configure this process's logging (caplog elsewhere).
+    monkeypatch.setattr(uvicorn, "Config", lambda app, **kw: served.append(kw) or kw)
+    monkeypatch.setattr(DrainingServer, "__init__", lambda self, config, drain: None)
+    monkeypatch.setattr(DrainingServer, "run", lambda self, **kw: None)
     open_ = cli.invoke(app, ["serve", "--config", fleet, "--port", "8123"])
     assert open_.exit_code == 0, open_.stderr
     assert served[0]["port"] == 8123

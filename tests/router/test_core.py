@@ -105,8 +105,10 @@ async def test_cancelling_the_consumer_task_closes_the_provider_stream(
 
 # --- event invariants over many seeded runs -------------------------------------------------
 
-TOOL = {"type": "function", "function": {"name": "lookup", "description": "Look it up",
-                                         "parameters": {"type": "object"}}}
+TOOL = {"type": "function", "function": {
+    "name": "lookup", "description": "Look it up",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
+                   "required": ["query"]}}}
 # `pair` tries mid first (higher quality), then fast: the fallback path of the fault runs.
 PAIR = {"pair": {"candidates": ["mid", "fast"], "prefer": "quality"}}
 FAILURE_CODES = ("overloaded", "rate_limited", "provider_error", "connection", "timeout")
@@ -227,8 +229,9 @@ async def _check_answer(sc: dict[str, Any], events: list[Event], done: DoneEvent
     texts = [ev.delta for ev in events if isinstance(ev, TextEvent)]
     if sc["shape"] == "tool":
         assert texts == [] and done.finish_reason == "tool_calls"
-        assert [(c.name, c.arguments) for c in done.tool_calls] == [
-            ("lookup", {"query": sc["prompt"][:40]})]
+        # the arguments fit the tool's schema
+        assert [(c.name, list(c.arguments)) for c in done.tool_calls] == [("lookup", ["query"])]
+        assert isinstance(done.tool_calls[0].arguments["query"], str)
         return
     assert done.tool_calls == []
     text = "".join(texts)
@@ -373,8 +376,14 @@ async def test_no_route_names_every_exclusion_and_raises_no_route_error(
 @pytest.mark.parametrize(("options", "message"), [
     ({"task": "nope"}, "unknown task 'nope'"),
     ({"model": "nope"}, "unknown model 'nope'"),
-    ({"prefer": "fastest"}, "prefer: 'fastest' is not one of"),
-    ({"max_latency_ms": -1}, "max_latency_ms: expected a positive number"),
+    ({"prefer": "fastest"}, "prefer: Input should be 'cost', 'latency'"),
+    ({"max_latency_ms": -1}, "max_latency_ms: Input should be greater than 0"),
+    # Once silently ignored (NaN compares false with every cost) or an overflow.
+    ({"max_cost_usd": float("nan")}, "max_cost_usd: Input should be a finite number"),
+    ({"max_cost_usd": float("inf")}, "max_cost_usd: Input should be a finite number"),
+    ({"max_cost_usd": 1e308}, "max_cost_usd: Input should be less than or equal to"),
+    ({"temperature": float("nan")}, "temperature: Input should be a finite number"),
+    ({"stop": 5}, "stop: Input should be a valid string"),
     ({"tools": [{"description": "no name"}]}, "tools[0]: expected a tool with a name"),
 ])
 async def test_bad_requests_end_with_one_error_event(

@@ -67,10 +67,11 @@ def test_tool_messages_pass_through_unchanged(loaded: LoadedConfig) -> None:
 @pytest.mark.parametrize(("input", "message"), [
     ("", "input: the prompt is empty"),
     ("  \n", "input: the prompt is empty"),
-    ([], "input: expected a string or a non-empty list of messages"),
-    ([{"role": "robot", "content": "x"}], "input[0]: expected a message with role one of "
-                                          "assistant, system, tool, user"),
-    ([{"role": "user", "content": "x"}, "text"], "input[1]: expected a message with role"),
+    ([], "input: Input should be a valid string, or List should have at least 1 item"),
+    ([{"role": "robot", "content": "x"}], "input[0].role: Input should be 'system', 'user',"),
+    ([{"role": "user", "content": "x"}, "text"], "input[1]: Input should be a valid dict"),
+    ([{"role": "user", "content": [{"type": "text", "text": 5}]}],
+     "input[0].content[0].text: Input should be a valid string"),
     ([{"role": "system", "content": "x"}], "input: no user message"),
 ])
 def test_bad_input_is_refused(loaded: LoadedConfig, input: Any, message: str) -> None:
@@ -117,10 +118,14 @@ def test_tool_choice_shapes(loaded: LoadedConfig, choice: Any, normalized: str) 
     ({"task": "nope"}, "unknown task 'nope' (expected one of: general, cheap, quick, best, "
                        "brief, capped)"),
     ({"model": "nope"}, "unknown model 'nope' (expected a deployment id: fast, mid, strong)"),
-    ({"prefer": "speed"}, "prefer: 'speed' is not one of cost, latency, quality, balanced"),
-    ({"max_ttft_ms": 0}, "max_ttft_ms: expected a positive number, got 0"),
-    ({"max_cost_usd": -0.5}, "max_cost_usd: expected a positive number, got -0.5"),
-    ({"max_tokens": -1}, "max_tokens: expected a positive number, got -1"),
+    ({"prefer": "speed"}, "prefer: Input should be 'cost', 'latency', 'quality' or 'balanced'"),
+    ({"max_ttft_ms": 0}, "max_ttft_ms: Input should be greater than 0"),
+    ({"max_cost_usd": -0.5}, "max_cost_usd: Input should be greater than 0"),
+    ({"max_tokens": -1}, "max_tokens: Input should be greater than 0"),
+    ({"max_tokens": True}, "max_tokens: Input should be a valid integer"),
+    ({"max_cost_usd": float("nan")}, "max_cost_usd: Input should be a finite number"),
+    ({"system": 5}, "system: Input should be a valid string"),
+    ({"metadata": []}, "metadata: Input should be a valid dictionary"),
 ])
 def test_bad_options_are_refused_with_a_clear_message(loaded: LoadedConfig, kw: dict[str, Any],
                                                       message: str) -> None:

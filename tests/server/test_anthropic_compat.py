@@ -25,9 +25,9 @@ from router.events import (
     Usage,
 )
 from router.request import StreamParams, prepare
-from router.server.anthropic_request import stream_kwargs, to_openai_messages
+from router.server.anthropic_request import MessagesBody, stream_kwargs, to_openai_messages
 from router.server.app import create_app
-from router.server.compat import RequestProblem
+from router.server.compat import RequestProblem, parse_body
 from tests.server.conftest import RecordingRouter, ScriptedRouter, script, uvicorn_on_loopback
 
 KEY = "sk-ant-test-compat-0123456789"
@@ -163,7 +163,7 @@ async def test_stream_tool_use_accumulates_to_the_done_tool_calls(
     uses = [b for b in final.content if b.type == "tool_use"]
     assert [(u.id, u.name, u.input) for u in uses] == [
         (t.id, t.name, t.arguments) for t in done.tool_calls]
-    assert uses[0].input == {"query": "find Initech"}
+    assert uses[0].input == {"query": "Initech"}  # the simulator draws it from the prompt
 
 
 async def test_tool_result_turn_round_trips(
@@ -325,9 +325,14 @@ def test_messages_translate_to_the_openai_chat_shape() -> None:
     ]
 
 
+def _kwargs(body: dict[str, Any], router: Router, scope_key: str | None) -> dict[str, Any]:
+    checked = parse_body(MessagesBody, {"messages": [{"role": "user", "content": "hi"}], **body})
+    return stream_kwargs(checked, router, scope_key)
+
+
 def test_request_fields_map_onto_stream_arguments() -> None:
     router = Router(parse_config(CONFIG))
-    kwargs = stream_kwargs({
+    kwargs = _kwargs({
         "model": "chat", "max_tokens": 64, "temperature": 0.2, "stop_sequences": ["END"],
         "system": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}],
         "tools": [TOOL], "tool_choice": {"type": "tool", "name": "lookup_lead"},
@@ -338,11 +343,12 @@ def test_request_fields_map_onto_stream_arguments() -> None:
         "system": "Be brief.", "tools": [TOOL], "tool_choice": "lookup_lead",
         "max_latency_ms": 900, "prefer": "cost",
         "metadata": {"user_id": "u1", "key": "team-a"},
+        "params": {"user": "u1"},  # metadata.user_id is also the sampling parameter `user`
     }
-    assert stream_kwargs({"model": "fast", "tool_choice": {"type": "any"}}, router,
-                         None) == {"model": "fast", "tool_choice": "required"}
+    assert _kwargs({"model": "fast", "tool_choice": {"type": "any"}}, router,
+                   None) == {"model": "fast", "tool_choice": "required"}
     with pytest.raises(RequestProblem, match="max_cost_usd"):
-        stream_kwargs({"model": "chat", "max_cost_usd": "cheap"}, router, None)
+        _kwargs({"model": "chat", "max_cost_usd": "cheap"}, router, None)
 
 
 # --- scripted event sequences -------------------------------------------------------------

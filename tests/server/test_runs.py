@@ -85,9 +85,10 @@ async def test_publish_validation() -> None:
         with pytest.raises(RunError) as err:
             runs.publish("r", bad, owner="a")
         assert err.value.status == 422 and err.value.param == "type"
-    with pytest.raises(RunError) as err:
-        runs.publish("r", {"type": "progress"}, owner="b")
-    assert err.value.status == 403
+    # Another key's `r` is its own run: it can neither write nor read a's.
+    assert runs.publish("r", {"type": "progress"}, owner="b") == 0
+    assert runs.get("r", "a") is not runs.get("r", "b")
+    assert len(runs.get("r", "a").entries) == 1
     runs.publish("r", {"type": RUN_END}, owner="a")
     with pytest.raises(RunError) as err:
         runs.publish("r", {"type": "progress"}, owner="a")

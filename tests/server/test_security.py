@@ -69,8 +69,14 @@ def test_presented_key_sources_and_redaction() -> None:
     assert presented_key(scope([(b"x-api-key", b"k2")])) == "k2"
     assert presented_key(scope(qs=b"after=3&api_key=k3")) == "k3"
     assert presented_key(scope(method="POST", qs=b"api_key=k3")) is None
+    assert presented_key(scope(qs=b"api%5Fkey=k4")) == "k4"
     assert redact('"GET /v1/streams/x/events?api_key=sk-1&after=2"') == (
         '"GET /v1/streams/x/events?api_key=[redacted]&after=2"')
+    # Once logged in clear: the name URL-encoded, or in another case.
+    for name in ("api%5Fkey", "API_KEY", "Api%5fKey", "api%5F%6Bey"):
+        assert redact(f"GET /v1/x?after=1&{name}=sk-2 HTTP/1.1") == (
+            f"GET /v1/x?after=1&{name}=[redacted] HTTP/1.1")
+    assert redact("GET /v1/x?api_keys=1&q=api_key=2") == "GET /v1/x?api_keys=1&q=api_key=2"
     assert hash_key("k") == hash_key("k") and len(hash_key("k")) == 64
 
 
@@ -157,19 +163,25 @@ async def test_key_rate_limit_is_429_with_retry_after(serve) -> None:
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
 
 
-async def test_another_keys_stream_and_run_are_403(serve) -> None:
+async def test_another_keys_stream_is_403_and_its_run_invisible(serve) -> None:
     srv = await serve(keys={"alice": ALICE, "bob": BOB})
     async with srv.client(ALICE) as alice, srv.client(BOB) as bob:
         r = await alice.post("/v1/stream", json={"input": "hi", "metadata": {"run_id": "r1"}})
         rid = r.headers["x-request-id"]
-        for path in (f"/v1/streams/{rid}", f"/v1/streams/{rid}/events",
-                     "/v1/runs/r1/events"):
+        for path in (f"/v1/streams/{rid}", f"/v1/streams/{rid}/events"):
             assert (await bob.get(path)).status_code == 403
-            async with alice.stream("GET", path) as ok:  # a run's events never end by itself
+            async with alice.stream("GET", path) as ok:
                 assert ok.status_code == 200
         assert (await bob.post(f"/v1/streams/{rid}/cancel")).status_code == 403
+        # Run ids are per key: bob's `r1` is bob's own (unknown yet), never alice's, and
+        # publishing to it does not reach alice's run (once, any key could claim an id).
+        assert (await bob.get("/v1/runs/r1/events")).status_code == 404
         r = await bob.post("/v1/runs/r1/events", json={"type": "step"})
-        assert r.status_code == 403
+        assert r.status_code == 201
+        async with alice.stream("GET", "/v1/runs/r1/events") as ok:
+            assert ok.status_code == 200
+        assert [t for t, _ in srv.app.state.runs.get("r1", "alice").entries].count("step") == 0
+        assert [t for t, _ in srv.app.state.runs.get("r1", "bob").entries] == ["step"]
 
 
 async def test_cors_is_off_unless_configured(serve) -> None:

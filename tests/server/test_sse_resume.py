@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from router.server.eventlog import EventLog, LogGap
-from router.server.sse import frame, last_event_id
+from router.server.sse import BadCursor, frame, last_event_id
 from tests.server.conftest import SLOW, eventually, frames, read_until_terminal
 
 KEY = "sk-resume-0123456789"
@@ -23,7 +23,9 @@ def test_last_event_id_prefers_the_header_then_after() -> None:
     assert last_event_id({"last-event-id": "12"}, {"after": "3"}) == 12
     assert last_event_id({}, {"after": "3"}) == 3
     assert last_event_id({}, {}) is None
-    assert last_event_id({"last-event-id": "x"}, {}) is None
+    for bad in ("x", "--5", "²", "9" * 5000, "1.5"):
+        with pytest.raises(BadCursor):
+            last_event_id({"last-event-id": bad}, {})
 
 
 async def test_follow_replays_then_goes_live_exactly_once() -> None:
