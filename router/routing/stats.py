@@ -52,6 +52,9 @@ class StatsRegistry:
         self.clock = clock
         self._by_id: dict[str, DeploymentStats] = {}
         self._priors: dict[str, Prior] = {}
+        # Set by `router.state.stats_sync`: what the estimators learn is also recorded here
+        # (kind, deployment, value, extra), for other instances to learn it too.
+        self.journal: deque[tuple[str, str, float, float]] | None = None
 
     def know(self, dep: Deployment) -> DeploymentStats:
         """The stats of `dep`, created with its config priors on first use."""
@@ -83,15 +86,21 @@ class StatsRegistry:
         s = self.get(deployment_id)
         s.estimator.observe_ttft(ttft_ms, self.clock())
         s.recent_ttft_ms.append(ttft_ms)
+        if self.journal is not None:
+            self.journal.append(("ttft", deployment_id, ttft_ms, 0.0))
 
     def observe_censored(self, deployment_id: str, at_least_ms: float) -> None:
         """An attempt given up before its first token (hedge loser, timeout)."""
         self.get(deployment_id).estimator.observe_censored(at_least_ms, self.clock())
+        if self.journal is not None:
+            self.journal.append(("censored", deployment_id, at_least_ms, 0.0))
 
     def observe_rate(self, deployment_id: str, tokens_per_s: float) -> None:
         if tokens_per_s > 0:
             self.get(deployment_id).estimator.observe_decode(1000.0 / tokens_per_s,
                                                              self.clock())
+            if self.journal is not None:
+                self.journal.append(("decode", deployment_id, 1000.0 / tokens_per_s, 0.0))
 
     def observe_outcome(self, deployment_id: str, error_code: str | None,
                         duration_ms: float | None = None,
@@ -101,6 +110,8 @@ class StatsRegistry:
         now = self.clock()
         if error_code is None:
             s.estimator.observe_outcome(False, now)
+            if self.journal is not None:
+                self.journal.append(("outcome", deployment_id, 0.0, -1.0))
             return
         s.failures += 1
         s.last_error = error_code
@@ -109,6 +120,9 @@ class StatsRegistry:
             s.quota.cooling_until = now + (retry_after_s if retry_after_s is not None else 1.0)
             return
         s.estimator.observe_outcome(True, now, duration_ms)
+        if self.journal is not None:
+            self.journal.append(("outcome", deployment_id, 1.0,
+                                 -1.0 if duration_ms is None else duration_ms))
 
     def observe_quota(self, deployment_id: str, remaining_requests: int | None,
                       remaining_tokens: int | None, reset_s: float | None,

@@ -1,18 +1,18 @@
 """Routing statistics shared by every instance on one Redis, merged in the background.
 
-Each instance keeps learning alone, per request, in memory (`StatsRegistry`: no Redis on
-the request path). Every `state.stats_sync_s` one task does one pipeline: it writes this
-instance's view of each deployment (decayed TTFT and output rate, request and failure
-counts) into the hash `stats:<deployment>` under its instance id, reads the other
-instances' views, and sets the local estimates to the mean of the fresh views (its own
-included), weighted by how many requests each saw since its previous write (plus one).
-Views older than three periods are ignored (an instance that stopped). So an instance
-routes on what the others observed at most `stats_sync_s` (plus one Redis timeout) ago.
-Breaker state needs no merging here: with `state: {backend: redis}` every breaker is
-already kept in Redis (`router.resilience.breaker.redis_storage`).
+Each instance keeps learning per request, in memory (`StatsRegistry` and its estimators: no
+Redis on the request path), and records what its estimators learn in the registry's
+bounded `journal`. Every `state.stats_sync_s` one task makes one round trip: it appends
+this instance's new observations as ONE entry of the Redis Stream `stats` (bounded
+`MAXLEN ~`) and reads the entries other instances appended since its last read, which it
+feeds to its own estimators as if it had observed them itself (now: they are at most one
+period old). So every instance's estimates (TTFT distribution, decode rate, error rate)
+rest on every instance's traffic, and an instance routes on the others' observations at
+most `stats_sync_s` (plus one Redis timeout) late. Entries older than a minute are not
+applied (a new instance starts from the recent past, not from hours ago).
 
-This is the small sync-merge interface over today's `StatsRegistry` (the estimator is being
-rewritten); it only reads and writes the registry's public fields.
+Breaker state needs no merging here: with `state: {backend: redis}` every breaker is kept
+in Redis (`router.resilience.breaker.redis_storage`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections import deque
 from typing import Any
 
 import orjson
@@ -32,24 +32,29 @@ from router.routing.stats import StatsRegistry
 
 log = logging.getLogger("router.state")
 
+JOURNAL_MAX = 10_000  # observations kept between two syncs (older ones are not shared)
+STREAM_MAXLEN = 2_000
+MAX_AGE_MS = 60_000
+
 
 class StatsSync:
-    def __init__(self, stats: StatsRegistry, deployments: Iterable[str], cfg: StateConfig,
-                 *, instance: str | None = None) -> None:
+    def __init__(self, stats: StatsRegistry, cfg: StateConfig, *,
+                 instance: str | None = None) -> None:
         import redis.asyncio as aioredis
 
         self.stats = stats
-        self.deployments = tuple(deployments)
-        self.prefix = cfg.prefix
+        stats.journal = deque(maxlen=JOURNAL_MAX)
+        self.key = f"{cfg.prefix}stats"
         self.period_s = cfg.stats_sync_s
         self.timeout_s = cfg.socket_timeout_s
         self.instance = instance or uuid.uuid4().hex[:12]
         self.redis: Any = aioredis.Redis.from_url(
             cfg.url, socket_connect_timeout=cfg.connect_timeout_s,
             socket_timeout=cfg.socket_timeout_s)
-        self._sent_requests: dict[str, int] = {}
+        self._last_id = b"-"
         self._task: asyncio.Task[None] | None = None
         self.failures = 0
+        self.applied = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="stats-sync")
@@ -59,18 +64,20 @@ class StatsSync:
             await asyncio.sleep(self.period_s)
             await self.sync_once()
 
-    async def sync_once(self, now: float | None = None) -> None:
-        """Write this instance's views and merge the others' (one pipeline)."""
-        now = time.time() if now is None else now
-        ttl = max(1, int(self.period_s * 3) + 1)
+    async def sync_once(self) -> None:
+        """Share this instance's new observations and learn the others' (one pipeline)."""
+        journal = self.stats.journal
+        assert journal is not None
+        batch = list(journal)
+        journal.clear()
+        start = self._last_id if self._last_id == b"-" else b"(" + self._last_id
         try:
             async with asyncio.timeout(self.timeout_s * 2), self.redis.pipeline(
                     transaction=False) as pipe:
-                for dep in self.deployments:
-                    key = f"{self.prefix}stats:{dep}"
-                    pipe.hset(key, self.instance, orjson.dumps(self._view(dep, now)))
-                    pipe.expire(key, ttl)
-                    pipe.hgetall(key)
+                if batch:
+                    pipe.xadd(self.key, {"i": self.instance, "o": orjson.dumps(batch)},
+                              maxlen=STREAM_MAXLEN, approximate=True)
+                pipe.xrange(self.key, min=start, count=STREAM_MAXLEN)
                 replies = await pipe.execute()
         except Exception as exc:
             self.failures += 1
@@ -78,25 +85,31 @@ class StatsSync:
                 log.warning("routing statistics not shared (%d failures): %r", self.failures,
                             exc)
             return
-        for dep, views in zip(self.deployments, replies[2::3], strict=True):
-            self._merge(dep, [orjson.loads(v) for v in views.values()], now)
+        self._apply(replies[-1], time.time() * 1000.0)
 
-    def _view(self, dep: str, now: float) -> dict[str, Any]:
-        s = self.stats.get(dep)
-        fresh = s.requests - self._sent_requests.get(dep, 0)
-        self._sent_requests[dep] = s.requests
-        return {"ttft_ms": s.ttft_ms, "tokens_per_s": s.tokens_per_s, "requests": s.requests,
-                "failures": s.failures, "weight": fresh + 1, "ts": now}
+    def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]], now_ms: float) -> None:
+        me = self.instance.encode()
+        for entry_id, fields in entries:
+            self._last_id = entry_id
+            if fields.get(b"i") == me or now_ms - int(entry_id.split(b"-")[0]) > MAX_AGE_MS:
+                continue
+            for kind, dep, value, extra in orjson.loads(fields[b"o"]):
+                self._learn(kind, dep, float(value), float(extra))
 
-    def _merge(self, dep: str, views: list[dict[str, Any]], now: float) -> None:
-        fresh = [v for v in views if now - float(v.get("ts", 0)) <= self.period_s * 3]
-        s = self.stats.get(dep)
-        for name in ("ttft_ms", "tokens_per_s"):
-            known = [(float(v[name]), float(v["weight"])) for v in fresh
-                     if v.get(name) is not None]
-            if known:
-                total = sum(w for _, w in known)
-                setattr(s, name, sum(x * w for x, w in known) / total)
+    def _learn(self, kind: str, dep: str, value: float, extra: float) -> None:
+        est = self.stats.get(dep).estimator
+        now = self.stats.clock()
+        if kind == "ttft":
+            est.observe_ttft(value, now)
+        elif kind == "censored":
+            est.observe_censored(value, now)
+        elif kind == "decode":
+            est.observe_decode(value, now)
+        elif kind == "outcome":
+            est.observe_outcome(value > 0.5, now, None if extra < 0 else extra)
+        else:
+            return
+        self.applied += 1
 
     async def aclose(self) -> None:
         if self._task is not None:

@@ -7,6 +7,7 @@ twice, one terminal event."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -52,7 +53,7 @@ def _config(tmp: Path, redis_url: str, **state: Any) -> Path:
         "server": {"api_keys": [key_entry(n, k) for n, k in KEYS.items()],
                    "heartbeat_s": 1, "retention_s": 120},
         "state": {"backend": "redis", "url": redis_url, "prefix": f"t{uuid.uuid4().hex[:8]}:",
-                  "stream_lease_s": 0.6, "event_flush_ms": 5, **state},
+                  "stream_lease_s": 0.6, "event_flush_ms": 5, "stats_sync_s": 0.2, **state},
     }
     path = tmp / "router.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -233,8 +234,27 @@ async def test_a_breaker_opened_by_a_routes_b_requests_away(pair) -> None:
                                          json={"input": "hi", "task": "risky"}) as r:
         events = await read_until_terminal(r)
     route = events[0].data
-    assert route["deployment"] == "spare"
+    assert route["deployment"] == "spare", (route["reason"], route["candidates"])
     assert {x["deployment"]: x["reason"] for x in route["candidates"]}["flaky"] == "circuit_open"
+
+
+async def test_latencies_observed_on_a_reach_b_estimates(pair) -> None:
+    a, b = pair
+
+    async def samples_on_b() -> int:
+        async with b.client() as c:
+            rows = (await c.get("/v1/deployments")).json()["deployments"]
+        return int(next(r for r in rows if r["id"] == "spare")["estimate"]["samples"])
+
+    assert await samples_on_b() == 0
+    async with a.client() as c, c.stream("POST", "/v1/stream",
+                                         json={"input": "hi", "model": "spare"}) as r:
+        assert (await read_until_terminal(r))[-1].event == "done"
+    for _ in range(200):  # B learns it at its next sync (stats_sync_s: 0.2)
+        if await samples_on_b() > 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await samples_on_b() == 1
 
 
 async def test_killing_the_instance_serving_a_stream_lets_another_finish_it(pair) -> None:
