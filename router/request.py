@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from functools import cache
 from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
@@ -96,7 +97,12 @@ class StreamArgs(TypedDict, total=False):
     params: dict[str, Any]  # sampling parameters, by name: router.request_params
 
 
-_STREAM_ARGS: TypeAdapter[StreamArgs] = TypeAdapter(StreamArgs)
+@cache
+def _stream_args() -> TypeAdapter[StreamArgs]:
+    # Built on first use: building a schema loads pydantic's plugin machinery
+    # (importlib.metadata), tens of ms that `import router` should not pay.
+    return TypeAdapter(StreamArgs)
+
 # Union members and wrapper validators appear in pydantic's error locations; a field name is
 # a lower-case identifier that is not a type name.
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*")
@@ -128,7 +134,7 @@ def first_problem(exc: ValidationError) -> tuple[str, str]:
 def check_stream_args(args: Mapping[str, Any]) -> None:
     """Raise RequestError (`bad_request`, naming the field) unless `args` fit `StreamArgs`."""
     try:
-        _STREAM_ARGS.validate_python(args)
+        _stream_args().validate_python(args)
     except ValidationError as exc:
         path, msg = first_problem(exc)
         raise RequestError("bad_request", f"{path}: {msg}") from None
