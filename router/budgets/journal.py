@@ -12,12 +12,12 @@ re-evaluated; the next settle that crosses a threshold reports it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from router.background import stop_task
 from router.state.store import Booking, StateBackend, StateUnavailable
 
 log = logging.getLogger("router.budgets")
@@ -92,10 +92,7 @@ class Journal:
     async def aclose(self) -> None:
         """Stop replaying; one last bounded attempt to book what is pending."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         if self._pending and not await self.flush():
             log.error("state store %s unavailable at shutdown: %d spend entries not booked",
                       self.state.name, len(self._pending))

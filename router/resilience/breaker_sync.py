@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from router.background import stop_task
 from router.state.store import StateUnavailable
 
 if TYPE_CHECKING:
@@ -163,8 +164,5 @@ class BreakerSync:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         await self.store.aclose()

@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from router.background import stop_task
 from router.config.schema import StateConfig
 from router.server.eventlog import Entry, LogGap, StreamLog, owner_hash
 
@@ -329,10 +330,7 @@ class SharedLogs:
 
     async def aclose(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         if self._dirty:  # the last events
             batch, self._dirty = self._dirty, {}
             await self._flush(batch)

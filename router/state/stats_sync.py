@@ -18,7 +18,6 @@ in Redis (`router.resilience.breaker.redis_storage`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -27,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from router.background import stop_task
 from router.config.schema import StateConfig
 from router.routing.stats import StatsRegistry
 
@@ -112,8 +112,6 @@ class StatsSync:
         self.applied += 1
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task, self._task = self._task, None
+        await stop_task(task)
         await self.redis.aclose()
