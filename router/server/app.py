@@ -390,12 +390,12 @@ def serve(config: str | None = None, host: str | None = None, port: int | None =
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["router"] = {"handlers": ["default"], "level": log_level.upper(),
                                        "propagate": False}
-    # No access log: a formatted line per request was ~4% of the server's CPU at c=50, and
-    # the server logs its own line per stream. uvloop: the fastest loop measured (README,
+    # uvloop: the fastest loop measured (README,
     # "ASGI server"); the HTTP protocol is httptools, wrapped by `server_options` with the
     # hostile-client limits.
     options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level,
-                               "log_config": log_config, "access_log": False, "loop": "uvloop"}
+                               "log_config": log_config, "access_log": settings.access_log,
+                               "loop": "uvloop"}
     if workers > 1:
         # Each worker process builds its own router from the same config (by path). uvicorn's
         # supervisor builds each worker's server itself: no drain at SIGTERM nor connection

@@ -62,7 +62,8 @@ async def _hostile_mix(base_url: str, port: int, ws_url: str) -> list[int]:
 
 async def test_no_key_reaches_the_log(tmp_path: Path, fleet: Any) -> None:
     async with served_process(tmp_path, fleet.config(), keys={"alice": ALICE, "bob": BOB},
-                              server={"limits": {"header_timeout_s": 1}}) as srv:
+                              server={"limits": {"header_timeout_s": 1},
+                                      "access_log": True}) as srv:
         statuses = await _hostile_mix(srv.base_url, srv.port, srv.ws_url)
         await srv.terminate()
         log = srv.log()
