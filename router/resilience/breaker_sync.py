@@ -39,11 +39,13 @@ def _synced_storage_class() -> type[pybreaker.CircuitMemoryStorage]:
     class SyncedStorage(pybreaker.CircuitMemoryStorage):
         """pybreaker's memory storage that stamps each change and tells the sync."""
 
-        def __init__(self, on_change: Callable[[], None]) -> None:
+        def __init__(self, on_change: Callable[[], None],
+                     on_read: Callable[[], None]) -> None:
             super().__init__(pybreaker.STATE_CLOSED)
             self.stamp = 0.0  # wall time of the last change, local or adopted
             self.dirty = False
             self._on_change = on_change
+            self._on_read = on_read
 
         def _changed(self) -> None:
             self.stamp = time.time()
@@ -52,6 +54,9 @@ def _synced_storage_class() -> type[pybreaker.CircuitMemoryStorage]:
 
         @property
         def state(self) -> str:
+            # Every decision reads the state: the sync starts at the first one made in a
+            # loop, also when the storage was built outside one (a check, no I/O).
+            self._on_read()
             return self._state
 
         @state.setter
@@ -109,13 +114,19 @@ class BreakerSync:
     def __call__(self, deployment: str) -> pybreaker.CircuitBreakerStorage:
         storage = self._storages.get(deployment)
         if storage is None:
-            storage = self._storages[deployment] = self._storage_class(self._changed)
+            storage = self._storages[deployment] = self._storage_class(
+                self._changed, self._ensure_running)
             self._ensure_running()
         result: pybreaker.CircuitBreakerStorage = storage
         return result
 
     def _changed(self) -> None:
         self._wake.set()
+        self._ensure_running()
+
+    def start(self) -> None:
+        """Start the background sync in the running loop (the server calls it at startup,
+        so that its first decisions already see the other instances' breakers)."""
         self._ensure_running()
 
     def _ensure_running(self) -> None:
@@ -156,11 +167,11 @@ class BreakerSync:
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()
+            await self.sync_once()  # at once when started: adopt the shared state
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SYNC_S):
                     await self._wake.wait()
-            self._wake.clear()
-            await self.sync_once()
 
     async def aclose(self) -> None:
         task, self._task = self._task, None

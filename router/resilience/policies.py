@@ -51,6 +51,13 @@ class Resilience:
         self.retry = RetryPolicy(cfg.retry, sleep=sleep, rng=rng, clock=monotonic)
         self._refused: dict[str, set[Way]] = {}
 
+    def start(self) -> None:
+        """Start syncing shared breakers now (inside the loop that will serve), so that the
+        first decisions already see the other instances' trips; otherwise the sync starts
+        at the first decision made in a loop."""
+        if self.sync is not None:
+            self.sync.start()
+
     async def aclose(self) -> None:
         if self.sync is not None:
             await self.sync.aclose()

@@ -281,6 +281,9 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stats_sync = None
+        resilience = getattr(router, "resilience", None)
+        if resilience is not None:
+            resilience.start()  # shared breakers sync from startup, not the first request
         if shared is not None:
             await shared.start()
             from router.state.stats_sync import StatsSync

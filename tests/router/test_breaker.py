@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -309,3 +310,25 @@ def test_a_429_is_not_a_breaker_failure(reg: BreakerRegistry) -> None:
         admit(reg).failure("rate_limited")
     assert reg.get("a").state == "closed"
     assert reg.snapshot()["a"].fail_counter == 0
+
+
+async def test_a_breaker_built_outside_the_loop_still_syncs(redis_url: str) -> None:
+    """The server builds every breaker before its event loop runs (the metrics collector
+    takes a health snapshot at registration): the sync must still start once decisions are
+    made in a loop, and adopt another instance's trip without any local change here."""
+    clock = FakeClock()
+    prefix = f"test-{time.monotonic_ns()}:"
+    one, sync_one = shared_registry(redis_url, clock, 2, prefix)
+    two, sync_two = shared_registry(redis_url, clock, 2, prefix)
+    try:
+        await asyncio.to_thread(two.get, "a")  # no running loop in that thread
+        admit(one).failure("overloaded")
+        admit(one).failure("overloaded")
+        assert await sync_one.sync_once()
+        deadline = time.monotonic() + 5
+        while two.unavailable_reason("a") != "circuit_open":  # no sync_once on two
+            assert time.monotonic() < deadline, "two never adopted one's trip"
+            await asyncio.sleep(0.05)
+    finally:
+        await sync_one.aclose()
+        await sync_two.aclose()
