@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from providers.base import ProviderRequest
+from providers.base import ProviderRequest, content_text
 
 DEFAULT_MAX_TOKENS = 4096  # the API requires max_tokens; the router normally sets it
 BODY_OPTIONS = ("thinking", "top_p", "top_k", "metadata", "service_tier")
@@ -26,13 +26,6 @@ def json_default(obj: Any) -> Any:
         return list(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-    return ""
 
 
 def _user_blocks(content: Any) -> list[dict[str, Any]]:
@@ -57,7 +50,7 @@ def _user_blocks(content: Any) -> list[dict[str, Any]]:
 
 
 def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
-    blocks = _user_blocks(_text_of(message.get("content")))
+    blocks = _user_blocks(content_text(message.get("content")))
     for call in message.get("tool_calls") or ():
         fn = call.get("function", {})
         raw = fn.get("arguments") or "{}"
@@ -79,14 +72,14 @@ def _messages(messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any
     for message in messages:
         role = message.get("role")
         if role == "system":
-            system.append(_text_of(message.get("content")))
+            system.append(content_text(message.get("content")))
             continue
         if role == "tool":
             role = "user"
             blocks: list[dict[str, Any]] = [{
                 "type": "tool_result",
                 "tool_use_id": message.get("tool_call_id", ""),
-                "content": _text_of(message.get("content")),
+                "content": content_text(message.get("content")),
             }]
         elif role == "assistant":
             blocks = _assistant_blocks(message)

@@ -77,6 +77,15 @@ class ProviderError(Exception):
         )
 
 
+def content_text(content: Any) -> str:
+    """The text of an OpenAI-shaped message content: a string, or the `text` of its parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+    return ""
+
+
 def estimate_tokens(text: str) -> int:
     """About four characters a token: the estimate used when nothing better is known."""
     return (len(text) + 3) // 4

@@ -56,6 +56,7 @@ from providers.base import (
     TextDelta,
     ToolCallDelta,
     UsageDelta,
+    content_text,
 )
 from providers.http import (
     HTTPProvider,
@@ -108,13 +109,6 @@ def _payload_error(payload: Any, secrets: Sequence[str]) -> ProviderError:
 # --- request ------------------------------------------------------------------------------
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-    return ""
-
 
 def _user_parts(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str):
@@ -145,7 +139,7 @@ def _arguments(raw: Any) -> dict[str, Any]:
 
 def _tool_result(content: Any) -> dict[str, Any]:
     """`functionResponse.response` must be an object: JSON objects pass as they are."""
-    text = _text_of(content)
+    text = content_text(content)
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -163,10 +157,10 @@ def _contents(messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any
     for message in messages:
         role = message.get("role")
         if role == "system":
-            system.append(_text_of(message.get("content")))
+            system.append(content_text(message.get("content")))
             continue
         if role == "assistant":
-            role, parts = "model", _user_parts(_text_of(message.get("content")))
+            role, parts = "model", _user_parts(content_text(message.get("content")))
             for call in message.get("tool_calls") or ():
                 fn = call.get("function", {})
                 names[call.get("id", "")] = fn.get("name", "")

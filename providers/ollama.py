@@ -48,6 +48,7 @@ from providers.base import (
     TextDelta,
     ToolCallDelta,
     UsageDelta,
+    content_text,
 )
 from providers.http import (
     HTTPProvider,
@@ -90,13 +91,6 @@ def _refine(error: ProviderError) -> ProviderError:
 # --- request ------------------------------------------------------------------------------
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-    return ""
-
 
 def _images_of(content: Any) -> list[str]:
     """Base64 payloads of OpenAI `image_url` parts with `data:` URLs (Ollama takes raw
@@ -131,7 +125,7 @@ def _messages(request: ProviderRequest) -> list[dict[str, Any]]:
     names: dict[str, str] = {}
     for message in request.messages:
         role = str(message.get("role", "user"))
-        item: dict[str, Any] = {"role": role, "content": _text_of(message.get("content"))}
+        item: dict[str, Any] = {"role": role, "content": content_text(message.get("content"))}
         images = _images_of(message.get("content"))
         if images:
             item["images"] = images

@@ -45,6 +45,7 @@ from providers.base import (
     TextDelta,
     ToolCallDelta,
     UsageDelta,
+    content_text,
     estimate_tokens,
 )
 from providers.simulated_behaviour import plan_turn
@@ -60,13 +61,6 @@ _STATUS = {"rate_limited": 429, "overloaded": 529, "provider_error": 500, "auth"
            "bad_request": 400, "context_length": 400, "content_filter": 400, "timeout": 408}
 _STALL_S = 3600.0
 
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-    return ""
 
 
 def _answer(seed: int, prompt: str, n_tokens: int) -> list[str]:
@@ -126,10 +120,10 @@ class SimulatedProvider:
     ) -> AsyncIterator[Delta]:
         messages = list(request.messages)
         prompt = (request.system or "") + "\x00" + next(
-            (_content_text(m.get("content")) for m in messages if m.get("role") == "user"), ""
+            (content_text(m.get("content")) for m in messages if m.get("role") == "user"), ""
         )
         input_tokens = estimate_tokens((request.system or "") + "".join(
-            _content_text(m.get("content")) for m in messages)) + 4 * len(messages)
+            content_text(m.get("content")) for m in messages)) + 4 * len(messages)
         jitter = float(o.get("jitter", 0))
         if messages and messages[-1].get("role") == "assistant" and o.get("reject_prefill"):
             raise ProviderError("bad_request", "assistant prefill is not supported", status=400,
@@ -199,9 +193,9 @@ def _continuation_start(messages: list[Mapping[str, Any]], answer: list[str]) ->
     final user turn. None when the request is not a continuation of this answer."""
     partial: str | None = None
     if messages and messages[-1].get("role") == "assistant":
-        partial = _content_text(messages[-1].get("content"))
+        partial = content_text(messages[-1].get("content"))
     elif len(messages) >= 2 and messages[-2].get("role") == "assistant":
-        partial = _content_text(messages[-2].get("content"))
+        partial = content_text(messages[-2].get("content"))
     if partial and "".join(answer).startswith(partial):
         return len(partial)
     return None

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import orjson
 
-from providers.base import ProviderRequest, Tool
+from providers.base import ProviderRequest, Tool, content_text
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _STOPWORDS = frozenset(
@@ -51,13 +51,6 @@ class Turn:
     tool: str | None = None  # the tool to call (kind "tool")
     payload: str = ""  # the JSON arguments or JSON answer; for text, a prefix of the answer
 
-
-def content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-    return ""
 
 
 def _words(text: str) -> list[str]:
