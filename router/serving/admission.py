@@ -13,6 +13,10 @@ Every operation is O(1): a counter and a deque of futures per deployment. A wait
 gives up leaves its (cancelled) future in the deque; `release` skips such futures, and
 the deque is compacted when dead entries outnumber the live ones, so it stays bounded.
 `inflight(deployment_id)` is the plain callable load-aware routing reads.
+
+The failover loop takes a `Slot` *before* it announces an attempt (`start`): a refused
+attempt never began, so the caller sees `route`, then `fallback` to the next candidate (or
+the `overloaded` error), never a `start` that nothing followed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from providers.base import Delta, ProviderError
 
-__all__ = ["Admission", "AdmissionRefused", "admitted"]
+__all__ = ["Admission", "AdmissionRefused", "Slot", "admitted"]
 
 
 class AdmissionRefused(ProviderError):
@@ -31,6 +35,22 @@ class AdmissionRefused(ProviderError):
 
     def __init__(self, message: str) -> None:
         super().__init__("overloaded", message, retryable=True)
+
+
+class Slot:
+    """One slot held of a deployment; `release` gives it back, once (later calls do
+    nothing), so that every owner on every path may call it."""
+
+    __slots__ = ("_admission", "deployment_id")
+
+    def __init__(self, admission: Admission, deployment_id: str) -> None:
+        self._admission: Admission | None = admission
+        self.deployment_id = deployment_id
+
+    def release(self) -> None:
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission.release(self.deployment_id)
 
 
 class _Gate:
@@ -77,6 +97,20 @@ class Admission:
                 f"flight) and {gate.waiting} requests are already queued")
         await self._wait(deployment_id, gate)
 
+    async def slot(self, deployment_id: str) -> Slot:
+        """`acquire`, as a `Slot` to give back. Raises `AdmissionRefused`."""
+        await self.acquire(deployment_id)
+        return Slot(self, deployment_id)
+
+    def try_slot(self, deployment_id: str) -> Slot | None:
+        """A slot if one is free now (nobody queued for it), else None: no waiting."""
+        gate = self._gates.get(deployment_id)
+        if gate is not None:
+            if gate.inflight >= gate.limit or gate.waiting:
+                return None
+            gate.inflight += 1
+        return Slot(self, deployment_id)
+
     async def _wait(self, deployment_id: str, gate: _Gate) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         gate.waiters.append(waiter)
@@ -118,16 +152,14 @@ class Admission:
             gate.waiters = deque(w for w in gate.waiters if not w.done())
 
 
-async def admitted(admission: Admission, deployment_id: str,
-                   upstream: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    """`upstream` behind a slot of `deployment_id`: taken at the first read, given back
-    when this iterator is closed or ends, whatever the way."""
-    await admission.acquire(deployment_id)
+async def admitted(slot: Slot, upstream: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """`upstream` holding `slot`, given back when this iterator is closed or ends, whatever
+    the way (its owner also releases it should the iterator never be started)."""
     try:
         async for delta in upstream:
             yield delta
     finally:
-        admission.release(deployment_id)
+        slot.release()
         close = getattr(upstream, "aclose", None)
         if close is not None:
             await close()

@@ -35,7 +35,7 @@ from router.events import Event, reasoning_event, text_event, tool_call_event
 from router.resilience.breaker import Permit
 from router.resilience.continuation import Splice
 from router.resilience.watchdog import Watchdog
-from router.serving.admission import Admission, admitted
+from router.serving.admission import Slot, admitted
 from router.serving.ledger import Attempt, Ledger
 
 if TYPE_CHECKING:
@@ -74,16 +74,16 @@ async def close_quietly(upstream: AsyncIterator[Delta]) -> None:
 
 
 async def open_upstream(provider: Provider, preq: ProviderRequest, started: float,
-                        ttft_s: float, total_s: float, admission: Admission | None = None,
-                        deployment_id: str = "") -> tuple[AsyncIterator[Delta], list[Delta]]:
-    """Open the stream (behind a slot of `admission`, held until the upstream is closed)
-    and read up to the first content delta. Raises `ProviderError` (`timeout` naming which
-    deadline, `AdmissionRefused`); the upstream is closed on every failure."""
+                        ttft_s: float, total_s: float, slot: Slot | None = None
+                        ) -> tuple[AsyncIterator[Delta], list[Delta]]:
+    """Open the stream (holding admission's `slot` until the upstream is closed) and read
+    up to the first content delta. Raises `ProviderError` (`timeout` naming which
+    deadline); the upstream is closed, and the slot given back, on every failure."""
     first, total = started + ttft_s, started + total_s
     which, deadline = ("first token", ttft_s) if first <= total else ("total", total_s)
     upstream = provider.stream(preq)
-    if admission is not None:
-        upstream = admitted(admission, deployment_id, upstream)
+    if slot is not None:
+        upstream = admitted(slot, upstream)
     anext_ = upstream.__anext__
     head: list[Delta] = []
     scope = asyncio.timeout_at(min(first, total))

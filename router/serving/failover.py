@@ -32,7 +32,7 @@ from router.events import Event, FallbackEvent, ResumeMode, RetryEvent, StartEve
 from router.resilience.breaker import Permit
 from router.resilience.continuation import Splice, Way, continuation_messages
 from router.routing.cost import input_cost
-from router.serving.admission import AdmissionRefused
+from router.serving.admission import AdmissionRefused, Slot
 from router.serving.attempt import AttemptFailed, Opened, end_attempt, open_upstream, stream_opened
 from router.serving.ledger import Attempt, Ledger
 
@@ -59,6 +59,7 @@ class Failover:
         self._hedged_to: Deployment | None = None  # the hedge started by the last race
         self._answer_from = 0  # the first attempt of the answer the caller keeps (restarts)
         self._permits: list[Permit] = []  # every breaker admission of this request
+        self._slots: list[Slot] = []  # every admission slot taken for this request
         self._attempt: Attempt | None = None  # the attempt the last `start` event announced
         self._extra_input = 0  # input tokens a continuation request adds
         # Set for a stream taken over from a dead instance: the deployment that was serving
@@ -77,12 +78,24 @@ class Failover:
             # `fallback`, `start` or `retry` event): free every slot still held.
             for permit in self._permits:
                 permit.release()
+            for slot in self._slots:
+                slot.release()  # a no-op for those their upstream gave back
 
     def _admit(self, dep: Deployment) -> Permit | None:
         permit = self.res.breakers.admit(dep.id)
         if permit is not None:
             self._permits.append(permit)
         return permit
+
+    async def _take_slot(self, dep: Deployment) -> Slot | None:
+        """A slot of `dep`'s concurrency limit, queued for if need be, taken before its
+        attempt is announced (None without admission). Raises `AdmissionRefused`."""
+        admission = self.ctx.admission
+        if admission is None:
+            return None
+        slot = await admission.slot(dep.id)
+        self._slots.append(slot)
+        return slot
 
     async def _serve(self) -> AsyncGenerator[Event, None]:
         resume = self.res.cfg.resume
@@ -270,9 +283,12 @@ class Failover:
                             assert self.error is not None
                             raise self.error
                     else:
+                        slot = await self._take_slot(dep)
                         yield self._start(dep, hedge=False)
-                        self.opened = await self._open(dep, preq, self._current(), permit)
+                        self.opened = await self._open(dep, preq, self._current(), permit,
+                                                       slot)
                 except AdmissionRefused as err:
+                    permit.release()  # our own limit, not the deployment's failure
                     self.error = err  # full here: the next candidate, not a retry
                     return
                 except ProviderError as err:
@@ -299,7 +315,7 @@ class Failover:
             provider=dep.provider, model=dep.model, attempt=self._attempt.number, hedge=hedge)
 
     async def _open(self, dep: Deployment, preq: ProviderRequest, attempt: Attempt,
-                    permit: Permit) -> Opened:
+                    permit: Permit, slot: Slot | None) -> Opened:
         """One attempt up to its first content delta. On failure its books are closed,
         its breaker told, and the `ProviderError` raised."""
         loop = asyncio.get_running_loop()
@@ -310,12 +326,7 @@ class Failover:
         stats.attempt_started(dep.id)
         try:
             upstream, head = await open_upstream(provider, preq, started, self.timeouts.ttft_s,
-                                                 self.timeouts.total_s, self.ctx.admission,
-                                                 dep.id)
-        except AdmissionRefused:
-            end_attempt(self.ctx, self.ledger, attempt)
-            permit.release()  # our own limit, not the deployment's failure
-            raise
+                                                 self.timeouts.total_s, slot)
         except ProviderError as err:
             end_attempt(self.ctx, self.ledger, attempt)
             permit.failure(err.code)
@@ -352,23 +363,40 @@ class Failover:
         When both fail, `self.error` is `dep`'s failure."""
         from router.serving.hedge import Race
 
+        slot = await self._take_slot(dep)
         yield self._start(dep, hedge=False)
         race = Race(self.ledger, self.abandon, self._censor)
         primary = self._current()
-        race.add(primary, self._open(dep, preq, primary, permit), permit)
+        race.add(primary, self._open(dep, preq, primary, permit, slot), permit)
         try:
             if not await race.wait(after_s):
-                hedge_permit = self._admit(hedge)
+                hedge_slot, hedge_permit = self._hedge_admission(hedge)
                 if hedge_permit is not None:
                     yield self._start(hedge, hedge=True)
                     self._hedged_to = hedge
                     hreq = provider_request(hedge, self.req)
                     second = self._current()
-                    race.add(second, self._open(hedge, hreq, second, hedge_permit), hedge_permit)
+                    race.add(second, self._open(hedge, hreq, second, hedge_permit, hedge_slot),
+                             hedge_permit)
                 await race.wait(None)
             self.opened, self.error = race.result()
         finally:
             await race.close_losers()
+
+    def _hedge_admission(self, hedge: Deployment) -> tuple[Slot | None, Permit | None]:
+        """A free slot (a hedge does not queue: a full deployment is no help) and a breaker
+        permit for `hedge`, or no permit (and no slot held) when either refuses."""
+        admission = self.ctx.admission
+        slot = admission.try_slot(hedge.id) if admission is not None else None
+        if admission is not None and slot is None:
+            return None, None
+        permit = self._admit(hedge)
+        if slot is not None:
+            if permit is None:
+                slot.release()
+            else:
+                self._slots.append(slot)
+        return slot, permit
 
     # --- events ---------------------------------------------------------------------------
 

@@ -144,15 +144,15 @@ async def _deltas(n: int, fail: bool = False) -> AsyncIterator[Any]:
 
 async def test_admitted_holds_the_slot_until_closed_on_every_path() -> None:
     adm = gate(limit=1)
-    ended = admitted(adm, "a", _deltas(2))
+    ended = admitted(await adm.slot("a"), _deltas(2))
     assert [d.text async for d in ended] == ["0", "1"]
     assert adm.inflight("a") == 0
-    left = admitted(adm, "a", _deltas(5))
+    left = admitted(await adm.slot("a"), _deltas(5))
     await anext(left)
     assert adm.inflight("a") == 1
     await left.aclose()  # the caller left early
     assert adm.inflight("a") == 0
-    broken = admitted(adm, "a", _deltas(1, fail=True))
+    broken = admitted(await adm.slot("a"), _deltas(1, fail=True))
     with pytest.raises(RuntimeError):
         async for _ in broken:
             pass
@@ -244,6 +244,26 @@ async def test_a_full_deployment_fails_over_to_the_next_candidate(
         assert fallback.error == "overloaded" and fallback.after_tokens == 0
         assert events[-1].type == "done" and events[-1].deployment == "b"
         assert not any(e.type == "retry" for e in events)  # a full queue is not retried
+        await holder.aclose()
+        assert r.inflight("a") == 0
+
+
+async def test_a_refused_attempt_announces_no_start(srv: LoopbackProvider) -> None:
+    """`start` says an attempt began: one refused by admission never did (the event order
+    of ARCHITECTURE.md: `route`, then `fallback` to the candidate that starts)."""
+    async with Router(parse_config(config(srv.base_url, limit=1, max_queued=0,
+                                          two=True))) as r:
+        holder = r.stream("hi")
+        await until_text(holder)
+        events = await rest_of(r.stream("hi"))
+        kinds = [e.type for e in events]
+        assert kinds[:3] == ["route", "fallback", "start"]
+        starts = [e for e in events if e.type == "start"]
+        assert [(e.deployment, e.attempt) for e in starts] == [("b", 1)]
+        assert events[-1].type == "done" and events[-1].attempts == 1
+        refused = await rest_of(r.stream("hi", model="a"))  # no other candidate
+        assert [e.type for e in refused] == ["route", "error"]
+        assert refused[-1].code == "overloaded"
         await holder.aclose()
         assert r.inflight("a") == 0
 
