@@ -173,8 +173,11 @@ def router_config(base_url: str, max_concurrency: int | None = None) -> dict[str
         "deployments": [deployment],
         "resilience": {"retry": {"attempts": 1},
                        "timeouts": {"ttft_s": 60, "idle_s": 60, "total_s": 600}},
+        # The load generator is one address, as a load balancer in front of the gateway
+        # would be: the per-client connection cap (256 by default) must not refuse it.
         "server": {"api_keys": [{"name": "bench",
-                                 "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]},
+                                 "sha256": hashlib.sha256(KEY.encode()).hexdigest()}],
+                   "limits": {"max_connections": 4096, "max_connections_per_client": 4096}},
     }
 
 

@@ -157,11 +157,13 @@ class ObservedStream:
         self._events: AsyncIterator[Event] = (
             hub.instrument(events, run_id=run_id, owner=owner) if hub is not None else events)
 
-    def __aiter__(self) -> ObservedStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[Event]:
+        # The wrapped stream itself: `async for` then reads it with no coroutine of ours in
+        # between (every event of every answer passes here).
+        return self._events
 
-    async def __anext__(self) -> Event:
-        return await self._events.__anext__()
+    def __anext__(self) -> Awaitable[Event]:
+        return self._events.__anext__()
 
     async def aclose(self) -> None:
         """Close the stream (and its upstream connection); safe to call twice."""

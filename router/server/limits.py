@@ -55,11 +55,21 @@ def limited_protocol(limits: ServerLimitsConfig) -> type[HttpToolsProtocol]:
     _DEADLINES = {"headers": (limits.header_timeout_s, "header_timeout_s"),
                   "body": (limits.body_timeout_s, "body_timeout_s")}
 
+    # Open connections per client address, kept as they open and close: counting them by
+    # scanning every connection at each arrival costs O(connections) per connection, which
+    # a burst of thousands makes quadratic.
+    per_host: dict[str, int] = {}
+
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
+        _host: str | None = None  # counted in `per_host` while open
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            host = self.client[0] if self.client else None
+            if host is not None:
+                self._host = host
+                per_host[host] = per_host.get(host, 0) + 1
             refusal = self._refusal()
             if refusal is not None:
                 transport.write(_raw_error(*refusal))
@@ -73,11 +83,10 @@ def limited_protocol(limits: ServerLimitsConfig) -> type[HttpToolsProtocol]:
                 return 503, "too_many_connections", (
                     f"the server holds {limits.max_connections} connections "
                     "(server.limits.max_connections); retry shortly")
-            host = self.client[0] if self.client else None
+            host = self._host
             if host is None:
                 return None
-            mine = sum(1 for c in connections if (getattr(c, "client", None) or ("",))[0] == host)
-            if mine > limits.max_connections_per_client:
+            if per_host[host] > limits.max_connections_per_client:
                 return 429, "too_many_connections", (
                     f"this address holds {limits.max_connections_per_client} connections "
                     "(server.limits.max_connections_per_client)")
@@ -122,6 +131,13 @@ def limited_protocol(limits: ServerLimitsConfig) -> type[HttpToolsProtocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            host, self._host = self._host, None
+            if host is not None:
+                left = per_host[host] - 1
+                if left:
+                    per_host[host] = left
+                else:
+                    del per_host[host]
             super().connection_lost(exc)
 
     return LimitedHttpToolsProtocol
