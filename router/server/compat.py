@@ -171,10 +171,23 @@ class ObservedStream:
 
 
 @dataclass(frozen=True, slots=True)
-class EventBody:
-    """A streamed answer: the SSE bytes, and the headers to send before them."""
+class SSEFrames:
+    """A streaming response's body, written by `RoutedResponse`: `opening`, then each event
+    as `render` writes it (the head already read, then the rest), up to the event that ends
+    the response."""
 
-    chunks: AsyncIterator[bytes]
+    opening: bytes
+    head: list[Event]
+    rest: ObservedStream
+    render: Callable[[Event, Any], tuple[bytes | None, bool]]
+    writer: Any
+
+
+@dataclass(frozen=True, slots=True)
+class EventBody:
+    """A streamed answer: its SSE frames, and the headers to send before them."""
+
+    chunks: SSEFrames
     headers: Mapping[str, str]
 
 
@@ -216,9 +229,7 @@ class RoutedResponse(Response):
                        for k, v in result.headers.items()]
             await send({"type": "http.response.start", "status": 200,
                         "headers": [*headers, *_SSE_HEADERS]})
-            async for chunk in result.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await _write_frames(result.chunks, send)
         except asyncio.CancelledError:
             # Our own cancel on disconnect ends the request quietly; any other propagates.
             if not gone or task.uncancel() > 0:
@@ -226,6 +237,31 @@ class RoutedResponse(Response):
         finally:
             watcher.cancel()
             await self._events.aclose()
+
+
+async def _write_frames(frames: SSEFrames, send: Send) -> None:
+    """One `send` per event written, with no generator in between (every event of every
+    answer passes here); the opening goes with the head's events, and the last event with
+    the end of the body: each `send` is a socket write."""
+    render, writer = frames.render, frames.writer
+    first = [frames.opening]
+    for ev in frames.head:
+        out, last = render(ev, writer)
+        if out:
+            first.append(out)
+        if last:
+            await send({"type": "http.response.body", "body": b"".join(first),
+                        "more_body": False})
+            return
+    await send({"type": "http.response.body", "body": b"".join(first), "more_body": True})
+    async for ev in frames.rest:
+        out, last = render(ev, writer)
+        if last:
+            await send({"type": "http.response.body", "body": out or b"", "more_body": False})
+            return
+        if out:
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
@@ -276,21 +312,9 @@ async def drain(head: list[Event], rest: ObservedStream) -> list[Event]:
     return events
 
 
-async def sse_frames(opening: bytes, head: list[Event], rest: ObservedStream,
-                     render: Callable[[Event, _Writer], tuple[bytes | None, bool]],
-                     writer: _Writer) -> AsyncIterator[bytes]:
+def sse_frames(opening: bytes, head: list[Event], rest: ObservedStream,
+               render: Callable[[Event, _Writer], tuple[bytes | None, bool]],
+               writer: _Writer) -> SSEFrames:
     """A streaming response's body: `opening`, then each event as `render` writes it (the
     head already read, then the rest), up to the event that ends the response."""
-    yield opening
-    for ev in head:
-        out, last = render(ev, writer)
-        if out:
-            yield out
-        if last:
-            return
-    async for ev in rest:
-        out, last = render(ev, writer)
-        if out:
-            yield out
-        if last:
-            return
+    return SSEFrames(opening, head, rest, render, writer)
