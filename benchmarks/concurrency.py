@@ -25,8 +25,11 @@ Clients:
 
 Columns: "added" is over the provider's schedule (TTFT 200 ms; total 200 + 39 x 20 ms);
 "CPU/chunk" is the process's user+system CPU over the run divided by the chunks received;
-"RSS" is peak resident memory; "errors" counts streams that did not end with `[DONE]`
-(or `done`), by error text. An `overloaded` error is a clear refusal, not a silent failure.
+"RSS" is peak resident memory; "core wait" is how long the measured process (the gateway,
+for gateway rows) was ready to run while another process held its core — on a shared
+machine, the part of a latency tail that is not the code's; "errors" counts streams that did
+not end with `[DONE]` (or `done`), by error text. An `overloaded` error is a clear refusal,
+not a silent failure.
 
 `litellm`: the LiteLLM proxy as the peer gateway, when installed in `.venv-litellm/`
 (`python3 -m venv .venv-litellm && .venv-litellm/bin/pip install "litellm[proxy]"`), run
@@ -218,9 +221,9 @@ async def run_worker(kind: str, n: int, url: str, repeat: int = 1) -> dict[str, 
         for out in outs[i::n]:
             await _run_one(one, out)
 
-    cpu0 = time.process_time()
+    cpu0, wait0 = time.process_time(), _runqueue_wait_s(os.getpid())
     await asyncio.gather(*(lane(i) for i in range(n)))
-    cpu = time.process_time() - cpu0
+    cpu, wait = time.process_time() - cpu0, _runqueue_wait_s(os.getpid()) - wait0
     await close()
     for out in outs:
         if "error" in out:
@@ -229,7 +232,7 @@ async def run_worker(kind: str, n: int, url: str, repeat: int = 1) -> dict[str, 
             "total": [o["total"] for o in outs if "total" in o],
             "chunks": sum(o["chunks"] for o in outs), "cpu_s": cpu,
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "errors": dict(errors)}
+            "wait_s": wait, "errors": dict(errors)}
 
 
 async def _run_one(one: Callable[[dict[str, Any]], Awaitable[None]], out: dict[str, Any]) -> None:
@@ -311,6 +314,19 @@ def _proc_cpu_s(pid: int) -> float:
     return total
 
 
+def _runqueue_wait_s(pid: int) -> float:
+    """Time the threads of `pid` and its descendants were ready to run but waited for a
+    core (/proc/<pid>/task/*/schedstat, field 2): what other processes on the pinned core
+    took. A latency tail that this accounts for is the machine's, not the code's."""
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{p}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[1])
+    return total / 1e9
+
+
 def _proc_rss_mb(pid: int, key: str = "VmHWM") -> float:
     total = 0.0
     for p in _tree(pid):
@@ -363,9 +379,10 @@ def run_server_case(provider_port: int, n: int, repeat: int = 1,
     with running_server(provider_port, impl) as (proc, port):
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         run_client("aiohttp", 1, url, _last_core())  # warm-up: imports, first connection
-        cpu0 = _proc_cpu_s(proc.pid)
+        cpu0, wait0 = _proc_cpu_s(proc.pid), _runqueue_wait_s(proc.pid)
         result = run_client("aiohttp", n, url, _last_core(), repeat)
         result["cpu_s"] = _proc_cpu_s(proc.pid) - cpu0
+        result["wait_s"] = _runqueue_wait_s(proc.pid) - wait0  # the gateway's, not the client's
         result["rss_mb"] = _proc_rss_mb(proc.pid)
         return result
 
@@ -385,7 +402,8 @@ def row(name: str, n: int, r: dict[str, Any], args: argparse.Namespace) -> str:
     per_chunk = r["cpu_s"] / r["chunks"] * 1e6 if r["chunks"] else float("nan")
     errors = ", ".join(f"{k} x{v}" for k, v in r["errors"].items()) or "0"
     return (f"| {name} | {n} | {_pct(ttft, 0.5):,.0f} | {_pct(ttft, 0.99):,.0f} | "
-            f"{_pct(total, 0.99):,.0f} | {per_chunk:,.0f} | {r['rss_mb']:,.0f} | {errors} |")
+            f"{_pct(total, 0.99):,.0f} | {per_chunk:,.0f} | {r['rss_mb']:,.0f} | "
+            f"{r.get('wait_s', 0.0) * 1000:,.0f} | {errors} |")
 
 
 def print_zero_delay(args: argparse.Namespace, impl: str) -> None:
@@ -425,8 +443,8 @@ def main() -> None:
     provider, port = start_provider(args)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     print("| client | streams | added TTFT p50 ms | added TTFT p99 ms | added total p99 ms | "
-          "CPU/chunk µs | RSS MB | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+          "CPU/chunk µs | RSS MB | core wait ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     try:
         gateways = ("server", "server-granian", "litellm")
         for kind in [c for c in args.clients.split(",") if c and c not in gateways]:

@@ -75,6 +75,11 @@ class ServerMetrics:
         self.active = Gauge(f"{PREFIX}_active_streams", "Streams being produced now",
                             registry=r)
         r.register(_LiveCollector(snapshot))
+        # Labelled series each stream's `done` updates, looked up once per deployment (and
+        # finish reason): prometheus' `labels()` costs a lock and a key build per call.
+        # Bounded: the ids are the config's deployments.
+        self._series: dict[str, _DoneSeries] = {}
+        self._finished: dict[tuple[str, str], Any] = {}
 
     def observe(self, ev: Event) -> None:
         """Account one of the per-request events (call it for those types only)."""
@@ -90,20 +95,40 @@ class ServerMetrics:
 
     def _done(self, ev: DoneEvent) -> None:
         dep = ev.deployment
+        series = self._series.get(dep)
+        if series is None:
+            series = self._series[dep] = _DoneSeries(self, dep)
         if ev.latency.ttft_ms is not None:
-            self.ttft.labels(dep).observe(ev.latency.ttft_ms / 1000.0)
-        self.latency.labels(dep).observe(ev.latency.total_ms / 1000.0)
+            series.ttft.observe(ev.latency.ttft_ms / 1000.0)
+        series.latency.observe(ev.latency.total_ms / 1000.0)
         u = ev.usage
-        for kind, n in (("input", u.input_tokens), ("cached_input", u.cached_input_tokens),
-                        ("output", u.output_tokens), ("reasoning", u.reasoning_tokens)):
+        for child, n in zip(series.tokens, (u.input_tokens, u.cached_input_tokens,
+                                            u.output_tokens, u.reasoning_tokens), strict=True):
             if n:
-                self.tokens.labels(dep, kind).inc(n)
+                child.inc(n)
         if ev.cost_usd:
-            self.cost.labels(dep).inc(ev.cost_usd)
-        self.requests.labels(dep, ev.finish_reason).inc()
+            series.cost.inc(ev.cost_usd)
+        key = (dep, ev.finish_reason)
+        finished = self._finished.get(key)
+        if finished is None:
+            finished = self._finished[key] = self.requests.labels(*key)
+        finished.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _DoneSeries:
+    """The series of one deployment that every `done` updates."""
+
+    __slots__ = ("cost", "latency", "tokens", "ttft")
+
+    def __init__(self, metrics: ServerMetrics, dep: str) -> None:
+        self.ttft = metrics.ttft.labels(dep)
+        self.latency = metrics.latency.labels(dep)
+        self.cost = metrics.cost.labels(dep)
+        self.tokens = tuple(metrics.tokens.labels(dep, kind) for kind in
+                            ("input", "cached_input", "output", "reasoning"))
 
 
 OBSERVED_TYPES = frozenset({"done", "error", "retry", "fallback"})
