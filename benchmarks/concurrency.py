@@ -21,6 +21,8 @@ Clients:
   generator is raw aiohttp in another process (on the provider's core) posting to
   `/v1/chat/completions`, stream=true.
   CPU per chunk is the gateway's own; the load generator's is not counted.
+- `load generator alone`: that load generator straight against the mock, on the core it
+  shares with the mock in the gateway rows: the floor of those rows.
 - `server-granian`: the same app on granian (ASGI, one worker, uvloop, no access log).
 
 Columns: "added" is over the provider's schedule (TTFT 200 ms; total 200 + 39 x 20 ms);
@@ -450,6 +452,12 @@ def main() -> None:
         for kind in [c for c in args.clients.split(",") if c and c not in gateways]:
             for n in [int(x) for x in args.streams.split(",") if x]:
                 print(row(kind, n, run_client(kind, n, url, "0"), args), flush=True)
+        if any(g in args.clients.split(",") for g in gateways):
+            # The gateways' load generator alone against the mock, where it runs for them (on
+            # the provider's core): what it adds itself is the floor of the gateway rows.
+            for n in [int(x) for x in args.server_streams.split(",") if x]:
+                print(row("load generator alone (provider's core)", n,
+                          run_client("aiohttp", n, url, _last_core()), args), flush=True)
         for impl in ("uvicorn", "granian", "litellm"):
             name = {"uvicorn": "server", "granian": "server-granian"}.get(impl, impl)
             if name not in args.clients.split(","):
