@@ -72,7 +72,8 @@ KEY = "sk-bench-concurrency"
 BODY = orjson.dumps({"model": "bench", "stream": True,
                      "messages": [{"role": "user", "content": "hi"}]})
 CLIENTS = ("aiohttp", "httpx", "httpx-pools", "httpx-aiohttp", "pyreqwest", "router", "server",
-           "server-granian")
+           "server-granian", "litellm")
+LITELLM = os.path.join(ROOT, ".venv-litellm", "bin", "litellm")
 
 
 # --- worker side: one process runs one client stack ---------------------------------------
@@ -351,7 +352,7 @@ def running_server(provider_port: int, impl: str = "uvicorn") -> Any:
     if impl == "litellm":  # the peer, from its own venv (see the docstring)
         with open(f.name, "w") as cfg:
             yaml.safe_dump(litellm_config(provider_port), cfg)
-        cmd = [os.path.join(ROOT, ".venv-litellm", "bin", "litellm"), "--config", f.name,
+        cmd = [LITELLM, "--config", f.name,
                "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
     elif impl == "granian":  # one worker, one thread, uvloop, no access log: like uvicorn's
         cmd = ["granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
@@ -461,6 +462,9 @@ def main() -> None:
         for impl in ("uvicorn", "granian", "litellm"):
             name = {"uvicorn": "server", "granian": "server-granian"}.get(impl, impl)
             if name not in args.clients.split(","):
+                continue
+            if impl == "litellm" and not os.path.exists(LITELLM):
+                print(f"| litellm | - | not installed ({LITELLM}: see the docstring) |")
                 continue
             for n in [int(x) for x in args.server_streams.split(",") if x]:
                 print(row(name, n, run_server_case(port, n, impl=impl), args), flush=True)
