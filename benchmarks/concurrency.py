@@ -373,7 +373,11 @@ def running_server(provider_port: int, impl: str = "uvicorn") -> Any:
         yield proc, port
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # a gateway still busy with a backlog (LiteLLM)
+            proc.kill()
+            proc.wait(10)
         os.unlink(f.name)
 
 
