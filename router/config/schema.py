@@ -243,6 +243,10 @@ class StateConfig(BaseModel):
     # its first text, and every other event, go with the next flush.
     event_batch_ms: float = Field(default=100.0, ge=0, le=5000, allow_inf_nan=False)
     stream_lease_s: float = Field(default=3.0, gt=0, le=3600, allow_inf_nan=False)
+    # Events delivered while Redis is unavailable, waiting to be written to the shared log
+    # when it returns (over all streams and runs). Past it, the streams waiting longest are
+    # no longer shared: a resume of one elsewhere answers 410 `events_lost`.
+    event_backlog_max: int = Field(default=100_000, ge=1)
     # How often each instance merges its routing statistics with the others' (the bound on
     # how stale another instance's observations are when this one routes on them).
     stats_sync_s: float = Field(default=2.0, gt=0, le=3600, allow_inf_nan=False)

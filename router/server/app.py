@@ -51,6 +51,7 @@ from router.server.params import early_error_response, parse_stream_body, stream
 from router.server.remote import (
     Batches,
     located,
+    lost_problem,
     publish_shared,
     run_batches,
     shared_logs,
@@ -151,7 +152,7 @@ async def get_stream(request: Request) -> Response:
 
 async def stream_events(request: Request) -> Response | EventStreamResponse:
     slog, snap = await located(request.app.state.hub, STREAM, request.path_params["request_id"])
-    refused = _owned(request, slog, "stream")
+    refused = _owned(request, slog, "stream") or lost_problem(snap)
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
     hub = request.app.state.hub
@@ -197,8 +198,8 @@ async def run_events(request: Request) -> Response | EventStreamResponse:
     if hub.shared is None:
         slog = runs.log.get(run_id)
     else:  # every instance reads runs from the shared log
-        slog, _ = await located(request.app.state.hub, RUN, run_id)
-    refused = _owned(request, slog, "run")
+        slog, snap = await located(request.app.state.hub, RUN, run_id)
+    refused = _owned(request, slog, "run") or (lost_problem(snap) if hub.shared else None)
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
     return _resume(request, slog, None if hub.shared is None else (
