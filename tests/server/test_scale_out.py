@@ -288,6 +288,49 @@ async def test_killing_the_instance_serving_a_stream_lets_another_finish_it(pair
     assert done["cost_usd"] > uninterrupted[-1].data["cost_usd"]
 
 
+async def _run_frames(inst: Instance, run: str) -> list[Frame]:
+    async with inst.client() as c, c.stream("GET", f"/v1/runs/{run}/events") as r:
+        assert r.status_code == 200
+        return await read_until_terminal(r)
+
+
+async def test_a_taken_over_streams_continuation_reaches_its_run_on_every_instance(
+        pair, tmp_path: Path) -> None:
+    a, b = pair
+    run = f"run-{uuid.uuid4().hex[:6]}"
+    seen: list[Frame] = []
+    async with a.client() as c, c.stream("POST", "/v1/stream", json={
+            "input": PROMPT, "metadata": {"run_id": run}}) as r:
+        it = frames(r)
+        seen.append(await _next_event(it))
+        # Following the run on B live, from before A dies to the continuation's end.
+        live_on_b = asyncio.create_task(_run_frames(b, run))
+        while sum(x.event == "text" for x in seen) < 12:
+            seen.append(await _next_event(it))
+        a.kill()
+    async with b.client() as c, c.stream(
+            "GET", f"/v1/streams/{seen[0].data['request_id']}/events",
+            headers={"last-event-id": str(seen[-1].id)}) as r:
+        rest = await read_until_terminal(r)
+    joined = seen + rest
+    assert any(f.event == "fallback" and f.data["mode"] == "continue" for f in rest)
+    later = Instance(_config_path(tmp_path))  # one that never saw the stream
+    try:
+        replayed = await _run_frames(later, run)
+    finally:
+        later.stop()
+    for run_frames in (await asyncio.wait_for(live_on_b, 30), replayed):
+        # Exactly the stream: its events in seq order, none twice, one terminal event.
+        assert [f.data for f in run_frames] == [f.data for f in joined]
+        assert [f.id for f in run_frames] == list(range(len(joined)))
+        assert [f.event for f in run_frames].count("done") == 1
+        assert run_frames[-1].event == "done"
+
+
+def _config_path(tmp: Path) -> Path:
+    return tmp / "router.yaml"  # written by the `pair` fixture
+
+
 def test_serve_refuses_workers_without_shared_state(tmp_path: Path) -> None:
     path = tmp_path / "mem.yaml"
     cfg = yaml.safe_load(_config(tmp_path, "redis://127.0.0.1:1/0").read_text())
