@@ -160,6 +160,14 @@ class ServerLimitsConfig(_Strict):
     run_max_runs_per_key: int = Field(default=1000, ge=1)
 
 
+class ResponsesConfig(_Strict):
+    """What `POST /v1/responses` remembers of its answers, per API key, for
+    `item_reference` and `previous_response_id` (`router.server.response_items`)."""
+
+    max_items_per_key: int = Field(default=10_000, ge=1)
+    ttl_s: float = Field(default=3600, gt=0, le=30 * 86400)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -175,6 +183,7 @@ class ServerConfig(_Strict):
     access_log: bool = False
     shutdown_grace_s: float = Field(default=10, ge=0)
     limits: ServerLimitsConfig = Field(default_factory=ServerLimitsConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
 
 
 _SCOPE = re.compile(r"^(key|user|session|global|task:[^\s|]+)$")

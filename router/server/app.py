@@ -57,6 +57,7 @@ from router.server.remote import (
     shared_logs,
     stream_batches,
 )
+from router.server.response_items import item_store
 from router.server.runs import RunError, RunQuota, RunRegistry
 from router.server.sse import BadCursor, EventStreamResponse, frame, last_event_id
 from router.server.url_errors import exception_handlers
@@ -268,6 +269,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
                        RunQuota(limits.run_max_bytes_per_key, limits.run_max_events_per_key,
                                 limits.run_max_runs_per_key))
     shared = shared_logs(router, settings)
+    response_items = item_store(router, settings)
     if shared is not None:
         streams.sink, runs.log.sink = shared.streams_sink, shared.runs_sink
     server_metrics = ServerMetrics(lambda: live_snapshot(router))
@@ -305,6 +307,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
                 await stats_sync.aclose()
             if shared is not None:
                 await shared.aclose()
+            await response_items.aclose()
             if close_router:
                 await router.aclose()
 
@@ -339,6 +342,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     app.state.hub = hub
     app.state.streams = streams
     app.state.runs = runs
+    app.state.response_items = response_items
     app.state.metrics = server_metrics
     app.state.keys = keys
     app.state.limiter = limiter
