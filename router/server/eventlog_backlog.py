@@ -32,6 +32,8 @@ class Backlog:
         self.lost: OrderedDict[LogId, int] = OrderedDict()  # given up: first missing
         self.unmarked: OrderedDict[LogId, tuple[int, str | None]] = OrderedDict()
         self.dropped_logs = 0  # logs given up so far (a counter for operators)
+        self.owed = 0  # entries pending over all logs (as of each log's last `keep`)
+        self._owed: dict[StreamLog, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self.pending or self.unmarked)
@@ -48,22 +50,23 @@ class Backlog:
         """`slog`'s entries from `first` on were not written: keep them for later."""
         if first < slog.dropped:  # its own bound dropped some before they were written
             self.give_up(slog, kind, first)
-        elif slog not in self.pending:
-            self.pending[slog] = (kind, first)
+            return
+        held = self.pending.setdefault(slog, (kind, first))
+        # A log owes its unwritten entries, and at least its end: so the bound also
+        # bounds how many logs are held.
+        owed = max(1, slog.next_seq - held[1])
+        self.owed += owed - self._owed.get(slog, 0)
+        self._owed[slog] = owed
 
     def written(self, slog: StreamLog) -> None:
         self.pending.pop(slog, None)
-
-    def owed(self) -> int:
-        return sum(slog.next_seq - first for slog, (_, first) in self.pending.items())
+        self.owed -= self._owed.pop(slog, 0)
 
     def enforce(self) -> list[StreamLog]:
         """Give up the logs pending the longest until the rest fit the bound."""
         given_up: list[StreamLog] = []
-        owed = self.owed()
-        while owed > self.max_events and self.pending:
+        while self.owed > self.max_events and self.pending:
             slog, (kind, first) = next(iter(self.pending.items()))
-            owed -= slog.next_seq - first
             self.give_up(slog, kind, first)
             given_up.append(slog)
         return given_up
@@ -78,7 +81,7 @@ class Backlog:
 
     def disown(self, slog: StreamLog, kind: str, first: int) -> None:
         """No more of `slog` is written from here (another instance writes it now)."""
-        self.pending.pop(slog, None)
+        self.written(slog)
         self.lost[(kind, slog.key)] = first
         while len(self.lost) > MAX_LOST:
             self.lost.popitem(last=False)

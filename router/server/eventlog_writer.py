@@ -136,8 +136,13 @@ class LogWriter:
             if slog.closed:
                 self._spoken.discard(slog)
             ends[slog] = end = slog.next_seq
-            if not self.backlog.is_lost(kind, slog.key):
-                plan.append((slog, kind, self.backlog.start(slog), end))
+            if self.backlog.is_lost(kind, slog.key):
+                continue
+            start = self.backlog.start(slog)
+            if start < slog.dropped:  # its bound dropped entries while they waited
+                self.backlog.give_up(slog, kind, start)
+                continue
+            plan.append((slog, kind, start, end))
         try:
             if time.monotonic() < self._retry_at:
                 self._defer(plan)  # Redis failed a moment ago: serve now, write later
@@ -250,7 +255,7 @@ class LogWriter:
 
 def _entries(slog: StreamLog, start: int, end: int) -> list[Entry]:
     base = slog.dropped
-    return [slog.entries[i - base] for i in range(max(start, base), end)]
+    return [slog.entries[i - base] for i in range(start, end)]
 
 
 def _raise_if_unavailable(results: list[Any]) -> None:
