@@ -331,6 +331,38 @@ def _config_path(tmp: Path) -> Path:
     return tmp / "router.yaml"  # written by the `pair` fixture
 
 
+async def test_a_stream_served_while_redis_is_paused_resumes_whole_on_another_instance(
+        tmp_path: Path, redis_server: Any) -> None:
+    config = _config(tmp_path, redis_server.url)
+    a, b = Instance(config), Instance(config)
+    try:
+        seen: list[Frame] = []
+        async with a.client() as c, c.stream("POST", "/v1/stream", json={"input": PROMPT}) as r:
+            it = frames(r)
+            while sum(x.event == "text" for x in seen) < 5:
+                seen.append(await _next_event(it))
+            redis_server.pause()  # A goes on serving its client from memory
+            seen += [f async for f in it if f.comment is None]
+        assert seen[-1].event == "done"
+        redis_server.resume()
+        rid = seen[0].data["request_id"]
+        async with b.client() as cb:
+            for _ in range(400):  # A writes its backlog within a retry period
+                status = await cb.get(f"/v1/streams/{rid}")
+                if status.status_code == 200 and status.json()["state"] == "done":
+                    break
+                await asyncio.sleep(0.05)
+            async with cb.stream("GET", f"/v1/streams/{rid}/events",
+                                 headers={"last-event-id": "-1"}) as r:
+                assert r.status_code == 200
+                resumed = await read_until_terminal(r)
+        assert [(f.id, f.event, f.data) for f in resumed] == [
+            (f.id, f.event, f.data) for f in seen]
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_serve_refuses_workers_without_shared_state(tmp_path: Path) -> None:
     path = tmp_path / "mem.yaml"
     cfg = yaml.safe_load(_config(tmp_path, "redis://127.0.0.1:1/0").read_text())
