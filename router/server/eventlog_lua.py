@@ -79,9 +79,9 @@ return first + n
 # Returns the stream's count written; -2 when another instance has taken the stream over
 # (this one was cut off from Redis longer than its lease): its entries are no longer ours.
 WRITE_STREAM = _RUN_FN + """
-local inst = redis.call('HGET', KEYS[2], 'inst')
-if inst and inst ~= ARGV[1] then return -2 end
-local w = tonumber(redis.call('HGET', KEYS[2], 'w') or '0')
+local held = redis.call('HMGET', KEYS[2], 'inst', 'w')
+if held[1] and held[1] ~= ARGV[1] then return -2 end
+local w = tonumber(held[2] or '0')
 local first, n = tonumber(ARGV[2]), #ARGV - 6
 local skip = math.max(0, w - first)
 if skip < n then
