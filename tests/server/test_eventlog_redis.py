@@ -6,19 +6,26 @@ past its bound the oldest stream is given up and marked lost."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import orjson
 import redis
+import websockets
 
+from router.config import parse_config
 from router.config.schema import StateConfig
-from router.server.eventlog import EventLog, StreamLog
+from router.core import Router
+from router.server.app import create_app
+from router.server.eventlog import EventLog, StreamLog, owner_hash
 from router.server.eventlog_redis import RUN, STREAM, SharedLogs, pack, unpack
 from router.server.remote import lost_problem
 from router.testing.redis_server import RedisServer
-from tests.server.conftest import eventually
+from tests.server.conftest import eventually, uvicorn_on_loopback
+from tests.server.test_openai_compat import CONFIG, KEY
 
 TERMINAL = frozenset({"done", "error"})
 
@@ -226,3 +233,35 @@ async def test_past_the_backlog_bound_the_oldest_stream_is_given_up_and_says_so(
         assert run_meta is not None and run_meta["lost"] == "stream old"
     finally:
         await shared.aclose()
+
+
+async def test_a_lost_stream_resumed_on_another_instance_is_a_410_over_sse_and_websocket(
+        redis_url: str) -> None:
+    cfg = copy.deepcopy(CONFIG)
+    cfg["state"] = {"backend": "redis", "url": redis_url, "prefix": f"l{uuid.uuid4().hex[:6]}:"}
+    router = Router(parse_config(cfg))
+    # What an instance that gave the stream up leaves in Redis: its first events, then the
+    # `lost` mark written when Redis came back.
+    client = redis.Redis.from_url(redis_url)
+    key = f"{cfg['state']['prefix']}log:s:gone1"
+    client.xadd(key, {"f": 0, "d": pack([("route", b"{}"), ("start", b"{}")])}, id="0-2")
+    client.hset(key + ":meta", mapping={"owner": owner_hash("tester"), "state": "lost",
+                                        "lost": "2", "inst": "elsewhere", "req": "{}"})
+    try:
+        async with uvicorn_on_loopback(create_app(router)) as (_, url):
+            async with httpx.AsyncClient(base_url=url, headers={
+                    "authorization": f"Bearer {KEY}"}) as http:
+                res = await http.get("/v1/streams/gone1/events",
+                                     headers={"last-event-id": "0"})
+            assert res.status_code == 410
+            assert res.json()["error"]["code"] == "events_lost"
+            async with websockets.connect(url.replace("http", "ws") + "/v1/ws") as ws:
+                await ws.send(orjson.dumps({"type": "auth", "key": KEY}).decode())
+                assert orjson.loads(await ws.recv())["type"] == "ready"
+                await ws.send(orjson.dumps({"type": "resume", "request_id": "gone1",
+                                            "after": -1}).decode())
+                rejected = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert (rejected["type"], rejected["status"], rejected["code"]) == (
+                "rejected", 410, "events_lost")
+    finally:
+        await router.aclose()
