@@ -256,6 +256,28 @@ class SharedLogs:
         except Exception:
             return False
 
+    async def orphans_of_run(self, run_id: str) -> list[str]:
+        """The streams copied into run `run_id` that are orphaned (see `orphaned`); none
+        when Redis cannot tell. Three round trips, whatever the number of streams."""
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                rids = [r.decode() for r in await self.redis.smembers(
+                    self.key(RUN, run_id) + ":streams")]
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for rid in rids:
+                        pipe.hmget(self.key(STREAM, rid) + ":meta", "state", "inst")
+                    metas = await pipe.execute()
+                running = [(rid, inst.decode()) for rid, (state, inst) in zip(
+                    rids, metas, strict=True) if state == b"running" and inst
+                    and inst.decode() != self.instance]
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for _, inst in running:
+                        pipe.exists(self._inst_key(inst))
+                    alive = await pipe.execute()
+        except Exception:
+            return []
+        return [rid for (rid, _), up in zip(running, alive, strict=True) if not up]
+
     async def claim(self, snap: Snapshot) -> bool:
         """Make this instance the one serving an orphaned stream (one winner)."""
         inst = snap.meta.get("inst", "")

@@ -222,6 +222,9 @@ class LogWriter:
         if slog.run is not None:
             run = self.key(RUN, slog.run)
             keys += [run + ":n", run, run + ":meta"]
+            if fields is not None:  # a reader of the run can then take the stream over
+                pipe.sadd(run + ":streams", slog.key)
+                pipe.expire(run + ":streams", self.stream_ttl_s)
         at = len(pipe)
         await self._write_stream(keys=keys, args=[
             self.instance, start, self.max_events, self.retention_s, int(slog.closed),

@@ -58,7 +58,9 @@ async def stream_batches(hub: StreamHub, snap: Snapshot, after: int) -> Batches:
 
 
 async def run_batches(hub: StreamHub, run_id: str, after: int) -> Batches:
-    """A run's events above `after` from Redis, live until its `run_end` (or expiry)."""
+    """A run's events above `after` from Redis, live until its `run_end` (or expiry).
+    When a stream copied into the run has lost its instance, this instance takes it over
+    (as a reader of the stream itself would), so the run goes on."""
     shared = hub.shared
     assert shared is not None
 
@@ -66,6 +68,10 @@ async def run_batches(hub: StreamHub, run_id: str, after: int) -> Batches:
         meta = await shared.meta(RUN, run_id)
         if meta and "lost" in meta:
             raise LogLost(meta["lost"])
+        for rid in await shared.orphans_of_run(run_id):
+            snap = await shared.snapshot(STREAM, rid)
+            if snap is not None:
+                await hub.take_over(snap)
         return bool(meta)
 
     async for item in shared.follow(RUN, run_id, after, _RUN_END, on_idle):

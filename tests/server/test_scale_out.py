@@ -327,6 +327,28 @@ async def test_a_taken_over_streams_continuation_reaches_its_run_on_every_instan
         assert run_frames[-1].event == "done"
 
 
+async def test_a_run_follower_alone_gets_an_orphaned_stream_taken_over(pair) -> None:
+    a, b = pair
+    run = f"run-{uuid.uuid4().hex[:6]}"
+    seen: list[Frame] = []
+    async with a.client() as c, c.stream("POST", "/v1/stream", json={
+            "input": PROMPT, "detach": True, "metadata": {"run_id": run}}) as r:
+        it = frames(r)
+        seen.append(await _next_event(it))
+        live_on_b = asyncio.create_task(_run_frames(b, run))
+        while sum(x.event == "text" for x in seen) < 12:
+            seen.append(await _next_event(it))
+        a.kill()  # nobody resumes the stream: only the run is followed
+    on_b = await asyncio.wait_for(live_on_b, 30)
+    assert [f.data for f in on_b[:len(seen)]] == [f.data for f in seen]
+    assert [f.id for f in on_b] == list(range(len(on_b)))
+    assert [f.event for f in on_b].count("done") == 1 and on_b[-1].event == "done"
+    fallback = next(f.data for f in on_b if f.event == "fallback")
+    assert fallback["mode"] == "continue"
+    uninterrupted = await _answer(b)
+    assert _text(on_b) == _text(uninterrupted)
+
+
 def _config_path(tmp: Path) -> Path:
     return tmp / "router.yaml"  # written by the `pair` fixture
 
