@@ -163,7 +163,7 @@ class Snapshot:
     """One deployment's estimates at one instant, priors blended in by staleness."""
 
     ttft_ms: float  # expected time to first token (mean)
-    ttft_q_ms: float  # its `quantile`
+    ttft_q_ms: float  # the budget check's quantile of it (at `level`, see `budget_level`)
     quantile: float
     ms_per_token: float  # expected decode time per output token
     error_rate: float  # decayed share of attempts that failed (Beta prior blended in)
@@ -171,6 +171,7 @@ class Snapshot:
     weight: float  # decayed TTFT sample weight: the evidence behind the figures
     samples: int  # TTFT observations ever (censored included)
     age_s: float | None  # since the last observation of any kind; None: never observed
+    level: float = 0.0  # the level `ttft_q_ms` was read at (before failure adjustment)
 
     def latency_ms(self, output_tokens: int) -> float:
         return self.ttft_ms + output_tokens * self.ms_per_token
@@ -182,6 +183,18 @@ class Snapshot:
 _TOP = 0.999  # the highest quantile read from a histogram
 # Pseudo-attempts of the prior error rate: one fresh failure in few attempts shows at once.
 _PRIOR_ATTEMPTS = 2.0
+
+
+def budget_level(q: float, weight: float, confidence: float) -> float:
+    """The level whose quantile a budget is held against: `q` lowered by `confidence`
+    standard errors of an empirical q-quantile on `weight` samples (the binomial
+    sqrt(q(1-q)/n) of the share of samples below it). A budget is exceeded only on
+    evidence: a deployment whose true q-quantile sits near the budget is not excluded by
+    the noise of a few samples in its tail, and the allowance shrinks as samples accrue
+    (and widens as they age, so a stale exclusion is re-checked sooner)."""
+    if confidence <= 0.0:
+        return q
+    return q - confidence * math.sqrt(q * (1.0 - q) / max(1.0, weight))
 
 
 class Estimator:
@@ -227,6 +240,12 @@ class Estimator:
             self._failure_ms.add(duration_ms, now)
         self._last = now
 
+    def ttft_quantile(self, q: float, now: float, min_weight: float) -> float | None:
+        """The decayed q-quantile of TTFT, or None with less than `min_weight` behind it."""
+        if self._ttft.weight(now) < min_weight:
+            return None
+        return self._ttft.quantile(q)
+
     def _failure_aware_quantile(self, q: float, error_rate: float) -> float | None:
         """The q-quantile of time to first token with requests that fail over elsewhere as
         outcomes slower than any success: the successes' q/(1-f) quantile, f = p**2 (a
@@ -240,7 +259,7 @@ class Estimator:
         slowest = self._ttft.quantile(_TOP)
         return None if slowest is None else slowest * (1.0 + leaves / (1.0 - leaves))
 
-    def snapshot(self, now: float, quantile: float) -> Snapshot:
+    def snapshot(self, now: float, quantile: float, confidence: float = 0.0) -> Snapshot:
         p = self.prior
         age = None if self._last is None else max(0.0, now - self._last)
         # What was true `age` ago says less about now however much of it there was: the
@@ -254,11 +273,12 @@ class Estimator:
         ttft = toward_prior(self._ttft_mean.mean(), p.ttft_ms, trust)
         # The quantile budgets are held against keeps bad news until its weight fades (a
         # budget is a hard constraint: re-admitting on age alone would probe with misses).
-        ttft_q = toward_prior(self._failure_aware_quantile(quantile, error_rate), p.ttft_ms,
+        level = budget_level(quantile, weight, confidence)
+        ttft_q = toward_prior(self._failure_aware_quantile(level, error_rate), p.ttft_ms,
                               min(1.0, weight))
         decode = toward_prior(self._decode.mean(), p.ms_per_token,
                               min(1.0, self._decode.weight(now)) * fresh)
         failure_ms = toward_prior(self._failure_ms.mean(), p.ttft_ms,
                                   min(1.0, self._failure_ms.weight(now)) * fresh)
         return Snapshot(ttft, max(ttft_q, 0.0), quantile, decode, error_rate, failure_ms,
-                        weight * fresh, self.samples, age)
+                        weight * fresh, self.samples, age, level)

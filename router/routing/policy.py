@@ -130,12 +130,14 @@ def estimate(dep: Deployment, c: RouteConstraints, stats: StatsRegistry,
     s = stats.snapshot(dep)
     wait = stats.wait_ms(dep)
     load = (inflight or stats.inflight)(dep.id)
-    ttft_q = s.ttft_q_ms + wait
-    latency_q = s.latency_q_ms(c.output_tokens) + wait
+    loaded = stats.load_factor(load)  # the estimates are load-free: scale to the load now
+    decode_ms = c.output_tokens * s.ms_per_token
+    ttft_q = s.ttft_q_ms * loaded + wait
+    latency_q = ttft_q + decode_ms
     cost = estimate_cost(dep.price, c.input_tokens, c.output_tokens)
     reason = _exclusion(dep, c, ttft_q, latency_q, cost, unavailable)
     return Estimate(
-        dep, reason is None, reason, cost, s.ttft_ms, s.latency_ms(c.output_tokens),
+        dep, reason is None, reason, cost, s.ttft_ms * loaded, s.ttft_ms * loaded + decode_ms,
         ttft_q, latency_q, s.quantile,
         expected_ms(s, c.output_tokens, wait, load, cfg, backoff_ms), s.samples, s.weight,
         s.age_s, s.error_rate, load, wait)

@@ -1,7 +1,7 @@
 """Live statistics per deployment: one `Estimator` each (decayed TTFT distribution, decode
 rate, error rate), requests in flight, and the quota a vendor announced or a 429 imposed.
-The serving pipeline reports into it; the policy reads `snapshot()`s from it. A recent-TTFT
-window is kept for the hedge delay's percentile."""
+The serving pipeline reports into it; the policy reads `snapshot()`s from it, and the hedge
+delay the estimator's p95 of TTFT."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from router.config.schema import Deployment
 from router.routing.estimator import Clock, Estimator, Prior, Snapshot
 from router.routing.settings import RoutingConfig
 
-WINDOW = 200  # recent TTFT samples kept for the hedge delay's percentile
+# Decayed samples' worth of TTFT behind a hedge delay read from the distribution; with
+# less, twice the (prior-blended) mean stands for it.
+HEDGE_MIN_WEIGHT = 10.0
 
 
 @dataclass(slots=True)
@@ -36,7 +38,6 @@ class DeploymentStats:
     inflight: int = 0
     started_in_window: deque[float] = field(default_factory=deque)  # for `rpm`
     quota: Quota = field(default_factory=Quota)
-    recent_ttft_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
 
     @property
     def observed(self) -> bool:
@@ -82,18 +83,32 @@ class StatsRegistry:
 
     # --- what the serving pipeline reports --------------------------------------------------
 
+    def load_factor(self, inflight: int) -> float:
+        """How much longer a first token takes beside `inflight` other requests (the
+        peak-EWMA-style `load_penalty` per request in flight)."""
+        return 1.0 + self.routing.load_penalty * max(0, inflight)
+
+    def _unloaded(self, s: DeploymentStats, ms: float) -> float:
+        """A TTFT as it would have been on an idle deployment: the estimators learn
+        load-free figures and the policy scales them by the load a request meets now, so
+        an estimate measured under a burst does not keep a drained deployment excluded
+        (the attempt itself is still counted in flight: the others are one fewer)."""
+        return ms / self.load_factor(s.inflight - 1)
+
     def observe_ttft(self, deployment_id: str, ttft_ms: float) -> None:
         s = self.get(deployment_id)
-        s.estimator.observe_ttft(ttft_ms, self.clock())
-        s.recent_ttft_ms.append(ttft_ms)
+        unloaded = self._unloaded(s, ttft_ms)
+        s.estimator.observe_ttft(unloaded, self.clock())
         if self.journal is not None:
-            self.journal.append(("ttft", deployment_id, ttft_ms, 0.0))
+            self.journal.append(("ttft", deployment_id, unloaded, 0.0))
 
     def observe_censored(self, deployment_id: str, at_least_ms: float) -> None:
         """An attempt given up before its first token (hedge loser, timeout)."""
-        self.get(deployment_id).estimator.observe_censored(at_least_ms, self.clock())
+        s = self.get(deployment_id)
+        unloaded = self._unloaded(s, at_least_ms)
+        s.estimator.observe_censored(unloaded, self.clock())
         if self.journal is not None:
-            self.journal.append(("censored", deployment_id, at_least_ms, 0.0))
+            self.journal.append(("censored", deployment_id, unloaded, 0.0))
 
     def observe_rate(self, deployment_id: str, tokens_per_s: float) -> None:
         if tokens_per_s > 0:
@@ -152,7 +167,9 @@ class StatsRegistry:
     # --- what the policy reads --------------------------------------------------------------
 
     def snapshot(self, dep: Deployment) -> Snapshot:
-        return self.know(dep).estimator.snapshot(self.clock(), self.routing.quantile)
+        cfg = self.routing
+        return self.know(dep).estimator.snapshot(self.clock(), cfg.quantile,
+                                                 cfg.budget_confidence)
 
     def wait_ms(self, dep: Deployment) -> float:
         """How long a request sent now would wait for quota: a 429's retry-after still
@@ -181,12 +198,16 @@ class StatsRegistry:
         return 1000.0 / self.snapshot(dep).ms_per_token
 
     def p95_ttft_ms(self, dep: Deployment) -> float:
-        """95th percentile of recent TTFTs, or twice the estimate before enough samples."""
-        s = self._by_id.get(dep.id)
-        if s is None or len(s.recent_ttft_ms) < 20:
+        """The hedge delay of `after_ms: p95`: the estimator's decayed 95th percentile of
+        TTFT (hedge losers in it as censored, "at least" observations) at the load a
+        request meets now; twice the estimate while less than `HEDGE_MIN_WEIGHT` samples'
+        worth backs it (so it follows the estimate back to the prior as it goes stale)."""
+        est = self.know(dep).estimator
+        now = self.clock()
+        p95 = est.ttft_quantile(0.95, now, HEDGE_MIN_WEIGHT)
+        if p95 is None:
             return 2 * self.estimate_ttft_ms(dep)
-        ordered = sorted(s.recent_ttft_ms)
-        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+        return p95 * self.load_factor(self.inflight(dep.id))
 
     def describe(self, dep: Deployment) -> dict[str, float | int | None]:
         """The live estimates of `dep`, for `health()` and `llm-router deployments`."""
