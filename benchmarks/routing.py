@@ -49,6 +49,7 @@ from benchmarks.routing_sim import (
     Simulation,
     Truth,
 )
+from providers.base import QuotaDelta
 from router.config import Deployment
 from router.routing.policy import RouteConstraints, RoutingPolicy
 from router.routing.settings import RoutingConfig
@@ -74,7 +75,7 @@ class Learned(Policy):
                                                            key=lambda e: e.expected_ms)]
 
     def started(self, dep: str) -> None:
-        self.stats.attempt_started(dep)
+        self.stats.attempt_started(dep, INPUT_TOKENS, OUTPUT_TOKENS)
 
     def ended(self, dep: str) -> None:
         self.stats.attempt_ended(dep)
@@ -91,7 +92,7 @@ class Learned(Policy):
         self.stats.observe_outcome(dep, code, duration_ms, retry_after)
 
     def headers(self, dep: str, remaining: int, reset_s: float) -> None:
-        self.stats.observe_quota(dep, remaining, None, reset_s)
+        self.stats.observe_quota(dep, QuotaDelta(remaining, None, reset_s))
 
 
 class Oracle(Policy):

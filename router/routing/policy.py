@@ -128,7 +128,7 @@ def estimate(dep: Deployment, c: RouteConstraints, stats: StatsRegistry,
              backoff_ms: float = 0.0) -> Estimate:
     cfg = stats.routing
     s = stats.snapshot(dep)
-    wait = stats.wait_ms(dep)
+    wait = stats.wait_ms(dep, c.input_tokens, c.output_tokens)
     load = (inflight or stats.inflight)(dep.id)
     loaded = stats.load_factor(load)  # the estimates are load-free: scale to the load now
     decode_ms = c.output_tokens * s.ms_per_token
