@@ -110,6 +110,15 @@ class DecayedHistogram:
     def mean(self) -> float | None:
         return sum(self._total) / self._sum if self._sum > 0.0 else None
 
+    def std(self) -> float:
+        """The spread of the values (each bin at its mean: within-bin spread ignored)."""
+        if self._sum <= 0.0:
+            return 0.0
+        mean = sum(self._total) / self._sum
+        second = sum(t * t / w for w, t in zip(self._weight, self._total, strict=True)
+                     if w > 0.0) / self._sum
+        return math.sqrt(max(0.0, second - mean * mean))
+
 
 class DecayedMean:
     """A mean whose observations' weights halve every `half_life_s`."""
@@ -131,7 +140,14 @@ class DecayedMean:
         self._age_to(now)
         self._weight += weight
         self._total += weight * value
-        if self._weight > self._max_weight:  # as DecayedHistogram._cap
+
+    def trim(self, now: float) -> None:
+        """Shrink to `max_weight` (as `DecayedHistogram._cap`). Called as requests are
+        SENT, not as they answer: after traffic stops, the last answers to arrive (the
+        slowest of the last requests sent) join the earlier ones instead of displacing
+        them, so a drained deployment's estimate is not biased toward its tail."""
+        self._age_to(now)
+        if self._weight > self._max_weight:
             self._total *= self._max_weight / self._weight
             self._weight = self._max_weight
 
@@ -208,7 +224,7 @@ class Estimator:
         self.prior = prior
         self.half_life_s = half_life_s
         cap = max_weight
-        self._ttft = DecayedHistogram(half_life_s, now, cap)
+        self._ttft = DecayedHistogram(half_life_s, now)
         self._ttft_mean = DecayedMean(half_life_s, now, cap)  # exact mean (bins are 10% wide)
         self._decode = DecayedMean(half_life_s, now, cap)
         self._failed = DecayedMean(half_life_s, now, cap)  # mean of 1 (failed) / 0 (ok)
@@ -229,6 +245,11 @@ class Estimator:
         self._ttft_mean.add(max(at_least_ms, self._ttft.mean() or at_least_ms), now)
         self.samples += 1
         self._last = now
+
+    def started(self, now: float) -> None:
+        """A request was sent: the recent means make room for its observations."""
+        for recent in (self._ttft_mean, self._decode, self._failed, self._failure_ms):
+            recent.trim(now)
 
     def observe_decode(self, ms_per_token: float, now: float) -> None:
         self._decode.add(ms_per_token, now)
@@ -259,6 +280,21 @@ class Estimator:
         slowest = self._ttft.quantile(_TOP)
         return None if slowest is None else slowest * (1.0 + leaves / (1.0 - leaves))
 
+    def _drift(self, now: float, confidence: float) -> float:
+        """How far the recent TTFTs (the mean capped at `max_weight` samples) have moved
+        from the distribution's (a half-life of evidence), as a scale factor: the shift
+        beyond `confidence` standard errors of the recent mean (no change, 1.0). The
+        distribution keeps its shape from all its evidence (tails need many samples)
+        and follows a drift within about `max_weight` requests."""
+        long_mean, recent = self._ttft.mean(), self._ttft_mean.mean()
+        if not long_mean or recent is None:
+            return 1.0
+        error = self._ttft.std() / math.sqrt(max(1.0, self._ttft_mean.weight(now)))
+        shift = abs(recent - long_mean) - confidence * error
+        if shift <= 0.0:
+            return 1.0
+        return math.copysign(shift, recent - long_mean) / long_mean + 1.0
+
     def snapshot(self, now: float, quantile: float, confidence: float = 0.0) -> Snapshot:
         p = self.prior
         age = None if self._last is None else max(0.0, now - self._last)
@@ -274,8 +310,10 @@ class Estimator:
         # The quantile budgets are held against keeps bad news until its weight fades (a
         # budget is a hard constraint: re-admitting on age alone would probe with misses).
         level = budget_level(quantile, weight, confidence)
-        ttft_q = toward_prior(self._failure_aware_quantile(level, error_rate), p.ttft_ms,
-                              min(1.0, weight))
+        observed_q = self._failure_aware_quantile(level, error_rate)
+        if observed_q is not None:
+            observed_q *= self._drift(now, confidence)
+        ttft_q = toward_prior(observed_q, p.ttft_ms, min(1.0, weight))
         decode = toward_prior(self._decode.mean(), p.ms_per_token,
                               min(1.0, self._decode.weight(now)) * fresh)
         failure_ms = toward_prior(self._failure_ms.mean(), p.ttft_ms,

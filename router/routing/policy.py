@@ -211,7 +211,7 @@ class RoutingPolicy:
         if c.pinned:
             return RouteDecision(ranked, all_estimates, f"pinned model {ranked[0].deployment.id}")
         reason = f"{_WHY[c.prefer]} (prefer={c.prefer}) of {len(ranked)} eligible"
-        explored = self._explore(ranked)
+        explored = self._explore(ranked, c.prefer)
         if explored is not None:
             chosen = replace(ranked[explored], explore=True)
             ranked = [chosen, *ranked[:explored], *ranked[explored + 1:]]
@@ -222,16 +222,28 @@ class RoutingPolicy:
                       f"{_WHY[c.prefer]} of {len(ranked)} eligible")
         return RouteDecision(ranked, all_estimates, reason)
 
-    def _explore(self, ranked: list[Estimate]) -> int | None:
-        """The index of the candidate to re-measure now, or None (serve the best)."""
+    def _explore(self, ranked: list[Estimate], prefer: Prefer) -> int | None:
+        """The index of the candidate to re-measure now, or None (serve the best). Only a
+        candidate that good news could rank first is worth a request: under `cost` (and
+        `quality`) the ranking rests on known prices (and quality), so one that costs more
+        than the best (or is of lower quality) is never explored."""
         if len(ranked) < 2 or self.cfg.explore <= 0:
             return None
         draw = self.rng.random()  # drawn every time: the sequence depends on the seed only
         if draw >= self.cfg.explore:
             return None
+        best = ranked[0]
         under = [i for i, e in enumerate(ranked[1:], 1)
-                 if e.weight < self.cfg.explore_below_weight]
+                 if e.weight < self.cfg.explore_below_weight and _could_win(e, best, prefer)]
         return under[0] if under else None  # the most promising of the under-measured
+
+
+def _could_win(e: Estimate, best: Estimate, prefer: Prefer) -> bool:
+    if prefer == "cost":
+        return e.cost_usd <= best.cost_usd
+    if prefer == "quality":
+        return e.deployment.quality >= best.deployment.quality
+    return True
 
 
 def choose_route(

@@ -187,6 +187,7 @@ class StatsRegistry:
         s = self.get(deployment_id)
         s.inflight += 1
         now = self.clock()
+        s.estimator.started(now)
         s.started_in_window.append(now)
         if input_tokens + output_tokens:
             s.tokens_in_window.append((now, input_tokens + output_tokens))
