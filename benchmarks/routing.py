@@ -205,6 +205,12 @@ class Row:
         return [o.latency_ms for o in self.served()]
 
 
+def _misses(r: Row, budget: float | None) -> int:
+    """Requests that failed or, under a budget, took longer than it."""
+    return sum(1 for o in r.outcomes if o.failed or (
+        budget is not None and o.latency_ms > budget))
+
+
 def table(rows: list[Row], budget: float | None) -> str:
     oracle = next(r for r in rows if r.name == "oracle")
     o95 = _q(oracle.latencies(), 0.95)
@@ -215,8 +221,7 @@ def table(rows: list[Row], budget: float | None) -> str:
     for r in rows:
         ttft, lat = [o.ttft_ms for o in r.served()], r.latencies()
         cost = statistics.fmean(o.cost_usd for o in r.outcomes)
-        misses = sum(1 for o in r.outcomes if o.failed or (
-            budget is not None and o.latency_ms > budget))
+        misses = _misses(r, budget)
         share = sum(o.first_choice == o.best for o in r.outcomes) / len(r.outcomes)
         lines.append(
             f"| {r.name} | {_q(ttft, .5):.0f} | {_q(ttft, .95):.0f} | {_q(ttft, .99):.0f} | "
@@ -261,12 +266,8 @@ def summary(results: list[tuple[str, str, list[Row], float | None]]) -> str:
         p95 = _q(router.latencies(), 0.95) / _q(oracle.latencies(), 0.95)
         cost = (statistics.fmean(o.cost_usd for o in router.outcomes)
                 / statistics.fmean(o.cost_usd for o in oracle.outcomes))
-
-        def misses(r: Row) -> int:
-            return sum(1 for o in r.outcomes if o.failed or (
-                budget is not None and o.latency_ms > budget))
-
-        over = f"{misses(router)} ({misses(oracle)})" if budget is not None else "-"
+        over = (f"{_misses(router, budget)} ({_misses(oracle, budget)})"
+                if budget is not None else "-")
         lines.append(f"| {fleet} | {title} | {p95:.2f}x | {cost:.3f}x | {over} | "
                      f"{sum(o.failed for o in router.outcomes)} |")
     return "\n".join(lines)
@@ -289,11 +290,11 @@ def main() -> None:
     for fleet_name in args.fleet or list(FLEETS):
         fleet = FLEETS[fleet_name]
         sim = Simulation(fleet, args.requests, args.rate, args.seed)
-        deps = {t.id: t.deployment() for t in fleet}
-        ids = tuple(deps)
+        ids = tuple(t.id for t in fleet)
         makers: list[tuple[str, Callable[[Simulation], Policy]]] = [
             ("oracle", Oracle),
-            ("router", lambda s: Learned(deps, lambda: s.now, cfg)),
+            ("router", lambda s: Learned({t.id: t.deployment() for t in s.fleet},
+                                         lambda: s.now, cfg)),
             ("litellm-mean10", lambda s: MeanOfTen(s.fleet)),
             ("static", lambda s: Static(s.fleet)),
             ("random", lambda s: Random(s.fleet, args.seed)),

@@ -208,8 +208,8 @@ def budget_level(q: float, weight: float, confidence: float) -> float:
     evidence: a deployment whose true q-quantile sits near the budget is not excluded by
     the noise of a few samples in its tail, and the allowance shrinks as samples accrue
     (and widens as they age, so a stale exclusion is re-checked sooner)."""
-    if confidence <= 0.0:
-        return q
+    if confidence <= 0.0 or weight <= 0.0:
+        return q  # no evidence: the prior, at the level asked
     return q - confidence * math.sqrt(q * (1.0 - q) / max(1.0, weight))
 
 

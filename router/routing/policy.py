@@ -67,6 +67,7 @@ class Estimate:
     ttft_q_ms: float = 0.0  # the quantile the budgets are held against
     latency_q_ms: float = 0.0
     quantile: float = 0.9
+    level: float = 0.9  # the level read for the budgets: `quantile` less its allowance
     expected_ms: float = 0.0  # the latency objective E (see the module docstring)
     samples: int = 0
     weight: float = 0.0
@@ -138,7 +139,7 @@ def estimate(dep: Deployment, c: RouteConstraints, stats: StatsRegistry,
     reason = _exclusion(dep, c, ttft_q, latency_q, cost, unavailable)
     return Estimate(
         dep, reason is None, reason, cost, s.ttft_ms * loaded, s.ttft_ms * loaded + decode_ms,
-        ttft_q, latency_q, s.quantile,
+        ttft_q, latency_q, s.quantile, s.level,
         expected_ms(s, c.output_tokens, wait, load, cfg, backoff_ms), s.samples, s.weight,
         s.age_s, s.error_rate, load, wait)
 

@@ -255,6 +255,7 @@ class StatsRegistry:
         """The live estimates of `dep`, for `health()` and `llm-router deployments`."""
         s = self.snapshot(dep)
         return {"ttft_ms": s.ttft_ms, "ttft_q_ms": s.ttft_q_ms, "quantile": s.quantile,
+                "level": s.level,
                 "ms_per_token": s.ms_per_token, "error_rate": s.error_rate,
                 "weight": s.weight, "samples": s.samples, "age_s": s.age_s,
                 "inflight": self.inflight(dep.id), "wait_ms": self.wait_ms(dep)}

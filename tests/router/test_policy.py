@@ -492,3 +492,33 @@ def test_config_tpm_moves_traffic_when_the_minute_is_spent() -> None:
     assert fast.wait_ms == pytest.approx(40_000.0)  # the first request leaves the minute
     clock.now += 41.0
     assert policy.choose(c, fleet, available).chosen.deployment.id == "fast"  # type: ignore[union-attr]
+
+
+def test_under_prefer_cost_exploration_never_pays_for_a_pricier_candidate() -> None:
+    policy, _ = learning(explore=0.5, seed=5, explore_below_weight=1e9)
+    c = constraints(prefer="cost")
+    for _ in range(400):
+        decision = policy.choose(c, FLEET, available)
+        assert decision.chosen is not None
+        cheapest = min(e.cost_usd for e in decision.ranked)
+        assert decision.chosen.cost_usd == cheapest  # explored or not
+
+
+def test_estimates_are_load_free_and_scaled_to_the_load_now() -> None:
+    policy, _ = learning(explore=0.0)
+    stats = policy.stats
+    for _ in range(5):  # 4 others in flight when the first token came: 1.2x an idle one
+        stats.attempt_started("fast")
+    stats.observe_ttft("fast", 240.0)
+    for _ in range(5):
+        stats.attempt_ended("fast")
+    assert stats.snapshot(FLEET["fast"]).ttft_ms == pytest.approx(200.0)
+    c = constraints(prefer="latency")
+    idle = next(e for e in policy.choose(c, FLEET, available).candidates
+                if e.deployment.id == "fast")
+    assert idle.ttft_ms == pytest.approx(200.0)  # drained: no longer held to the burst
+    for _ in range(10):
+        stats.attempt_started("fast")
+    busy = next(e for e in policy.choose(c, FLEET, available).candidates
+                if e.deployment.id == "fast")
+    assert busy.ttft_ms == pytest.approx(200.0 * stats.load_factor(10))
