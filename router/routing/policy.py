@@ -5,8 +5,11 @@ credentials), its context window is too small, it lacks a required capability
 (`structured_output` for a JSON `response_format`), it cannot honour a sampling parameter the
 request sets (`seed`, `top_p`, ...), or its estimate exceeds the request's budget:
 `max_ttft_ms` and `max_latency_ms` are held against the `routing.quantile` (p90 by default)
-of the decayed TTFT distribution (plus the decode time of the expected output, plus any
-quota wait), `max_cost_usd` against the price.
+of the decayed TTFT distribution, read one standard error lower for the evidence behind it
+(`routing.budget_confidence`: excluded on evidence, not on noise) and scaled to the load
+now (the estimates are load-free), plus the decode time of the expected output, plus any
+quota wait (requests, tokens, `rpm`, `tpm`, a 429's retry-after); `max_cost_usd` against
+the price.
 
 Eligible candidates are ranked by `prefer`. The latency objective, in one line: the
 expected time to a successful answer,
@@ -16,8 +19,9 @@ expected time to a successful answer,
 with p the decayed error rate (a deployment failing half its calls costs one failed
 attempt per success), then shrunk by up to `routing.optimism` for candidates with little
 evidence. `prefer: cost` ranks by price, ties by E. With probability `routing.explore` the
-least-measured eligible candidate is moved to the front instead (exploration); it is drawn
-from the eligible set only, so it never breaks a cap, a budget, a pin or a capability.
+most promising under-measured eligible candidate that could win the ranking is moved to the
+front instead (exploration; under `cost` none dearer than the best); it is drawn from the
+eligible set only, so it never breaks a cap, a budget, a pin or a capability.
 """
 
 from __future__ import annotations
