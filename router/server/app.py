@@ -294,6 +294,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
                                    instance=shared.instance)
             stats_sync.start()
         sweeper = asyncio.create_task(_sweep(streams, runs, settings.retention_s))
+        lag_watch = asyncio.create_task(server_metrics.watch_loop())
         # `router.publish(run_id, event)` from agent code in this process reaches the runs.
         remove_sink = router.add_run_sink(runs.publish)
         try:
@@ -301,6 +302,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
         finally:
             remove_sink()
             sweeper.cancel()
+            lag_watch.cancel()
             await hub.shutdown(settings.shutdown_grace_s)
             if stats_sync is not None:
                 await stats_sync.aclose()
