@@ -430,4 +430,5 @@ def serve_loaded(loaded: LoadedConfig | str, options: dict[str, Any],
     app = create_app(Router(loaded), settings, close_router=True)
     hub: StreamHub = app.state.hub
     uv_config = uvicorn.Config(app, **options, **server_options(settings))
-    DrainingServer(uv_config, lambda: hub.shutdown(settings.shutdown_grace_s)).run(sockets)
+    DrainingServer(uv_config, lambda: hub.shutdown(settings.shutdown_grace_s)).run(
+        sockets=sockets)

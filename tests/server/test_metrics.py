@@ -104,9 +104,9 @@ async def test_a_blocked_event_loop_shows_in_the_lag_metrics(serve) -> None:
             m = _samples((await c.get("/metrics")).text)
             if _value(m, "llm_router_event_loop_lag_seconds_count") > 0:
                 break
-        time.sleep(0.3)  # the server shares this test's loop: block it, as sync I/O would
+        # The server shares this test's loop: block it, as synchronous I/O would.
+        time.sleep(0.3)  # noqa: ASYNC251
         await c.get("/healthz")  # the ticker wakes late and records the stretch
-        time.sleep(0.3)  # the server shares this test's loop: block it, as sync I/O would
         m = _samples((await c.get("/metrics")).text)
     assert _value(m, "llm_router_event_loop_lag_max_seconds") > 0.25  # less the tick run
     slow = _value(m, "llm_router_event_loop_lag_seconds_count") - _value(
