@@ -129,14 +129,15 @@ async def booked_and_reserved(r: Router) -> tuple[float, float]:
     return report.total_usd, sum(b.reserved_usd for b in report.budgets)
 
 
-async def settle_down(r: Router, wait_lease: bool) -> tuple[float, float]:
+async def settle_down(r: Router, wait_lease: bool,
+                      lease_s: float = LEASE_S) -> tuple[float, float]:
     """Wait for the journal to empty (bounded), and one lease time when asked."""
     manager: Any = r.budgets
     deadline = time.monotonic() + 60
     while not await manager.journal.flush() and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     if wait_lease:
-        await asyncio.sleep(LEASE_S + 0.5)
+        await asyncio.sleep(lease_s + 0.5)
     return await booked_and_reserved(r)
 
 
