@@ -290,8 +290,9 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
             await shared.start()
             from router.state.stats_sync import StatsSync
 
-            stats_sync = StatsSync(router.stats, router.loaded.config.state,
-                                   instance=shared.instance)
+            stats_sync = StatsSync(
+                router.stats, router.loaded.config.state, instance=shared.instance,
+                breakers=resilience.breakers if resilience is not None else None)
             stats_sync.start()
         sweeper = asyncio.create_task(_sweep(streams, runs, settings.retention_s))
         lag_watch = asyncio.create_task(server_metrics.watch_loop())

@@ -206,9 +206,7 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                 attempt.finish = delta.reason
             elif kind is QuotaDelta:
                 assert isinstance(delta, QuotaDelta)
-                ctx.stats.observe_quota(dep.id, delta.remaining_requests,
-                                        delta.remaining_tokens, delta.reset_requests_s,
-                                        delta.reset_tokens_s)
+                ctx.stats.observe_quota(dep.id, delta)
         if attempt.finish is None:
             raise ProviderError("protocol_error", "stream ended without a finish marker")
         if splice is not None and (rest := splice.flush()):
