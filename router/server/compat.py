@@ -7,7 +7,7 @@ first token (an HTTP error then) or streams.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
@@ -182,12 +182,30 @@ class SSEFrames:
     render: Callable[[Event, Any], tuple[bytes | None, bool]]
     writer: Any
 
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The same body as bytes, for a wrapper that acts between frames."""
+        render, writer = self.render, self.writer
+        yield self.opening
+        for ev in self.head:
+            out, last = render(ev, writer)
+            if out:
+                yield out
+            if last:
+                return
+        async for ev in self.rest:
+            out, last = render(ev, writer)
+            if out:
+                yield out
+            if last:
+                return
+
 
 @dataclass(frozen=True, slots=True)
 class EventBody:
-    """A streamed answer: its SSE frames, and the headers to send before them."""
+    """A streamed answer: its SSE frames (or bytes from a wrapper of them), and the headers
+    to send before them."""
 
-    chunks: SSEFrames
+    chunks: SSEFrames | AsyncIterator[bytes]
     headers: Mapping[str, str]
 
 
@@ -229,7 +247,12 @@ class RoutedResponse(Response):
                        for k, v in result.headers.items()]
             await send({"type": "http.response.start", "status": 200,
                         "headers": [*headers, *_SSE_HEADERS]})
-            await _write_frames(result.chunks, send)
+            if isinstance(result.chunks, SSEFrames):
+                await _write_frames(result.chunks, send)
+            else:
+                async for chunk in result.chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             # Our own cancel on disconnect ends the request quietly; any other propagates.
             if not gone or task.uncancel() > 0:

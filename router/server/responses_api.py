@@ -382,7 +382,7 @@ def _renderer(body: Mapping[str, Any], remember: Remember | None) -> Render:
         if body.get("stream"):
             frames = sse_frames(writer.opening(), head, rest, render, writer)
             return EventBody(frames if remember is None
-                             else _remembered(frames, writer, remember), headers)
+                             else _remembered(frames.chunks(), writer, remember), headers)
         end = collect(await drain(head, rest), writer)
         if isinstance(end, ErrorEvent):
             return error_of(end)
