@@ -32,7 +32,7 @@ class DecayedHistogram:
     aging everything costs nothing: the scale cancels out of every quantile and mean.
     """
 
-    __slots__ = ("_half_life", "_max_weight", "_sum", "_t_ref", "_total", "_weight")
+    __slots__ = ("_half_life", "_lo", "_max_weight", "_sum", "_t_ref", "_total", "_weight")
 
     def __init__(self, half_life_s: float, now: float, max_weight: float = math.inf) -> None:
         self._half_life = half_life_s
@@ -41,6 +41,7 @@ class DecayedHistogram:
         self._weight = [0.0] * _BINS
         self._total = [0.0] * _BINS  # weighted sum of the values in each bin
         self._sum = 0.0
+        self._lo = _BINS  # no bin below this one holds weight: quantiles start here
 
     @staticmethod
     def _bin(value: float) -> int:
@@ -61,6 +62,8 @@ class DecayedHistogram:
     def add(self, value: float, now: float, weight: float = 1.0) -> None:
         w = weight * self._scale(now)
         i = self._bin(value)
+        if i < self._lo:
+            self._lo = i
         self._weight[i] += w
         self._total[i] += w * value
         self._sum += w
@@ -100,12 +103,14 @@ class DecayedHistogram:
         if self._sum <= 0.0:
             return None
         target, cumulative = q * self._sum, 0.0
-        for w, total in zip(self._weight, self._total, strict=True):
+        weights, totals = self._weight, self._total
+        for i in range(self._lo, _BINS):
+            w = weights[i]
             if w <= 0.0:
                 continue
             cumulative += w
             if cumulative >= target:
-                return total / w
+                return totals[i] / w
         return None  # unreachable but for rounding: q <= 1
 
     def mean(self) -> float | None:
