@@ -22,7 +22,7 @@ from providers.base import ADVISORY_PARAMS, Tool, estimate_tokens
 from router.config.schema import LoadedConfig, Prefer
 from router.events import ErrorCode
 from router.request_params import RequestParamError, check_params, check_response_format
-from router.routing.policy import RouteConstraints
+from router.routing.constraints import RouteConstraints
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 PREFERS = ("cost", "latency", "quality", "balanced")

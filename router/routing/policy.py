@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from router.config.schema import Deployment, Prefer
+from router.routing.constraints import RouteConstraints
 from router.routing.cost import estimate_cost
 from router.routing.estimator import Snapshot
 from router.routing.settings import RoutingConfig
@@ -37,23 +38,6 @@ Unavailable = Callable[[Deployment], str | None]
 InFlight = Callable[[str], int]
 
 _MAX_ERROR_RATE = 0.95  # beyond this the expected retries are effectively unbounded
-
-
-@dataclass(frozen=True, slots=True)
-class RouteConstraints:
-    """What one request asks of its route, after task defaults were applied."""
-
-    candidates: tuple[str, ...]
-    prefer: Prefer
-    input_tokens: int
-    output_tokens: int
-    max_ttft_ms: float | None = None
-    max_latency_ms: float | None = None
-    max_cost_usd: float | None = None
-    requires: frozenset[str] = frozenset()
-    params: frozenset[str] = frozenset()  # sampling parameters the request sets
-    task: str | None = None
-    pinned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
