@@ -116,15 +116,17 @@ class Failover:
                     continue
                 if opened.dep is not dep:  # the hedge won: go on from it
                     i = ranked.index(opened.dep) + 1
+                answer = stream_opened(self.ctx, opened, self.ledger)
                 try:
-                    async with aclosing(stream_opened(self.ctx, opened, self.ledger)) as events:
-                        async for event in events:
-                            yield event
+                    async for event in answer:  # the per-chunk path: no `aclosing` object
+                        yield event
                     return
                 except AttemptFailed as failed:
                     failed_on, failure = self._failed(opened.dep, failed.error)
                     if self.res.cfg.resume == "fail":
                         break
+                finally:
+                    await answer.aclose()
             self.ledger.failure = self.original or self._all_open()
         finally:
             # The caller may leave between an admission and its attempt's outcome (at a

@@ -144,9 +144,10 @@ class Ledger:
         self.first_content_at: float | None = None
         self.finish: ProviderFinish | FinishReason | None = None
         self.failure: tuple[ProviderError, str] | None = None
-        self._usage = [0, 0, 0, 0]
+        # Totals of the closed attempts: tokens (input, cached, output, reasoning), USD.
+        self._input = self._cached = self._output = self._reasoning = 0
         self._estimated = False
-        self._cost = [0.0, 0.0]
+        self._input_usd = self._output_usd = 0.0
 
     def costs_by_deployment(self) -> dict[str, float]:
         """The request's cost so far split per deployment, every attempt included."""
@@ -192,14 +193,13 @@ class Ledger:
         self.current = None
         i, cached, o, reasoning, estimated = attempt.usage_counts()
         input_usd, output_usd = attempt.cost_parts()
-        u = self._usage
-        u[0] += i
-        u[1] += cached
-        u[2] += o
-        u[3] += reasoning
+        self._input += i
+        self._cached += cached
+        self._output += o
+        self._reasoning += reasoning
         self._estimated = self._estimated or estimated
-        self._cost[0] += input_usd
-        self._cost[1] += output_usd
+        self._input_usd += input_usd
+        self._output_usd += output_usd
         self.spent_usd += input_usd + output_usd
         if stats is not None and attempt.first_content_at is not None and o > 4:
             seconds = self.em.clock() - attempt.first_content_at
@@ -239,16 +239,15 @@ class Ledger:
             rate = last.usage_counts()[2] / (now - last.first_content_at)
         seq = em.seq
         em.seq += 1
-        u = self._usage
         return build(
             DoneEvent, request_id=em.request_id, seq=seq, elapsed_ms=(now - em.t0) * 1000.0,
             deployment=dep.id, provider=dep.provider, model=dep.model, finish_reason=finish,
             tool_calls=self.parsed_tool_calls(),
-            usage=build(Usage, input_tokens=u[0], cached_input_tokens=u[1],
-                        output_tokens=u[2], reasoning_tokens=u[3],
+            usage=build(Usage, input_tokens=self._input, cached_input_tokens=self._cached,
+                        output_tokens=self._output, reasoning_tokens=self._reasoning,
                         estimated=self._estimated),
             cost_usd=self.spent_usd,
-            cost=build(Cost, input_usd=self._cost[0], output_usd=self._cost[1],
+            cost=build(Cost, input_usd=self._input_usd, output_usd=self._output_usd,
                        total_usd=self.spent_usd),
             latency=build(Latency, ttft_ms=ttft, total_ms=(now - em.t0) * 1000.0,
                           tokens_per_s=rate),

@@ -146,18 +146,22 @@ async def serve_to_end(prelude: Prelude) -> AsyncGenerator[Event, None]:
     if served is None:
         return  # the prelude ended the stream
     failover, reservation = served.failover, served.reservation
+    del served, prelude, preluding  # nothing of them is kept for the stream's lifetime
     em, ledger = failover.em, failover.ledger
     settled = False
     try:
-        # aclosing: closing this generator must close the provider stream at once, not
-        # whenever the abandoned inner generators are garbage collected.
         booking = Progress(reservation, ledger, em)
         clock = em.clock
-        async with aclosing(failover.run()) as events:
+        events = failover.run()
+        try:
             async for event in events:
                 yield event
                 if clock() >= booking.due:
                     booking.start()
+        finally:
+            # Closing this generator must close the provider stream at once, not whenever
+            # the abandoned inner generators are garbage collected.
+            await events.aclose()
         await booking.wait()
         settled = True
         stopped = ledger.finish == "budget"
