@@ -1,13 +1,20 @@
-"""Routing that learns, against an oracle: a seeded drifting fleet, simulated time.
+"""Routing that learns, against an oracle: seeded drifting fleets, simulated time.
 
-    python -m benchmarks.routing [--requests 3000] [--rate 12] [--seed 7] [--plot routing.png]
+    python -m benchmarks.routing [--requests 3000] [--rate 12] [--seed 7] [--fleet edge]
+                                 [--plot routing.png]
 
-Seven deployments drift the way production fleets do: `degrading` (150 ms -> 1.5 s TTFT,
+Four fleets (`benchmarks.routing_sim.FLEETS`), each under `prefer: latency` and under
+`prefer: cost` with `max_latency_ms`. `drifting`, the issue's, has seven deployments that
+drift the way production fleets do: `degrading` (150 ms -> 1.5 s TTFT,
 then recovers), `brownout` (50% errors for a while), `heavytail` (one reply in ten 8x
 slower), `wrongprior` (its config says 100 ms, it takes 900), `cheapslow` (cheapest, over
 a 1 s budget on its tail), `quota` (cheap and fast, 240 requests a minute: then 429 with
 `retry-after`, and `x-ratelimit-remaining-requests` shrinking on every reply) and `loaded`
-(latency rising with its own requests in flight). Requests arrive as a Poisson stream.
+(latency rising with its own requests in flight). `edge` puts the cheapest deployments
+just over and just under the budget (and a cheap 5% tail), `inverse` orders prices and
+latencies inversely (the cheapest has a far too good prior), and in `shift` the cheap
+deployment slows past the budget mid-run while a pricier one speeds up. Requests arrive as
+a Poisson stream.
 
 The REAL `RoutingPolicy` and `StatsRegistry` decide and learn, on a simulated clock (no
 sleeping): the simulation calls `choose()` and reports attempts exactly as the serving
@@ -32,15 +39,17 @@ from dataclasses import dataclass
 
 from benchmarks.routing_sim import (
     BACKOFF_S,
-    FLEET,
+    FLEETS,
     INPUT_TOKENS,
     OUTPUT_TOKENS,
     TRIES_PER_DEPLOYMENT,
+    Fleet,
     Outcome,
     Policy,
     Simulation,
     Truth,
 )
+from providers.base import QuotaDelta
 from router.config import Deployment
 from router.routing.policy import RouteConstraints, RoutingPolicy
 from router.routing.settings import RoutingConfig
@@ -66,7 +75,7 @@ class Learned(Policy):
                                                            key=lambda e: e.expected_ms)]
 
     def started(self, dep: str) -> None:
-        self.stats.attempt_started(dep)
+        self.stats.attempt_started(dep, INPUT_TOKENS, OUTPUT_TOKENS)
 
     def ended(self, dep: str) -> None:
         self.stats.attempt_ended(dep)
@@ -83,7 +92,7 @@ class Learned(Policy):
         self.stats.observe_outcome(dep, code, duration_ms, retry_after)
 
     def headers(self, dep: str, remaining: int, reset_s: float) -> None:
-        self.stats.observe_quota(dep, remaining, None, reset_s)
+        self.stats.observe_quota(dep, QuotaDelta(remaining, None, reset_s))
 
 
 class Oracle(Policy):
@@ -102,7 +111,7 @@ class Oracle(Policy):
             return t.mean_latency_ms(f, load) + wait + p / (1 - p) * (
                 t.median_ms(f, load) + BACKOFF_S * 1000)
 
-        by_time = sorted(FLEET, key=expected)
+        by_time = sorted(self.sim.fleet, key=expected)
         if c.prefer == "latency" or c.max_latency_ms is None:
             return [t.id for t in by_time]
         def fits_budget(t: Truth) -> bool:
@@ -114,7 +123,7 @@ class Oracle(Policy):
                 f, self.sim.load[t.id] + 1, level) <= budget
 
         budget = c.max_latency_ms
-        fits = [t for t in FLEET if fits_budget(t)]
+        fits = [t for t in self.sim.fleet if fits_budget(t)]
         fits.sort(key=lambda t: t.price)
         return [t.id for t in fits] + [t.id for t in by_time if t not in fits]
 
@@ -122,11 +131,12 @@ class Oracle(Policy):
 class Random(Policy):
     name = "random"
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, fleet: Fleet, seed: int) -> None:
+        self.fleet = fleet
         self.rng = random.Random(seed)
 
     def rank(self, now: float, f: float, c: RouteConstraints) -> list[str]:
-        ids = [t.id for t in FLEET]
+        ids = [t.id for t in self.fleet]
         self.rng.shuffle(ids)
         return ids
 
@@ -136,14 +146,17 @@ class Static(Policy):
 
     name = "static"
 
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
     def rank(self, now: float, f: float, c: RouteConstraints) -> list[str]:
         def prior(t: Truth) -> float:
             return t.prior_ttft_ms + OUTPUT_TOKENS * t.ms_per_token
 
         if c.prefer == "cost" and c.max_latency_ms is not None:
             budget = c.max_latency_ms
-            return [t.id for t in sorted(FLEET, key=lambda t: (prior(t) > budget, t.price))]
-        return [t.id for t in sorted(FLEET, key=prior)]
+            return [t.id for t in sorted(self.fleet, key=lambda t: (prior(t) > budget, t.price))]
+        return [t.id for t in sorted(self.fleet, key=prior)]
 
 
 class MeanOfTen(Policy):
@@ -152,8 +165,9 @@ class MeanOfTen(Policy):
 
     name = "litellm-mean10"
 
-    def __init__(self) -> None:
-        self.recent: dict[str, deque[float]] = {t.id: deque(maxlen=10) for t in FLEET}
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.recent: dict[str, deque[float]] = {t.id: deque(maxlen=10) for t in fleet}
 
     def _mean(self, dep: str) -> float:
         r = self.recent[dep]
@@ -162,9 +176,9 @@ class MeanOfTen(Policy):
     def rank(self, now: float, f: float, c: RouteConstraints) -> list[str]:
         if c.prefer == "cost" and c.max_latency_ms is not None:
             budget = c.max_latency_ms
-            return [t.id for t in sorted(FLEET, key=lambda t: (self._mean(t.id) > budget,
+            return [t.id for t in sorted(self.fleet, key=lambda t: (self._mean(t.id) > budget,
                                                                 t.price))]
-        return [t.id for t in sorted(FLEET, key=lambda t: self._mean(t.id))]
+        return [t.id for t in sorted(self.fleet, key=lambda t: self._mean(t.id))]
 
     def finished(self, dep: str, latency_ms: float, decode_ms_per_token: float) -> None:
         self.recent[dep].append(latency_ms)
@@ -191,6 +205,12 @@ class Row:
         return [o.latency_ms for o in self.served()]
 
 
+def _misses(r: Row, budget: float | None) -> int:
+    """Requests that failed or, under a budget, took longer than it."""
+    return sum(1 for o in r.outcomes if o.failed or (
+        budget is not None and o.latency_ms > budget))
+
+
 def table(rows: list[Row], budget: float | None) -> str:
     oracle = next(r for r in rows if r.name == "oracle")
     o95 = _q(oracle.latencies(), 0.95)
@@ -201,8 +221,7 @@ def table(rows: list[Row], budget: float | None) -> str:
     for r in rows:
         ttft, lat = [o.ttft_ms for o in r.served()], r.latencies()
         cost = statistics.fmean(o.cost_usd for o in r.outcomes)
-        misses = sum(1 for o in r.outcomes if o.failed or (
-            budget is not None and o.latency_ms > budget))
+        misses = _misses(r, budget)
         share = sum(o.first_choice == o.best for o in r.outcomes) / len(r.outcomes)
         lines.append(
             f"| {r.name} | {_q(ttft, .5):.0f} | {_q(ttft, .95):.0f} | {_q(ttft, .99):.0f} | "
@@ -213,15 +232,17 @@ def table(rows: list[Row], budget: float | None) -> str:
     return "\n".join(lines)
 
 
-def plot(path: str, scenarios: list[tuple[str, list[Row]]]) -> None:
+def plot(path: str, runs: list[tuple[str, Fleet, list[Row]]], columns: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ids = [t.id for t in FLEET]
-    fig, axes = plt.subplots(len(scenarios), 1, figsize=(12, 4 * len(scenarios)), squeeze=False)
-    for ax, (title, rows) in zip(axes[:, 0], scenarios, strict=True):
+    rows_n = math.ceil(len(runs) / columns)
+    fig, axes = plt.subplots(rows_n, columns, figsize=(9 * columns, 3.2 * rows_n),
+                             squeeze=False)
+    for ax, (title, fleet, rows) in zip(axes.flat, runs, strict=False):
+        ids = [t.id for t in fleet]
         by = {r.name: r for r in rows}
         for name, offset, style in (("oracle", 0.15, "k|"), ("router", -0.15, "r|")):
             outs = by[name].outcomes
@@ -233,7 +254,23 @@ def plot(path: str, scenarios: list[tuple[str, list[Row]]]) -> None:
         ax.set_title(title)
         ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
+
+
+def summary(results: list[tuple[str, str, list[Row], float | None]]) -> str:
+    """The router against the oracle on every fleet and objective (the issue's targets)."""
+    lines = ["| fleet | objective | latency p95 vs oracle | cost vs oracle | over budget "
+             "(oracle) | failed |", "|---|---|---:|---:|---:|---:|"]
+    for fleet, title, rows, budget in results:
+        oracle, router = (next(r for r in rows if r.name == n) for n in ("oracle", "router"))
+        p95 = _q(router.latencies(), 0.95) / _q(oracle.latencies(), 0.95)
+        cost = (statistics.fmean(o.cost_usd for o in router.outcomes)
+                / statistics.fmean(o.cost_usd for o in oracle.outcomes))
+        over = (f"{_misses(router, budget)} ({_misses(oracle, budget)})"
+                if budget is not None else "-")
+        lines.append(f"| {fleet} | {title} | {p95:.2f}x | {cost:.3f}x | {over} | "
+                     f"{sum(o.failed for o in router.outcomes)} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -242,34 +279,42 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=12.0, help="requests per simulated second")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--budget-ms", type=float, default=1000.0)
+    ap.add_argument("--fleet", action="append", choices=sorted(FLEETS),
+                    help="fleets to run (repeatable; default: all)")
     ap.add_argument("--plot", default="routing.png", help="PNG path ('' for none)")
     args = ap.parse_args()
-    sim = Simulation(args.requests, args.rate, args.seed)
-    deps = {t.id: t.deployment() for t in FLEET}
-    ids = tuple(deps)
     cfg = RoutingConfig(seed=args.seed)
-    makers: list[tuple[str, Callable[[Simulation], Policy]]] = [
-        ("oracle", Oracle),
-        ("router", lambda s: Learned(deps, lambda: s.now, cfg)),
-        ("litellm-mean10", lambda s: MeanOfTen()),
-        ("static", lambda s: Static()),
-        ("random", lambda s: Random(args.seed)),
-    ]
-    scenarios = [
-        ("prefer: latency", RouteConstraints(ids, "latency", INPUT_TOKENS, OUTPUT_TOKENS), None),
-        (f"prefer: cost, max_latency_ms: {args.budget_ms:g}",
-         RouteConstraints(ids, "cost", INPUT_TOKENS, OUTPUT_TOKENS,
-                          max_latency_ms=args.budget_ms), args.budget_ms),
-    ]
-    plotted = []
-    print(f"{args.requests} requests, {args.rate:g}/s Poisson arrivals, seed {args.seed}, "
-          f"{len(FLEET)} drifting deployments (simulated clock)\n")
-    for title, c, budget in scenarios:
-        rows = [Row(name, sim.run(make(sim), Oracle(sim), c)) for name, make in makers]
-        print(f"### {title}\n\n{table(rows, budget)}\n")
-        plotted.append((title, rows))
+    results, plotted = [], []
+    print(f"{args.requests} requests per run, {args.rate:g}/s Poisson arrivals, seed "
+          f"{args.seed}, simulated clock\n")
+    for fleet_name in args.fleet or list(FLEETS):
+        fleet = FLEETS[fleet_name]
+        sim = Simulation(fleet, args.requests, args.rate, args.seed)
+        ids = tuple(t.id for t in fleet)
+        makers: list[tuple[str, Callable[[Simulation], Policy]]] = [
+            ("oracle", Oracle),
+            ("router", lambda s: Learned({t.id: t.deployment() for t in s.fleet},
+                                         lambda: s.now, cfg)),
+            ("litellm-mean10", lambda s: MeanOfTen(s.fleet)),
+            ("static", lambda s: Static(s.fleet)),
+            ("random", lambda s: Random(s.fleet, args.seed)),
+        ]
+        scenarios = [
+            ("prefer: latency", RouteConstraints(ids, "latency", INPUT_TOKENS, OUTPUT_TOKENS),
+             None),
+            (f"prefer: cost, max_latency_ms: {args.budget_ms:g}",
+             RouteConstraints(ids, "cost", INPUT_TOKENS, OUTPUT_TOKENS,
+                              max_latency_ms=args.budget_ms), args.budget_ms),
+        ]
+        for title, c, budget in scenarios:
+            rows = [Row(name, sim.run(make(sim), Oracle(sim), c)) for name, make in makers]
+            print(f"### {fleet_name} ({len(fleet)} deployments), {title}\n\n"
+                  f"{table(rows, budget)}\n")
+            results.append((fleet_name, title, rows, budget))
+            plotted.append((f"{fleet_name}: {title}", fleet, rows))
+    print(f"### router vs oracle\n\n{summary(results)}\n")
     if args.plot:
-        plot(args.plot, plotted)
+        plot(args.plot, plotted, columns=2)
         print(f"choices over time: {args.plot}")
 
 

@@ -1,4 +1,4 @@
-"""The drifting fleet and the discrete-event simulation of `benchmarks.routing`: each
+"""The drifting fleets and the discrete-event simulation of `benchmarks.routing`: each
 deployment's true behaviour over (simulated) time, and one run of a policy over the same
 Poisson arrivals and draws (common random numbers)."""
 
@@ -79,7 +79,10 @@ def _degrading(f: float) -> float:
     return 150.0 if f < 0.2 else 1500.0 if f < 0.7 else 150.0
 
 
-FLEET = (
+Fleet = tuple[Truth, ...]
+
+# The issue's fleet: one of each drift.
+DRIFTING: Fleet = (
     Truth("degrading", (0.5, 1.5), 150, 2.0, lambda f: _degrading(f) if f < 0.2 or f >= 0.7
           else _ramp(150, 1500, 0.2, 0.35)(f)),
     Truth("brownout", (0.3, 1.2), 250, 2.5, lambda f: 250.0,
@@ -91,7 +94,41 @@ FLEET = (
     Truth("loaded", (1.0, 3.0), 180, 1.5, lambda f: 180.0, load_slope=0.15),
 )
 
-TRUTH = {t.id: t for t in FLEET}
+# Budget edges (for 1 s): the cheapest misses 1 s on ~19% of its replies (p90 ~1.07 s), the
+# next on ~4% (p90 ~0.92 s), a cheap heavy tail on 5%; one is fast but loses 40% of its
+# replies for a while and one is priced like the rest but is slow under its own load.
+EDGE: Fleet = (
+    Truth("over", (0.05, 0.2), 400, 3.0, lambda f: 560.0),
+    Truth("under", (0.1, 0.4), 400, 3.0, lambda f: 450.0),
+    Truth("tail5", (0.15, 0.6), 250, 2.0, lambda f: 250.0, tail_p=0.05, tail_x=6.0),
+    Truth("flaky", (0.3, 1.0), 200, 2.0, lambda f: 200.0,
+          error=lambda f: 0.4 if 0.4 <= f < 0.6 else 0.005),
+    Truth("busy", (0.5, 1.5), 150, 1.5, lambda f: 150.0, load_slope=0.3),
+    Truth("fast", (1.0, 3.0), 120, 1.5, lambda f: 120.0),
+)
+
+# Price and speed inversely ordered; the cheapest's prior is far too good, one mid-priced
+# one has an rpm quota and one gets slower with its own load.
+INVERSE: Fleet = (
+    Truth("p1", (0.05, 0.2), 300, 3.0, lambda f: 1200.0),
+    Truth("p2", (0.1, 0.4), 800, 2.5, lambda f: 800.0, sigma=0.3),
+    Truth("p3", (0.2, 0.8), 500, 2.0, lambda f: 500.0, rpm=300),
+    Truth("p4", (0.4, 1.6), 300, 2.0, lambda f: 300.0, load_slope=0.1),
+    Truth("p5", (0.8, 3.2), 150, 1.5, lambda f: 150.0),
+)
+
+# The fleet shifts mid-run: the cheap one slows past the budget while a pricier slow one
+# speeds up, and late on the cheap one also starts failing a fifth of its calls.
+SHIFT: Fleet = (
+    Truth("cheap", (0.05, 0.2), 300, 2.5, _ramp(300, 1100, 0.45, 0.55),
+          error=lambda f: 0.2 if f >= 0.8 else 0.005),
+    Truth("riser", (0.2, 0.8), 1100, 2.5, _ramp(1100, 300, 0.45, 0.55)),
+    Truth("steady", (0.5, 1.5), 350, 2.0, lambda f: 350.0, sigma=0.35),
+    Truth("premium", (1.0, 3.0), 150, 1.5, lambda f: 150.0, load_slope=0.05),
+)
+
+FLEETS: dict[str, Fleet] = {"drifting": DRIFTING, "edge": EDGE, "inverse": INVERSE,
+                            "shift": SHIFT}
 
 
 @dataclass
@@ -155,7 +192,8 @@ class Outcome:
 class Simulation:
     """Discrete events on a simulated clock; one policy per run."""
 
-    def __init__(self, requests: int, rate: float, seed: int) -> None:
+    def __init__(self, fleet: Fleet, requests: int, rate: float, seed: int) -> None:
+        self.fleet, self.truth = fleet, {t.id: t for t in fleet}
         self.n, self.seed = requests, seed
         rng = random.Random(seed)
         self.arrivals: list[float] = []
@@ -182,8 +220,8 @@ class Simulation:
 
     def run(self, policy: Policy, best: Policy, c: RouteConstraints) -> list[Outcome]:
         """Every request served by `policy`; `best` (the oracle) names what it would pick."""
-        self.now, self.load, self._seq = 0.0, {t.id: 0 for t in FLEET}, 0
-        self.quotas = {t.id: Quota(t.rpm) for t in FLEET if t.rpm}
+        self.now, self.load, self._seq = 0.0, {t.id: 0 for t in self.fleet}, 0
+        self.quotas = {t.id: Quota(t.rpm) for t in self.fleet if t.rpm}
         self._policy, self._events = policy, []
         self._first_try: dict[int, float] = {}
         self.outcomes = [Outcome(a) for a in self.arrivals]
@@ -211,7 +249,7 @@ class Simulation:
 
     def _attempt(self, step: Step, f: float) -> None:
         """Start one attempt: its outcome (first token or failure) is drawn now."""
-        dep, t = step.ranked[0], TRUTH[step.ranked[0]]
+        dep, t = step.ranked[0], self.truth[step.ranked[0]]
         if step.tries % TRIES_PER_DEPLOYMENT == 0:
             self._first_try[step.i] = self.now
         draw = self._draw(step.i, dep, step.tries)
@@ -238,12 +276,12 @@ class Simulation:
         dep, out = step.ranked[0], self.outcomes[step.i]
         out.ttft_ms = (self.now - out.arrival) * 1000
         self._policy.first_token(dep, (self.now - self._first_try[step.i]) * 1000)
-        decode = TRUTH[dep].ms_per_token * self._draw(step.i, dep, -1).uniform(0.8, 1.2)
+        decode = self.truth[dep].ms_per_token * self._draw(step.i, dep, -1).uniform(0.8, 1.2)
         self._push(self.now + OUTPUT_TOKENS * decode / 1000, replace(step, kind="done"))
 
     def _end(self, step: Step) -> None:
         """An attempt ends: done, or failed (retry once, then the next candidate)."""
-        dep, out, t = step.ranked[0], self.outcomes[step.i], TRUTH[step.ranked[0]]
+        dep, out, t = step.ranked[0], self.outcomes[step.i], self.truth[step.ranked[0]]
         self.load[dep] -= 1
         self._policy.ended(dep)
         if step.kind == "done":

@@ -144,6 +144,9 @@ class QuotaDelta:
     remaining_tokens: int | None = None
     reset_requests_s: float | None = None  # seconds until the request count resets
     reset_tokens_s: float | None = None
+    # Anthropic's separate input / output token limits (`anthropic-ratelimit-input-tokens-*`).
+    remaining_input_tokens: int | None = None
+    remaining_output_tokens: int | None = None
 
 
 Delta = TextDelta | ReasoningDelta | ToolCallDelta | UsageDelta | FinishDelta | QuotaDelta

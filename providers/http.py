@@ -126,15 +126,30 @@ _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _GO_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
+_SPLIT_TOKEN_HEADERS = (  # Anthropic's input / output token limits: (remaining, reset)
+    ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-reset"),
+    ("anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-reset"),
+)
+
+
 def parse_quota(headers: Mapping[str, str], *, now: float | None = None) -> QuotaDelta | None:
     """The remaining quota a response announces, or None when it announces none. Resets
-    are OpenAI's durations ("1s", "6m0s", "20ms") or Anthropic's RFC 3339 instants."""
-    for names in _QUOTA_HEADERS:
-        raw = [_header(headers, name) for name in names]
-        if any(v is not None for v in raw):
-            return QuotaDelta(_int(raw[0]), _int(raw[1]), _reset_s(raw[2], now),
-                              _reset_s(raw[3], now))
-    return None
+    are OpenAI's durations ("1s", "6m0s", "20ms") or Anthropic's RFC 3339 instants; with
+    only Anthropic's input/output token limits, the tokens reset at the later of theirs."""
+    split = [(_header(headers, left), _header(headers, reset))
+             for left, reset in _SPLIT_TOKEN_HEADERS]
+    split_resets = [r for r in (_reset_s(reset, now) for _, reset in split) if r is not None]
+    groups = ([_header(headers, name) for name in names] for names in _QUOTA_HEADERS)
+    raw = next((g for g in groups if any(v is not None for v in g)), None)
+    if raw is None:
+        if all(left is None for left, _ in split):
+            return None
+        raw = [None] * 4
+    tokens_reset = _reset_s(raw[3], now)
+    if tokens_reset is None and split_resets:
+        tokens_reset = max(split_resets)
+    return QuotaDelta(_int(raw[0]), _int(raw[1]), _reset_s(raw[2], now), tokens_reset,
+                      _int(split[0][0]), _int(split[1][0]))
 
 
 def _int(raw: str | None) -> int | None:

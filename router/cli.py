@@ -354,7 +354,10 @@ def _estimate_text(e: Mapping[str, Any]) -> str:
     """One line of a deployment's live estimate: mean and budget-quantile TTFT, error rate,
     evidence (observations, decayed weight, age) and requests in flight."""
     age = "never observed" if e["age_s"] is None else f"{e['age_s']:.0f} s ago"
-    return (f"TTFT {e['ttft_ms']:.0f} ms, p{100 * e['quantile']:g} {e['ttft_q_ms']:.0f} ms, "
+    read_at = e.get("level")
+    level = "" if read_at in (None, e["quantile"]) else f" (read at p{100 * read_at:.0f})"
+    return (f"TTFT {e['ttft_ms']:.0f} ms, p{100 * e['quantile']:g} {e['ttft_q_ms']:.0f} ms"
+            f"{level}, "
             f"err {100 * e['error_rate']:.1f}%, n={e['samples']} (w {e['weight']:.1f}), "
             f"{age}, {e['inflight']} in flight")
 
@@ -376,8 +379,7 @@ def serve(
                        "`state: {backend: redis, url: ...}` in the config")
         from router.server.app import serve as run_server  # needs the `server` extra
 
-        run_server(config, host, port, workers=workers)
-        return 0
+        return run_server(config, host, port, workers=workers)
 
     raise typer.Exit(_guard(body))
 

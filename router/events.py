@@ -43,15 +43,19 @@ class _Model(BaseModel):
 
 class CandidateEstimate(_Model):
     """How a candidate's estimate was made. `quantile` is the one the budgets were held
-    against and `ttft_q_ms` / `latency_q_ms` its values; `expected_ms` the ranking's
-    expected time to a successful answer; `samples` observations ever, `weight` their
-    decayed weight (below 1: drifting back to the prior), `age_s` since the last one
-    (null: never observed); `wait_ms` a quota wait; `explore`: chosen to re-measure it."""
+    against (read at `level`), `ttft_q_ms` / `latency_q_ms` its values at the load now;
+    `expected_ms` the ranking's expected time to a successful answer; `samples`
+    observations ever, `weight` their decayed weight (below 1: drifting back to the
+    prior), `age_s` since the last one (null: never observed); `wait_ms` a quota wait;
+    `explore`: chosen to re-measure it."""
 
     quantile: float
     ttft_q_ms: float
     latency_q_ms: float
     expected_ms: float
+    # The level the budgets were read at: `quantile` less one standard error of it for the
+    # evidence behind it (`routing.budget_confidence`); absent in older logs.
+    level: float | None = None
     samples: int
     weight: float
     age_s: float | None

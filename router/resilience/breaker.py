@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 Clock = Callable[[], datetime]
 StorageFactory = Callable[[str], "pybreaker.CircuitBreakerStorage"]
 StateChange = Callable[[str, str, str], None]  # deployment, old state, new state
+Outcome = Callable[[str, bool], None]  # deployment, failed: one outcome a closed breaker took
 BreakerState = Literal["closed", "open", "half_open"]
 
 # pybreaker's state names -> ours (snake case, as in events and health).
@@ -130,7 +131,8 @@ class Breaker:
 
     def __init__(self, deployment: str, cfg: BreakerConfig, clock: Clock,
                  storage: pybreaker.CircuitBreakerStorage,
-                 on_change: StateChange | None = None) -> None:
+                 on_change: StateChange | None = None,
+                 on_outcome: Callable[[], Outcome | None] | None = None) -> None:
         import pybreaker
 
         self.deployment = deployment
@@ -138,8 +140,10 @@ class Breaker:
         self._storage = storage
         self._on_change = on_change
         self._reset = timedelta(seconds=cfg.reset_timeout_s)
-        # The failure-rate trip (resilience4j's): outcomes of the last `window_s`, in this
-        # process (with Redis storage the consecutive count is shared, this window is not).
+        # The failure-rate trip (resilience4j's): outcomes of the last `window_s`. With
+        # shared state the other instances' outcomes join it (`learn_remote`) through the
+        # routing statistics' sync, and ours leave through `on_outcome`.
+        self._on_outcome = on_outcome
         self._rate, self._min_calls = cfg.failure_rate, cfg.min_calls
         self._window = timedelta(seconds=cfg.window_s)
         self._outcomes: deque[tuple[datetime, bool]] = deque()
@@ -207,8 +211,23 @@ class Breaker:
             return  # admitted before the trip: only the probe decides now
         with contextlib.suppress(_Failed):
             self._cb.call(_raise_failed if failed else _succeed)
+        if before == "closed" and self._rate is not None and self._on_outcome is not None:
+            share = self._on_outcome()
+            if share is not None:
+                share(self.deployment, failed)
         if before == "closed" and self.state == "closed" and self._rate_exceeded(failed):
             self._cb.open()
+        self._stamp_and_notify(before)
+
+    def learn_remote(self, failed: bool) -> None:
+        """Another instance's outcome on this deployment, for the failure-rate window only
+        (the consecutive count is shared by the breaker storage itself)."""
+        before = self.state
+        if before == "closed" and self._rate_exceeded(failed):
+            self._cb.open()
+            self._stamp_and_notify(before)
+
+    def _stamp_and_notify(self, before: BreakerState) -> None:
         after = self.state
         if after == "open" and before != "open":
             # pybreaker stamped the wall clock: use ours, so time is injectable.
@@ -274,6 +293,8 @@ class BreakerRegistry:
                  storage_factory: StorageFactory = memory_storage,
                  on_change: StateChange | None = None, shared: bool = False) -> None:
         self._cfg = cfg
+        # Set by `router.state.stats_sync`: where local outcomes go for the other instances.
+        self.on_outcome: Outcome | None = None
         self._shared = shared  # state may change elsewhere: always ask the storage
         self._clock = clock
         self._storage_factory = storage_factory
@@ -285,7 +306,7 @@ class BreakerRegistry:
         if breaker is None:
             breaker = self._by_id[deployment] = Breaker(
                 deployment, self._cfg, self._clock, self._storage_factory(deployment),
-                self._on_change,
+                self._on_change, lambda: self.on_outcome,
             )
         return breaker
 

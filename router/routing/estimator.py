@@ -116,6 +116,15 @@ class DecayedHistogram:
     def mean(self) -> float | None:
         return sum(self._total) / self._sum if self._sum > 0.0 else None
 
+    def std(self) -> float:
+        """The spread of the values (each bin at its mean: within-bin spread ignored)."""
+        if self._sum <= 0.0:
+            return 0.0
+        mean = sum(self._total) / self._sum
+        second = sum(t * t / w for w, t in zip(self._weight, self._total, strict=True)
+                     if w > 0.0) / self._sum
+        return math.sqrt(max(0.0, second - mean * mean))
+
 
 class DecayedMean:
     """A mean whose observations' weights halve every `half_life_s`."""
@@ -137,7 +146,14 @@ class DecayedMean:
         self._age_to(now)
         self._weight += weight
         self._total += weight * value
-        if self._weight > self._max_weight:  # as DecayedHistogram._cap
+
+    def trim(self, now: float) -> None:
+        """Shrink to `max_weight` (as `DecayedHistogram._cap`). Called as requests are
+        SENT, not as they answer: after traffic stops, the last answers to arrive (the
+        slowest of the last requests sent) join the earlier ones instead of displacing
+        them, so a drained deployment's estimate is not biased toward its tail."""
+        self._age_to(now)
+        if self._weight > self._max_weight:
             self._total *= self._max_weight / self._weight
             self._weight = self._max_weight
 
@@ -169,7 +185,7 @@ class Snapshot:
     """One deployment's estimates at one instant, priors blended in by staleness."""
 
     ttft_ms: float  # expected time to first token (mean)
-    ttft_q_ms: float  # its `quantile`
+    ttft_q_ms: float  # the budget check's quantile of it (at `level`, see `budget_level`)
     quantile: float
     ms_per_token: float  # expected decode time per output token
     error_rate: float  # decayed share of attempts that failed (Beta prior blended in)
@@ -177,6 +193,7 @@ class Snapshot:
     weight: float  # decayed TTFT sample weight: the evidence behind the figures
     samples: int  # TTFT observations ever (censored included)
     age_s: float | None  # since the last observation of any kind; None: never observed
+    level: float = 0.0  # the level `ttft_q_ms` was read at (before failure adjustment)
 
     def latency_ms(self, output_tokens: int) -> float:
         return self.ttft_ms + output_tokens * self.ms_per_token
@@ -190,6 +207,18 @@ _TOP = 0.999  # the highest quantile read from a histogram
 _PRIOR_ATTEMPTS = 2.0
 
 
+def budget_level(q: float, weight: float, confidence: float) -> float:
+    """The level whose quantile a budget is held against: `q` lowered by `confidence`
+    standard errors of an empirical q-quantile on `weight` samples (the binomial
+    sqrt(q(1-q)/n) of the share of samples below it). A budget is exceeded only on
+    evidence: a deployment whose true q-quantile sits near the budget is not excluded by
+    the noise of a few samples in its tail, and the allowance shrinks as samples accrue
+    (and widens as they age, so a stale exclusion is re-checked sooner)."""
+    if confidence <= 0.0 or weight <= 0.0:
+        return q  # no evidence: the prior, at the level asked
+    return q - confidence * math.sqrt(q * (1.0 - q) / max(1.0, weight))
+
+
 class Estimator:
     """Decayed estimates of one deployment, learnt from its observations."""
 
@@ -201,7 +230,7 @@ class Estimator:
         self.prior = prior
         self.half_life_s = half_life_s
         cap = max_weight
-        self._ttft = DecayedHistogram(half_life_s, now, cap)
+        self._ttft = DecayedHistogram(half_life_s, now)
         self._ttft_mean = DecayedMean(half_life_s, now, cap)  # exact mean (bins are 10% wide)
         self._decode = DecayedMean(half_life_s, now, cap)
         self._failed = DecayedMean(half_life_s, now, cap)  # mean of 1 (failed) / 0 (ok)
@@ -223,6 +252,11 @@ class Estimator:
         self.samples += 1
         self._last = now
 
+    def started(self, now: float) -> None:
+        """A request was sent: the recent means make room for its observations."""
+        for recent in (self._ttft_mean, self._decode, self._failed, self._failure_ms):
+            recent.trim(now)
+
     def observe_decode(self, ms_per_token: float, now: float) -> None:
         self._decode.add(ms_per_token, now)
         self._last = now
@@ -232,6 +266,12 @@ class Estimator:
         if failed and duration_ms is not None:
             self._failure_ms.add(duration_ms, now)
         self._last = now
+
+    def ttft_quantile(self, q: float, now: float, min_weight: float) -> float | None:
+        """The decayed q-quantile of TTFT, or None with less than `min_weight` behind it."""
+        if self._ttft.weight(now) < min_weight:
+            return None
+        return self._ttft.quantile(q)
 
     def _failure_aware_quantile(self, q: float, error_rate: float) -> float | None:
         """The q-quantile of time to first token with requests that fail over elsewhere as
@@ -246,7 +286,22 @@ class Estimator:
         slowest = self._ttft.quantile(_TOP)
         return None if slowest is None else slowest * (1.0 + leaves / (1.0 - leaves))
 
-    def snapshot(self, now: float, quantile: float) -> Snapshot:
+    def _drift(self, now: float, confidence: float) -> float:
+        """How far the recent TTFTs (the mean capped at `max_weight` samples) have moved
+        from the distribution's (a half-life of evidence), as a scale factor: the shift
+        beyond `confidence` standard errors of the recent mean (no change, 1.0). The
+        distribution keeps its shape from all its evidence (tails need many samples)
+        and follows a drift within about `max_weight` requests."""
+        long_mean, recent = self._ttft.mean(), self._ttft_mean.mean()
+        if not long_mean or recent is None:
+            return 1.0
+        error = self._ttft.std() / math.sqrt(max(1.0, self._ttft_mean.weight(now)))
+        shift = abs(recent - long_mean) - confidence * error
+        if shift <= 0.0:
+            return 1.0
+        return math.copysign(shift, recent - long_mean) / long_mean + 1.0
+
+    def snapshot(self, now: float, quantile: float, confidence: float = 0.0) -> Snapshot:
         p = self.prior
         age = None if self._last is None else max(0.0, now - self._last)
         # What was true `age` ago says less about now however much of it there was: the
@@ -260,11 +315,14 @@ class Estimator:
         ttft = toward_prior(self._ttft_mean.mean(), p.ttft_ms, trust)
         # The quantile budgets are held against keeps bad news until its weight fades (a
         # budget is a hard constraint: re-admitting on age alone would probe with misses).
-        ttft_q = toward_prior(self._failure_aware_quantile(quantile, error_rate), p.ttft_ms,
-                              min(1.0, weight))
+        level = budget_level(quantile, weight, confidence)
+        observed_q = self._failure_aware_quantile(level, error_rate)
+        if observed_q is not None:
+            observed_q *= self._drift(now, confidence)
+        ttft_q = toward_prior(observed_q, p.ttft_ms, min(1.0, weight))
         decode = toward_prior(self._decode.mean(), p.ms_per_token,
                               min(1.0, self._decode.weight(now)) * fresh)
         failure_ms = toward_prior(self._failure_ms.mean(), p.ttft_ms,
                                   min(1.0, self._failure_ms.weight(now)) * fresh)
         return Snapshot(ttft, max(ttft_q, 0.0), quantile, decode, error_rate, failure_ms,
-                        weight * fresh, self.samples, age)
+                        weight * fresh, self.samples, age, level)

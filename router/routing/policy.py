@@ -5,8 +5,11 @@ credentials), its context window is too small, it lacks a required capability
 (`structured_output` for a JSON `response_format`), it cannot honour a sampling parameter the
 request sets (`seed`, `top_p`, ...), or its estimate exceeds the request's budget:
 `max_ttft_ms` and `max_latency_ms` are held against the `routing.quantile` (p90 by default)
-of the decayed TTFT distribution (plus the decode time of the expected output, plus any
-quota wait), `max_cost_usd` against the price.
+of the decayed TTFT distribution, read one standard error lower for the evidence behind it
+(`routing.budget_confidence`: excluded on evidence, not on noise) and scaled to the load
+now (the estimates are load-free), plus the decode time of the expected output, plus any
+quota wait (requests, tokens, `rpm`, `tpm`, a 429's retry-after); `max_cost_usd` against
+the price.
 
 Eligible candidates are ranked by `prefer`. The latency objective, in one line: the
 expected time to a successful answer,
@@ -16,8 +19,9 @@ expected time to a successful answer,
 with p the decayed error rate (a deployment failing half its calls costs one failed
 attempt per success), then shrunk by up to `routing.optimism` for candidates with little
 evidence. `prefer: cost` ranks by price, ties by E. With probability `routing.explore` the
-least-measured eligible candidate is moved to the front instead (exploration); it is drawn
-from the eligible set only, so it never breaks a cap, a budget, a pin or a capability.
+most promising under-measured eligible candidate that could win the ranking is moved to the
+front instead (exploration; under `cost` none dearer than the best); it is drawn from the
+eligible set only, so it never breaks a cap, a budget, a pin or a capability.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Estimate:
     ttft_q_ms: float = 0.0  # the quantile the budgets are held against
     latency_q_ms: float = 0.0
     quantile: float = 0.9
+    level: float = 0.9  # the level read for the budgets: `quantile` less its allowance
     expected_ms: float = 0.0  # the latency objective E (see the module docstring)
     samples: int = 0
     weight: float = 0.0
@@ -110,15 +115,17 @@ def estimate(dep: Deployment, c: RouteConstraints, stats: StatsRegistry,
              backoff_ms: float = 0.0) -> Estimate:
     cfg = stats.routing
     s = stats.snapshot(dep)
-    wait = stats.wait_ms(dep)
+    wait = stats.wait_ms(dep, c.input_tokens, c.output_tokens)
     load = (inflight or stats.inflight)(dep.id)
-    ttft_q = s.ttft_q_ms + wait
-    latency_q = s.latency_q_ms(c.output_tokens) + wait
+    loaded = stats.load_factor(load)  # the estimates are load-free: scale to the load now
+    decode_ms = c.output_tokens * s.ms_per_token
+    ttft_q = s.ttft_q_ms * loaded + wait
+    latency_q = ttft_q + decode_ms
     cost = estimate_cost(dep.price, c.input_tokens, c.output_tokens)
     reason = _exclusion(dep, c, ttft_q, latency_q, cost, unavailable)
     return Estimate(
-        dep, reason is None, reason, cost, s.ttft_ms, s.latency_ms(c.output_tokens),
-        ttft_q, latency_q, s.quantile,
+        dep, reason is None, reason, cost, s.ttft_ms * loaded, s.ttft_ms * loaded + decode_ms,
+        ttft_q, latency_q, s.quantile, s.level,
         expected_ms(s, c.output_tokens, wait, load, cfg, backoff_ms), s.samples, s.weight,
         s.age_s, s.error_rate, load, wait)
 
@@ -192,7 +199,7 @@ class RoutingPolicy:
         if c.pinned:
             return RouteDecision(ranked, all_estimates, f"pinned model {ranked[0].deployment.id}")
         reason = f"{_WHY[c.prefer]} (prefer={c.prefer}) of {len(ranked)} eligible"
-        explored = self._explore(ranked)
+        explored = self._explore(ranked, c.prefer)
         if explored is not None:
             chosen = replace(ranked[explored], explore=True)
             ranked = [chosen, *ranked[:explored], *ranked[explored + 1:]]
@@ -203,16 +210,28 @@ class RoutingPolicy:
                       f"{_WHY[c.prefer]} of {len(ranked)} eligible")
         return RouteDecision(ranked, all_estimates, reason)
 
-    def _explore(self, ranked: list[Estimate]) -> int | None:
-        """The index of the candidate to re-measure now, or None (serve the best)."""
+    def _explore(self, ranked: list[Estimate], prefer: Prefer) -> int | None:
+        """The index of the candidate to re-measure now, or None (serve the best). Only a
+        candidate that good news could rank first is worth a request: under `cost` (and
+        `quality`) the ranking rests on known prices (and quality), so one that costs more
+        than the best (or is of lower quality) is never explored."""
         if len(ranked) < 2 or self.cfg.explore <= 0:
             return None
         draw = self.rng.random()  # drawn every time: the sequence depends on the seed only
         if draw >= self.cfg.explore:
             return None
+        best = ranked[0]
         under = [i for i, e in enumerate(ranked[1:], 1)
-                 if e.weight < self.cfg.explore_below_weight]
+                 if e.weight < self.cfg.explore_below_weight and _could_win(e, best, prefer)]
         return under[0] if under else None  # the most promising of the under-measured
+
+
+def _could_win(e: Estimate, best: Estimate, prefer: Prefer) -> bool:
+    if prefer == "cost":
+        return e.cost_usd <= best.cost_usd
+    if prefer == "quality":
+        return e.deployment.quality >= best.deployment.quality
+    return True
 
 
 def choose_route(

@@ -17,6 +17,9 @@ class RoutingConfig(BaseModel):
     max_weight: float = Field(default=20.0, ge=1)
     # Quantile of TTFT and latency that `max_ttft_ms` / `max_latency_ms` are checked against.
     quantile: float = Field(default=0.9, gt=0, lt=1)
+    # Standard errors of the empirical quantile a budget allows before it excludes: the
+    # check reads the quantile at q - confidence * sqrt(q(1-q)/samples) (0: at q itself).
+    budget_confidence: float = Field(default=1.0, ge=0, le=3)
     # Share of requests sent to the least-measured eligible candidate instead of the best.
     explore: float = Field(default=0.02, ge=0, le=0.5)
     # A candidate with less decayed sample weight than this is "under-measured".

@@ -1,7 +1,7 @@
 """Live statistics per deployment: one `Estimator` each (decayed TTFT distribution, decode
 rate, error rate), requests in flight, and the quota a vendor announced or a 429 imposed.
-The serving pipeline reports into it; the policy reads `snapshot()`s from it. A recent-TTFT
-window is kept for the hedge delay's percentile."""
+The serving pipeline reports into it; the policy reads `snapshot()`s from it, and the hedge
+delay the estimator's p95 of TTFT."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from providers.base import QuotaDelta
 from router.config.schema import Deployment
 from router.routing.estimator import Clock, Estimator, Prior, Snapshot
 from router.routing.settings import RoutingConfig
 
-WINDOW = 200  # recent TTFT samples kept for the hedge delay's percentile
+# Decayed samples' worth of TTFT behind a hedge delay read from the distribution; with
+# less, twice the (prior-blended) mean stands for it.
+HEDGE_MIN_WEIGHT = 10.0
 
 
 @dataclass(slots=True)
@@ -22,9 +25,32 @@ class Quota:
 
     remaining_requests: int | None = None
     remaining_tokens: int | None = None
+    remaining_input_tokens: int | None = None  # Anthropic's split token limits
+    remaining_output_tokens: int | None = None
     reset_at: float | None = None  # clock time the remaining requests reset
     tokens_reset_at: float | None = None
     cooling_until: float | None = None  # clock time a 429's retry-after ends
+
+    def take(self, input_tokens: int, output_tokens: int) -> None:
+        """A request was sent: what it will use is no longer left (until the next
+        announcement replaces these figures)."""
+        if self.remaining_requests is not None:
+            self.remaining_requests = max(0, self.remaining_requests - 1)
+        if self.remaining_tokens is not None:
+            self.remaining_tokens = max(0, self.remaining_tokens - input_tokens - output_tokens)
+        if self.remaining_input_tokens is not None:
+            self.remaining_input_tokens = max(0, self.remaining_input_tokens - input_tokens)
+        if self.remaining_output_tokens is not None:
+            self.remaining_output_tokens = max(0, self.remaining_output_tokens - output_tokens)
+
+    def short_of_tokens(self, input_tokens: int, output_tokens: int) -> bool:
+        """Less announced as left than the request is expected to use (a 429 if sent)."""
+        def short(left: int | None, need: int) -> bool:
+            return left is not None and left < max(1, need)
+
+        return (short(self.remaining_tokens, input_tokens + output_tokens)
+                or short(self.remaining_input_tokens, input_tokens)
+                or short(self.remaining_output_tokens, output_tokens))
 
 
 @dataclass(slots=True)
@@ -35,8 +61,8 @@ class DeploymentStats:
     last_error: str | None = None
     inflight: int = 0
     started_in_window: deque[float] = field(default_factory=deque)  # for `rpm`
+    tokens_in_window: deque[tuple[float, int]] = field(default_factory=deque)  # for `tpm`
     quota: Quota = field(default_factory=Quota)
-    recent_ttft_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
 
     @property
     def observed(self) -> bool:
@@ -86,18 +112,32 @@ class StatsRegistry:
 
     # --- what the serving pipeline reports --------------------------------------------------
 
+    def load_factor(self, inflight: int) -> float:
+        """How much longer a first token takes beside `inflight` other requests (the
+        peak-EWMA-style `load_penalty` per request in flight)."""
+        return 1.0 + self.routing.load_penalty * max(0, inflight)
+
+    def _unloaded(self, s: DeploymentStats, ms: float) -> float:
+        """A TTFT as it would have been on an idle deployment: the estimators learn
+        load-free figures and the policy scales them by the load a request meets now, so
+        an estimate measured under a burst does not keep a drained deployment excluded
+        (the attempt itself is still counted in flight: the others are one fewer)."""
+        return ms / self.load_factor(s.inflight - 1)
+
     def observe_ttft(self, deployment_id: str, ttft_ms: float) -> None:
         s = self.get(deployment_id)
-        s.estimator.observe_ttft(ttft_ms, self.clock())
-        s.recent_ttft_ms.append(ttft_ms)
+        unloaded = self._unloaded(s, ttft_ms)
+        s.estimator.observe_ttft(unloaded, self.clock())
         if self.journal is not None:
-            self.journal.append(("ttft", deployment_id, ttft_ms, 0.0))
+            self.journal.append(("ttft", deployment_id, unloaded, 0.0))
 
     def observe_censored(self, deployment_id: str, at_least_ms: float) -> None:
         """An attempt given up before its first token (hedge loser, timeout)."""
-        self.get(deployment_id).estimator.observe_censored(at_least_ms, self.clock())
+        s = self.get(deployment_id)
+        unloaded = self._unloaded(s, at_least_ms)
+        s.estimator.observe_censored(unloaded, self.clock())
         if self.journal is not None:
-            self.journal.append(("censored", deployment_id, at_least_ms, 0.0))
+            self.journal.append(("censored", deployment_id, unloaded, 0.0))
 
     def observe_rate(self, deployment_id: str, tokens_per_s: float) -> None:
         if tokens_per_s > 0:
@@ -128,22 +168,34 @@ class StatsRegistry:
             self.journal.append(("outcome", deployment_id, 1.0,
                                  -1.0 if duration_ms is None else duration_ms))
 
-    def observe_quota(self, deployment_id: str, remaining_requests: int | None,
-                      remaining_tokens: int | None, reset_s: float | None,
-                      tokens_reset_s: float | None = None) -> None:
-        """The `x-ratelimit-remaining-*` (or `anthropic-ratelimit-*`) a response announced."""
+    def observe_quota(self, deployment_id: str, delta: QuotaDelta) -> None:
+        """The `x-ratelimit-remaining-*` (or `anthropic-ratelimit-*`) a response announced.
+        Token resets unknown while tokens are announced short count as one second (a 429's
+        default), so a deployment is not avoided forever on one old header."""
         q = self.get(deployment_id).quota
         now = self.clock()
-        q.remaining_requests, q.remaining_tokens = remaining_requests, remaining_tokens
-        q.reset_at = None if reset_s is None else now + reset_s
-        q.tokens_reset_at = None if tokens_reset_s is None else now + tokens_reset_s
+        q.remaining_requests, q.remaining_tokens = delta.remaining_requests, delta.remaining_tokens
+        q.remaining_input_tokens = delta.remaining_input_tokens
+        q.remaining_output_tokens = delta.remaining_output_tokens
+        q.reset_at = None if delta.reset_requests_s is None else now + delta.reset_requests_s
+        tokens_reset = delta.reset_tokens_s
+        announced = (delta.remaining_tokens, delta.remaining_input_tokens,
+                     delta.remaining_output_tokens)
+        if tokens_reset is None and any(v is not None for v in announced):
+            tokens_reset = 1.0
+        q.tokens_reset_at = None if tokens_reset is None else now + tokens_reset
 
-    def attempt_started(self, deployment_id: str) -> None:
+    def attempt_started(self, deployment_id: str, input_tokens: int = 0,
+                        output_tokens: int = 0) -> None:
+        """An attempt was sent, expected to use these tokens (for quotas and `tpm`)."""
         s = self.get(deployment_id)
         s.inflight += 1
-        s.started_in_window.append(self.clock())
-        if s.quota.remaining_requests is not None:
-            s.quota.remaining_requests = max(0, s.quota.remaining_requests - 1)
+        now = self.clock()
+        s.estimator.started(now)
+        s.started_in_window.append(now)
+        if input_tokens + output_tokens:
+            s.tokens_in_window.append((now, input_tokens + output_tokens))
+        s.quota.take(input_tokens, output_tokens)
 
     def attempt_ended(self, deployment_id: str) -> None:
         s = self.get(deployment_id)
@@ -156,19 +208,23 @@ class StatsRegistry:
     # --- what the policy reads --------------------------------------------------------------
 
     def snapshot(self, dep: Deployment) -> Snapshot:
-        return self.know(dep).estimator.snapshot(self.clock(), self.routing.quantile)
+        cfg = self.routing
+        return self.know(dep).estimator.snapshot(self.clock(), cfg.quantile,
+                                                 cfg.budget_confidence)
 
-    def wait_ms(self, dep: Deployment) -> float:
-        """How long a request sent now would wait for quota: a 429's retry-after still
-        running, announced requests used up until their reset, or the config `rpm` spent."""
+    def wait_ms(self, dep: Deployment, input_tokens: int = 0, output_tokens: int = 0
+                ) -> float:
+        """How long a request expected to use these tokens, sent now, would wait for quota:
+        a 429's retry-after still running, announced requests or tokens short of it until
+        their reset, or the config `rpm` / `tpm` spent over the last minute."""
         s = self.know(dep)
         now, q, wait = self.clock(), s.quota, 0.0
         if q.cooling_until is not None and q.cooling_until > now:
             wait = q.cooling_until - now
         if q.remaining_requests == 0 and q.reset_at is not None and q.reset_at > now:
             wait = max(wait, q.reset_at - now)
-        if q.remaining_tokens == 0 and q.tokens_reset_at is not None and (
-                q.tokens_reset_at > now):
+        if (q.tokens_reset_at is not None and q.tokens_reset_at > now
+                and q.short_of_tokens(input_tokens, output_tokens)):
             wait = max(wait, q.tokens_reset_at - now)
         if dep.rpm is not None:
             window = s.started_in_window
@@ -176,6 +232,9 @@ class StatsRegistry:
                 window.popleft()
             if len(window) >= dep.rpm:
                 wait = max(wait, window[0] + 60.0 - now)
+        if dep.tpm is not None:
+            wait = max(wait, _tpm_wait_s(s.tokens_in_window, dep.tpm,
+                                         input_tokens + output_tokens, now))
         return wait * 1000.0
 
     def estimate_ttft_ms(self, dep: Deployment) -> float:
@@ -185,17 +244,37 @@ class StatsRegistry:
         return 1000.0 / self.snapshot(dep).ms_per_token
 
     def p95_ttft_ms(self, dep: Deployment) -> float:
-        """95th percentile of recent TTFTs, or twice the estimate before enough samples."""
-        s = self._by_id.get(dep.id)
-        if s is None or len(s.recent_ttft_ms) < 20:
+        """The hedge delay of `after_ms: p95`: the estimator's decayed 95th percentile of
+        TTFT (hedge losers in it as censored, "at least" observations) at the load a
+        request meets now; twice the estimate while less than `HEDGE_MIN_WEIGHT` samples'
+        worth backs it (so it follows the estimate back to the prior as it goes stale)."""
+        est = self.know(dep).estimator
+        now = self.clock()
+        p95 = est.ttft_quantile(0.95, now, HEDGE_MIN_WEIGHT)
+        if p95 is None:
             return 2 * self.estimate_ttft_ms(dep)
-        ordered = sorted(s.recent_ttft_ms)
-        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+        return p95 * self.load_factor(self.inflight(dep.id))
 
     def describe(self, dep: Deployment) -> dict[str, float | int | None]:
         """The live estimates of `dep`, for `health()` and `llm-router deployments`."""
         s = self.snapshot(dep)
         return {"ttft_ms": s.ttft_ms, "ttft_q_ms": s.ttft_q_ms, "quantile": s.quantile,
+                "level": s.level,
                 "ms_per_token": s.ms_per_token, "error_rate": s.error_rate,
                 "weight": s.weight, "samples": s.samples, "age_s": s.age_s,
                 "inflight": self.inflight(dep.id), "wait_ms": self.wait_ms(dep)}
+
+
+def _tpm_wait_s(window: deque[tuple[float, int]], tpm: int, tokens: int, now: float) -> float:
+    """Seconds until `tokens` more fit in the last minute's `tpm` (0: they fit now)."""
+    while window and window[0][0] <= now - 60.0:
+        window.popleft()
+    used = sum(n for _, n in window)
+    need = used + max(1, tokens) - tpm
+    if need <= 0:
+        return 0.0
+    for started, n in window:  # the oldest expire first
+        need -= n
+        if need <= 0:
+            return started + 60.0 - now
+    return 60.0  # more than the whole quota: never fits, one window stands for it

@@ -164,8 +164,10 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                     ledger.first_content(ctx.stats)
                 seq = em.seq
                 em.seq = seq + 1
+                # Counted before it is handed over: a caller that stops here was shown it.
+                over = attempt.add_output(text)
                 yield text_event(rid, seq, (clock() - t0) * 1000.0, text)
-                if attempt.add_output(text):
+                if over:
                     attempt.finish = "budget"
                     break
             elif kind is ReasoningDelta:
@@ -175,8 +177,10 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                     ledger.first_content(ctx.stats)
                 seq = em.seq
                 em.seq = seq + 1
+                # Counted before it is handed over: a caller that stops here was shown it.
+                over = attempt.add_output(text, reasoning=True)
                 yield reasoning_event(rid, seq, (clock() - t0) * 1000.0, text)
-                if attempt.add_output(text, reasoning=True):
+                if over:
                     attempt.finish = "budget"
                     break
             elif kind is ToolCallDelta:
@@ -187,9 +191,10 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                 attempt.add_tool_fragment(delta)
                 seq = em.seq
                 em.seq = seq + 1
+                over = attempt.add_output(delta.arguments)
                 yield tool_call_event(rid, seq, (clock() - t0) * 1000.0, delta.index,
                                       delta.id, delta.name, delta.arguments)
-                if attempt.add_output(delta.arguments):
+                if over:
                     attempt.finish = "budget"
                     break
             elif kind is UsageDelta:
@@ -203,9 +208,7 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                 attempt.finish = delta.reason
             elif kind is QuotaDelta:
                 assert isinstance(delta, QuotaDelta)
-                ctx.stats.observe_quota(dep.id, delta.remaining_requests,
-                                        delta.remaining_tokens, delta.reset_requests_s,
-                                        delta.reset_tokens_s)
+                ctx.stats.observe_quota(dep.id, delta)
         if attempt.finish is None:
             raise ProviderError("protocol_error", "stream ended without a finish marker")
         if splice is not None and (rest := splice.flush()):

@@ -313,7 +313,8 @@ class Failover:
         provider = self.ctx.provider(dep.provider)
         stats = self.ctx.stats
         attempt.inflight = True
-        stats.attempt_started(dep.id)
+        stats.attempt_started(dep.id, self.input_estimate,
+                              self.req.constraints.output_tokens)
         try:
             upstream, head = await open_upstream(provider, preq, started, self.timeouts.ttft_s,
                                                  self.timeouts.total_s, self.ctx.admission,

@@ -57,7 +57,7 @@ def route_event(em: Emitter, decision: RouteDecision) -> RouteEvent:
             estimated_cost_usd=e.cost_usd, estimated_ttft_ms=e.ttft_ms,
             estimated_latency_ms=e.latency_ms,
             estimate=build(
-                CandidateEstimate, quantile=e.quantile, ttft_q_ms=e.ttft_q_ms,
+                CandidateEstimate, quantile=e.quantile, level=e.level, ttft_q_ms=e.ttft_q_ms,
                 latency_q_ms=e.latency_q_ms, expected_ms=e.expected_ms, samples=e.samples,
                 weight=e.weight, age_s=e.age_s, error_rate=e.error_rate, inflight=e.inflight,
                 wait_ms=e.wait_ms, explore=e.explore),

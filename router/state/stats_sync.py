@@ -11,8 +11,12 @@ rest on every instance's traffic, and an instance routes on the others' observat
 most `stats_sync_s` (plus one Redis timeout) late. Entries older than a minute are not
 applied (a new instance starts from the recent past, not from hours ago).
 
-Breaker state needs no merging here: with `state: {backend: redis}` every breaker is kept
-in Redis (`router.resilience.breaker.redis_storage`).
+The failure-rate breakers' windows ride along in the same round trip: each outcome a
+closed breaker of this instance takes is journaled (`breaker`), and the others' outcomes
+join this instance's windows (`Breaker.learn_remote`), so a deployment failing half of
+everyone's calls trips on every instance even when each sees only a few of them. Breaker
+states themselves (open, half-open, the consecutive count) are shared by
+`router.resilience.breaker_sync`.
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ import logging
 import time
 import uuid
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from router.background import stop_task
 from router.config.schema import StateConfig
 from router.routing.stats import StatsRegistry
+
+if TYPE_CHECKING:
+    from router.resilience.breaker import BreakerRegistry
 
 log = logging.getLogger("router.state")
 
@@ -39,11 +46,15 @@ MAX_AGE_MS = 60_000
 
 class StatsSync:
     def __init__(self, stats: StatsRegistry, cfg: StateConfig, *,
-                 instance: str | None = None) -> None:
+                 instance: str | None = None, breakers: BreakerRegistry | None = None) -> None:
         import redis.asyncio as aioredis
 
         self.stats = stats
-        stats.journal = deque(maxlen=JOURNAL_MAX)
+        journal = stats.journal = deque(maxlen=JOURNAL_MAX)
+        self.breakers = breakers
+        if breakers is not None:
+            breakers.on_outcome = lambda dep, failed: journal.append(
+                ("breaker", dep, 1.0 if failed else 0.0, 0.0))
         self.key = f"{cfg.prefix}stats"
         self.period_s = cfg.stats_sync_s
         self.timeout_s = cfg.socket_timeout_s
@@ -97,6 +108,11 @@ class StatsSync:
                 self._learn(kind, dep, float(value), float(extra))
 
     def _learn(self, kind: str, dep: str, value: float, extra: float) -> None:
+        if kind == "breaker":
+            if self.breakers is not None:
+                self.breakers.get(dep).learn_remote(value > 0.5)
+                self.applied += 1
+            return
         est = self.stats.get(dep).estimator
         now = self.stats.clock()
         if kind == "ttft":

@@ -338,6 +338,19 @@ def test_quota_from_anthropic_headers() -> None:
     assert (quota.reset_requests_s, quota.reset_tokens_s) == (30.0, 5.0)
 
 
+def test_quota_from_anthropic_input_and_output_token_headers_alone() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    quota = parse_quota({
+        "anthropic-ratelimit-input-tokens-remaining": "40000",
+        "anthropic-ratelimit-input-tokens-reset": "2026-01-01T00:00:02Z",
+        "anthropic-ratelimit-output-tokens-remaining": "120",
+        "anthropic-ratelimit-output-tokens-reset": "2026-01-01T00:00:07Z"}, now=now.timestamp())
+    assert quota is not None
+    assert (quota.remaining_input_tokens, quota.remaining_output_tokens) == (40000, 120)
+    assert quota.remaining_tokens is None and quota.remaining_requests is None
+    assert quota.reset_tokens_s == 7.0  # the later of the two
+
+
 def test_no_quota_headers_no_quota_and_garbage_is_unknown() -> None:
     assert parse_quota(httpx.Headers({"content-type": "text/event-stream"})) is None
     quota = parse_quota(httpx.Headers({"x-ratelimit-remaining-requests": "many",

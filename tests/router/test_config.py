@@ -355,6 +355,7 @@ def test_shipped_configs_load_without_keys(name: str) -> None:
     ("{quantile: 1.5}", "routing.quantile"),
     ("{half_life_s: 0}", "routing.half_life_s"),
     ("{explore: 0.9}", "routing.explore"),
+    ("{budget_confidence: -1}", "routing.budget_confidence"),
     ("{explor: 0.1}", "routing.explor"),
 ])
 def test_routing_errors_name_their_path(tmp_path: Path, routing: str, path: str) -> None:

@@ -592,12 +592,15 @@ async def test_the_route_event_explains_each_estimate_and_load_returns_to_zero(
     for cand in route.candidates:
         assert cand.estimate is not None
         assert cand.estimate.quantile == 0.9 and cand.estimate.samples == 0
+        assert cand.estimate.level == 0.9  # no evidence: no allowance either
         assert cand.estimate.age_s is None and not cand.estimate.explore
     served = route.deployment
     assert served is not None
     assert r.stats.inflight(served) == 0  # counted at the attempt's start, freed at its end
     estimate = r.health()[served]["estimate"]
     assert estimate["samples"] == 1 and estimate["inflight"] == 0
+    # One sample: the budget quantile is read one standard error lower (0.9 - 0.3).
+    assert estimate["level"] == pytest.approx(0.6)
     again = (await fleet.collect(r, "hi", task="quick"))[0]
     assert isinstance(again, RouteEvent)
     mine = next(c for c in again.candidates if c.deployment == served)

@@ -7,7 +7,13 @@ import random
 
 import pytest
 
-from router.routing.estimator import DecayedHistogram, DecayedMean, Estimator, Prior
+from router.routing.estimator import (
+    DecayedHistogram,
+    DecayedMean,
+    Estimator,
+    Prior,
+    budget_level,
+)
 
 PRIOR = Prior(ttft_ms=500.0, ms_per_token=10.0, error_rate=0.01)
 
@@ -130,3 +136,58 @@ def test_decode_time_per_token() -> None:
     est.observe_decode(2.0, 0.0)
     s = est.snapshot(0.0, 0.9)
     assert s.latency_ms(100) == pytest.approx(500.0 + 200.0)
+
+
+# --- budgets read on evidence, drift, drain ------------------------------------------------
+
+
+def test_the_budget_allowance_shrinks_with_evidence() -> None:
+    assert budget_level(0.9, 50.0, 0.0) == 0.9  # no allowance asked
+    assert budget_level(0.9, 0.0, 1.0) == 0.9  # no evidence: the prior at the level asked
+    levels = [budget_level(0.9, w, 1.0) for w in (1.0, 4.0, 20.0, 100.0, 1e6)]
+    assert levels == sorted(levels) and levels[0] == pytest.approx(0.6)
+    assert levels[-1] == pytest.approx(0.9, abs=1e-3)  # well measured: the real quantile
+    assert budget_level(0.9, 20.0, 2.0) < budget_level(0.9, 20.0, 1.0)
+
+
+def _with_tail(slow: int, n: int = 20) -> Estimator:
+    est = Estimator(PRIOR, 1e9, 0.0)
+    for i in range(n):
+        est.started(0.0)
+        est.observe_ttft(3000.0 if i < slow else 300.0, 0.0)
+    return est
+
+
+def test_a_tail_within_the_noise_of_few_samples_does_not_exclude() -> None:
+    # 3 slow of 20 (15%) is within one standard error (6.7%) of a true 10% tail: a p90
+    # budget reads the body; at 5 of 20 (25%) the evidence says the tail is too big.
+    assert _with_tail(3).snapshot(0.0, 0.9, 1.0).ttft_q_ms == pytest.approx(300.0)
+    assert _with_tail(3).snapshot(0.0, 0.9, 0.0).ttft_q_ms == pytest.approx(3000.0)
+    assert _with_tail(5).snapshot(0.0, 0.9, 1.0).ttft_q_ms == pytest.approx(3000.0)
+
+
+def test_a_drift_moves_the_budget_quantile_within_max_weight_requests() -> None:
+    est = Estimator(PRIOR, 1e9, 0.0, max_weight=20.0)
+    for _ in range(500):  # a long steady histoy at 300 ms...
+        est.started(0.0)
+        est.observe_ttft(300.0, 0.0)
+    steady = est.snapshot(0.0, 0.9, 1.0).ttft_q_ms
+    for _ in range(20):  # ...then 20 requests at 900 ms: 4% of the histogram's evidence
+        est.started(0.0)
+        est.observe_ttft(900.0, 0.0)
+    assert steady == pytest.approx(300.0)
+    # The histogram alone still reads 300 ms; the recent mean (~670 ms) moved it.
+    assert est.snapshot(0.0, 0.9, 1.0).ttft_q_ms > 1.8 * steady
+
+
+def test_answers_arriving_after_traffic_stopped_do_not_displace_earlier_ones() -> None:
+    # 20 requests sent; the fast answers came first, the slow ones after the last send.
+    drained, capped_on_answer = Estimator(PRIOR, 1e9, 0.0, 4.0), DecayedMean(1e9, 0.0, 4.0)
+    for _ in range(20):
+        drained.started(0.0)
+    for ms in [300.0] * 16 + [3000.0] * 4:
+        drained.observe_ttft(ms, 0.0)
+        capped_on_answer.add(ms, 0.0)
+        capped_on_answer.trim(0.0)
+    assert drained.snapshot(0.0, 0.9).ttft_ms == pytest.approx((16 * 300 + 4 * 3000) / 20)
+    assert capped_on_answer.mean() > 1500.0  # capped as they answer: the slow ones dominate

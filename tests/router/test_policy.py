@@ -4,10 +4,12 @@ the priors once observed."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
+from providers.base import QuotaDelta
 from router.config import Deployment, LatencyPrior, Price
 from router.routing.policy import RouteConstraints, choose_route
 from router.routing.stats import StatsRegistry
@@ -427,7 +429,7 @@ def test_a_429_cools_the_deployment_for_its_retry_after_without_a_failure() -> N
 def test_announced_quota_moves_traffic_before_the_429() -> None:
     policy, clock = learning(explore=0.0)
     stats = policy.stats
-    stats.observe_quota("fast", remaining_requests=1, remaining_tokens=None, reset_s=30.0)
+    stats.observe_quota("fast", QuotaDelta(remaining_requests=1, reset_requests_s=30.0))
     c = constraints(prefer="latency")
     assert policy.choose(c, FLEET, available).chosen.deployment.id == "fast"  # type: ignore[union-attr]
     stats.attempt_started("fast")  # spends the last request of the window
@@ -435,3 +437,88 @@ def test_announced_quota_moves_traffic_before_the_429() -> None:
     assert policy.choose(c, FLEET, available).chosen.deployment.id == "mid"  # type: ignore[union-attr]
     clock.now += 31.0
     assert policy.choose(c, FLEET, available).chosen.deployment.id == "fast"  # type: ignore[union-attr]
+
+
+def test_announced_tokens_short_of_the_request_move_traffic_before_the_429() -> None:
+    policy, clock = learning(explore=0.0)
+    stats = policy.stats
+    c = constraints(prefer="latency")  # 1000 input + 500 output tokens expected
+    stats.observe_quota("fast", QuotaDelta(remaining_tokens=1400, reset_tokens_s=6.0))
+    decision = policy.choose(c, FLEET, available)
+    assert decision.chosen is not None and decision.chosen.deployment.id == "mid"
+    fast = next(e for e in decision.candidates if e.deployment.id == "fast")
+    assert fast.wait_ms == pytest.approx(6000.0)
+    # A smaller request still fits in what is left.
+    small = constraints(prefer="latency", input_tokens=100, output_tokens=100)
+    assert policy.choose(small, FLEET, available).chosen.deployment.id == "fast"  # type: ignore[union-attr]
+    clock.now += 6.5  # the window reset
+    assert policy.choose(c, FLEET, available).chosen.deployment.id == "fast"  # type: ignore[union-attr]
+
+
+def test_sent_requests_spend_the_announced_tokens() -> None:
+    policy, _ = learning(explore=0.0)
+    stats = policy.stats
+    c = constraints(prefer="latency")
+    stats.observe_quota("fast", QuotaDelta(remaining_tokens=3500, reset_tokens_s=30.0))
+    for _ in range(2):  # two requests of 1500 expected tokens fit; the third would not
+        assert policy.choose(c, FLEET, available).chosen.deployment.id == "fast"  # type: ignore[union-attr]
+        stats.attempt_started("fast", 1000, 500)
+        stats.attempt_ended("fast")
+    assert policy.choose(c, FLEET, available).chosen.deployment.id == "mid"  # type: ignore[union-attr]
+
+
+def test_anthropic_output_tokens_alone_can_be_short() -> None:
+    policy, _ = learning(explore=0.0)
+    c = constraints(prefer="latency")
+    policy.stats.observe_quota("fast", QuotaDelta(remaining_input_tokens=100_000,
+                                                  remaining_output_tokens=200,
+                                                  reset_tokens_s=10.0))
+    assert policy.choose(c, FLEET, available).chosen.deployment.id == "mid"  # type: ignore[union-attr]
+
+
+def test_config_tpm_moves_traffic_when_the_minute_is_spent() -> None:
+    policy, clock = learning(explore=0.0)
+    stats = policy.stats
+    fleet = {**FLEET, "fast": dataclasses.replace(FLEET["fast"], tpm=4000)}
+    c = constraints(prefer="latency")
+    for _ in range(2):
+        assert policy.choose(c, fleet, available).chosen.deployment.id == "fast"  # type: ignore[union-attr]
+        stats.attempt_started("fast", 1000, 500)
+        stats.attempt_ended("fast")
+        clock.now += 10.0
+    decision = policy.choose(c, fleet, available)  # 3000 used, 1500 more would pass 4000
+    assert decision.chosen is not None and decision.chosen.deployment.id == "mid"
+    fast = next(e for e in decision.candidates if e.deployment.id == "fast")
+    assert fast.wait_ms == pytest.approx(40_000.0)  # the first request leaves the minute
+    clock.now += 41.0
+    assert policy.choose(c, fleet, available).chosen.deployment.id == "fast"  # type: ignore[union-attr]
+
+
+def test_under_prefer_cost_exploration_never_pays_for_a_pricier_candidate() -> None:
+    policy, _ = learning(explore=0.5, seed=5, explore_below_weight=1e9)
+    c = constraints(prefer="cost")
+    for _ in range(400):
+        decision = policy.choose(c, FLEET, available)
+        assert decision.chosen is not None
+        cheapest = min(e.cost_usd for e in decision.ranked)
+        assert decision.chosen.cost_usd == cheapest  # explored or not
+
+
+def test_estimates_are_load_free_and_scaled_to_the_load_now() -> None:
+    policy, _ = learning(explore=0.0)
+    stats = policy.stats
+    for _ in range(5):  # 4 others in flight when the first token came: 1.2x an idle one
+        stats.attempt_started("fast")
+    stats.observe_ttft("fast", 240.0)
+    for _ in range(5):
+        stats.attempt_ended("fast")
+    assert stats.snapshot(FLEET["fast"]).ttft_ms == pytest.approx(200.0)
+    c = constraints(prefer="latency")
+    idle = next(e for e in policy.choose(c, FLEET, available).candidates
+                if e.deployment.id == "fast")
+    assert idle.ttft_ms == pytest.approx(200.0)  # drained: no longer held to the burst
+    for _ in range(10):
+        stats.attempt_started("fast")
+    busy = next(e for e in policy.choose(c, FLEET, available).candidates
+                if e.deployment.id == "fast")
+    assert busy.ttft_ms == pytest.approx(200.0 * stats.load_factor(10))

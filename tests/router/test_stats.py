@@ -1,5 +1,5 @@
 """Live statistics: estimates decayed by age (half-life from `routing:`), priors until
-observed, quota waits, in-flight counts, and the recent-TTFT percentile used for hedging.
+observed, quota waits, in-flight counts, and the estimator's TTFT p95 used for hedging.
 A hand-driven clock: no assertion depends on real time."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 
 from router.config import Deployment, LatencyPrior, Price
 from router.routing.settings import RoutingConfig
-from router.routing.stats import WINDOW, StatsRegistry
+from router.routing.stats import HEDGE_MIN_WEIGHT, StatsRegistry
 
 
 class Clock:
@@ -101,22 +101,46 @@ def test_p95_is_twice_the_estimate_before_enough_samples() -> None:
     stats = registry()
     d = dep()
     assert stats.p95_ttft_ms(d) == 1000
-    for _ in range(19):
+    for _ in range(int(HEDGE_MIN_WEIGHT) - 1):
         stats.observe_ttft("d", 100)
     assert stats.p95_ttft_ms(d) == pytest.approx(2 * stats.estimate_ttft_ms(d))
 
 
-def test_p95_of_recent_samples() -> None:
-    stats = registry()
+def test_p95_is_the_estimators_quantile() -> None:
+    stats = StatsRegistry(RoutingConfig(half_life_s=60.0, max_weight=1000), clock=Clock())
     for ms in range(1, 101):  # 1..100 ms
         stats.observe_ttft("d", float(ms))
-    assert stats.p95_ttft_ms(dep()) == 96
+    assert stats.p95_ttft_ms(dep()) == pytest.approx(95, rel=0.1)  # bins are 10% wide
 
 
-def test_p95_forgets_samples_outside_the_window() -> None:
+def test_p95_counts_hedge_losers_as_at_least_their_wait() -> None:
     stats = registry()
-    for _ in range(WINDOW):
-        stats.observe_ttft("d", 5000)
-    for _ in range(WINDOW):
+    for _ in range(20):
         stats.observe_ttft("d", 100)
-    assert stats.p95_ttft_ms(dep()) == 100
+    assert stats.p95_ttft_ms(dep()) == pytest.approx(100)
+    for _ in range(3):  # three hedge losers gave up after 2 s without a first token
+        stats.observe_censored("d", 2000)
+    assert stats.p95_ttft_ms(dep()) >= 2000
+
+
+def test_p95_forgets_old_samples_and_goes_back_to_the_prior() -> None:
+    clock = Clock()
+    stats = registry(clock, half_life_s=10.0)
+    for _ in range(50):
+        stats.observe_ttft("d", 5000)
+    clock.now = 60.0  # six half-lives later the old 5 s weigh under 2% of the news
+    for _ in range(50):
+        stats.observe_ttft("d", 100)
+    assert stats.p95_ttft_ms(dep()) == pytest.approx(100)
+    clock.now = 660.0  # sixty half-lives without news: the prior's 2 x 500 ms again
+    assert stats.p95_ttft_ms(dep()) == pytest.approx(1000)
+
+
+def test_p95_is_scaled_to_the_load_a_request_meets_now() -> None:
+    stats = registry()
+    for _ in range(20):
+        stats.observe_ttft("d", 100)
+    idle = stats.p95_ttft_ms(dep())
+    for _ in range(4):
+        stats.attempt_started("d")
+    assert stats.p95_ttft_ms(dep()) == pytest.approx(idle * stats.load_factor(4))
