@@ -146,7 +146,7 @@ async def serve_to_end(prelude: Prelude) -> AsyncGenerator[Event, None]:
     if served is None:
         return  # the prelude ended the stream
     failover, reservation = served.failover, served.reservation
-    del served, prelude, preluding  # nothing of them is kept for the stream's lifetime
+    del served, item, prelude, preluding  # none of them is kept for the stream's lifetime
     em, ledger = failover.em, failover.ledger
     settled = False
     try:
