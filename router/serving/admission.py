@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 
 from providers.base import Delta, ProviderError
 
-__all__ = ["Admission", "AdmissionRefused", "Slot", "admitted"]
+__all__ = ["Admission", "AdmissionRefused", "Admitted", "Slot", "admitted"]
 
 
 class AdmissionRefused(ProviderError):
@@ -35,22 +35,6 @@ class AdmissionRefused(ProviderError):
 
     def __init__(self, message: str) -> None:
         super().__init__("overloaded", message, retryable=True)
-
-
-class Slot:
-    """One slot held of a deployment; `release` gives it back, once (later calls do
-    nothing), so that every owner on every path may call it."""
-
-    __slots__ = ("_admission", "deployment_id")
-
-    def __init__(self, admission: Admission, deployment_id: str) -> None:
-        self._admission: Admission | None = admission
-        self.deployment_id = deployment_id
-
-    def release(self) -> None:
-        admission, self._admission = self._admission, None
-        if admission is not None:
-            admission.release(self.deployment_id)
 
 
 class _Gate:
@@ -152,14 +136,66 @@ class Admission:
             gate.waiters = deque(w for w in gate.waiters if not w.done())
 
 
-async def admitted(slot: Slot, upstream: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    """`upstream` holding `slot`, given back when this iterator is closed or ends, whatever
-    the way (its owner also releases it should the iterator never be started)."""
-    try:
-        async for delta in upstream:
-            yield delta
-    finally:
-        slot.release()
-        close = getattr(upstream, "aclose", None)
+class Slot:
+    """One slot held of a deployment, until `release` (once: later calls do nothing, so
+    every owner on every path may call it) or until `holding` hands it to an upstream."""
+
+    __slots__ = ("_admission", "deployment_id")
+
+    def __init__(self, admission: Admission, deployment_id: str) -> None:
+        self._admission: Admission | None = admission
+        self.deployment_id = deployment_id
+
+    def release(self) -> None:
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission.release(self.deployment_id)
+
+    def holding(self, upstream: AsyncIterator[Delta]) -> Admitted:
+        """`upstream` holding this slot from now on (this handle then releases nothing)."""
+        admission, self._admission = self._admission, None
+        assert admission is not None, "the slot was already given back"
+        return Admitted(admission, self.deployment_id, upstream)
+
+
+class Admitted:
+    """`upstream` holding a slot of `deployment_id` that was already acquired, given back
+    once, when this iterator is closed (or, as a backstop, garbage collected). Reading
+    forwards to `upstream` with no generator in between: this sits on the per-chunk path."""
+
+    __slots__ = ("_admission", "_deployment_id", "_next", "_upstream")
+
+    def __init__(self, admission: Admission, deployment_id: str,
+                 upstream: AsyncIterator[Delta]) -> None:
+        self._admission: Admission | None = admission
+        self._deployment_id = deployment_id
+        self._upstream = upstream
+        self._next = upstream.__anext__
+
+    def __aiter__(self) -> Admitted:
+        return self
+
+    def __anext__(self) -> Awaitable[Delta]:
+        return self._next()
+
+    def _release(self) -> None:
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission.release(self._deployment_id)
+
+    async def aclose(self) -> None:
+        self._release()
+        close = getattr(self._upstream, "aclose", None)
         if close is not None:
             await close()
+
+    def __del__(self) -> None:
+        self._release()
+
+
+async def admitted(admission: Admission, deployment_id: str,
+                   upstream: AsyncIterator[Delta]) -> Admitted:
+    """Take a slot of `deployment_id` (waiting in its FIFO; `AdmissionRefused`), then
+    `upstream` holding it until closed."""
+    await admission.acquire(deployment_id)
+    return Admitted(admission, deployment_id, upstream)
