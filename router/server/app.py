@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import copy
 import functools
+import gc
 import importlib
 import socket
 import sys
@@ -436,5 +437,9 @@ def serve_loaded(loaded: LoadedConfig | str, options: dict[str, Any],
     app = create_app(Router(loaded), settings, close_router=True)
     hub: StreamHub = app.state.hub
     uv_config = uvicorn.Config(app, **options, **server_options(settings))
+    # What is built by now (modules, config, the app) lives as long as the process: out of
+    # the collector's generations, a burst of arrivals is not slowed by full collections
+    # walking it (in the library benchmark: 73 -> 47 ms of GC in a 500-stream burst).
+    gc.freeze()
     DrainingServer(uv_config, lambda: hub.shutdown(settings.shutdown_grace_s)).run(
         sockets=sockets)
