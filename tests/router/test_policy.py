@@ -536,9 +536,26 @@ def test_a_deployment_whose_prior_is_over_budget_is_found_when_it_is_fast() -> N
     # prior. It actually answers in 300 ms: a probe finds it, then it serves.
     policy, clock = learning(explore=0.05, seed=2)
     c = constraints(prefer="cost", max_ttft_ms=1000, output_tokens=10, input_tokens=100)
+    first = policy.choose(c, FLEET, available)
+    assert first.chosen is not None and first.chosen.deployment.id == "fast"
+    assert "budget" not in ranked_ids(first)
     chosen = serve(policy, clock, c, 300, {**TTFT, "budget": 300.0})
-    assert chosen[:5].count("budget") == 0
+    probe = chosen.index("budget")
+    assert 0 < probe < 100
     assert chosen[-50:].count("budget") == 50
+
+
+def test_a_budget_probe_says_so() -> None:
+    policy, _ = learning(explore=0.5, seed=2)
+    c = constraints(prefer="cost", max_ttft_ms=1000, output_tokens=10, input_tokens=100)
+    decision = next(d for d in (policy.choose(c, FLEET, available) for _ in range(20))
+                    if d.chosen is not None and d.chosen.explore)
+    chosen = decision.chosen
+    assert chosen is not None and chosen.deployment.id == "budget" and chosen.eligible
+    assert chosen.ttft_q_ms > 1000  # the estimate it was over on, shown as it is
+    assert decision.reason.startswith("exploring budget (its estimate over the latency "
+                                      "budget rests on weight 0.0 < 3)")
+    assert ranked_ids(decision) == ["budget", "fast", "mid", "strong"]
 
 
 def test_probes_of_a_deployment_that_really_is_slow_back_off() -> None:
