@@ -52,8 +52,11 @@ def _config(tokens: int, ttft_ms: float, tokens_per_s: float) -> dict[str, Any]:
         }],
         "defaults": {"max_tokens": tokens},
         "resilience": {"timeouts": {"ttft_s": 60, "idle_s": 60, "total_s": 600}},
+        # The load generator is one client address: lift the per-address connection cap
+        # (256 by default) so its streams measure the server, not the cap.
         "server": {"api_keys": [{"name": "bench",
-                                 "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]},
+                                 "sha256": hashlib.sha256(KEY.encode()).hexdigest()}],
+                   "limits": {"max_connections": 4096, "max_connections_per_client": 4096}},
     }
 
 

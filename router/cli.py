@@ -379,8 +379,7 @@ def serve(
                        "`state: {backend: redis, url: ...}` in the config")
         from router.server.app import serve as run_server  # needs the `server` extra
 
-        run_server(config, host, port, workers=workers)
-        return 0
+        return run_server(config, host, port, workers=workers)
 
     raise typer.Exit(_guard(body))
 

@@ -160,6 +160,14 @@ class ServerLimitsConfig(_Strict):
     run_max_runs_per_key: int = Field(default=1000, ge=1)
 
 
+class ResponsesConfig(_Strict):
+    """What `POST /v1/responses` remembers of its answers, per API key, for
+    `item_reference` and `previous_response_id` (`router.server.response_items`)."""
+
+    max_items_per_key: int = Field(default=10_000, ge=1)
+    ttl_s: float = Field(default=3600, gt=0, le=30 * 86400)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -175,6 +183,7 @@ class ServerConfig(_Strict):
     access_log: bool = False
     shutdown_grace_s: float = Field(default=10, ge=0)
     limits: ServerLimitsConfig = Field(default_factory=ServerLimitsConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
 
 
 _SCOPE = re.compile(r"^(key|user|session|global|task:[^\s|]+)$")
@@ -243,6 +252,10 @@ class StateConfig(BaseModel):
     # its first text, and every other event, go with the next flush.
     event_batch_ms: float = Field(default=100.0, ge=0, le=5000, allow_inf_nan=False)
     stream_lease_s: float = Field(default=3.0, gt=0, le=3600, allow_inf_nan=False)
+    # Events delivered while Redis is unavailable, waiting to be written to the shared log
+    # when it returns (over all streams and runs). Past it, the streams waiting longest are
+    # no longer shared: a resume of one elsewhere answers 410 `events_lost`.
+    event_backlog_max: int = Field(default=100_000, ge=1)
     # How often each instance merges its routing statistics with the others' (the bound on
     # how stale another instance's observations are when this one routes on them).
     stats_sync_s: float = Field(default=2.0, gt=0, le=3600, allow_inf_nan=False)

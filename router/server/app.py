@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import importlib
-import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -30,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from router.config import LoadedConfig
 from router.config.schema import ServerConfig
 from router.errors import ConfigError
 from router.server.auth import (
@@ -51,11 +53,13 @@ from router.server.params import early_error_response, parse_stream_body, stream
 from router.server.remote import (
     Batches,
     located,
+    lost_problem,
     publish_shared,
     run_batches,
     shared_logs,
     stream_batches,
 )
+from router.server.response_items import item_store
 from router.server.runs import RunError, RunQuota, RunRegistry
 from router.server.sse import BadCursor, EventStreamResponse, frame, last_event_id
 from router.server.url_errors import exception_handlers
@@ -151,7 +155,7 @@ async def get_stream(request: Request) -> Response:
 
 async def stream_events(request: Request) -> Response | EventStreamResponse:
     slog, snap = await located(request.app.state.hub, STREAM, request.path_params["request_id"])
-    refused = _owned(request, slog, "stream")
+    refused = _owned(request, slog, "stream") or lost_problem(snap)
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
     hub = request.app.state.hub
@@ -197,8 +201,8 @@ async def run_events(request: Request) -> Response | EventStreamResponse:
     if hub.shared is None:
         slog = runs.log.get(run_id)
     else:  # every instance reads runs from the shared log
-        slog, _ = await located(request.app.state.hub, RUN, run_id)
-    refused = _owned(request, slog, "run")
+        slog, snap = await located(request.app.state.hub, RUN, run_id)
+    refused = _owned(request, slog, "run") or (lost_problem(snap) if hub.shared else None)
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
     return _resume(request, slog, None if hub.shared is None else (
@@ -267,6 +271,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
                        RunQuota(limits.run_max_bytes_per_key, limits.run_max_events_per_key,
                                 limits.run_max_runs_per_key))
     shared = shared_logs(router, settings)
+    response_items = item_store(router, settings)
     if shared is not None:
         streams.sink, runs.log.sink = shared.streams_sink, shared.runs_sink
     server_metrics = ServerMetrics(lambda: live_snapshot(router))
@@ -293,6 +298,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
                 breakers=resilience.breakers if resilience is not None else None)
             stats_sync.start()
         sweeper = asyncio.create_task(_sweep(streams, runs, settings.retention_s))
+        lag_watch = asyncio.create_task(server_metrics.watch_loop())
         # `router.publish(run_id, event)` from agent code in this process reaches the runs.
         remove_sink = router.add_run_sink(runs.publish)
         try:
@@ -300,11 +306,13 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
         finally:
             remove_sink()
             sweeper.cancel()
+            lag_watch.cancel()
             await hub.shutdown(settings.shutdown_grace_s)
             if stats_sync is not None:
                 await stats_sync.aclose()
             if shared is not None:
                 await shared.aclose()
+            await response_items.aclose()
             if close_router:
                 await router.aclose()
 
@@ -339,6 +347,7 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     app.state.hub = hub
     app.state.streams = streams
     app.state.runs = runs
+    app.state.response_items = response_items
     app.state.metrics = server_metrics
     app.state.keys = keys
     app.state.limiter = limiter
@@ -370,15 +379,15 @@ def banner(settings: ServerConfig, host: str, port: int, source: str) -> str:
 
 
 def serve(config: str | None = None, host: str | None = None, port: int | None = None,
-          log_level: str = "info", workers: int = 1) -> None:
-    """`llm-router serve`: the router of `config` (discovered if None) on uvicorn. Host and
-    port default to the `server:` section. A server without API keys only binds loopback.
-    `workers` > 1: that many processes on one port (uvicorn's workers), each a whole
-    router; only with a shared state backend, which `llm-router serve` checks first."""
+          log_level: str = "info", workers: int = 1) -> int:
+    """`llm-router serve`: the router of `config` (discovered if None) on uvicorn; the exit
+    code. Host and port default to the `server:` section. A server without API keys only
+    binds loopback. `workers` > 1: that many processes on one port (`workers.Workers`), each
+    running `serve_loaded` like the single process; only with a shared state backend, which
+    `llm-router serve` checks first."""
     import uvicorn
 
     from router.config import load_config
-    from router.core import Router
 
     loaded = load_config(config)
     settings: ServerConfig = loaded.config.server
@@ -400,27 +409,32 @@ def serve(config: str | None = None, host: str | None = None, port: int | None =
     options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level,
                                "log_config": log_config, "access_log": settings.access_log,
                                "loop": "uvloop"}
-    if workers > 1:
-        # Each worker process builds its own router from the same config (by path). uvicorn's
-        # supervisor builds each worker's server itself: no drain at SIGTERM nor connection
-        # limits there (its config must pickle), only the frame bound.
-        os.environ["LLM_ROUTER_CONFIG"] = loaded.source
-        uvicorn.run("router.server.app:app_from_environment", factory=True, workers=workers,
-                    ws_ping_interval=max(settings.heartbeat_s, 1.0),
-                    ws_max_size=settings.max_body_bytes,
-                    timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-                    **options)
-        return
+    if workers == 1:
+        serve_loaded(loaded, options)
+        return 0
+    from router.server.workers import Workers
+
+    # Each worker loads the same config file (by path) and builds its own router.
+    sock = uvicorn.Config(app="", **options).bind_socket()
+    return Workers(functools.partial(serve_loaded, loaded.source, options), workers,
+                   sock).run()
+
+
+def serve_loaded(loaded: LoadedConfig | str, options: dict[str, Any],
+                 sockets: list[socket.socket] | None = None) -> None:
+    """One server process: the router of `loaded` (a loaded config, or its path) on uvicorn
+    with the connection limits and deadlines (`server_options`), draining its streams on
+    SIGTERM (`DrainingServer`); on `sockets` when a supervisor bound them."""
+    import uvicorn
+
+    from router.config import load_config
+    from router.core import Router
+
+    if isinstance(loaded, str):
+        loaded = load_config(loaded)
+    settings: ServerConfig = loaded.config.server
     app = create_app(Router(loaded), settings, close_router=True)
     hub: StreamHub = app.state.hub
     uv_config = uvicorn.Config(app, **options, **server_options(settings))
-    DrainingServer(uv_config, lambda: hub.shutdown(settings.shutdown_grace_s)).run()
-
-
-def app_from_environment() -> Starlette:
-    """The app of one `serve --workers N` worker: the config named by
-    `$LLM_ROUTER_CONFIG`."""
-    from router.core import Router
-
-    router = Router.from_config(os.environ.get("LLM_ROUTER_CONFIG"))
-    return create_app(router, close_router=True)
+    DrainingServer(uv_config, lambda: hub.shutdown(settings.shutdown_grace_s)).run(
+        sockets=sockets)

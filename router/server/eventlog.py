@@ -34,6 +34,17 @@ class LogGap(Exception):
         self.first_kept = first_kept
 
 
+class LogLost(LogGap):
+    """Events of a shared log were never written to it: they were delivered while Redis was
+    unavailable and the instance's backlog bound was reached (`state.event_backlog_max`)."""
+
+    def __init__(self, first_lost: int | str) -> None:
+        Exception.__init__(self, f"events from {first_lost} on were delivered while the "
+                           "shared event log (Redis) was unavailable and could not be kept "
+                           "for it (state.event_backlog_max); they are not in the shared log")
+        self.first_kept = -1
+
+
 class LogSink(Protocol):
     def mark(self, log: StreamLog) -> None:
         """`log` has entries (or an end) not yet written: write it soon, then wake it."""
@@ -42,8 +53,8 @@ class LogSink(Protocol):
 
 class StreamLog:
     __slots__ = ("_waiters", "cancel_requested", "closed", "detach", "dirty", "dropped",
-                 "entries", "flushed", "key", "max_events", "owner", "owner_hash", "sink",
-                 "task", "touched_at")
+                 "entries", "flushed", "key", "max_events", "owner", "owner_hash", "run",
+                 "sink", "task", "touched_at", "writer")
 
     def __init__(self, key: str, owner: str | None, max_events: int, now: float) -> None:
         self.key = key
@@ -65,6 +76,10 @@ class StreamLog:
         self.flushed = 0  # with a sink: entries numbered below this are written
         # A log read back from the shared store knows its owner by hash only.
         self.owner_hash: str | None = None
+        # With the shared log: the run (its qualified key) this stream's events are copied
+        # into, in the same step as they are written (see `eventlog_lua.WRITE_STREAM`).
+        self.run: str | None = None
+        self.writer = ""  # the shared log's name for this log as a writer (set there)
 
     def owned_by(self, name: str) -> bool:
         """May the key called `name` read this log?"""

@@ -3,15 +3,11 @@ any instance can resume a stream, show its status, follow a run, or take over a 
 whose instance died.
 
 Writes never happen per chunk: an appended log is only marked dirty (`mark`), and one
-writer task writes the dirty logs in one pipeline, at most every `state.event_flush_ms`.
-A stream's text deltas (and its opening `route` and `start`) are held back until 20 are
-pending or the oldest waited `state.event_batch_ms`; its first text and every other event
-go with the next write. So a stream
-costs a few writes plus one per ~20 events. Each write adds ONE stream entry per log
-holding all its new events (`f` = the number of
-the first, `d` = the events packed as `type SP json LF`), whose ID `0-<end>` is the number
-after the last, so `XREAD` from `0-<after+1>` starts at the entry holding `after + 1`.
-Readers on the producing instance see an event once it is flushed (`StreamLog.flushed`).
+writer task (`eventlog_writer`) writes the dirty logs in one pipeline, a few writes per
+stream plus one per ~20 events, each ONE stream entry holding all the log's new events
+(format: `eventlog_lua`), whose ID `0-<end>` is the number after the last, so `XREAD` from
+`0-<after+1>` starts at the entry holding `after + 1`. Readers on the producing instance
+see an event once it is flushed (`StreamLog.flushed`).
 
 Readers elsewhere block in `XREAD BLOCK` (no polling). Each instance refreshes a heartbeat
 key `inst:<id>` every `stream_lease_s / 3`; a stream whose meta names an instance whose heartbeat
@@ -19,8 +15,11 @@ expired is orphaned, and the first reader to claim it (one Lua step) continues i
 
 Keys (under `state.prefix`): `log:<s|r>:<key>` (the Stream), `...:meta` (owner hash,
 state, instance, the request to rebuild), `log:r:<run>:n` (a run's counter), `inst:<id>`.
-When Redis fails, a flush is counted and logged and the events are delivered anyway: the
-instance keeps serving its own clients; resume elsewhere and takeover miss those events.
+When Redis fails, the events are delivered anyway (the instance keeps serving its own
+clients) and kept in a bounded backlog (`eventlog_backlog`): no write is tried again for
+`retry_s`, then the backlog is written, in order and at most once each (the scripts of
+`eventlog_lua` are idempotent), so a resume elsewhere after Redis returns gets the whole
+stream. A stream's copy into its run channel is written in the same step as the stream.
 """
 
 from __future__ import annotations
@@ -38,53 +37,17 @@ from typing import Any
 from router.background import stop_task
 from router.config.schema import StateConfig
 from router.server.eventlog import Entry, LogGap, StreamLog, owner_hash
+from router.server.eventlog_lua import (
+    APPEND_RUN,
+    CLAIM,
+    pack,
+    unpack,
+)
+from router.server.eventlog_writer import RUN, STREAM, LogWriter
 
 log = logging.getLogger("router.server")
 
-STREAM, RUN = "s", "r"
-_CONTENT = frozenset({"text", "reasoning", "tool_call"})
-# What may wait for a batch: content, and the opening `route`/`start` (they go with the
-# first text, or after `event_batch_ms`).
-_MAY_WAIT = _CONTENT | {"route", "start"}
-_BATCH_EVENTS = 20
-
-# KEYS: counter, stream, meta. ARGV: n, packed, maxlen, ttl_s, closes (0/1).
-# Returns the run's count after the append, or -1 when the run has ended.
-_APPEND_RUN = """
-if redis.call('HGET', KEYS[3], 'state') == 'closed' then return -1 end
-local n = tonumber(ARGV[1])
-local last = redis.call('INCRBY', KEYS[1], n)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '0-' .. last, 'f', last - n, 'd', ARGV[2])
-redis.call('HSETNX', KEYS[3], 'state', 'open')
-if ARGV[5] == '1' then redis.call('HSET', KEYS[3], 'state', 'closed') end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-return last
-"""
-
-# KEYS: meta, the heartbeat key of the instance named in it. ARGV: that instance, me.
-_CLAIM = """
-if redis.call('HGET', KEYS[1], 'inst') ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'inst', ARGV[2])
-return 1
-"""
-
-
-def pack(entries: Sequence[Entry]) -> bytes:
-    return b"".join([etype.encode() + b" " + data + b"\n" for etype, data in entries])
-
-
-def unpack(packed: bytes) -> list[Entry]:
-    out: list[Entry] = []
-    for line in packed.split(b"\n"):
-        if line:
-            etype, _, data = line.partition(b" ")
-            out.append((etype.decode(), data))
-    return out
-
+__all__ = ["RUN", "STREAM", "SharedLogs", "Snapshot", "pack", "unpack"]
 
 @dataclass(slots=True)
 class Snapshot:
@@ -132,21 +95,26 @@ class SharedLogs:
                                                       socket_connect_timeout=cfg.connect_timeout_s,
                                                       socket_timeout=cfg.socket_timeout_s
                                                       + self.block_ms / 1000.0))
-        self._append_run = self.redis.register_script(_APPEND_RUN)
-        self._claim = self.redis.register_script(_CLAIM)
+        self._append_run = self.redis.register_script(APPEND_RUN)
+        self._claim = self.redis.register_script(CLAIM)
         self.streams_sink, self.runs_sink = _Sink(self, STREAM), _Sink(self, RUN)
-        self._dirty: dict[StreamLog, str] = {}
-        # Logs whose text waits for a batch: since when, and how far they were looked at
-        # (each entry is looked at once, however many rounds it waits).
-        self._held: dict[StreamLog, tuple[float, int]] = {}
-        self._spoken: set[StreamLog] = set()  # streams whose first text was written
-        self._meta: dict[str, dict[str, str]] = {}
-        self._wake = asyncio.Event()
+        self.writer = LogWriter(
+            self.redis, self.key, self.instance, max_events=max_events,
+            retention_s=self.retention_s, stream_ttl_s=self.stream_ttl_s,
+            flush_s=cfg.event_flush_ms / 1000.0, batch_s=cfg.event_batch_ms / 1000.0,
+            timeout_s=cfg.socket_timeout_s, retry_s=min(1.0, self.lease_s / 3),
+            backlog_max=cfg.event_backlog_max)
         self._tasks: list[asyncio.Task[None]] = []
         # Called with the id of a stream of this instance another instance asked to cancel.
         self.on_cancel: Callable[[str], object] | None = None
-        self.flushes = 0
-        self.failures = 0
+
+    @property
+    def flushes(self) -> int:
+        return self.writer.flushes
+
+    @property
+    def failures(self) -> int:
+        return self.writer.failures
 
     def key(self, kind: str, name: str) -> str:
         return f"{self.prefix}log:{kind}:{name}"
@@ -158,113 +126,15 @@ class SharedLogs:
 
     def describe(self, slog: StreamLog, fields: dict[str, str]) -> None:
         """Meta of a stream to write with its first flush (owner, request...)."""
-        self._meta[slog.key] = {"inst": self.instance, "state": "running", **fields}
+        self.writer.meta[slog.key] = {"inst": self.instance, "state": "running", **fields}
 
     def mark(self, slog: StreamLog, kind: str) -> None:
-        self._dirty[slog] = kind
-        self._wake.set()
+        self.writer.mark(slog, kind)
 
     async def start(self) -> None:
         await self._beat_once()
-        self._tasks = [asyncio.create_task(self._write_loop(), name="eventlog-writer"),
+        self._tasks = [asyncio.create_task(self.writer.run(), name="eventlog-writer"),
                        asyncio.create_task(self._heartbeat(), name="eventlog-heartbeat")]
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            if self.flush_s:
-                await asyncio.sleep(self.flush_s)  # let a batch gather
-            self._wake.clear()
-            batch = self._due(time.monotonic())
-            if self._dirty:
-                self._wake.set()  # held text: look again next round
-            if batch:
-                await self._flush(batch)
-
-    def _due(self, now: float) -> dict[StreamLog, str]:
-        """Take the dirty logs to write now; leave those whose text may wait for more."""
-        due: dict[StreamLog, str] = {}
-        for slog, kind in list(self._dirty.items()):
-            if kind == RUN or slog.closed or self._urgent(slog, now):
-                due[slog] = kind
-                del self._dirty[slog]
-                self._held.pop(slog, None)
-        return due
-
-    def _urgent(self, slog: StreamLog, now: float) -> bool:
-        start = max(slog.flushed, slog.dropped)
-        end = slog.next_seq
-        if end - start >= _BATCH_EVENTS:
-            return True
-        since, looked = self._held.get(slog, (now, start))
-        if now - since >= self.batch_s:
-            return True
-        entries, base = slog.entries, slog.dropped
-        spoken = slog in self._spoken
-        for i in range(max(looked, start), end):
-            etype = entries[i - base][0]
-            if etype not in _MAY_WAIT:
-                return True
-            if not spoken and etype in _CONTENT:  # TTFT does not wait for a batch
-                self._spoken.add(slog)
-                return True
-        self._held[slog] = (since, end)
-        return False
-
-    async def _flush(self, batch: dict[StreamLog, str]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        plan: list[tuple[StreamLog, int]] = []
-        for slog, kind in batch.items():
-            slog.dirty = False
-            if slog.closed:
-                self._spoken.discard(slog)
-            start, end = max(slog.flushed, slog.dropped), slog.next_seq
-            entries = [slog.entries[i - slog.dropped] for i in range(start, end)]
-            if kind == STREAM:
-                self._stream_commands(pipe, slog, start, end, entries)
-            elif entries:
-                await self._run_command(pipe, slog, entries)
-            plan.append((slog, end))
-        try:
-            async with asyncio.timeout(self.timeout_s * 2):
-                results = await pipe.execute(raise_on_error=False)
-            errors = [r for r in results if isinstance(r, Exception)]
-            if errors:
-                raise errors[0]
-            self.flushes += 1
-        except Exception as exc:
-            self.failures += 1
-            if self.failures == 1 or self.failures % 1000 == 0:
-                log.warning("shared event log: write failed (%d so far): %r; events are "
-                            "delivered but not shared", self.failures, exc)
-        finally:
-            for slog, end in plan:
-                slog.flushed = max(slog.flushed, end)
-                slog.wake()
-
-    def _stream_commands(self, pipe: Any, slog: StreamLog, start: int, end: int,
-                         entries: list[Entry]) -> None:
-        ev, meta = self.key(STREAM, slog.key), self.key(STREAM, slog.key) + ":meta"
-        if entries:
-            pipe.xadd(ev, {"f": start, "d": pack(entries)}, id=f"0-{end}",
-                      maxlen=self.max_events, approximate=True)
-        fields = self._meta.pop(slog.key, None)
-        if fields is not None:
-            pipe.hset(meta, mapping=fields)
-        if slog.closed:
-            pipe.hset(meta, "state", "closed")
-            pipe.expire(meta, self.retention_s)
-            pipe.expire(ev, self.retention_s)
-        elif fields is not None:
-            pipe.expire(meta, self.stream_ttl_s)
-            pipe.expire(ev, self.stream_ttl_s)
-
-    async def _run_command(self, pipe: Any, slog: StreamLog, entries: list[Entry]) -> None:
-        base = self.key(RUN, slog.key)
-        closes = int(slog.closed and entries[-1][0] == "run_end")
-        await self._append_run(keys=[base + ":n", base, base + ":meta"],  # queued
-                               args=[len(entries), pack(entries), self.max_events,
-                                     self.retention_s, closes], client=pipe)
 
     async def append_run(self, run_id: str, entries: Sequence[Entry], closes: bool) -> int:
         """Append to a run at once (an agent's POST); returns the run's count after it, or
@@ -331,9 +201,7 @@ class SharedLogs:
     async def aclose(self) -> None:
         for task in self._tasks:
             await stop_task(task)
-        if self._dirty:  # the last events
-            batch, self._dirty = self._dirty, {}
-            await self._flush(batch)
+        await self.writer.flush_all()  # the last events
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self.timeout_s):
                 await self.redis.delete(self._inst_key(self.instance))
@@ -387,6 +255,28 @@ class SharedLogs:
                 return not await self.redis.exists(self._inst_key(inst))
         except Exception:
             return False
+
+    async def orphans_of_run(self, run_id: str) -> list[str]:
+        """The streams copied into run `run_id` that are orphaned (see `orphaned`); none
+        when Redis cannot tell. Three round trips, whatever the number of streams."""
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                rids = [r.decode() for r in await self.redis.smembers(
+                    self.key(RUN, run_id) + ":streams")]
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for rid in rids:
+                        pipe.hmget(self.key(STREAM, rid) + ":meta", "state", "inst")
+                    metas = await pipe.execute()
+                running = [(rid, inst.decode()) for rid, (state, inst) in zip(
+                    rids, metas, strict=True) if state == b"running" and inst
+                    and inst.decode() != self.instance]
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for _, inst in running:
+                        pipe.exists(self._inst_key(inst))
+                    alive = await pipe.execute()
+        except Exception:
+            return []
+        return [rid for (rid, _), up in zip(running, alive, strict=True) if not up]
 
     async def claim(self, snap: Snapshot) -> bool:
         """Make this instance the one serving an orphaned stream (one winner)."""

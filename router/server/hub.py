@@ -117,8 +117,11 @@ class StreamHub:
         slog = self.streams.open(rid, owner)
         slog.detach = detach
         if self.shared is not None:
+            if run is not None:  # copied in the same step as the stream is written
+                slog.run, run = run.key, None
             self.shared.describe(slog, {
                 "owner": owner_hash(owner) if owner else "", "detach": "1" if detach else "0",
+                "run": slog.run or "",
                 "req": orjson.dumps({"input": input_, "kwargs": kwargs}).decode()})
         self._log_start(rid, owner, input_, kwargs, detach)
         for ev in head:
@@ -274,6 +277,7 @@ class StreamHub:
         slog.owner_hash, slog.detach = snap.log.owner_hash, True  # nobody's connection
         slog.entries, slog.dropped = deque(snap.log.entries), snap.log.dropped
         slog.flushed = slog.next_seq
+        slog.run = snap.meta.get("run") or None  # the continuation goes on into its run
         log.info("stream %s taken over from instance %s after event %d", rid,
                  snap.meta.get("inst"), slog.next_seq - 1)
         gen = self.router.stream(req["input"], **req["kwargs"], request_id=rid,

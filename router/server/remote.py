@@ -14,7 +14,7 @@ from starlette.responses import Response
 from router.config.schema import ServerConfig
 from router.events import TERMINAL_TYPES
 from router.server.auth import problem
-from router.server.eventlog import Entry, StreamLog
+from router.server.eventlog import Entry, LogLost, StreamLog
 from router.server.eventlog_redis import RUN, STREAM, SharedLogs, Snapshot
 from router.server.hub import StreamHub
 from router.server.runs import RUN_END, RunError
@@ -38,6 +38,8 @@ async def stream_batches(hub: StreamHub, snap: Snapshot, after: int) -> Batches:
         meta = await shared.meta(STREAM, rid)
         if not meta:
             return False  # expired
+        if "lost" in meta:
+            raise LogLost(meta["lost"])
         if meta.get("state") == "closed":
             ended_at_idle += 1  # its last entry was written before it was marked closed
             return ended_at_idle < 2
@@ -47,6 +49,8 @@ async def stream_batches(hub: StreamHub, snap: Snapshot, after: int) -> Batches:
                 await hub.take_over(current)
         return True
 
+    if "lost" in snap.meta:
+        raise LogLost(snap.meta["lost"])
     if await shared.orphaned(snap.meta):
         await hub.take_over(snap)
     async for item in shared.follow(STREAM, rid, after, TERMINAL_TYPES, on_idle):
@@ -54,12 +58,21 @@ async def stream_batches(hub: StreamHub, snap: Snapshot, after: int) -> Batches:
 
 
 async def run_batches(hub: StreamHub, run_id: str, after: int) -> Batches:
-    """A run's events above `after` from Redis, live until its `run_end` (or expiry)."""
+    """A run's events above `after` from Redis, live until its `run_end` (or expiry).
+    When a stream copied into the run has lost its instance, this instance takes it over
+    (as a reader of the stream itself would), so the run goes on."""
     shared = hub.shared
     assert shared is not None
 
     async def on_idle() -> bool:
-        return bool(await shared.meta(RUN, run_id))
+        meta = await shared.meta(RUN, run_id)
+        if meta and "lost" in meta:
+            raise LogLost(meta["lost"])
+        for rid in await shared.orphans_of_run(run_id):
+            snap = await shared.snapshot(STREAM, rid)
+            if snap is not None:
+                await hub.take_over(snap)
+        return bool(meta)
 
     async for item in shared.follow(RUN, run_id, after, _RUN_END, on_idle):
         yield item
@@ -77,6 +90,14 @@ async def located(hub: StreamHub, kind: str, key: str) -> tuple[StreamLog | None
         return slog, None
     snap = await find(hub, kind, key)
     return (snap.log if snap else None), snap
+
+
+def lost_problem(snap: Snapshot | None) -> Response | None:
+    """410 for a resume of a shared log with a hole: events its instance delivered while
+    Redis was unavailable and could not keep for it (see `eventlog_backlog`)."""
+    if snap is None or "lost" not in snap.meta:
+        return None
+    return problem(410, "events_lost", str(LogLost(snap.meta["lost"])), "Last-Event-ID")
 
 
 async def publish_shared(hub: StreamHub, run_id: str, owner: str,

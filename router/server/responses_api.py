@@ -6,18 +6,22 @@ works unchanged but for `base_url`. `model` is a task, a deployment id or `auto`
 routing options ride as extra body fields, as on `/v1/chat/completions`.
 
 Honoured: `input` (a string, or items: messages with `input_text` / `output_text` /
-`input_image` parts, `function_call`, `function_call_output`; `reasoning` items are not
-sent back upstream), `instructions`, `tools` (function tools, flat shape), `tool_choice`,
-`max_output_tokens`, `temperature`, `metadata`, `stream`. Accepted without effect, as they
-do not change the answer: `store` (nothing is stored: the response says `store: false`),
-`stream_options`, `user`, `safety_identifier`, `prompt_cache_key`, `service_tier: auto`,
-`truncation: disabled`, `parallel_tool_calls: true`, `top_logprobs: 0`, `include` empty or
+`input_image` parts, `function_call`, `function_call_output`, `item_reference`; `reasoning`
+items are not sent back upstream), `previous_response_id`, `instructions`, `tools`
+(function tools, flat shape), `tool_choice`, `max_output_tokens`, `temperature`,
+`metadata`, `stream`, `store`. Unless `store` is false, an answer's output items and its
+whole conversation are remembered per API key (`router.server.response_items`, bounded,
+`server.responses.ttl_s`), so a later request may name them by `item_reference` (what the
+Vercel AI SDK sends by default) or continue with `previous_response_id`; an id this key
+does not have (unknown, forgotten, or another key's) is a 400 naming the field. Accepted
+without effect, as they do not change the answer: `stream_options`, `user`,
+`safety_identifier`, `prompt_cache_key`, `service_tier: auto`, `truncation: disabled`,
+`parallel_tool_calls: true`, `top_logprobs: 0`, `include` empty or
 `["reasoning.encrypted_content"]`, `text.format: {type: text}`, and any field that is null
 or an object of nulls. `text.format` json_schema / json_object is structured output and
 `top_p` a sampling parameter (routed only where honoured, like on the chat endpoint).
-Anything else set to a value is a 400 naming the field — in particular
-`previous_response_id` and `conversation` (no server-side state), `background`,
-`reasoning`, hosted tools — never silently dropped.
+Anything else set to a value is a 400 naming the field — in particular `conversation`,
+`background`, `reasoning`, hosted tools — never silently dropped.
 
 The output side (the `Response` object and the `response.*` events) is in
 `router.server.responses_stream`.
@@ -26,7 +30,7 @@ The output side (the `Response` object and the `response.*` events) is in
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -52,7 +56,9 @@ from router.server.compat import (
     sse_frames,
 )
 from router.server.openai_compat import error_of, error_response, problem_response
+from router.server.response_items import ItemStore
 from router.server.responses_stream import ResponseWriter, collect, render
+from router.state.store import StateUnavailable
 
 if TYPE_CHECKING:
     from router.core import Router
@@ -70,7 +76,7 @@ _NO_OP: dict[str, Any] = {
 }
 _HONOURED = frozenset({
     "model", "input", "instructions", "tools", "tool_choice", "max_output_tokens",
-    "temperature", "metadata", "stream", "text", "top_p",
+    "temperature", "metadata", "stream", "text", "top_p", "previous_response_id",
     # the router's own extras (see `routing_options`)
     "max_ttft_ms", "max_latency_ms", "max_cost_usd", "prefer", "task",
 })
@@ -277,19 +283,93 @@ def stream_kwargs(body: Mapping[str, Any], router: Router,
 
 async def create_response(request: Request) -> Response:
     router = router_of(request)
+    store: ItemStore = request.app.state.response_items
+    owner = getattr(getattr(request.state, "principal", None), "name", None) or ""
     try:
         body = await read_json(request)
-        input_ = to_chat_messages(body.get("input"))
+        items = await resolved_input(body, store, owner)
+        input_ = to_chat_messages(items)
         kwargs = stream_kwargs(body, router, scope_key_of(request))
-        return routed_response(request, input_, kwargs, _renderer(body))
+        remember = None if body.get("store") is False else _rememberer(store, owner, items)
+        return routed_response(request, input_, kwargs, _renderer(body, remember))
     except RequestProblem as p:
         return problem_response(p)
+    except StateUnavailable:
+        return error_response(503, "The store of remembered response items (Redis) is "
+                              "unavailable; retry, or send the items themselves.",
+                              "server_error", None, "state_unavailable", retryable=True)
 
 
-def _renderer(body: Mapping[str, Any]) -> Render:
+async def resolved_input(body: Mapping[str, Any], store: ItemStore,
+                         owner: str) -> list[Any]:
+    """`input` as items: the conversation of `previous_response_id` first when given, then
+    each `item_reference` replaced by the item it names. Raises RequestProblem (400) naming
+    the field of an id this key has no item for."""
+    raw = body.get("input")
+    items = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items:
+        raise RequestProblem("Missing required parameter: 'input'.", "input",
+                             "missing_required_parameter")
+    previous = body.get("previous_response_id")
+    if previous is not None and not isinstance(previous, str):
+        raise _bad("Invalid 'previous_response_id': expected a string.", "previous_response_id")
+    refs = {i: item.get("id") for i, item in enumerate(items)
+            if isinstance(item, dict) and item.get("type") == "item_reference"}
+    wanted = [r for r in refs.values() if isinstance(r, str)]
+    if previous is not None:
+        wanted.append(_CONVERSATION + previous)
+    found = await store.get(owner, wanted) if wanted else {}
+    out: list[Any] = []
+    if previous is not None:
+        conversation = found.get(_CONVERSATION + previous)
+        if conversation is None:
+            raise RequestProblem(f"Previous response with id '{previous}' not found.",
+                                 "previous_response_id", "previous_response_not_found")
+        out += conversation
+    for i, item in enumerate(items):
+        if i not in refs:
+            out.append(item)
+            continue
+        ref = refs[i]
+        if not isinstance(ref, str) or ref not in found or ref.startswith(_CONVERSATION):
+            raise _bad(f"Item with id '{ref}' not found.", f"input[{i}].id", "item_not_found")
+        out.append(found[ref])
+    return out
+
+
+_CONVERSATION = "response:"  # a remembered response's conversation: `response:<resp id>`
+Remember = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
+
+
+def _rememberer(store: ItemStore, owner: str, items: list[Any]) -> Remember:
+    async def remember(response_id: str, output: list[dict[str, Any]]) -> None:
+        entries: dict[str, Any] = {item["id"]: item for item in output}
+        entries[_CONVERSATION + response_id] = items + output
+        await store.put(owner, entries)
+
+    return remember
+
+
+async def _remembered(frames: AsyncIterator[bytes], writer: ResponseWriter,
+                      remember: Remember) -> AsyncIterator[bytes]:
+    """A streamed answer's frames; its output is remembered before `response.completed`
+    goes out, so a client's next request can already name it."""
+    try:
+        async for chunk in frames:
+            if writer.finished is not None:
+                finished, writer.finished = writer.finished, None
+                await remember(finished["id"], finished["output"])
+            yield chunk
+    finally:
+        await frames.aclose()  # type: ignore[attr-defined]
+
+
+def _renderer(body: Mapping[str, Any], remember: Remember | None) -> Render:
     created = int(time.time())
     echo = {k: body.get(k) for k in ("instructions", "max_output_tokens", "temperature",
-                                     "tools", "tool_choice", "metadata")}
+                                     "tools", "tool_choice", "metadata",
+                                     "previous_response_id")}
+    echo["store"] = remember is not None
 
     async def render_head(head: list[Event], rest: ObservedStream) -> Response | EventBody:
         last = head[-1] if head else None
@@ -300,14 +380,18 @@ def _renderer(body: Mapping[str, Any]) -> Render:
                      str(body.get("model")))
         writer = ResponseWriter(rest.request_id, created, model, echo)
         if body.get("stream"):
-            return EventBody(sse_frames(writer.opening(), head, rest, render, writer), headers)
+            frames = sse_frames(writer.opening(), head, rest, render, writer)
+            return EventBody(frames if remember is None
+                             else _remembered(frames, writer, remember), headers)
         end = collect(await drain(head, rest), writer)
         if isinstance(end, ErrorEvent):
             return error_of(end)
         if not isinstance(end, DoneEvent):
             return error_response(500, "The stream ended without a result.", "server_error")
-        return Response(orjson.dumps(writer.final(end)), headers=headers,
-                        media_type="application/json")
+        final = writer.final(end)
+        if remember is not None:
+            await remember(final["id"], final["output"])
+        return Response(orjson.dumps(final), headers=headers, media_type="application/json")
 
     return render_head
 

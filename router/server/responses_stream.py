@@ -90,7 +90,8 @@ class ResponseWriter:
     """Renders one routed request's events as Responses API stream events.
 
     `echo` holds the request fields a `Response` object repeats (`instructions`, `tools`,
-    `tool_choice`, `max_output_tokens`, `temperature`, `metadata`). Per token it only splices
+    `tool_choice`, `max_output_tokens`, `temperature`, `metadata`, `previous_response_id`,
+    and `store`: whether the answer is remembered). Per token it only splices
     the sequence number and the JSON-escaped delta between precomputed bytes."""
 
     def __init__(self, request_id: str, created_at: int, model: str,
@@ -105,6 +106,7 @@ class ResponseWriter:
         self._open: _Item | None = None  # the open message or reasoning item
         self._calls: dict[int, _Item] = {}  # our tool index -> its function_call item
         self.sent_content = False
+        self.finished: dict[str, Any] | None = None  # the final Response, once streamed
 
     # --- the Response object --------------------------------------------------------------
 
@@ -121,8 +123,9 @@ class ResponseWriter:
             "max_output_tokens": e.get("max_output_tokens"), "model": self.model,
             "output": [i.body(item_status) for i in self._items] if status != "in_progress"
             else [],
-            "parallel_tool_calls": True, "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None}, "store": False,
+            "parallel_tool_calls": True,
+            "previous_response_id": e.get("previous_response_id"),
+            "reasoning": {"effort": None, "summary": None}, "store": bool(e.get("store")),
             "temperature": e.get("temperature"), "text": {"format": {"type": "text"}},
             "tool_choice": e.get("tool_choice") or "auto", "tools": e.get("tools") or [],
             "top_p": None, "truncation": "disabled",
@@ -234,7 +237,8 @@ class ResponseWriter:
         self._open = None
         self._calls = {}
         name = "response.completed" if status == "completed" else "response.incomplete"
-        return out + self._event(name, {"response": self.final(ev)})
+        self.finished = self.final(ev)
+        return out + self._event(name, {"response": self.finished})
 
     def _open_items(self) -> list[_Item]:
         items = list(self._calls.values())

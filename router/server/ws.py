@@ -35,7 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from router.request import first_problem
 from router.server.auth import Principal
-from router.server.eventlog import LogGap, StreamLog
+from router.server.eventlog import LogGap, LogLost, StreamLog
 from router.server.eventlog_redis import RUN, STREAM
 from router.server.hub import StreamHub
 from router.server.params import BodyProblem, StreamBody, early_status, stream_kwargs
@@ -150,8 +150,8 @@ class Session:
                 for _, data in batch:
                     await self.send(data)
         except LogGap as gap:
-            await self.reject(None, 410, "events_dropped", str(gap), "after",
-                              request_id=key)
+            await self.reject(None, 410, "events_lost" if isinstance(gap, LogLost)
+                              else "events_dropped", str(gap), "after", request_id=key)
 
     def _follow(self, name: str, key: str, batches: Batches) -> None:
         old = self.forwarders.pop(name, None)

@@ -162,8 +162,10 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                     ledger.first_content(ctx.stats)
                 seq = em.seq
                 em.seq = seq + 1
+                # Counted before it is handed over: a caller that stops here was shown it.
+                over = attempt.add_output(text)
                 yield text_event(rid, seq, (clock() - t0) * 1000.0, text)
-                if attempt.add_output(text):
+                if over:
                     attempt.finish = "budget"
                     break
             elif kind is ReasoningDelta:
@@ -173,8 +175,10 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                     ledger.first_content(ctx.stats)
                 seq = em.seq
                 em.seq = seq + 1
+                # Counted before it is handed over: a caller that stops here was shown it.
+                over = attempt.add_output(text, reasoning=True)
                 yield reasoning_event(rid, seq, (clock() - t0) * 1000.0, text)
-                if attempt.add_output(text, reasoning=True):
+                if over:
                     attempt.finish = "budget"
                     break
             elif kind is ToolCallDelta:
@@ -185,9 +189,10 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                 attempt.add_tool_fragment(delta)
                 seq = em.seq
                 em.seq = seq + 1
+                over = attempt.add_output(delta.arguments)
                 yield tool_call_event(rid, seq, (clock() - t0) * 1000.0, delta.index,
                                       delta.id, delta.name, delta.arguments)
-                if attempt.add_output(delta.arguments):
+                if over:
                     attempt.finish = "budget"
                     break
             elif kind is UsageDelta:

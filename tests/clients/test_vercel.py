@@ -1,6 +1,7 @@
 """The Vercel AI SDK (Node) against the router: `@ai-sdk/openai-compatible` and
 `@ai-sdk/openai`'s `.chat()` on `/v1/chat/completions`, `@ai-sdk/openai`'s default on
-`/v1/responses`, `@ai-sdk/anthropic` on
+`/v1/responses` (with `store` left at its default, true: the second step refers to the
+first step's output by `item_reference`), `@ai-sdk/anthropic` on
 `/v1/messages`; streamed text, a two-step tool round trip and `generateObject`, in front of
 the simulated fleet and of the loopback provider server."""
 
@@ -39,6 +40,8 @@ async def test_vercel_on_the_simulated_fleet(provider: str) -> None:
     assert text["text"].strip()
     assert tool["tool_calls"] == [{"city": "Paris"}]
     assert "sunny and 21 degrees in Paris" in tool["text"]
+    if provider == "openai-responses":
+        assert tool["item_references"] >= 1  # resolved by the router, not sent again
     assert set(obj["object"]) == set(OSLO) and obj["object"]["unit"] in ("celsius", "fahrenheit")
 
 
@@ -63,4 +66,6 @@ async def test_vercel_through_the_loopback_provider(
     assert text["text"] == "Hello from upstream."
     assert tool["tool_calls"] == [{"city": "Paris"}]
     assert tool["text"] == "It is sunny in Paris."
+    if provider == "openai-responses":
+        assert tool["item_references"] >= 1
     assert obj["object"] == OSLO

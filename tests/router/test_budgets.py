@@ -24,6 +24,7 @@ from providers.base import (
     ProviderRequest,
     TextDelta,
     UsageDelta,
+    estimate_tokens,
 )
 from router.budgets.gate import Refusal
 from router.budgets.manager import BudgetManager, BudgetReservation
@@ -33,6 +34,7 @@ from router.core import Router
 from router.errors import ConfigError
 from router.events import BudgetEvent, DoneEvent, ErrorEvent, Event, TextEvent
 from router.request import StreamParams, prepare
+from router.routing.cost import cost_of
 from router.state.store import MemoryState, to_nano, to_usd
 
 T0 = datetime(2026, 3, 14, 23, 0, 0, tzinfo=UTC).timestamp()
@@ -424,23 +426,28 @@ async def test_warning_event_comes_once_through_the_stream() -> None:
 
 
 async def test_cancelled_stream_is_settled_exactly() -> None:
+    """A caller that stops after its 7th chunk pays for the input and those 7 chunks,
+    counted as the ledger counts a cut stream (about 4 characters a token, at least 1 a
+    chunk). Once, the chunk the caller stopped at was shown but not billed."""
     r = router([{"scope": "user", "limit_usd": 5}])
     provider = r.provider("sim")
+    whole = (await events_of(r, metadata={"user": "bob"}, max_tokens=100))[-1]
+    assert isinstance(whole, DoneEvent)
     stream = r.stream("Qualify this lead", metadata={"user": "ann"}, max_tokens=100)
-    texts = 0
+    shown: list[str] = []
     async for ev in stream:
         if isinstance(ev, TextEvent):
-            texts += 1
-            if texts == 7:
+            shown.append(ev.delta)
+            if len(shown) == 7:
                 break
     await stream.aclose()
     assert getattr(provider, "open_streams", 0) == 0
-    report = await r.spend(scope="user")
-    # 7 chunks of output and the input, counted: never less than what was streamed
+    report = await r.spend(scope="user:ann")
     assert report.budgets[0].reserved_usd == 0
-    spent = report.budgets[0].spent_usd
-    assert spent > 0 and report.scopes[0].by_deployment.keys() == {"a"}
-    assert spent == pytest.approx(report.total_usd)
+    output = sum(estimate_tokens(d) or 1 for d in shown)
+    expected = cost_of(r.loaded.deployments["a"].price, whole.usage.input_tokens, 0, output)
+    assert report.budgets[0].spent_usd == pytest.approx(expected.total_usd, abs=1e-9)
+    assert report.scopes[0].by_deployment.keys() == {"a"}
     await r.aclose()
 
 

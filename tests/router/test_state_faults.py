@@ -106,11 +106,19 @@ async def spent_and_reserved(r: Router) -> tuple[float, float]:
             sum(b.reserved_usd for b in report.budgets))
 
 
+SOCKET_TIMEOUT_S = 1.0
+
+
 async def test_a_paused_redis_never_blocks_the_event_loop(
         fleet: Any, redis_server: RedisServer, router_on: Any) -> None:
-    # Each call to the paused Redis waits out its 0.5 s socket timeout: a synchronous one
-    # would block the loop that long (pybreaker's Redis storage did, 8-25 s per request).
-    r = router_on(config(fleet, redis_server.url, tokens_per_s=400, socket_timeout_s=0.5))
+    # Every call to the paused Redis waits out its socket timeout: a synchronous one blocks
+    # the loop at least that long, in one stretch (pybreaker's Redis storage did, 8-25 s per
+    # request). The loop's longest single stretch must stay well under it: preemption on a
+    # shared machine shows as isolated spikes of up to ~200 ms. Checked by injecting one
+    # synchronous `redis.Redis(...).ping()` into `RedisState.reserve`: this test then fails
+    # (blocked >= 1,000 ms).
+    r = router_on(config(fleet, redis_server.url, tokens_per_s=400,
+                         socket_timeout_s=SOCKET_TIMEOUT_S))
     assert isinstance((await events(r))[-1], DoneEvent)  # breakers and budgets in use
     redis_server.pause()
     try:
@@ -123,7 +131,8 @@ async def test_a_paused_redis_never_blocks_the_event_loop(
     assert health
     assert len(lag.lags_s) > 50
     assert lag.p99_s < 0.050, f"event loop blocked {lag.p99_s * 1000:.0f} ms (p99)"
-    assert lag.worst_s < 0.400, f"event loop blocked {lag.worst_s * 1000:.0f} ms"
+    assert lag.worst_s < SOCKET_TIMEOUT_S / 2, (
+        f"event loop blocked {lag.worst_s * 1000:.0f} ms in one stretch")
 
 
 async def test_redis_paused_at_settle_ends_done_and_books_the_spend_once_back(

@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +58,8 @@ class ServedProcess:
 @contextlib.asynccontextmanager
 async def served_process(tmp_path: Path, config: Mapping[str, Any], *,
                          keys: Mapping[str, str] | None = None,
-                         server: Mapping[str, Any] | None = None
-                         ) -> AsyncIterator[ServedProcess]:
+                         server: Mapping[str, Any] | None = None,
+                         args: Sequence[str] = ()) -> AsyncIterator[ServedProcess]:
     data = dict(config)
     data["server"] = {**data.get("server", {}), **(server or {}),
                       "api_keys": [key_entry(n, k) for n, k in (keys or {}).items()]}
@@ -70,7 +70,7 @@ async def served_process(tmp_path: Path, config: Mapping[str, Any], *,
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
             LLM_ROUTER, "serve", "--config", str(path), "--port", str(port),
-            stdout=log_file, stderr=subprocess.STDOUT,
+            *args, stdout=log_file, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     srv = ServedProcess(proc, f"http://127.0.0.1:{port}", log_path)
     try:
@@ -78,8 +78,13 @@ async def served_process(tmp_path: Path, config: Mapping[str, Any], *,
         yield srv
     finally:
         if proc.returncode is None:
-            proc.kill()
-            await asyncio.wait_for(proc.wait(), 10)
+            # SIGTERM first: `--workers` children outlive a supervisor killed -9.
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await asyncio.wait_for(proc.wait(), 10)
 
 
 async def _until_healthy(srv: ServedProcess, within_s: float = 20) -> None:

@@ -1,16 +1,31 @@
 """The shared event log against a real redis-server: batched writes, replay and live
-follow from Redis, ownership by hash, and delivery when Redis is unavailable."""
+follow from Redis, ownership by hash, delivery when Redis is unavailable, and the backlog:
+what was delivered while Redis was killed or paused is written when it returns, once each;
+past its bound the oldest stream is given up and marked lost."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 
+import httpx
+import orjson
 import redis
+import websockets
 
+from router.config import parse_config
 from router.config.schema import StateConfig
-from router.server.eventlog import EventLog, StreamLog
-from router.server.eventlog_redis import STREAM, SharedLogs, pack, unpack
+from router.core import Router
+from router.server.app import create_app
+from router.server.eventlog import EventLog, StreamLog, owner_hash
+from router.server.eventlog_redis import RUN, STREAM, SharedLogs, pack, unpack
+from router.server.remote import lost_problem
+from router.testing.redis_server import RedisServer
+from tests.server.conftest import eventually, uvicorn_on_loopback
+from tests.server.test_openai_compat import CONFIG, KEY
 
 TERMINAL = frozenset({"done", "error"})
 
@@ -99,3 +114,154 @@ async def test_redis_unavailable_still_delivers_to_local_readers() -> None:
         assert await shared.snapshot(STREAM, "r3") is None
     finally:
         await shared.aclose()
+
+
+# --- Redis unavailable: the backlog ---------------------------------------------------
+
+
+def _stored(url: str, shared: SharedLogs, kind: str, key: str) -> list[tuple[str, bytes]]:
+    """Every entry of a log as Redis holds it, in order (packed batches unpacked)."""
+    client = redis.Redis.from_url(url)
+    return [e for _, fields in client.xrange(shared.key(kind, key))
+            for e in unpack(fields[b"d"])]
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    await eventually(check, within_s=20)
+
+
+async def test_events_written_while_redis_is_killed_are_shared_when_it_returns(
+        tmp_path: Path) -> None:
+    server = RedisServer(persist_dir=str(tmp_path))  # restarted with what it had
+    shared = _shared(server.url, event_flush_ms=0, event_batch_ms=0,
+                     connect_timeout_s=0.2, socket_timeout_s=0.2)
+    await shared.start()
+    try:
+        slog = _log(shared, "k1")
+        slog.append("route", b'{"seq":0}')
+        await _until(lambda: shared.flushes >= 1)
+        await asyncio.to_thread(server.kill)
+        for i in range(30):
+            slog.append("text", b'{"delta":"%d"}' % i)
+        slog.append("done", b"{}")
+        slog.close(0.0)
+        assert [n for n, _ in await _drain(slog)] == list(range(32))  # served here anyway
+        assert shared.failures >= 1 and shared.writer.backlog
+        await asyncio.to_thread(server.start)
+        await _until(lambda: not shared.writer.backlog)
+        assert _stored(server.url, shared, STREAM, "k1") == list(slog.entries)
+        snap = await shared.snapshot(STREAM, "k1")
+        assert snap is not None and snap.log.closed and snap.meta["req"] == "{}"
+        other = _shared(server.url)  # another instance resumes it from the start
+        other.prefix = shared.prefix
+        resumed = [e async for _, batch in other.follow(STREAM, "k1", -1, TERMINAL)
+                   for e in batch]
+        await other.aclose()
+        assert resumed == list(slog.entries)
+    finally:
+        await shared.aclose()
+        server.stop()
+
+
+async def test_events_delivered_while_redis_is_paused_are_written_once_it_resumes(
+        redis_server) -> None:
+    shared = _shared(redis_server.url, event_flush_ms=0, event_batch_ms=0,
+                     connect_timeout_s=0.2, socket_timeout_s=0.2)
+    await shared.start()
+    try:
+        slog = _log(shared, "p1")
+        slog.run = "run-p1"  # the stream's copy into its run rides on the same writes
+        slog.append("route", b'{"seq":0}')
+        await _until(lambda: shared.flushes >= 1)
+        redis_server.pause()  # writes time out here
+        for i in range(10):
+            slog.append("text", b'{"delta":"%d"}' % i)
+        await _until(lambda: shared.failures >= 1)
+        for i in range(10, 20):  # delivered here, kept for later
+            slog.append("text", b'{"delta":"%d"}' % i)
+        slog.append("done", b"{}")
+        slog.close(0.0)
+        await _drain(slog)
+        redis_server.resume()
+        await _until(lambda: not shared.writer.backlog)
+        # A write that timed out but ran anyway (a slow Redis) is sent again whole: the
+        # scripts skip what is there, in the stream and in its run.
+        shared.writer.backlog.keep(slog, STREAM, 1)
+        await shared.writer.flush({slog: STREAM})
+        assert not shared.writer.backlog
+        assert _stored(redis_server.url, shared, STREAM, "p1") == list(slog.entries)
+        assert _stored(redis_server.url, shared, RUN, "run-p1") == list(slog.entries)
+        counter = redis.Redis.from_url(redis_server.url).get(shared.key(RUN, "run-p1") + ":n")
+        assert int(counter) == len(slog.entries)
+    finally:
+        await shared.aclose()
+
+
+async def test_past_the_backlog_bound_the_oldest_stream_is_given_up_and_says_so(
+        redis_server) -> None:
+    shared = _shared(redis_server.url, event_flush_ms=0, event_batch_ms=0,
+                     connect_timeout_s=0.2, socket_timeout_s=0.2, event_backlog_max=15)
+    await shared.start()
+    try:
+        old, young = _log(shared, "old"), _log(shared, "young")
+        old.run = "run-old"
+        for slog in (old, young):
+            slog.append("route", b"{}")
+        await _until(lambda: shared.flushes >= 1)
+        redis_server.pause()
+        for i in range(10):
+            old.append("text", b'{"delta":"%d"}' % i)
+        await _until(lambda: shared.failures >= 1)
+        for i in range(10):  # 20 pending > 15: `old`, pending the longest, is given up
+            young.append("text", b'{"delta":"%d"}' % i)
+        young.append("done", b"{}")
+        young.close(0.0)
+        await _drain(young)
+        old.append("done", b"{}")  # nothing more of `old` is shared: no hole looks whole
+        old.close(0.0)
+        await _drain(old)
+        assert shared.writer.backlog.is_lost(STREAM, "old")
+        redis_server.resume()
+        await _until(lambda: not shared.writer.backlog)
+        assert _stored(redis_server.url, shared, STREAM, "young") == list(young.entries)
+        snap = await shared.snapshot(STREAM, "old")
+        refused = lost_problem(snap)
+        assert refused is not None and refused.status_code == 410
+        assert orjson.loads(bytes(refused.body))["error"]["code"] == "events_lost"
+        assert snap is not None and snap.meta["lost"] == "1"
+        run_meta = await shared.meta(RUN, "run-old")
+        assert run_meta is not None and run_meta["lost"] == "stream old"
+    finally:
+        await shared.aclose()
+
+
+async def test_a_lost_stream_resumed_on_another_instance_is_a_410_over_sse_and_websocket(
+        redis_url: str) -> None:
+    cfg = copy.deepcopy(CONFIG)
+    cfg["state"] = {"backend": "redis", "url": redis_url, "prefix": f"l{uuid.uuid4().hex[:6]}:"}
+    router = Router(parse_config(cfg))
+    # What an instance that gave the stream up leaves in Redis: its first events, then the
+    # `lost` mark written when Redis came back.
+    client = redis.Redis.from_url(redis_url)
+    key = f"{cfg['state']['prefix']}log:s:gone1"
+    client.xadd(key, {"f": 0, "d": pack([("route", b"{}"), ("start", b"{}")])}, id="0-2")
+    client.hset(key + ":meta", mapping={"owner": owner_hash("tester"), "state": "lost",
+                                        "lost": "2", "inst": "elsewhere", "req": "{}"})
+    try:
+        async with uvicorn_on_loopback(create_app(router)) as (_, url):
+            async with httpx.AsyncClient(base_url=url, headers={
+                    "authorization": f"Bearer {KEY}"}) as http:
+                res = await http.get("/v1/streams/gone1/events",
+                                     headers={"last-event-id": "0"})
+            assert res.status_code == 410
+            assert res.json()["error"]["code"] == "events_lost"
+            async with websockets.connect(url.replace("http", "ws") + "/v1/ws") as ws:
+                await ws.send(orjson.dumps({"type": "auth", "key": KEY}).decode())
+                assert orjson.loads(await ws.recv())["type"] == "ready"
+                await ws.send(orjson.dumps({"type": "resume", "request_id": "gone1",
+                                            "after": -1}).decode())
+                rejected = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert (rejected["type"], rejected["status"], rejected["code"]) == (
+                "rejected", 410, "events_lost")
+    finally:
+        await router.aclose()

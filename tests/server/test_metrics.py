@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server.conftest import eventually, frames
@@ -93,3 +95,20 @@ async def test_open_breaker_shows_in_deployments_and_metrics(serve, fleet) -> No
     assert rows["mid"]["breaker_detail"]["fail_counter"] >= 1
     assert _value(m, "llm_router_breaker_state", deployment="mid") == 2
     assert _value(m, "llm_router_breaker_state", deployment="fast") == 0
+
+
+async def test_a_blocked_event_loop_shows_in_the_lag_metrics(serve) -> None:
+    srv = await serve(keys={"a": KEY})
+    async with srv.client(KEY) as c:
+        for _ in range(500):  # until the first sample (bounded)
+            m = _samples((await c.get("/metrics")).text)
+            if _value(m, "llm_router_event_loop_lag_seconds_count") > 0:
+                break
+        # The server shares this test's loop: block it, as synchronous I/O would.
+        time.sleep(0.3)  # noqa: ASYNC251
+        await c.get("/healthz")  # the ticker wakes late and records the stretch
+        m = _samples((await c.get("/metrics")).text)
+    assert _value(m, "llm_router_event_loop_lag_max_seconds") > 0.25  # less the tick run
+    slow = _value(m, "llm_router_event_loop_lag_seconds_count") - _value(
+        m, "llm_router_event_loop_lag_seconds_bucket", le="0.2")
+    assert slow >= 1  # the blocked stretch is one late tick above 200 ms

@@ -216,7 +216,7 @@ async def test_failure_after_tokens_is_an_error_event_then_response_failed(
     ({"previous_response_id": "resp_1"}, "previous_response_id"),
     ({"reasoning": {"effort": "high"}}, "reasoning"),
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
-    ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
+    ({"conversation": "conv_1"}, "conversation"),
 ])
 async def test_a_field_the_router_cannot_honour_is_a_400_naming_it(
     client: openai.AsyncOpenAI, extra: dict[str, Any], param: str

@@ -288,6 +288,103 @@ async def test_killing_the_instance_serving_a_stream_lets_another_finish_it(pair
     assert done["cost_usd"] > uninterrupted[-1].data["cost_usd"]
 
 
+async def _run_frames(inst: Instance, run: str) -> list[Frame]:
+    async with inst.client() as c, c.stream("GET", f"/v1/runs/{run}/events") as r:
+        assert r.status_code == 200
+        return await read_until_terminal(r)
+
+
+async def test_a_taken_over_streams_continuation_reaches_its_run_on_every_instance(
+        pair, tmp_path: Path) -> None:
+    a, b = pair
+    run = f"run-{uuid.uuid4().hex[:6]}"
+    seen: list[Frame] = []
+    async with a.client() as c, c.stream("POST", "/v1/stream", json={
+            "input": PROMPT, "metadata": {"run_id": run}}) as r:
+        it = frames(r)
+        seen.append(await _next_event(it))
+        # Following the run on B live, from before A dies to the continuation's end.
+        live_on_b = asyncio.create_task(_run_frames(b, run))
+        while sum(x.event == "text" for x in seen) < 12:
+            seen.append(await _next_event(it))
+        a.kill()
+    async with b.client() as c, c.stream(
+            "GET", f"/v1/streams/{seen[0].data['request_id']}/events",
+            headers={"last-event-id": str(seen[-1].id)}) as r:
+        rest = await read_until_terminal(r)
+    joined = seen + rest
+    assert any(f.event == "fallback" and f.data["mode"] == "continue" for f in rest)
+    later = Instance(_config_path(tmp_path))  # one that never saw the stream
+    try:
+        replayed = await _run_frames(later, run)
+    finally:
+        later.stop()
+    for run_frames in (await asyncio.wait_for(live_on_b, 30), replayed):
+        # Exactly the stream: its events in seq order, none twice, one terminal event.
+        assert [f.data for f in run_frames] == [f.data for f in joined]
+        assert [f.id for f in run_frames] == list(range(len(joined)))
+        assert [f.event for f in run_frames].count("done") == 1
+        assert run_frames[-1].event == "done"
+
+
+async def test_a_run_follower_alone_gets_an_orphaned_stream_taken_over(pair) -> None:
+    a, b = pair
+    run = f"run-{uuid.uuid4().hex[:6]}"
+    seen: list[Frame] = []
+    async with a.client() as c, c.stream("POST", "/v1/stream", json={
+            "input": PROMPT, "detach": True, "metadata": {"run_id": run}}) as r:
+        it = frames(r)
+        seen.append(await _next_event(it))
+        live_on_b = asyncio.create_task(_run_frames(b, run))
+        while sum(x.event == "text" for x in seen) < 12:
+            seen.append(await _next_event(it))
+        a.kill()  # nobody resumes the stream: only the run is followed
+    on_b = await asyncio.wait_for(live_on_b, 30)
+    assert [f.data for f in on_b[:len(seen)]] == [f.data for f in seen]
+    assert [f.id for f in on_b] == list(range(len(on_b)))
+    assert [f.event for f in on_b].count("done") == 1 and on_b[-1].event == "done"
+    fallback = next(f.data for f in on_b if f.event == "fallback")
+    assert fallback["mode"] == "continue"
+    uninterrupted = await _answer(b)
+    assert _text(on_b) == _text(uninterrupted)
+
+
+def _config_path(tmp: Path) -> Path:
+    return tmp / "router.yaml"  # written by the `pair` fixture
+
+
+async def test_a_stream_served_while_redis_is_paused_resumes_whole_on_another_instance(
+        tmp_path: Path, redis_server: Any) -> None:
+    config = _config(tmp_path, redis_server.url)
+    a, b = Instance(config), Instance(config)
+    try:
+        seen: list[Frame] = []
+        async with a.client() as c, c.stream("POST", "/v1/stream", json={"input": PROMPT}) as r:
+            it = frames(r)
+            while sum(x.event == "text" for x in seen) < 5:
+                seen.append(await _next_event(it))
+            redis_server.pause()  # A goes on serving its client from memory
+            seen += [f async for f in it if f.comment is None]
+        assert seen[-1].event == "done"
+        redis_server.resume()
+        rid = seen[0].data["request_id"]
+        async with b.client() as cb:
+            for _ in range(400):  # A writes its backlog within a retry period
+                status = await cb.get(f"/v1/streams/{rid}")
+                if status.status_code == 200 and status.json()["state"] == "done":
+                    break
+                await asyncio.sleep(0.05)
+            async with cb.stream("GET", f"/v1/streams/{rid}/events",
+                                 headers={"last-event-id": "-1"}) as r:
+                assert r.status_code == 200
+                resumed = await read_until_terminal(r)
+        assert [(f.id, f.event, f.data) for f in resumed] == [
+            (f.id, f.event, f.data) for f in seen]
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_serve_refuses_workers_without_shared_state(tmp_path: Path) -> None:
     path = tmp_path / "mem.yaml"
     cfg = yaml.safe_load(_config(tmp_path, "redis://127.0.0.1:1/0").read_text())

@@ -24,15 +24,22 @@ function model() {
     return createOpenAI({ baseURL: `${base}/v1`, apiKey: KEY }).chat(modelName);
   }
   if (provider === "openai-responses") {  // the default: the Responses API
-    return createOpenAI({ baseURL: `${base}/v1`, apiKey: KEY })(modelName);
+    return createOpenAI({ baseURL: `${base}/v1`, apiKey: KEY, fetch: countingFetch })(modelName);
   }
   return createAnthropic({ baseURL: `${base}/v1`, apiKey: KEY })(modelName);
 }
 
-// With the Responses API the SDK defaults to `store: true` and then refers to earlier output
-// items by `item_reference`, which the router (storing nothing) cannot resolve: the tool
-// round trip sends the items themselves.
-const providerOptions = provider === "openai-responses" ? { openai: { store: false } } : {};
+// With the Responses API the SDK defaults to `store: true` and then refers to its earlier
+// output items by `item_reference` (which the router resolves from what it remembered):
+// the requests it sends are counted here, so the test sees that it did.
+let itemReferences = 0;
+async function countingFetch(url, init) {
+  if (typeof init?.body === "string" && String(url).endsWith("/responses")) {
+    const body = JSON.parse(init.body);
+    for (const item of body.input ?? []) if (item.type === "item_reference") itemReferences++;
+  }
+  return fetch(url, init);
+}
 const calls = [];
 const weather = tool({
   description: "Current weather for a city",
@@ -59,9 +66,9 @@ async function main() {
   if (scenario === "tool") {
     const result = await generateText({
       model: model(), prompt: "What is the weather in Paris?", tools: { get_weather: weather },
-      stopWhen: stepCountIs(3), maxRetries: 0, providerOptions,
+      stopWhen: stepCountIs(3), maxRetries: 0,
     });
-    return { text: result.text, tool_calls: calls };
+    return { text: result.text, tool_calls: calls, item_references: itemReferences };
   }
   const result = await generateObject({
     model: model(), schema: Weather, schemaName: "Weather",
