@@ -15,6 +15,8 @@ replaced, one that dies at startup stops them all (it would fail the same way ag
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -29,6 +31,18 @@ log = logging.getLogger("router.server")
 
 STARTUP_S = 10.0  # a worker that exits sooner failed to start, not while serving
 STARTUP_FAILURE = 3  # uvicorn's exit code for a server that could not start
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _worker(target: Callable[..., None], sockets: list[socket.socket], supervisor: int) -> None:
+    """A worker's main: drain and exit (SIGTERM) when the supervisor dies, even by kill -9,
+    rather than serve on orphaned with nobody to stop or replace it."""
+    # Not Linux: no prctl, and orphaned workers must be stopped by hand.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        return
+    target(sockets=sockets)
 
 
 class Workers:
@@ -42,7 +56,7 @@ class Workers:
         self._stop = threading.Event()
 
     def _start(self) -> tuple[SpawnProcess, float]:
-        proc = self._spawn.Process(target=self._target, kwargs={"sockets": [self._sock]})
+        proc = self._spawn.Process(target=_worker, args=(self._target, [self._sock], os.getpid()))
         proc.start()
         return proc, time.monotonic()
 

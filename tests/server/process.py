@@ -78,7 +78,7 @@ async def served_process(tmp_path: Path, config: Mapping[str, Any], *,
         yield srv
     finally:
         if proc.returncode is None:
-            # SIGTERM first: `--workers` children outlive a supervisor killed -9.
+            # SIGTERM first, so a `--workers` supervisor drains its workers too.
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), 20)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -81,3 +83,42 @@ async def test_a_worker_closes_a_slowloris_connection_with_408(
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
         assert b'"request_timeout"' in answer and b"server.limits.header_timeout_s" in answer
     assert log.count("not received within the deadline") == len(slow)
+
+
+def _worker_pids(supervisor: int) -> list[int]:
+    """The supervisor's spawned workers (multiprocessing's spawn entry in their cmdline)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [int(pid) for pid in children
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+async def _exited(pid: int) -> None:
+    """Until `pid` (not our child) exits: its pidfd becomes readable then."""
+    fd = os.pidfd_open(pid)
+    done = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().add_reader(fd, done.set_result, None)
+    try:
+        await done
+    finally:
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+
+
+async def test_workers_stop_when_the_supervisor_is_killed_9(
+        tmp_path: Path, fleet: Any, redis_url: str) -> None:
+    async with served_process(tmp_path, _config(fleet, redis_url), keys={"alice": KEY},
+                              args=WORKERS) as srv:
+        workers = _worker_pids(srv.proc.pid)
+        assert len(workers) == 2
+        srv.proc.kill()
+        await srv.proc.wait()
+        try:  # bounded: a worker serving on orphaned fails here
+            await asyncio.wait_for(asyncio.gather(*map(_exited, workers)), 20)
+            left = []
+        except TimeoutError:
+            left = workers
+            for pid in left:  # don't leak them into the rest of the suite
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    assert left == []  # each got SIGTERM from the kernel as its parent died, and exited
