@@ -20,8 +20,11 @@ with p the decayed error rate (a deployment failing half its calls costs one fai
 attempt per success), then shrunk by up to `routing.optimism` for candidates with little
 evidence. `prefer: cost` ranks by price, ties by E. With probability `routing.explore` the
 most promising under-measured eligible candidate that could win the ranking is moved to the
-front instead (exploration; under `cost` none dearer than the best); it is drawn from the
-eligible set only, so it never breaks a cap, a budget, a pin or a capability.
+front instead (exploration; under `cost` none dearer than the best). A latency budget is
+held against an estimate, so a candidate excluded by it alone on little fresh evidence (a
+prior, or aged samples) may be that candidate too — a budget probe, at a rate halved per
+probe that finds it still over; never one dearer than the best. Exploration never breaks
+a `max_cost_usd` cap, a spend budget, a pin, a capability or an open breaker.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class Estimate:
     inflight: int = 0
     wait_ms: float = 0.0
     explore: bool = False
+    # Excluded by max_ttft_ms / max_latency_ms alone: every hard constraint is met.
+    over_latency_budget: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +128,14 @@ def estimate(dep: Deployment, c: RouteConstraints, stats: StatsRegistry,
     latency_q = ttft_q + decode_ms
     cost = estimate_cost(dep.price, c.input_tokens, c.output_tokens)
     reason = _exclusion(dep, c, ttft_q, latency_q, cost, unavailable)
+    over_latency_budget = reason is not None and _exclusion(
+        dep, replace(c, max_ttft_ms=None, max_latency_ms=None), ttft_q, latency_q, cost,
+        unavailable) is None
     return Estimate(
         dep, reason is None, reason, cost, s.ttft_ms * loaded, s.ttft_ms * loaded + decode_ms,
         ttft_q, latency_q, s.quantile, s.level,
         expected_ms(s, c.output_tokens, wait, load, cfg, backoff_ms), s.samples, s.weight,
-        s.age_s, s.error_rate, load, wait)
+        s.age_s, s.error_rate, load, wait, over_latency_budget=over_latency_budget)
 
 
 def _optimistic(e: Estimate, cfg: RoutingConfig) -> float:
@@ -186,44 +194,79 @@ class RoutingPolicy:
         self.inflight = inflight or stats.inflight
         self.backoff_ms = backoff_ms
         self.rng = rng or random.Random(self.cfg.seed)
+        # Probes sent to each candidate over a latency budget since it was last within its
+        # budgets (one entry per deployment at most).
+        self._budget_probes: dict[str, int] = {}
 
     def choose(self, c: RouteConstraints, deployments: Mapping[str, Deployment],
                unavailable: Unavailable) -> RouteDecision:
         all_estimates = [estimate(deployments[d], c, self.stats, unavailable, self.inflight,
                                   self.backoff_ms) for d in c.candidates]
         eligible = [e for e in all_estimates if e.eligible]
-        ranked = sorted(eligible, key=_rank_key(c.prefer, eligible, self.cfg)) \
-            if len(eligible) > 1 else eligible
+        for e in eligible:
+            if e.weight >= 1.0:  # measured within its budgets: later probes at full rate
+                self._budget_probes.pop(e.deployment.id, None)
+        key = _rank_key(c.prefer, eligible, self.cfg)
+        ranked = sorted(eligible, key=key) if len(eligible) > 1 else eligible
         if not ranked:
             return RouteDecision([], all_estimates, "no eligible candidate")
         if c.pinned:
             return RouteDecision(ranked, all_estimates, f"pinned model {ranked[0].deployment.id}")
         reason = f"{_WHY[c.prefer]} (prefer={c.prefer}) of {len(ranked)} eligible"
-        explored = self._explore(ranked, c.prefer)
+        explored = self._explore(ranked, all_estimates, c.prefer, key)
         if explored is not None:
-            chosen = replace(ranked[explored], explore=True)
-            ranked = [chosen, *ranked[:explored], *ranked[explored + 1:]]
+            chosen = replace(explored, eligible=True, reason=None, explore=True)
+            ranked = [chosen, *(e for e in ranked if e.deployment is not chosen.deployment)]
             all_estimates = [chosen if e.deployment is chosen.deployment else e
                              for e in all_estimates]
-            reason = (f"exploring {chosen.deployment.id} (weight {chosen.weight:.1f} < "
-                      f"{self.cfg.explore_below_weight:g}) instead of the "
-                      f"{_WHY[c.prefer]} of {len(ranked)} eligible")
+            why = (f"its estimate over the latency budget rests on weight "
+                   f"{chosen.weight:.1f} < {self.cfg.explore_below_weight:g}"
+                   if explored.over_latency_budget else
+                   f"weight {chosen.weight:.1f} < {self.cfg.explore_below_weight:g}")
+            reason = (f"exploring {chosen.deployment.id} ({why}) instead of the "
+                      f"{_WHY[c.prefer]} of {len(eligible)} eligible")
         return RouteDecision(ranked, all_estimates, reason)
 
-    def _explore(self, ranked: list[Estimate], prefer: Prefer) -> int | None:
-        """The index of the candidate to re-measure now, or None (serve the best). Only a
-        candidate that good news could rank first is worth a request: under `cost` (and
-        `quality`) the ranking rests on known prices (and quality), so one that costs more
-        than the best (or is of lower quality) is never explored."""
-        if len(ranked) < 2 or self.cfg.explore <= 0:
+    def _explore(self, ranked: list[Estimate], candidates: list[Estimate], prefer: Prefer,
+                 key: Callable[[Estimate], tuple[float, ...]]) -> Estimate | None:
+        """The candidate to re-measure now, or None (serve the best). Only a candidate that
+        good news could rank first is worth a request: under `cost` (and `quality`) the
+        ranking rests on known prices (and quality), so one that costs more than the best
+        (or is of lower quality) is never explored."""
+        if self.cfg.explore <= 0:
             return None
         draw = self.rng.random()  # drawn every time: the sequence depends on the seed only
         if draw >= self.cfg.explore:
             return None
         best = ranked[0]
-        under = [i for i, e in enumerate(ranked[1:], 1)
+        under = [e for e in ranked[1:]
                  if e.weight < self.cfg.explore_below_weight and _could_win(e, best, prefer)]
-        return under[0] if under else None  # the most promising of the under-measured
+        probes = [e for e in candidates if self._may_probe(e, best, prefer, draw)]
+        pool = sorted(under + probes, key=key)  # the most promising of them
+        if not pool:
+            return None
+        chosen = pool[0]
+        if chosen.over_latency_budget:
+            dep = chosen.deployment.id
+            self._budget_probes[dep] = self._budget_probes.get(dep, 0) + 1
+        return chosen
+
+    def _may_probe(self, e: Estimate, best: Estimate, prefer: Prefer, draw: float) -> bool:
+        """Optimism under uncertainty for a latency budget, which is held against an
+        estimate: one excluded by it alone, on little fresh evidence (its prior, or aged
+        samples), may be re-measured, so a recovered or cheaper deployment is found again.
+        Never one dearer than the best (a cap or spend budget that admits the best admits
+        it), one with a known quota wait, or a second probe while one is in flight; and
+        each probe that finds it still over halves the rate of the next, so one that
+        really is slow costs few misses."""
+        if not (self.cfg.budget_probes and e.over_latency_budget):
+            return False
+        if (e.weight >= self.cfg.explore_below_weight or e.wait_ms > 0 or e.inflight > 0
+                or e.cost_usd > best.cost_usd or not _could_win(e, best, prefer)):
+            return False
+        halvings = min(self._budget_probes.get(e.deployment.id, 0),
+                       self.cfg.budget_probe_halvings)
+        return draw < self.cfg.explore * 2.0 ** -halvings
 
 
 def _could_win(e: Estimate, best: Estimate, prefer: Prefer) -> bool:

@@ -24,6 +24,11 @@ class RoutingConfig(BaseModel):
     explore: float = Field(default=0.02, ge=0, le=0.5)
     # A candidate with less decayed sample weight than this is "under-measured".
     explore_below_weight: float = Field(default=3.0, gt=0)
+    # A candidate over a latency budget (max_ttft_ms / max_latency_ms) on an estimate with
+    # little fresh evidence may be re-measured too, at the exploration rate halved once per
+    # probe that finds it still over, down to explore / 2**budget_probe_halvings.
+    budget_probes: bool = True
+    budget_probe_halvings: int = Field(default=4, ge=0, le=16)
     # Optimism under uncertainty: rank scores shrink by up to this share with no evidence.
     optimism: float = Field(default=0.1, ge=0, lt=1)
     # Expected-time penalty per request already in flight on a deployment (peak-EWMA style).

@@ -315,8 +315,13 @@ def test_exploration_never_routes_outside_hard_constraints(
             d = e.deployment
             assert c.requires <= d.capabilities
             assert max_cost is None or e.cost_usd <= max_cost
-            assert max_ttft is None or e.ttft_q_ms <= max_ttft
             assert pinned is None or d.id == pinned
+            # A latency budget is held against an estimate: only a probe on little fresh
+            # evidence may be over it, never dearer than the best within it.
+            if max_ttft is not None and e.ttft_q_ms > max_ttft:
+                assert e.explore and e is decision.chosen and not pinned
+                assert e.weight < policy.cfg.explore_below_weight
+                assert e.cost_usd <= min(r.cost_usd for r in decision.ranked[1:])
         if decision.chosen is not None:
             dep = decision.chosen.deployment.id
             clock.now += 1.0
@@ -522,3 +527,107 @@ def test_estimates_are_load_free_and_scaled_to_the_load_now() -> None:
     busy = next(e for e in policy.choose(c, FLEET, available).candidates
                 if e.deployment.id == "fast")
     assert busy.ttft_ms == pytest.approx(200.0 * stats.load_factor(10))
+
+
+# --- budget probes: a latency budget's estimate on little fresh evidence is re-measured ----
+
+def test_a_deployment_whose_prior_is_over_budget_is_found_when_it_is_fast() -> None:
+    # `budget` (the cheapest) says 2000 ms, over max_ttft_ms 1000: never eligible on its
+    # prior. It actually answers in 300 ms: a probe finds it, then it serves.
+    policy, clock = learning(explore=0.05, seed=2)
+    c = constraints(prefer="cost", max_ttft_ms=1000, output_tokens=10, input_tokens=100)
+    first = policy.choose(c, FLEET, available)
+    assert first.chosen is not None and first.chosen.deployment.id == "fast"
+    assert "budget" not in ranked_ids(first)
+    chosen = serve(policy, clock, c, 300, {**TTFT, "budget": 300.0})
+    probe = chosen.index("budget")
+    assert 0 < probe < 100
+    assert chosen[-50:].count("budget") == 50
+
+
+def test_a_budget_probe_says_so() -> None:
+    policy, _ = learning(explore=0.5, seed=2)
+    c = constraints(prefer="cost", max_ttft_ms=1000, output_tokens=10, input_tokens=100)
+    decision = next(d for d in (policy.choose(c, FLEET, available) for _ in range(20))
+                    if d.chosen is not None and d.chosen.explore)
+    chosen = decision.chosen
+    assert chosen is not None and chosen.deployment.id == "budget" and chosen.eligible
+    assert chosen.ttft_q_ms > 1000  # the estimate it was over on, shown as it is
+    assert decision.reason.startswith("exploring budget (its estimate over the latency "
+                                      "budget rests on weight 0.0 < 3)")
+    assert ranked_ids(decision) == ["budget", "fast", "mid", "strong"]
+
+
+def test_probes_of_a_deployment_that_really_is_slow_back_off() -> None:
+    # `budget` is as slow as its prior says: each probe finds it over the budget and halves
+    # the rate of the next, down to explore / 2**budget_probe_halvings.
+    n, explore = 4000, 0.2
+    policy, clock = learning(explore=explore, seed=4)
+    c = constraints(prefer="cost", max_ttft_ms=1000, output_tokens=10, input_tokens=100)
+    chosen = []
+    for _ in range(n):
+        decision = policy.choose(c, FLEET, available)
+        dep = decision.chosen.deployment.id  # type: ignore[union-attr]
+        chosen.append(dep)
+        clock.now += 1.0  # the evidence of each probe has aged away by the next draws
+        policy.stats.observe_ttft(dep, TTFT[dep])
+    probes = chosen.count("budget")
+    floor = explore / 2 ** policy.cfg.budget_probe_halvings
+    assert probes / n == pytest.approx(floor, abs=0.004)  # not the 20% exploration share
+
+
+def test_budget_probes_share_the_exploration_draws() -> None:
+    # Over many requests, exploring (of any kind) stays within the configured share.
+    policy, clock = learning(explore=0.1, seed=8, budget_probe_halvings=0)
+    c = constraints(prefer="cost", max_ttft_ms=1000, output_tokens=10, input_tokens=100)
+    n = 4000
+    explored = 0
+    for _ in range(n):
+        decision = policy.choose(c, FLEET, available)
+        chosen = decision.chosen
+        assert chosen is not None
+        explored += chosen.explore
+        clock.now += 100.0  # nothing stays measured: every draw below the share explores
+        policy.stats.observe_ttft(chosen.deployment.id, TTFT[chosen.deployment.id])
+    assert explored / n == pytest.approx(0.1, abs=0.015)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10**6), max_cost=st.none() | st.floats(0.00005, 0.0003),
+    requires=st.sets(st.sampled_from(["tools", "reasoning"]), max_size=1),
+    pinned=st.none() | st.sampled_from(ALL), unavailable=st.sets(st.sampled_from(ALL)),
+    prefer=st.sampled_from(["cost", "latency", "quality", "balanced"]),
+)
+def test_budget_probes_never_break_a_cap_a_pin_a_capability_or_a_spend_budget(
+        seed: int, max_cost: float | None, requires: set[str], pinned: str | None,
+        unavailable: set[str], prefer: str) -> None:
+    policy, clock = learning(explore=0.5, seed=seed, budget_probe_halvings=0)
+    c = constraints(prefer=prefer, max_cost_usd=max_cost, max_ttft_ms=150, output_tokens=10,
+                    input_tokens=100, requires=frozenset(requires),
+                    candidates=(pinned,) if pinned else ALL, pinned=pinned is not None)
+
+    def down(d: Deployment) -> str | None:
+        return "circuit_open" if d.id in unavailable else None
+
+    for _ in range(40):
+        decision = policy.choose(c, FLEET, down)
+        if decision.chosen is None:
+            continue
+        chosen, within = decision.chosen, decision.ranked[1:]
+        d = chosen.deployment
+        assert c.requires <= d.capabilities and d.id not in unavailable
+        assert max_cost is None or chosen.cost_usd <= max_cost
+        assert pinned is None or (d.id == pinned and not chosen.explore)
+        # A spend budget reserves the chosen's cost: a probe is never dearer than the best
+        # candidate within every budget, so a budget that admits that one admits it.
+        if chosen.explore and chosen.ttft_q_ms > 150:
+            assert chosen.cost_usd <= min(e.cost_usd for e in within)
+        clock.now += 30.0
+        policy.stats.observe_ttft(d.id, TTFT[d.id])
+
+
+def test_budget_probes_can_be_switched_off() -> None:
+    policy, clock = learning(explore=0.5, seed=2, budget_probes=False)
+    c = constraints(prefer="cost", max_ttft_ms=1000, output_tokens=10, input_tokens=100)
+    assert "budget" not in serve(policy, clock, c, 200, {**TTFT, "budget": 300.0})
