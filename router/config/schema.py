@@ -153,7 +153,9 @@ class ServerLimitsConfig(_Strict):
     header_timeout_s: float = Field(default=10, gt=0)  # request line and headers, whole
     body_timeout_s: float = Field(default=30, gt=0)  # request body, whole
     max_connections: int = Field(default=2048, ge=1)
-    max_connections_per_client: int = Field(default=256, ge=1)  # per client IP address
+    # Per client IP address. Half the total: one agent host (or the load balancer in front)
+    # may hold 500+ streams, while one abuser cannot take every slot.
+    max_connections_per_client: int = Field(default=1024, ge=1)
     ws_auth_max_bytes: int = Field(default=4096, ge=64)  # a frame before `auth`
     run_max_bytes_per_key: int = Field(default=64 * 1024 * 1024, ge=1024)
     run_max_events_per_key: int = Field(default=200_000, ge=16)
