@@ -328,7 +328,7 @@ def serve(
             raise Exit(2, f"error: --workers {workers} needs a shared state backend: each "
                        "worker would keep its own streams, spend and breakers; set "
                        "`state: {backend: redis, url: ...}` in the config")
-        from router.server.app import serve as run_server  # needs the `server` extra
+        from router.server.launch import serve as run_server  # needs the `server` extra
 
         return run_server(config, host, port, workers=workers)
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from providers.base import estimate_tokens
+
 Way = Literal["prefill", "instruct"]
 
 CONTINUE_INSTRUCTION = (
@@ -135,3 +137,13 @@ class Splice:
         self.done = True
         self._matched = -1
         return text[n:]
+
+
+def added_input_tokens(original: Sequence[Mapping[str, Any]],
+                       continued: Sequence[Mapping[str, Any]]) -> int:
+    """The input a continuation adds to the request (the partial answer, an instruction):
+    billed, so counted in its attempt's input estimate."""
+    def size(ms: Sequence[Mapping[str, Any]]) -> int:
+        return sum(4 + estimate_tokens(str(m.get("content") or "")) for m in ms)
+
+    return max(0, size(continued) - size(original))

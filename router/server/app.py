@@ -15,12 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import functools
-import gc
 import importlib
-import socket
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -32,9 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from router.config import LoadedConfig
 from router.config.schema import ServerConfig
-from router.errors import ConfigError
 from router.server.auth import (
     ANONYMOUS_PRINCIPAL,
     AuthMiddleware,
@@ -48,7 +41,7 @@ from router.server.auth import (
 from router.server.eventlog import EventLog, LogGap, StreamLog
 from router.server.eventlog_redis import RUN, STREAM
 from router.server.hub import Started, StreamHub, stream_status
-from router.server.limits import ClientGone, DrainingServer, server_options
+from router.server.limits import ClientGone
 from router.server.metrics import CONTENT_TYPE, ServerMetrics, deployment_rows, live_snapshot
 from router.server.params import early_error_response, parse_stream_body, stream_kwargs
 from router.server.remote import (
@@ -362,84 +355,4 @@ async def _sweep(streams: EventLog, runs: RunRegistry, retention_s: float) -> No
         runs.sweep()
 
 
-__all__ = ["banner", "create_app", "principal_of"]
-
-
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-def banner(settings: ServerConfig, host: str, port: int, source: str) -> str:
-    """The line `serve` prints first: where it listens, whether keys are required, and
-    where the playground and the compatible APIs are."""
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    n = len(settings.api_keys)
-    auth = (f"on ({n} API key{'s' if n != 1 else ''})" if n
-            else "off (no server.api_keys: loopback only)")
-    return (f"llm-router serving {source} on {url} · auth {auth} · playground {url}/ · "
-            f"OpenAI/Anthropic-compatible base_url {url}/v1")
-
-
-def serve(config: str | None = None, host: str | None = None, port: int | None = None,
-          log_level: str = "info", workers: int = 1) -> int:
-    """`llm-router serve`: the router of `config` (discovered if None) on uvicorn; the exit
-    code. Host and port default to the `server:` section. A server without API keys only
-    binds loopback. `workers` > 1: that many processes on one port (`workers.Workers`), each
-    running `serve_loaded` like the single process; only with a shared state backend, which
-    `llm-router serve` checks first."""
-    import uvicorn
-
-    from router.config import load_config
-
-    loaded = load_config(config)
-    settings: ServerConfig = loaded.config.server
-    host = host or settings.host
-    if not settings.api_keys and host not in _LOOPBACK:
-        raise ConfigError(
-            f"refusing to serve on {host} without API keys: add server.api_keys "
-            "(sha256 of each key) to the config, or bind 127.0.0.1")
-    port = settings.port if port is None else port
-    print(banner(settings, host, port, str(loaded.source)), file=sys.stderr, flush=True)
-    # The server's own log lines (one per stream: id, key name, task; the prompt only with
-    # server.log_prompts) go where uvicorn's go.
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    log_config["loggers"]["router"] = {"handlers": ["default"], "level": log_level.upper(),
-                                       "propagate": False}
-    # uvloop: the fastest loop measured (README,
-    # "ASGI server"); the HTTP protocol is httptools, wrapped by `server_options` with the
-    # hostile-client limits.
-    options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level,
-                               "log_config": log_config, "access_log": settings.access_log,
-                               "loop": "uvloop"}
-    if workers == 1:
-        serve_loaded(loaded, options)
-        return 0
-    from router.server.workers import Workers
-
-    # Each worker loads the same config file (by path) and builds its own router.
-    sock = uvicorn.Config(app="", **options).bind_socket()
-    return Workers(functools.partial(serve_loaded, loaded.source, options), workers,
-                   sock).run()
-
-
-def serve_loaded(loaded: LoadedConfig | str, options: dict[str, Any],
-                 sockets: list[socket.socket] | None = None) -> None:
-    """One server process: the router of `loaded` (a loaded config, or its path) on uvicorn
-    with the connection limits and deadlines (`server_options`), draining its streams on
-    SIGTERM (`DrainingServer`); on `sockets` when a supervisor bound them."""
-    import uvicorn
-
-    from router.config import load_config
-    from router.core import Router
-
-    if isinstance(loaded, str):
-        loaded = load_config(loaded)
-    settings: ServerConfig = loaded.config.server
-    app = create_app(Router(loaded), settings, close_router=True)
-    hub: StreamHub = app.state.hub
-    uv_config = uvicorn.Config(app, **options, **server_options(settings))
-    # What is built by now (modules, config, the app) lives as long as the process: out of
-    # the collector's generations, a burst of arrivals is not slowed by full collections
-    # walking it (in the library benchmark: 73 -> 47 ms of GC in a 500-stream burst).
-    gc.freeze()
-    DrainingServer(uv_config, lambda: hub.shutdown(settings.shutdown_grace_s)).run(
-        sockets=sockets)
+__all__ = ["create_app", "principal_of"]

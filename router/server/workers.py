@@ -5,7 +5,7 @@ uvicorn's own supervisor (`uvicorn.run(..., workers=N)`) builds each worker's se
 from a config it must pickle: neither our protocol with the connection limits and deadlines
 (`limits.limited_protocol`, a class built from the config) nor the SIGTERM drain
 (`limits.DrainingServer`) can get there. So this module binds the socket and supervises the
-processes, and each worker runs the `target` it is given (`app.serve_loaded`, the same
+processes, and each worker runs the `target` it is given (`launch.serve_loaded`, the same
 function the single process runs) on the shared socket.
 
 The supervisor forwards SIGTERM/SIGINT to the workers as one SIGTERM and waits for them

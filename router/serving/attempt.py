@@ -39,6 +39,7 @@ from router.serving.admission import Slot
 from router.serving.ledger import Attempt, Ledger
 
 if TYPE_CHECKING:
+    from router.request import PreparedRequest
     from router.serving.context import ServingContext
 
 CONTENT_TYPES = (TextDelta, ReasoningDelta, ToolCallDelta)
@@ -240,3 +241,17 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
             opened.permit.failure(outcome)
             ctx.stats.observe_outcome(dep.id, outcome)
     ledger.finish = attempt.finish
+
+
+def provider_request(dep: Deployment, req: PreparedRequest) -> ProviderRequest:
+    max_tokens = req.max_tokens or dep.default_max_tokens
+    if dep.max_output_tokens is not None:
+        max_tokens = min(max_tokens, dep.max_output_tokens)
+    return ProviderRequest(
+        model=dep.model, messages=req.messages, system=req.system, max_tokens=max_tokens,
+        temperature=req.temperature, tools=req.tools, tool_choice=req.tool_choice,
+        stop=req.stop, response_format=req.response_format,
+        # routing guaranteed the rest; advisory ones (`user`) go only where they can
+        params={k: v for k, v in req.params.items() if k in dep.params},
+        options=dep.options,
+    )

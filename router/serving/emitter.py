@@ -1,11 +1,24 @@
-"""`Emitter`: numbers the events of one request and builds its `error` event, with the
-suggestion each error code carries."""
+"""`Emitter`: numbers the events of one request and builds the events the serving loop
+announces (`start`, `retry`, `fallback`, and `error` with the suggestion each error code
+carries)."""
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from router.events import ErrorCode, ErrorEvent, build
+from router.events import (
+    ErrorCode,
+    ErrorEvent,
+    FallbackEvent,
+    ResumeMode,
+    RetryEvent,
+    StartEvent,
+    build,
+)
+
+if TYPE_CHECKING:
+    from router.config.schema import Deployment
 
 _SUGGESTIONS: dict[str, str] = {
     "no_route": "relax max_ttft_ms / max_latency_ms / max_cost_usd, or add candidates to the task",
@@ -40,14 +53,39 @@ class Emitter:
     def elapsed_ms(self) -> float:
         return (self.clock() - self.t0) * 1000.0
 
+    def _next(self) -> int:
+        seq = self.seq
+        self.seq += 1
+        return seq
+
+    def start(self, dep: Deployment, attempt: int, hedge: bool) -> StartEvent:
+        return build(
+            StartEvent,
+            request_id=self.request_id, seq=self._next(), elapsed_ms=self.elapsed_ms(),
+            deployment=dep.id, provider=dep.provider, model=dep.model, attempt=attempt,
+            hedge=hedge)
+
+    def retry(self, dep: Deployment, attempt: int, error: ErrorCode,
+              delay_s: float) -> RetryEvent:
+        return build(
+            RetryEvent,
+            request_id=self.request_id, seq=self._next(), elapsed_ms=self.elapsed_ms(),
+            deployment=dep.id, attempt=attempt, error=error, delay_ms=delay_s * 1000.0)
+
+    def fallback(self, src: Deployment, dst: Deployment, error: ErrorCode, after_tokens: int,
+                 mode: ResumeMode | None) -> FallbackEvent:
+        return build(
+            FallbackEvent,
+            request_id=self.request_id, seq=self._next(), elapsed_ms=self.elapsed_ms(),
+            from_deployment=src.id, to_deployment=dst.id, error=error,
+            after_tokens=after_tokens, mode=mode)
+
     def error(self, code: ErrorCode, message: str, *, retryable: bool = False,
               deployment: str | None = None, status: int | None = None,
               suggestion: str | None = None) -> ErrorEvent:
-        seq = self.seq
-        self.seq += 1
         return build(
             ErrorEvent,
-            request_id=self.request_id, seq=seq, elapsed_ms=self.elapsed_ms(), code=code,
+            request_id=self.request_id, seq=self._next(), elapsed_ms=self.elapsed_ms(), code=code,
             message=message, retryable=retryable, deployment=deployment, status=status,
             suggestion=suggestion or _SUGGESTIONS.get(code),
         )

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from providers.base import (
     CLIENT_ERROR_CODES,
@@ -28,12 +28,24 @@ from providers.base import (
     estimate_tokens,
 )
 from router.config.schema import Deployment
-from router.events import Event, FallbackEvent, ResumeMode, RetryEvent, StartEvent, build
+from router.events import Event, ResumeMode, StartEvent
 from router.resilience.breaker import Permit
-from router.resilience.continuation import Splice, Way, continuation_messages
+from router.resilience.continuation import (
+    Splice,
+    Way,
+    added_input_tokens,
+    continuation_messages,
+)
 from router.routing.cost import input_cost
 from router.serving.admission import AdmissionRefused, Slot
-from router.serving.attempt import AttemptFailed, Opened, end_attempt, open_upstream, stream_opened
+from router.serving.attempt import (
+    AttemptFailed,
+    Opened,
+    end_attempt,
+    open_upstream,
+    provider_request,
+    stream_opened,
+)
 from router.serving.ledger import Attempt, Ledger
 
 if TYPE_CHECKING:
@@ -103,7 +115,7 @@ class Failover:
                 if not self._may_resume(dep, permit, sent, mode):
                     return
                 if failed_on is not None and failure is not None:
-                    yield self._fallback(failed_on, dep, failure, sent, mode)
+                    yield self.em.fallback(failed_on, dep, failure.code, sent, mode)
                 if mode == "restart":
                     self.ledger.text_parts.clear()
                     self.ledger.tool_calls.clear()
@@ -179,7 +191,7 @@ class Failover:
         if mode == "continue":  # the continuation request as it will be sent
             messages, _ = continuation_messages(self.req.messages, self.ledger.text(),
                                                 self.res.continuation_ways(dep)[0])
-            tokens += self._extra_tokens(messages)
+            tokens += added_input_tokens(self.req.messages, messages)
         return self.ledger.cost_usd() + input_cost(dep.price, tokens) < limit
 
     def _hedge_affordable(self, dep: Deployment, hedge: Deployment) -> bool:
@@ -189,14 +201,6 @@ class Failover:
         both = input_cost(dep.price, self.input_estimate) + input_cost(hedge.price,
                                                                         self.input_estimate)
         return self.ledger.cost_usd() + both < limit
-
-    def _extra_tokens(self, messages: list[Mapping[str, Any]]) -> int:
-        """The input a continuation adds to the request (the partial answer, an instruction):
-        billed, so counted in its attempt's input estimate."""
-        def size(ms: Sequence[Mapping[str, Any]]) -> int:
-            return sum(4 + estimate_tokens(str(m.get("content") or "")) for m in ms)
-
-        return max(0, size(messages) - size(self.req.messages))
 
     def _failed(self, dep: Deployment, err: ProviderError) -> tuple[Deployment, ProviderError]:
         if self.original is None:
@@ -241,7 +245,7 @@ class Failover:
             splice = Splice(partial, strip_leading_ws=stripped, repeat_check=way == "instruct")
             cont = dataclasses.replace(preq, messages=messages,
                                        max_tokens=max(1, self._tokens_left(dep)))
-            self._extra_input = self._extra_tokens(messages)
+            self._extra_input = added_input_tokens(self.req.messages, messages)
             async with aclosing(self._retrying(dep, cont, permit, has_alternative, splice,
                                                None)) as events:
                 async for event in events:
@@ -274,7 +278,7 @@ class Failover:
                         self.error = attempt.error
                         return
                     permit = next_permit
-                    yield self._retry_event(dep, attempt.number, attempt.error, attempt.delay_s)
+                    yield self.em.retry(dep, attempt.number, attempt.error.code, attempt.delay_s)
                     await retry.sleep(attempt.delay_s)
                 after_s = None
                 if hedge is not None and attempt.number == 1:
@@ -312,13 +316,7 @@ class Failover:
 
     def _start(self, dep: Deployment, hedge: bool) -> StartEvent:
         self._attempt = self.ledger.begin(dep, self.input_estimate + self._extra_input)
-        em = self.em
-        seq = em.seq
-        em.seq += 1
-        return build(
-            StartEvent,
-            request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(), deployment=dep.id,
-            provider=dep.provider, model=dep.model, attempt=self._attempt.number, hedge=hedge)
+        return self.em.start(dep, self._attempt.number, hedge)
 
     async def _open(self, dep: Deployment, preq: ProviderRequest, attempt: Attempt,
                     permit: Permit, slot: Slot | None) -> Opened:
@@ -404,39 +402,3 @@ class Failover:
             else:
                 self._slots.append(slot)
         return slot, permit
-
-    # --- events ---------------------------------------------------------------------------
-
-    def _retry_event(self, dep: Deployment, number: int, err: ProviderError,
-                     delay_s: float) -> RetryEvent:
-        em = self.em
-        seq = em.seq
-        em.seq += 1
-        return build(
-            RetryEvent,
-            request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(), deployment=dep.id,
-            attempt=number, error=err.code, delay_ms=delay_s * 1000.0)
-
-    def _fallback(self, src: Deployment, dst: Deployment, err: ProviderError, sent: int,
-                  mode: ResumeMode | None) -> FallbackEvent:
-        em = self.em
-        seq = em.seq
-        em.seq += 1
-        return build(
-            FallbackEvent, request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(),
-            from_deployment=src.id, to_deployment=dst.id, error=err.code, after_tokens=sent,
-            mode=mode)
-
-
-def provider_request(dep: Deployment, req: PreparedRequest) -> ProviderRequest:
-    max_tokens = req.max_tokens or dep.default_max_tokens
-    if dep.max_output_tokens is not None:
-        max_tokens = min(max_tokens, dep.max_output_tokens)
-    return ProviderRequest(
-        model=dep.model, messages=req.messages, system=req.system, max_tokens=max_tokens,
-        temperature=req.temperature, tools=req.tools, tool_choice=req.tool_choice,
-        stop=req.stop, response_format=req.response_format,
-        # routing guaranteed the rest; advisory ones (`user`) go only where they can
-        params={k: v for k, v in req.params.items() if k in dep.params},
-        options=dep.options,
-    )

@@ -259,7 +259,7 @@ def test_serve_refuses_a_public_address_without_api_keys() -> None:
 
     from router.config import embedded_path
     from router.errors import ConfigError
-    from router.server.app import serve
+    from router.server.launch import serve
 
     # A config problem: the CLI reports it as such (exit 2).
     with pytest.raises(ConfigError, match="without API keys"):
