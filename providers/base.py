@@ -285,8 +285,8 @@ def make_client(settings: ProviderSettings) -> httpx.AsyncClient:
     over aiohttp's pool (`providers.transport`; why, in its docstring)."""
     import httpx
 
-    from providers.transport import AiohttpTransport
+    from providers.transport import PooledClient
 
     timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
-    return httpx.AsyncClient(transport=AiohttpTransport(max_connections=MAX_CONNECTIONS),
-                             timeout=timeout, headers=dict(settings.headers))
+    return PooledClient(max_connections=MAX_CONNECTIONS, timeout=timeout,
+                        headers=dict(settings.headers))

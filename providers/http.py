@@ -35,8 +35,13 @@ from providers.base import (
     QuotaDelta,
     make_client,
 )
+from providers.transport import DirectResponse, PooledClient
+
+# What `open_stream` returns: httpx's response, or the pool's own (same attributes).
+StreamedResponse = httpx.Response | DirectResponse
 
 __all__ = [
+    "StreamedResponse",
     "aiter_body",
     "body_chunks",
     "drain",
@@ -172,10 +177,9 @@ def _reset_s(raw: str | None, now: float | None) -> float | None:
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
-    if value is None and not isinstance(headers, httpx.Headers):
-        for key, val in headers.items():  # plain dicts are case-sensitive
-            if key.lower() == name:
-                return val
+    if value is None and isinstance(headers, dict):  # plain dicts are case-sensitive
+        # (httpx's and aiohttp's headers are not)
+        return next((v for k, v in headers.items() if k.lower() == name), None)
     return value
 
 
@@ -364,14 +368,20 @@ async def open_stream(
     content: bytes,
     headers: Mapping[str, str],
     secrets: Iterable[str] = (),
-) -> httpx.Response:
+) -> StreamedResponse:
     """POST `content` and return the streaming response once its status is 2xx. The
-    caller owns the response and must `aclose()` it in `finally`. Non-2xx responses are
-    read (bounded), closed and raised as `ProviderError`."""
+    caller owns the response and must `aclose()` it in `finally`; read its body with
+    `body_chunks`. Non-2xx responses are read (bounded), closed and raised as
+    `ProviderError`. On our pooled client the POST goes to the pool directly (see
+    `providers.transport.PooledClient`); any other client (a respx-mocked one) via httpx."""
     secrets = tuple(secrets)
-    request = client.build_request("POST", url, content=content, headers=headers)
+    response: StreamedResponse
     try:
-        response = await client.send(request, stream=True)
+        if isinstance(client, PooledClient):
+            response = await client.post_streaming(url, content, headers)
+        else:
+            request = client.build_request("POST", url, content=content, headers=headers)
+            response = await client.send(request, stream=True)
     except httpx.HTTPError as exc:
         raise map_transport_error(exc, secrets=secrets) from exc
     if 200 <= response.status_code < 300:
@@ -385,10 +395,10 @@ async def open_stream(
     raise map_http_error(response.status_code, body, response.headers, secrets=secrets)
 
 
-async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+async def _read_bounded(response: StreamedResponse, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in body_chunks(response):
         parts.append(chunk)
         size += len(chunk)
         if size >= limit:
@@ -396,17 +406,19 @@ async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
     return b"".join(parts)[:limit]
 
 
-def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """`response.aiter_bytes()`; when the body is not content-encoded, straight from the
-    transport's stream, without httpx's decoder and re-chunker layers (two generator
-    resumptions less per chunk, the same bytes)."""
+def body_chunks(response: StreamedResponse) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive (decoded when content-encoded). From httpx, when
+    the body is not content-encoded, straight from the transport's stream, without
+    httpx's decoder and re-chunker layers (two generator resumptions less per chunk)."""
+    if isinstance(response, DirectResponse):
+        return response.chunks()
     if "content-encoding" in response.headers:
         return response.aiter_bytes()
     return aiter(cast(httpx.AsyncByteStream, response.stream))
 
 
 async def aiter_body(
-    response: httpx.Response, *, secrets: Iterable[str] = ()
+    response: StreamedResponse, *, secrets: Iterable[str] = ()
 ) -> AsyncIterator[bytes]:
     """The response body as it arrives, with httpx failures mapped to `ProviderError`.
     Keep the iterator: after the terminal marker, pass it to `drain`."""

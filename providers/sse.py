@@ -144,6 +144,14 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Decode the next bytes; return the events completed by them (often none)."""
+        # The usual network chunk is one whole event, `data: <payload>\n\n`, arriving with
+        # nothing pending: one scan for its first line end says so, no line loop.
+        end = chunk.find(b"\n")
+        if end == len(chunk) - 2 and chunk.startswith(b"data: ") and chunk[-1] == 0x0A and (
+                self._started and not (self._buf or self._data or self._event
+                                       or self._skip_lf) and b"\r" not in chunk):
+            return [SSEEvent("message", chunk[6:end].decode("utf-8", "replace"),
+                             self._last_id, self._retry)]
         buf, end = self._lines(chunk)
         if end < 0:
             return []

@@ -10,19 +10,28 @@ request. Keeping the httpx API keeps the adapters and their respx-mocked tests u
 to `ConnectTimeout` (a reset peer or a server that hung up looked like a slow connect);
 this one maps aiohttp's failures to the httpx exceptions that say what happened, which
 `providers.http.map_transport_error` turns into error codes.
+
+`PooledClient` is the `httpx.AsyncClient` the adapters get: its `post_streaming` opens a
+streaming POST on the aiohttp pool directly, without building httpx's `Request` and
+`Response` (URL parsing and header merging per request, its auth, redirect and cookie
+layers and its body wrapper: ~5 us per chunk at 500 streams, more at the first token).
+It sends what `client.stream()` sends (the client's headers, httpx's defaults
+included) and yields the same bytes; anything else (tests inject a respx-mocked plain
+`httpx.AsyncClient`) still goes through httpx, so both paths serve the same adapters.
+Cookies a provider sets are not kept (an API client has no session to keep).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["AiohttpTransport", "DirectResponse", "PooledClient"]
 
 _READ_SIZE = 64 * 1024
 
@@ -128,20 +137,28 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                                      skip_auto_headers=("User-Agent", "Accept-Encoding"),
                                      cookie_jar=aiohttp.DummyCookieJar())
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def open(self, method: str, url: str,
+                   headers: Mapping[str, str] | Iterable[tuple[str, str]],
+                   content: bytes | None, limits: aiohttp.ClientTimeout
+                   ) -> aiohttp.ClientResponse:
+        """The response once its head has arrived; aiohttp's failures mapped to httpx's.
+        `limits`: the connect and read timeouts, enforced by aiohttp."""
         session = self._session
         if session is None or session.closed:
             session = self._session = self._new_session()
-        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.get("pool"),
-                                        sock_connect=timeouts.get("connect"),
-                                        sock_read=timeouts.get("read"))
         try:
-            response = await session.request(
-                request.method, str(request.url), headers=request.headers.multi_items(),
-                data=request.content or None, allow_redirects=False, timeout=timeout)
+            return await session.request(method, url, headers=headers, data=content,
+                                         allow_redirects=False, timeout=limits)
         except _FAILURES as exc:
             raise _mapped(exc, during_body=False) from exc
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        timeout = _client_timeout(timeouts.get("pool"), timeouts.get("connect"),
+                                  timeouts.get("read"))
+        response = await self.open(request.method, str(request.url),
+                                   request.headers.multi_items(), request.content or None,
+                                   timeout)
         return httpx.Response(response.status, headers=response.raw_headers,
                               stream=_Body(response, timeouts.get("read")), request=request,
                               extensions={"http_version": b"HTTP/1.1"})
@@ -149,3 +166,57 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _client_timeout(pool: float | None, connect: float | None,
+                    read: float | None) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, connect=pool, sock_connect=connect, sock_read=read)
+
+
+class DirectResponse:
+    """A streaming response read straight from the pool: what the adapters use of
+    `httpx.Response` (`status_code`, `headers`, `aclose()`) and the body as `chunks()`.
+    `headers` is aiohttp's case-insensitive multidict."""
+
+    __slots__ = ("_body", "_response", "headers", "status_code")
+
+    def __init__(self, response: aiohttp.ClientResponse, read_timeout_s: float | None) -> None:
+        self._response = response
+        self.status_code = response.status
+        self.headers: Mapping[str, str] = response.headers
+        self._body = _Body(response, read_timeout_s)
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (call once). A content-encoded one (httpx's default
+        `accept-encoding` allows gzip) is decoded by httpx, as `aiter_bytes()` would."""
+        if "content-encoding" in self.headers:
+            wrapped = httpx.Response(self.status_code, headers=self._response.raw_headers,
+                                     stream=self._body)
+            return wrapped.aiter_bytes()
+        return aiter(self._body)
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
+
+
+class PooledClient(httpx.AsyncClient):
+    """`httpx.AsyncClient` over an `AiohttpTransport`, plus `post_streaming`. Its headers
+    and timeout are read at construction (later changes reach the httpx path only)."""
+
+    def __init__(self, *, max_connections: int, timeout: httpx.Timeout,
+                 headers: Mapping[str, str]) -> None:
+        self.pool = AiohttpTransport(max_connections=max_connections)
+        super().__init__(transport=self.pool, timeout=timeout, headers=headers)
+        self._defaults = {k.lower(): v for k, v in self.headers.items()}
+        self._read_timeout_s = timeout.read
+        self._direct_limits = _client_timeout(timeout.pool, timeout.connect, timeout.read)
+
+    async def post_streaming(self, url: str, content: bytes,
+                             headers: Mapping[str, str]) -> DirectResponse:
+        """POST `content` and return the response once its head arrived, body unread.
+        Raises the httpx exception that says what failed."""
+        merged = self._defaults.copy()
+        for name, value in headers.items():
+            merged[name.lower()] = value
+        response = await self.pool.open("POST", url, merged, content, self._direct_limits)
+        return DirectResponse(response, self._read_timeout_s)

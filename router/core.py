@@ -122,6 +122,7 @@ class Router:
         self._providers: dict[str, Provider] = {}
         self._run_sinks: list[RunSink] = []
         self.resilience = Resilience(self.loaded)
+        self._context: ServingContext | None = None
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None) -> Router:
@@ -216,10 +217,20 @@ class Router:
         return EventStream(run_stream(self._serving_context(), stream_params, rid), rid)
 
     def _serving_context(self) -> ServingContext:
-        # Built per request: tests and embedders may swap `resilience` or `budgets`.
-        return ServingContext(self.loaded, self.stats, self.resilience, self.budgets,
-                              self.provider, self.unavailable_reason, self.policy,
-                              self.admission)
+        # Rebuilt when a part was swapped (tests and embedders may swap `resilience` or
+        # `budgets`), else the last one rather than a new one per request. The two bound
+        # methods compare equal (not identical) to the last ones unless replaced.
+        ctx = self._context
+        if ctx is None or not (
+                ctx.loaded is self.loaded and ctx.stats is self.stats
+                and ctx.resilience is self.resilience and ctx.budgets is self.budgets
+                and ctx.policy is self.policy and ctx.admission is self.admission
+                and ctx.provider == self.provider
+                and ctx.unavailable_reason == self.unavailable_reason):
+            ctx = self._context = ServingContext(
+                self.loaded, self.stats, self.resilience, self.budgets, self.provider,
+                self.unavailable_reason, self.policy, self.admission)
+        return ctx
 
     async def complete(self, input: str | Sequence[Mapping[str, Any]],
                        **options: Any) -> Completion:

@@ -220,19 +220,20 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event, config=ConfigDict(defer_b
 _new = object.__new__
 _set = object.__setattr__
 _M = TypeVar("_M", bound=BaseModel)
-_FIELDS: dict[type[BaseModel], tuple[tuple[str, Any], ...]] = {}
+_DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {}
 
 
 def build(cls: type[_M], /, **values: Any) -> _M:
-    """`cls.model_construct(**values)`, twice as fast (a dozen per request): the fields in
-    the model's order (the JSON's key order), the left-out ones at their plain defaults
-    (these models have no default factories)."""
-    fields = _FIELDS.get(cls)
-    if fields is None:
-        fields = _FIELDS[cls] = tuple((name, f.default) for name, f in cls.model_fields.items())
-    get = values.get
+    """`cls.model_construct(**values)`, several times as fast (a dozen per request): the
+    fields in the model's order (the JSON's key order), the left-out ones at their plain
+    defaults (these models have no default factories). `values` must name fields only."""
+    state = _DEFAULTS.get(cls)
+    if state is None:
+        state = _DEFAULTS[cls] = {name: f.default for name, f in cls.model_fields.items()}
+    state = state.copy()
+    state.update(values)  # known keys keep their place: the model's order
     obj = _new(cls)
-    _set(obj, "__dict__", {name: get(name, default) for name, default in fields})
+    _set(obj, "__dict__", state)
     _set(obj, "__pydantic_fields_set__", set(values))
     _set(obj, "__pydantic_extra__", None)
     _set(obj, "__pydantic_private__", None)

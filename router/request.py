@@ -22,7 +22,7 @@ from providers.base import ADVISORY_PARAMS, Tool, estimate_tokens
 from router.config.schema import LoadedConfig, Prefer
 from router.events import ErrorCode
 from router.request_params import RequestParamError, check_params, check_response_format
-from router.routing.policy import RouteConstraints
+from router.routing.constraints import RouteConstraints
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 PREFERS = ("cost", "latency", "quality", "balanced")
@@ -170,6 +170,9 @@ class StreamParams:
     params: Mapping[str, Any] | None = None
 
 
+_PARAM_NAMES = tuple(f.name for f in fields(StreamParams))
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedRequest:
     """A validated request: conversation, tools and routing constraints."""
@@ -238,8 +241,8 @@ def _tool_choice(choice: str | Mapping[str, Any] | None, tools: tuple[Tool, ...]
 
 
 def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
-    check_stream_args({f.name: v for f in fields(params)
-                       if (v := getattr(params, f.name)) is not None and v != {}})
+    check_stream_args({name: v for name in _PARAM_NAMES
+                       if (v := getattr(params, name)) is not None and v != {}})
     system, messages = _messages(params)
     tools = tuple(_tool(i, t) for i, t in enumerate(params.tools or ()))
     cfg = loaded.config

@@ -198,6 +198,9 @@ class Breaker:
 
     def _record(self, probe: bool, failed: bool) -> None:
         before = self.state
+        if not (failed or probe or self._storage.counter or self._cb.listeners) and (
+                before == "closed" and self._rate is None):
+            return  # all pybreaker would do: reset a failure count that is already 0
         if probe:
             self._end_probe()
             if before != "half_open":

@@ -12,36 +12,30 @@ from providers.base import ProviderError
 
 
 class Watchdog:
-    __slots__ = ("_handle", "_loop", "_since", "_task", "fired", "got_content", "idle_s",
-                 "started", "time", "total_s", "ttft_s")
+    """The read loop marks each wait on the provider with plain stores (no timer re-armed):
+    `waiting_since = time()` and `task = current_task()` before it, `waiting_since = None`
+    after it. The task is stored on every wait because the one waiting on the provider is
+    the one to cancel, and a consumer may read the first events in one task and the rest in
+    another (a server handing a stream over)."""
+
+    __slots__ = ("_handle", "_loop", "fired", "got_content", "idle_s", "started", "task",
+                 "time", "total_s", "ttft_s", "waiting_since")
 
     def __init__(self, ttft_s: float, idle_s: float, total_s: float, *,
                  started: float | None = None, got_content: bool = False) -> None:
         # `started`/`got_content`: take over an attempt whose first token was awaited
         # elsewhere (retry loop, hedge race), keeping its total deadline.
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
+        self.task = asyncio.current_task()
         self.ttft_s, self.idle_s, self.total_s = ttft_s, idle_s, total_s
         self.time = self._loop.time
         self.started = self.time() if started is None else started
         self.got_content = got_content
-        self._since: float | None = None
+        self.waiting_since: float | None = None
         self.fired: str | None = None
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(
             self._deadline()[0], self._check
         )
-
-    @property
-    def waiting_since(self) -> float | None:
-        return self._since
-
-    @waiting_since.setter
-    def waiting_since(self, value: float | None) -> None:
-        # The task that waits on the provider is the one to cancel: a consumer may read the
-        # first events in one task and the rest in another (a server handing a stream over).
-        if value is not None:
-            self._task = asyncio.current_task(self._loop)  # with the loop: ~3x cheaper
-        self._since = value
 
     def _deadline(self) -> tuple[float, str]:
         total = self.started + self.total_s
@@ -60,10 +54,10 @@ class Watchdog:
         elif self.waiting_since is None and which != "total":
             # The consumer holds the stream: the provider is not late. Look again later.
             self._handle = self._loop.call_at(now + self.idle_s, self._check)
-        elif self._task is not None:
+        elif self.task is not None:
             self.fired = which
             self._handle = None
-            self._task.cancel()
+            self.task.cancel()
 
     def disarm(self) -> None:
         if self._handle is not None:
@@ -72,9 +66,9 @@ class Watchdog:
 
     def expired(self) -> ProviderError | None:
         """After a CancelledError: the timeout it stands for, or None for a real cancel."""
-        if self.fired is None or self._task is None:
+        if self.fired is None or self.task is None:
             return None
-        if self._task.uncancel() > 0:
+        if self.task.uncancel() > 0:
             return None  # cancelled from outside as well: let the cancellation through
         seconds = {"ttft": self.ttft_s, "idle": self.idle_s, "total": self.total_s}[self.fired]
         what = {"ttft": "first token", "idle": "idle (no content)", "total": "total"}[self.fired]

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from router.config.schema import Deployment, Prefer
+from router.routing.constraints import RouteConstraints
 from router.routing.cost import estimate_cost
 from router.routing.estimator import Snapshot
 from router.routing.settings import RoutingConfig
@@ -44,23 +45,6 @@ Unavailable = Callable[[Deployment], str | None]
 InFlight = Callable[[str], int]
 
 _MAX_ERROR_RATE = 0.95  # beyond this the expected retries are effectively unbounded
-
-
-@dataclass(frozen=True, slots=True)
-class RouteConstraints:
-    """What one request asks of its route, after task defaults were applied."""
-
-    candidates: tuple[str, ...]
-    prefer: Prefer
-    input_tokens: int
-    output_tokens: int
-    max_ttft_ms: float | None = None
-    max_latency_ms: float | None = None
-    max_cost_usd: float | None = None
-    requires: frozenset[str] = frozenset()
-    params: frozenset[str] = frozenset()  # sampling parameters the request sets
-    task: str | None = None
-    pinned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,17 +97,15 @@ def expected_ms(s: Snapshot, output_tokens: int, wait_ms: float, inflight: int,
 def _exclusion(dep: Deployment, c: RouteConstraints, ttft_q: float, latency_q: float,
                cost: float, unavailable: Unavailable) -> str | None:
     reason = unavailable(dep)
-    missing = sorted(c.requires - dep.capabilities)
-    unhonoured = sorted(c.params - dep.params)
     if reason is not None:
         return reason
     if c.input_tokens + c.output_tokens > dep.context_window:
         return (f"context_window: ~{c.input_tokens} input + {c.output_tokens} output tokens "
                 f"> {dep.context_window}")
-    if missing:
-        return f"capability: lacks {', '.join(missing)}"
-    if unhonoured:
-        return f"parameter: cannot honour {', '.join(unhonoured)}"
+    if c.requires and (missing := c.requires - dep.capabilities):
+        return f"capability: lacks {', '.join(sorted(missing))}"
+    if c.params and (unhonoured := c.params - dep.params):
+        return f"parameter: cannot honour {', '.join(sorted(unhonoured))}"
     if c.max_ttft_ms is not None and ttft_q > c.max_ttft_ms:
         return f"max_ttft_ms: estimated {ttft_q:.0f} ms > {c.max_ttft_ms:g} ms"
     if c.max_latency_ms is not None and latency_q > c.max_latency_ms:
@@ -224,8 +206,8 @@ class RoutingPolicy:
         for e in eligible:
             if e.weight >= 1.0:  # measured within its budgets: later probes at full rate
                 self._budget_probes.pop(e.deployment.id, None)
-        key = _rank_key(c.prefer, eligible, self.cfg)
-        ranked = sorted(eligible, key=key)
+        ranked = sorted(eligible, key=_rank_key(c.prefer, eligible, self.cfg)) \
+            if len(eligible) > 1 else eligible
         if not ranked:
             return RouteDecision([], all_estimates, "no eligible candidate")
         if c.pinned:

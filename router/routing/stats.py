@@ -78,6 +78,7 @@ class StatsRegistry:
         self.clock = clock
         self._by_id: dict[str, DeploymentStats] = {}
         self._priors: dict[str, Prior] = {}
+        self._known: dict[str, Deployment] = {}  # the config object each prior came from
         # Set by `router.state.stats_sync`: what the estimators learn is also recorded here
         # (kind, deployment, value, extra), for other instances to learn it too.
         self.journal: deque[tuple[str, str, float, float]] | None = None
@@ -85,6 +86,9 @@ class StatsRegistry:
     def know(self, dep: Deployment) -> DeploymentStats:
         """The stats of `dep`, created with its config priors on first use."""
         s = self._by_id.get(dep.id)
+        if s is not None and self._known.get(dep.id) is dep:
+            return s  # the same config object as last time: its priors are in place
+        self._known[dep.id] = dep
         prior = Prior(dep.latency_prior.ttft_ms, 1000.0 / dep.latency_prior.tokens_per_s,
                       self.routing.prior_error_rate)
         if s is None or self._priors.get(dep.id) != prior:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 
 from providers.base import Delta, ProviderError
 
-__all__ = ["Admission", "AdmissionRefused", "admitted"]
+__all__ = ["Admission", "AdmissionRefused", "Admitted", "admitted"]
 
 
 class AdmissionRefused(ProviderError):
@@ -118,16 +118,44 @@ class Admission:
             gate.waiters = deque(w for w in gate.waiters if not w.done())
 
 
-async def admitted(admission: Admission, deployment_id: str,
-                   upstream: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    """`upstream` behind a slot of `deployment_id`: taken at the first read, given back
-    when this iterator is closed or ends, whatever the way."""
-    await admission.acquire(deployment_id)
-    try:
-        async for delta in upstream:
-            yield delta
-    finally:
-        admission.release(deployment_id)
-        close = getattr(upstream, "aclose", None)
+class Admitted:
+    """`upstream` holding a slot of `deployment_id` that was already acquired, given back
+    once, when this iterator is closed (or, as a backstop, garbage collected). Reading
+    forwards to `upstream` with no generator in between: this sits on the per-chunk path."""
+
+    __slots__ = ("_admission", "_deployment_id", "_next", "_upstream")
+
+    def __init__(self, admission: Admission, deployment_id: str,
+                 upstream: AsyncIterator[Delta]) -> None:
+        self._admission: Admission | None = admission
+        self._deployment_id = deployment_id
+        self._upstream = upstream
+        self._next = upstream.__anext__
+
+    def __aiter__(self) -> Admitted:
+        return self
+
+    def __anext__(self) -> Awaitable[Delta]:
+        return self._next()
+
+    def _release(self) -> None:
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission.release(self._deployment_id)
+
+    async def aclose(self) -> None:
+        self._release()
+        close = getattr(self._upstream, "aclose", None)
         if close is not None:
             await close()
+
+    def __del__(self) -> None:
+        self._release()
+
+
+async def admitted(admission: Admission, deployment_id: str,
+                   upstream: AsyncIterator[Delta]) -> Admitted:
+    """Take a slot of `deployment_id` (waiting in its FIFO; `AdmissionRefused`), then
+    `upstream` holding it until closed."""
+    await admission.acquire(deployment_id)
+    return Admitted(admission, deployment_id, upstream)

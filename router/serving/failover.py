@@ -67,87 +67,93 @@ class Failover:
 
     # --- the candidate loop ---------------------------------------------------------------
 
-    async def run(self) -> AsyncGenerator[Event, None]:
-        try:
-            async with aclosing(self._serve()) as events:
-                async for event in events:
-                    yield event
-        finally:
-            # The caller may leave between an admission and its attempt's outcome (at a
-            # `fallback`, `start` or `retry` event): free every slot still held.
-            for permit in self._permits:
-                permit.release()
-
     def _admit(self, dep: Deployment) -> Permit | None:
         permit = self.res.breakers.admit(dep.id)
         if permit is not None:
             self._permits.append(permit)
         return permit
 
-    async def _serve(self) -> AsyncGenerator[Event, None]:
-        resume = self.res.cfg.resume
+    async def run(self) -> AsyncGenerator[Event, None]:
+        # One generator from the candidate loop to the caller's loop: every event of the
+        # answer passes through here, so no wrapper generator is added for the `finally`.
         ranked, i = self.ranked, 0
-        failed_on: Deployment | None = None
-        failure: ProviderError | None = None
-        if self.resumed is not None:
-            failed_on, failure = self.resumed
-        while i < len(ranked):
-            dep, i = ranked[i], i + 1
-            if failure is not None and failure.code == "context_length" and failed_on and (
-                    dep.context_window <= failed_on.context_window):
-                continue  # only a larger context window can help
-            permit = self._admit(dep)
-            if permit is None:
-                continue  # opened since routing: route elsewhere
-            sent = self._content_sent()
-            mode: ResumeMode | None = None
-            if sent:
-                mode = "restart" if resume == "restart" or self.ledger.tool_calls else "continue"
-            # Decided before the `fallback` event: it must not announce a switch that is not
-            # made. The unused permit is released (a half-open breaker keeps its probe slot).
-            if sent and not self._affordable(dep, mode):
-                permit.release()
-                self.ledger.finish = "budget"  # the spending limit cannot pay for a resume
-                return
-            if mode == "continue" and self._tokens_left(dep) <= 0:
-                permit.release()
-                self.ledger.finish = "length"  # the caller's max_tokens was reached anyway
-                return
-            if failed_on is not None and failure is not None:
-                yield self._fallback(failed_on, dep, failure, sent, mode)
-            if mode == "restart":
-                self.ledger.text_parts.clear()
-                self.ledger.tool_calls.clear()
-                self._answer_from = len(self.ledger.attempts)
-            hedge = ranked[i] if i < len(ranked) and not sent else None
-            if hedge is not None and not self._hedge_affordable(dep, hedge):
-                hedge = None  # both would bill their input: the spending limit cannot pay
-            async with aclosing(self._first_token(dep, permit, hedge, mode == "continue",
-                                                  has_alternative=i < len(ranked))) as events:
-                async for event in events:
-                    yield event
-            opened, self.opened = self.opened, None
-            if opened is None:
-                assert self.error is not None
-                failed_on, failure = self._failed(dep, self.error)
-                if self._hedged_to is not None:
-                    i = max(i, ranked.index(self._hedged_to) + 1)
-                if failure.code in CLIENT_ERROR_CODES and failure.code != "context_length" and (
-                        not sent):
-                    break  # the request itself is refused (a continuation's may go elsewhere)
-                continue
-            if opened.dep is not dep:  # the hedge won: go on from it
-                i = ranked.index(opened.dep) + 1
-            try:
-                async with aclosing(stream_opened(self.ctx, opened, self.ledger)) as events:
+        failed_on, failure = self.resumed if self.resumed is not None else (None, None)
+        try:
+            while i < len(ranked):
+                dep, i = ranked[i], i + 1
+                if failure is not None and failure.code == "context_length" and failed_on and (
+                        dep.context_window <= failed_on.context_window):
+                    continue  # only a larger context window can help
+                permit = self._admit(dep)
+                if permit is None:
+                    continue  # opened since routing: route elsewhere
+                sent = self._content_sent()
+                mode = self._resume_mode(sent)
+                if not self._may_resume(dep, permit, sent, mode):
+                    return
+                if failed_on is not None and failure is not None:
+                    yield self._fallback(failed_on, dep, failure, sent, mode)
+                if mode == "restart":
+                    self.ledger.text_parts.clear()
+                    self.ledger.tool_calls.clear()
+                    self._answer_from = len(self.ledger.attempts)
+                hedge = ranked[i] if i < len(ranked) and not sent else None
+                if hedge is not None and not self._hedge_affordable(dep, hedge):
+                    hedge = None  # both would bill their input: the spending limit cannot pay
+                async with aclosing(self._first_token(dep, permit, hedge, mode == "continue",
+                                                      i < len(ranked))) as events:
                     async for event in events:
                         yield event
-                return
-            except AttemptFailed as failed:
-                failed_on, failure = self._failed(opened.dep, failed.error)
-                if resume == "fail":
-                    break
-        self.ledger.failure = self.original or self._all_open()
+                opened, self.opened = self.opened, None
+                if opened is None:
+                    assert self.error is not None
+                    failed_on, failure = self._failed(dep, self.error)
+                    if self._hedged_to is not None:
+                        i = max(i, ranked.index(self._hedged_to) + 1)
+                    if failure.code in CLIENT_ERROR_CODES and (
+                            failure.code != "context_length" and not sent):
+                        break  # the request itself is refused (a continuation's may go on)
+                    continue
+                if opened.dep is not dep:  # the hedge won: go on from it
+                    i = ranked.index(opened.dep) + 1
+                answer = stream_opened(self.ctx, opened, self.ledger)
+                try:
+                    async for event in answer:  # the per-chunk path: no `aclosing` object
+                        yield event
+                    return
+                except AttemptFailed as failed:
+                    failed_on, failure = self._failed(opened.dep, failed.error)
+                    if self.res.cfg.resume == "fail":
+                        break
+                finally:
+                    await answer.aclose()
+            self.ledger.failure = self.original or self._all_open()
+        finally:
+            # The caller may leave between an admission and its attempt's outcome (at a
+            # `fallback`, `start` or `retry` event): free every slot still held.
+            for permit in self._permits:
+                permit.release()
+
+    def _resume_mode(self, sent: int) -> ResumeMode | None:
+        """How the next candidate takes over an answer of which `sent` deltas were shown."""
+        if not sent:
+            return None
+        return "restart" if self.res.cfg.resume == "restart" or self.ledger.tool_calls \
+            else "continue"
+
+    def _may_resume(self, dep: Deployment, permit: Permit, sent: int,
+                    mode: ResumeMode | None) -> bool:
+        """Decided before the `fallback` event: it must not announce a switch that is not
+        made. The unused permit is released (a half-open breaker keeps its probe slot)."""
+        if sent and not self._affordable(dep, mode):
+            permit.release()
+            self.ledger.finish = "budget"  # the spending limit cannot pay for a resume
+            return False
+        if mode == "continue" and self._tokens_left(dep) <= 0:
+            permit.release()
+            self.ledger.finish = "length"  # the caller's max_tokens was reached anyway
+            return False
+        return True
 
     def _affordable(self, dep: Deployment, mode: ResumeMode | None) -> bool:
         """A resumed attempt bills its input (with the partial answer when continuing) before

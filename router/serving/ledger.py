@@ -95,34 +95,38 @@ class Attempt:
             call[1] = call[1] or delta.name or ""
             call[2] += delta.arguments
 
-    def final_usage(self) -> Usage:
+    def usage_counts(self) -> tuple[int, int, int, int, bool]:
+        """(input, cached input, output, reasoning tokens, estimated) to bill: the provider's
+        report when the stream completed; otherwise never less than what was seen."""
         reported = self.usage
         complete = self.finish is not None and self.finish != "budget"
         if reported is not None and complete:
-            return build(
-                Usage, input_tokens=reported.input_tokens,
-                cached_input_tokens=reported.cached_input_tokens,
-                output_tokens=reported.output_tokens,
-                reasoning_tokens=reported.reasoning_tokens, estimated=False)
-        if reported is None and self.content_deltas == 0:
-            return build(Usage, input_tokens=0, cached_input_tokens=0, output_tokens=0,
-                         reasoning_tokens=0, estimated=False)
-        # Cut, stopped or failed mid-stream: never count less than what was seen.
-        return build(
-            Usage, input_tokens=max(reported.input_tokens if reported else 0, self.input_estimate),
-            cached_input_tokens=reported.cached_input_tokens if reported else 0,
-            output_tokens=max(reported.output_tokens if reported else 0, self.output_tokens),
-            reasoning_tokens=max(reported.reasoning_tokens if reported else 0,
-                                 self.reasoning_tokens),
-            estimated=True)
+            return (reported.input_tokens, reported.cached_input_tokens,
+                    reported.output_tokens, reported.reasoning_tokens, False)
+        if reported is None:
+            if self.content_deltas == 0:
+                return 0, 0, 0, 0, False
+            return self.input_estimate, 0, self.output_tokens, self.reasoning_tokens, True
+        # Cut, stopped or failed mid-stream.
+        return (max(reported.input_tokens, self.input_estimate), reported.cached_input_tokens,
+                max(reported.output_tokens, self.output_tokens),
+                max(reported.reasoning_tokens, self.reasoning_tokens), True)
+
+    def final_usage(self) -> Usage:
+        i, cached, o, reasoning, estimated = self.usage_counts()
+        return build(Usage, input_tokens=i, cached_input_tokens=cached, output_tokens=o,
+                     reasoning_tokens=reasoning, estimated=estimated)
+
+    def cost_parts(self) -> tuple[float, float]:
+        """(input, output) USD of `usage_counts()`."""
+        if self.usage is None and not self.content_deltas:
+            return 0.0, 0.0
+        i, cached, o, _, _ = self.usage_counts()
+        price = self.deployment.price
+        return input_cost(price, i, cached), output_cost(price, o)
 
     def cost(self) -> Cost:
-        u = self.final_usage() if self.usage is not None or self.content_deltas else None
-        if u is None:
-            return build(Cost, input_usd=0.0, output_usd=0.0, total_usd=0.0)
-        price = self.deployment.price
-        i = input_cost(price, u.input_tokens, u.cached_input_tokens)
-        o = output_cost(price, u.output_tokens)
+        i, o = self.cost_parts()
         return build(Cost, input_usd=i, output_usd=o, total_usd=i + o)
 
 
@@ -140,15 +144,17 @@ class Ledger:
         self.first_content_at: float | None = None
         self.finish: ProviderFinish | FinishReason | None = None
         self.failure: tuple[ProviderError, str] | None = None
-        self._usage = [0, 0, 0, 0]
+        # Totals of the closed attempts: tokens (input, cached, output, reasoning), USD.
+        self._input = self._cached = self._output = self._reasoning = 0
         self._estimated = False
-        self._cost = [0.0, 0.0]
+        self._input_usd = self._output_usd = 0.0
 
     def costs_by_deployment(self) -> dict[str, float]:
         """The request's cost so far split per deployment, every attempt included."""
         out: dict[str, float] = {}
         for attempt in self.attempts:
-            cost = attempt.cost().total_usd
+            i, o = attempt.cost_parts()
+            cost = i + o
             if cost > 0:
                 dep = attempt.deployment.id
                 out[dep] = out.get(dep, 0.0) + cost
@@ -185,25 +191,27 @@ class Ledger:
         if attempt is None:
             return
         self.current = None
-        usage = attempt.final_usage()
-        cost = attempt.cost()
-        self._usage[0] += usage.input_tokens
-        self._usage[1] += usage.cached_input_tokens
-        self._usage[2] += usage.output_tokens
-        self._usage[3] += usage.reasoning_tokens
-        self._estimated = self._estimated or usage.estimated
-        self._cost[0] += cost.input_usd
-        self._cost[1] += cost.output_usd
-        self.spent_usd += cost.total_usd
-        if stats is not None and attempt.first_content_at is not None and usage.output_tokens > 4:
+        i, cached, o, reasoning, estimated = attempt.usage_counts()
+        input_usd, output_usd = attempt.cost_parts()
+        self._input += i
+        self._cached += cached
+        self._output += o
+        self._reasoning += reasoning
+        self._estimated = self._estimated or estimated
+        self._input_usd += input_usd
+        self._output_usd += output_usd
+        self.spent_usd += input_usd + output_usd
+        if stats is not None and attempt.first_content_at is not None and o > 4:
             seconds = self.em.clock() - attempt.first_content_at
             if seconds > 0:
-                stats.observe_rate(attempt.deployment.id, usage.output_tokens / seconds)
+                stats.observe_rate(attempt.deployment.id, o / seconds)
 
     def cost_usd(self) -> float:
         """Everything spent so far, the running attempt included."""
-        running = self.current.cost().total_usd if self.current is not None else 0.0
-        return self.spent_usd + running
+        if self.current is None:
+            return self.spent_usd
+        i, o = self.current.cost_parts()
+        return self.spent_usd + i + o
 
     def text(self) -> str:
         return "".join(self.text_parts)
@@ -228,19 +236,18 @@ class Ledger:
         ttft = (self.first_content_at - em.t0) * 1000.0 if self.first_content_at else None
         rate = None
         if last.first_content_at is not None and now > last.first_content_at:
-            rate = last.final_usage().output_tokens / (now - last.first_content_at)
+            rate = last.usage_counts()[2] / (now - last.first_content_at)
         seq = em.seq
         em.seq += 1
-        u = self._usage
         return build(
             DoneEvent, request_id=em.request_id, seq=seq, elapsed_ms=(now - em.t0) * 1000.0,
             deployment=dep.id, provider=dep.provider, model=dep.model, finish_reason=finish,
             tool_calls=self.parsed_tool_calls(),
-            usage=build(Usage, input_tokens=u[0], cached_input_tokens=u[1],
-                        output_tokens=u[2], reasoning_tokens=u[3],
+            usage=build(Usage, input_tokens=self._input, cached_input_tokens=self._cached,
+                        output_tokens=self._output, reasoning_tokens=self._reasoning,
                         estimated=self._estimated),
             cost_usd=self.spent_usd,
-            cost=build(Cost, input_usd=self._cost[0], output_usd=self._cost[1],
+            cost=build(Cost, input_usd=self._input_usd, output_usd=self._output_usd,
                        total_usd=self.spent_usd),
             latency=build(Latency, ttft_ms=ttft, total_ms=(now - em.t0) * 1000.0,
                           tokens_per_s=rate),

@@ -2,7 +2,8 @@
 
 `run_stream` yields the public events of one request: route, budget reservation, then
 `router.serving.failover` serves it over the ranked candidates (retries, hedging, failover with
-continuation), and the terminal event. The per-chunk hot path is `router.serving.attempt`.
+continuation), and the terminal event. The per-chunk hot path is `router.serving.attempt`;
+between it and the caller there are only `Failover.run` and `serve_to_end`.
 """
 
 from __future__ import annotations
@@ -78,8 +79,27 @@ def route_event(em: Emitter, decision: RouteDecision) -> RouteEvent:
     )
 
 
-async def run_stream(ctx: ServingContext, params: StreamParams,
-                     request_id: str) -> AsyncIterator[Event]:
+class Served:
+    """What a prelude hands over once the request is routed and reserved."""
+
+    __slots__ = ("failover", "reservation")
+
+    def __init__(self, failover: Failover, reservation: Reservation) -> None:
+        self.failover = failover
+        self.reservation = reservation
+
+
+Prelude = AsyncGenerator[Event | Served, None]
+
+
+def run_stream(ctx: ServingContext, params: StreamParams,
+               request_id: str) -> AsyncIterator[Event]:
+    """The events of one request, from its `route` event to its terminal one."""
+    return serve_to_end(_routed(ctx, params, request_id))
+
+
+async def _routed(ctx: ServingContext, params: StreamParams, request_id: str) -> Prelude:
+    """Route and reserve: the `route` event, then `Served` (or a terminal error event)."""
     em = Emitter(request_id)
     try:
         req = prepare(params, ctx.loaded)
@@ -108,26 +128,40 @@ async def run_stream(ctx: ServingContext, params: StreamParams,
         return
     ledger = Ledger(em, reservation.limit_usd)
     failover = Failover(ctx, req, [e.deployment for e in decision.ranked], em, ledger)
-    async with aclosing(serve_to_end(failover, reservation)) as events:
-        async for event in events:
-            yield event
+    yield Served(failover, reservation)
 
 
-async def serve_to_end(failover: Failover,
-                       reservation: Reservation) -> AsyncGenerator[Event, None]:
-    """Serve a routed, reserved request: its events, the settlement of its spend, and the
-    terminal event (also what a takeover runs for an orphaned stream)."""
+async def serve_to_end(prelude: Prelude) -> AsyncGenerator[Event, None]:
+    """The events of `prelude` up to its `Served`, then the routed, reserved request's
+    events, the settlement of its spend and the terminal event (a takeover runs its own
+    prelude). One generator between the failover loop and the caller: every chunk's event
+    passes through here, so the preludes hand over rather than wrap."""
+    served: Served | None = None
+    async with aclosing(prelude) as preluding:
+        async for item in preluding:
+            if isinstance(item, Served):
+                served = item
+                break
+            yield item
+    if served is None:
+        return  # the prelude ended the stream
+    failover, reservation = served.failover, served.reservation
+    del served, item, prelude, preluding  # none of them is kept for the stream's lifetime
     em, ledger = failover.em, failover.ledger
     settled = False
     try:
-        # aclosing: closing this generator must close the provider stream at once, not
-        # whenever the abandoned inner generators are garbage collected.
         booking = Progress(reservation, ledger, em)
-        async with aclosing(failover.run()) as served:
-            async for event in served:
+        clock = em.clock
+        events = failover.run()
+        try:
+            async for event in events:
                 yield event
-                if em.clock() >= booking.due:
+                if clock() >= booking.due:
                     booking.start()
+        finally:
+            # Closing this generator must close the provider stream at once, not whenever
+            # the abandoned inner generators are garbage collected.
+            await events.aclose()
         await booking.wait()
         settled = True
         stopped = ledger.finish == "budget"

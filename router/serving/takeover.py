@@ -12,7 +12,6 @@ dead part is booked as a closed attempt with its output counted from the text it
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,7 @@ from router.routing.policy import choose_route
 from router.serving.emitter import Emitter
 from router.serving.failover import Failover
 from router.serving.ledger import Ledger
-from router.serving.orchestrator import serve_to_end
+from router.serving.orchestrator import Prelude, Served, serve_to_end
 
 if TYPE_CHECKING:
     from router.serving.context import ServingContext
@@ -65,8 +64,13 @@ def prior_answer(request_id: str, next_seq: int,
     return PriorAnswer(next_seq, elapsed, tuple(parts), deployment)
 
 
-async def resume_stream(ctx: ServingContext, params: StreamParams, request_id: str,
-                        prior: PriorAnswer) -> AsyncIterator[Event]:
+def resume_stream(ctx: ServingContext, params: StreamParams, request_id: str,
+                  prior: PriorAnswer) -> AsyncIterator[Event]:
+    return serve_to_end(_resumed(ctx, params, request_id, prior))
+
+
+async def _resumed(ctx: ServingContext, params: StreamParams, request_id: str,
+                   prior: PriorAnswer) -> Prelude:
     em = Emitter(request_id)
     em.seq = prior.next_seq
     em.t0 -= prior.elapsed_ms / 1000.0
@@ -96,6 +100,4 @@ async def resume_stream(ctx: ServingContext, params: StreamParams, request_id: s
     lost_instance = ProviderError("connection", "the instance serving the stream stopped",
                                   retryable=True)
     failover.resumed, failover.original = (dead, lost_instance), (lost_instance, dead.id)
-    async with aclosing(serve_to_end(failover, reservation)) as events:
-        async for event in events:
-            yield event
+    yield Served(failover, reservation)

@@ -254,3 +254,29 @@ def test_leftover_holds_what_was_not_sse() -> None:
     dec = SSEDecoder()
     dec.feed(b'data: x\n\n{"error": {\n"code": 503}')
     assert dec.leftover() == b'{"error": {\n"code": 503}'
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(_line, max_size=25),
+    eols=st.lists(st.sampled_from(["\n", "\n", "\r", "\r\n"]), min_size=25, max_size=25),
+    bom=st.booleans(),
+)
+def test_chunks_of_whole_events_match_the_reference(
+    lines: list[str], eols: list[str], bom: bool
+) -> None:
+    # Network chunks that are exactly one event each (`data: ...` then a blank line): the
+    # decoder's one-scan path for them must agree with the line loop, whatever came before
+    # (a pending event type or data line, a CR at a chunk's end, a BOM at the start).
+    text = "".join(line + eol for line, eol in zip(lines, eols, strict=False))
+    data = (b"\xef\xbb\xbf" if bom else b"") + text.encode()
+    cuts = [m.end() for m in re.finditer(rb"\n\n", data)]
+    assert decode(split_at(data, cuts)) == reference(data)
+
+
+def test_a_whole_event_chunk_after_pending_fields_keeps_them() -> None:
+    dec = SSEDecoder()
+    assert dec.feed(b"event: delta\n") == []
+    assert dec.feed(b"data: a\n") == []
+    assert dec.feed(b"data: b\n\n") == [SSEEvent("delta", "a\nb", None, None)]
+    assert dec.feed(b"data: c\n\n") == [SSEEvent("message", "c", None, None)]

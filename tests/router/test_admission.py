@@ -5,6 +5,7 @@ candidate, or one clear `overloaded` error — with no slot leaked on any path."
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -144,18 +145,30 @@ async def _deltas(n: int, fail: bool = False) -> AsyncIterator[Any]:
 
 async def test_admitted_holds_the_slot_until_closed_on_every_path() -> None:
     adm = gate(limit=1)
-    ended = admitted(adm, "a", _deltas(2))
+    ended = await admitted(adm, "a", _deltas(2))
+    assert adm.inflight("a") == 1  # taken before the first read
     assert [d.text async for d in ended] == ["0", "1"]
+    await ended.aclose()
     assert adm.inflight("a") == 0
-    left = admitted(adm, "a", _deltas(5))
+    left = await admitted(adm, "a", _deltas(5))
     await anext(left)
-    assert adm.inflight("a") == 1
     await left.aclose()  # the caller left early
+    await left.aclose()  # closing twice gives the slot back once
     assert adm.inflight("a") == 0
-    broken = admitted(adm, "a", _deltas(1, fail=True))
+    broken = await admitted(adm, "a", _deltas(1, fail=True))
     with pytest.raises(RuntimeError):
         async for _ in broken:
             pass
+    await broken.aclose()
+    assert adm.inflight("a") == 0
+
+
+async def test_an_admitted_stream_dropped_unclosed_gives_its_slot_back() -> None:
+    adm = gate(limit=1)
+    dropped = await admitted(adm, "a", _deltas(2))
+    await anext(dropped)
+    del dropped  # never closed: the backstop, when it is collected
+    gc.collect()
     assert adm.inflight("a") == 0
 
 

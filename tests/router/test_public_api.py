@@ -84,8 +84,10 @@ t = time.perf_counter()
 import router
 elapsed_ms = (time.perf_counter() - t) * 1000
 import orjson
+# Loaded code only: `providers` leaves a file-less placeholder for `httpx._main`.
+loaded = {k for k, v in sys.modules.items() if getattr(v, "__file__", None)}
 print(orjson.dumps({"ms": elapsed_ms, "loaded": sorted(
-    m for m in HEAVY if m in sys.modules or any(k.startswith(m + ".") for k in sys.modules))}
+    m for m in HEAVY if m in loaded or any(k.startswith(m + ".") for k in loaded))}
 ).decode())
 """.replace("HEAVY", repr(HEAVY))
 
