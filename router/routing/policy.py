@@ -206,8 +206,8 @@ class RoutingPolicy:
         for e in eligible:
             if e.weight >= 1.0:  # measured within its budgets: later probes at full rate
                 self._budget_probes.pop(e.deployment.id, None)
-        ranked = sorted(eligible, key=_rank_key(c.prefer, eligible, self.cfg)) \
-            if len(eligible) > 1 else eligible
+        key = _rank_key(c.prefer, eligible, self.cfg)
+        ranked = sorted(eligible, key=key) if len(eligible) > 1 else eligible
         if not ranked:
             return RouteDecision([], all_estimates, "no eligible candidate")
         if c.pinned:
