@@ -52,6 +52,7 @@ from providers.base import (
     ToolCallDelta,
     UsageDelta,
 )
+from providers.headers import parse_quota
 from providers.http import (
     HTTPProvider,
     body_chunks,
@@ -60,7 +61,6 @@ from providers.http import (
     map_error_payload,
     map_transport_error,
     open_stream,
-    parse_quota,
 )
 from providers.sse import SSEDecoder
 

@@ -12,7 +12,7 @@ import asyncio
 import importlib.metadata
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -29,12 +29,12 @@ from router.cli_output import (
     round_usd,
     state_problem,
 )
+from router.cli_tables import decision_table, estimate_text, event_table, summary
 from router.config import load_config
 from router.core import Router
 from router.errors import ConfigError
 from router.events import DoneEvent, ErrorEvent, Event, RouteEvent, encode_event
 from router.request import RequestError
-from router.routing.policy import RouteDecision
 from router.serving.emitter import Emitter
 from router.serving.orchestrator import route_event
 
@@ -151,43 +151,6 @@ def _prompt(prompt: str) -> str:
     return text
 
 
-def _route_table(candidates: list[tuple[str, bool, str | None, float, float, float]],
-                 title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for col in ("deployment", "eligible", "reason", "est. cost $", "est. TTFT ms",
-                "est. latency ms"):
-        table.add_column(col, justify="right" if col.startswith("est") else "left")
-    for dep, eligible, reason, cost, ttft, latency in candidates:
-        table.add_row(dep, "yes" if eligible else "no", reason or "", f"{cost:.6f}",
-                      f"{ttft:.0f}", f"{latency:.0f}")
-    return table
-
-
-def _event_table(ev: RouteEvent) -> Table:
-    rows = [(c.deployment, c.eligible, c.reason, c.estimated_cost_usd, c.estimated_ttft_ms,
-             c.estimated_latency_ms) for c in ev.candidates]
-    return _route_table(rows, f"route: {ev.deployment or 'none'} — {ev.reason}")
-
-
-def _decision_table(d: RouteDecision) -> Table:
-    chosen = d.chosen
-    rows = [(e.deployment.id, e.eligible,
-             e.reason if not e.eligible else ("chosen" if e is chosen else "eligible"),
-             e.cost_usd, e.ttft_ms, e.latency_ms) for e in d.candidates]
-    return _route_table(rows, f"route: {chosen.deployment.id if chosen else 'none'} — {d.reason}")
-
-
-def _summary(done: DoneEvent) -> str:
-    lat, u = done.latency, done.usage
-    ttft = f"{lat.ttft_ms:.0f} ms" if lat.ttft_ms is not None else "-"
-    rate = f"{lat.tokens_per_s:.0f} tok/s" if lat.tokens_per_s else "-"
-    est = " (estimated)" if u.estimated else ""
-    return (f"{done.deployment} ({done.provider}/{done.model}) · TTFT {ttft} · total "
-            f"{lat.total_ms:.0f} ms · {rate} · tokens in {u.input_tokens} / out "
-            f"{u.output_tokens}{est} · cost ${done.cost_usd:.6f} · finish {done.finish_reason}"
-            f" · attempts {done.attempts}")
-
-
 async def _run_stream(router: Router, text: str, opts: RouteOptions, as_json: bool,
                       show_reasoning: bool) -> int:
     out = sys.stdout
@@ -231,11 +194,11 @@ def _render(ev: Event, out: Any, output: StreamOutput) -> None:
     if isinstance(ev, DoneEvent):
         out.write("\n")
         out.flush()
-        err.print(_summary(ev), markup=False)
+        err.print(summary(ev), markup=False)
     elif isinstance(ev, ErrorEvent):
         out.flush()
         if ev.code == "no_route" and route is not None:
-            err.print(_event_table(route))
+            err.print(event_table(route))
         err.print(f"error: {ev.code}: {ev.message}", markup=False)
         if ev.suggestion:
             err.print(f"hint: {ev.suggestion}", markup=False)
@@ -285,7 +248,7 @@ def route(
         if json:
             print(event_json(route_event(Emitter("dry-run"), decision)))
         else:
-            _console().print(_decision_table(decision))
+            _console().print(decision_table(decision))
         if decision.chosen is None:
             err.print("error: no_route: no eligible deployment: "
                       + decision.explain_exclusions(), markup=False)
@@ -343,23 +306,11 @@ def deployments(config: ConfigOpt = None) -> None:
                           f"{dep.context_window:,}", f"{dep.latency_prior.ttft_ms:g}",
                           f"{dep.latency_prior.tokens_per_s:g}", f"{dep.quality:g}",
                           ", ".join(sorted(dep.capabilities)), state,
-                          _estimate_text(h["estimate"]))
+                          estimate_text(h["estimate"]))
         _console().print(table)
         return 0
 
     raise typer.Exit(_guard(body))
-
-
-def _estimate_text(e: Mapping[str, Any]) -> str:
-    """One line of a deployment's live estimate: mean and budget-quantile TTFT, error rate,
-    evidence (observations, decayed weight, age) and requests in flight."""
-    age = "never observed" if e["age_s"] is None else f"{e['age_s']:.0f} s ago"
-    read_at = e.get("level")
-    level = "" if read_at in (None, e["quantile"]) else f" (read at p{100 * read_at:.0f})"
-    return (f"TTFT {e['ttft_ms']:.0f} ms, p{100 * e['quantile']:g} {e['ttft_q_ms']:.0f} ms"
-            f"{level}, "
-            f"err {100 * e['error_rate']:.1f}%, n={e['samples']} (w {e['weight']:.1f}), "
-            f"{age}, {e['inflight']} in flight")
 
 
 @app.command()

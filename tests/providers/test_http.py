@@ -16,6 +16,7 @@ import pytest
 import respx
 
 from providers.base import ProviderError
+from providers.headers import parse_quota, parse_retry_after
 from providers.http import (
     aiter_body,
     drain,
@@ -24,8 +25,6 @@ from providers.http import (
     map_http_error,
     map_transport_error,
     open_stream,
-    parse_quota,
-    parse_retry_after,
     redact,
 )
 

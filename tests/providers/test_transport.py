@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from providers.base import ProviderError
-from providers.http import body_chunks, open_stream, parse_quota
+from providers.headers import parse_quota
+from providers.http import body_chunks, open_stream
 from providers.transport import DirectResponse, PooledClient
 
 SSE = b'data: {"x": 1}\n\ndata: [DONE]\n\n'
