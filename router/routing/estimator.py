@@ -4,12 +4,16 @@ evidence stands behind each figure. It only learns; `router.routing.policy` deci
 
 Every observation's weight halves each `half_life_s` of age, so a deployment that was slow
 an hour ago and has not served since counts as unknown, not as slow: below one fresh
-sample's worth of weight an estimate slides linearly back to the config prior. Quantiles
-come from a decayed log-binned histogram (bins 10% wide; each bin also keeps its weighted
-mean, so one sample's quantile is that sample). An attempt given up before its first token
-(a hedge loser, a timeout) is right-censored — "at least this long" — and its weight is
-spread over the longer bins in proportion to their mass (the Kaplan-Meier redistribution),
-never dropped. The clock is injected: a simulation drives it without sleeping.
+sample's worth of weight an estimate slides linearly back to the config prior. The budget
+quantile slides back to a long-horizon estimate first (the last ~max_weight samples,
+fading 16x slower), so a deployment the fleet has seen slow is not re-admitted by a
+possibly wrong prior, and its allowance counts effective samples, which ageing leaves
+unchanged. Quantiles come from a decayed log-binned histogram (bins 10% wide; each bin
+also keeps its weighted mean, so one sample's quantile is that sample). An attempt given
+up before its first token (a hedge loser, a timeout) is right-censored — "at least this
+long" — and its weight is spread over the longer bins in proportion to their mass (the
+Kaplan-Meier redistribution), never dropped. The clock is injected: a simulation drives
+it without sleeping.
 """
 
 from __future__ import annotations
