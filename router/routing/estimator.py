@@ -4,12 +4,16 @@ evidence stands behind each figure. It only learns; `router.routing.policy` deci
 
 Every observation's weight halves each `half_life_s` of age, so a deployment that was slow
 an hour ago and has not served since counts as unknown, not as slow: below one fresh
-sample's worth of weight an estimate slides linearly back to the config prior. Quantiles
-come from a decayed log-binned histogram (bins 10% wide; each bin also keeps its weighted
-mean, so one sample's quantile is that sample). An attempt given up before its first token
-(a hedge loser, a timeout) is right-censored — "at least this long" — and its weight is
-spread over the longer bins in proportion to their mass (the Kaplan-Meier redistribution),
-never dropped. The clock is injected: a simulation drives it without sleeping.
+sample's worth of weight an estimate slides linearly back to the config prior. The budget
+quantile slides back to a long-horizon estimate first (the last ~max_weight samples,
+fading 16x slower), so a deployment the fleet has seen slow is not re-admitted by a
+possibly wrong prior, and its allowance counts effective samples, which ageing leaves
+unchanged. Quantiles come from a decayed log-binned histogram (bins 10% wide; each bin
+also keeps its weighted mean, so one sample's quantile is that sample). An attempt given
+up before its first token (a hedge loser, a timeout) is right-censored — "at least this
+long" — and its weight is spread over the longer bins in proportion to their mass (the
+Kaplan-Meier redistribution), never dropped. The clock is injected: a simulation drives
+it without sleeping.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ class DecayedHistogram:
     aging everything costs nothing: the scale cancels out of every quantile and mean.
     """
 
-    __slots__ = ("_half_life", "_hi", "_lo", "_max_weight", "_sum", "_t_ref", "_total",
-                 "_weight")
+    __slots__ = ("_half_life", "_hi", "_lo", "_max_weight", "_sum", "_sum_sq", "_t_ref",
+                 "_total", "_weight")
 
     def __init__(self, half_life_s: float, now: float, max_weight: float = math.inf) -> None:
         self._half_life = half_life_s
@@ -42,6 +46,7 @@ class DecayedHistogram:
         self._weight = [0.0] * _BINS
         self._total = [0.0] * _BINS  # weighted sum of the values in each bin
         self._sum = 0.0
+        self._sum_sq = 0.0  # of each observation's stored weight: the effective sample size
         # Only bins in [_lo, _hi) ever held weight: quantiles, means and spreads read those
         # (a few for a steady deployment) rather than all 160, on every routing decision.
         self._lo, self._hi = _BINS, 0
@@ -59,6 +64,7 @@ class DecayedHistogram:
             self._weight = [w * factor for w in self._weight]
             self._total = [t * factor for t in self._total]
             self._sum *= factor
+            self._sum_sq *= factor * factor
             self._t_ref, exponent = now, 0.0
         return float(2.0 ** exponent)
 
@@ -72,6 +78,7 @@ class DecayedHistogram:
         self._weight[i] += w
         self._total[i] += w * value
         self._sum += w
+        self._sum_sq += w * w
         self._cap(now)
 
     def _cap(self, now: float) -> None:
@@ -98,11 +105,18 @@ class DecayedHistogram:
             self._weight[i] *= grow
             self._total[i] *= grow
         self._sum += w
+        self._sum_sq += w * w
         self._cap(now)
 
     def weight(self, now: float) -> float:
         """The decayed sample weight at `now` (1.0 = one sample observed just now)."""
         return self._sum * math.pow(2.0, -(now - self._t_ref) / self._half_life)
+
+    def effective_samples(self) -> float:
+        """How many equally weighted samples the quantiles' noise is that of (Kish's
+        (sum w)^2 / sum w^2). Ageing scales every weight alike, so it leaves this
+        unchanged: old samples are less relevant, not fewer."""
+        return self._sum * self._sum / self._sum_sq if self._sum_sq > 0.0 else 0.0
 
     def quantile(self, q: float) -> float | None:
         if self._sum <= 0.0:
@@ -209,27 +223,32 @@ class Snapshot:
 
 
 _TOP = 0.999  # the highest quantile read from a histogram
+# The long horizon: what a deployment was last seen doing (its last `max_weight` TTFTs or
+# so) fades this many half-lives slower than the recent estimate, so a stale budget
+# quantile reverts to it first and to the config prior only over many minutes.
+_LONG_HORIZON = 16.0
 # Pseudo-attempts of the prior error rate: one fresh failure in few attempts shows at once.
 _PRIOR_ATTEMPTS = 2.0
 
 
-def budget_level(q: float, weight: float, confidence: float) -> float:
+def budget_level(q: float, samples: float, confidence: float) -> float:
     """The level whose quantile a budget is held against: `q` lowered by `confidence`
-    standard errors of an empirical q-quantile on `weight` samples (the binomial
-    sqrt(q(1-q)/n) of the share of samples below it). A budget is exceeded only on
+    standard errors of an empirical q-quantile on `samples` effective samples (the
+    binomial sqrt(q(1-q)/n) of the share of samples below it). A budget is exceeded only on
     evidence: a deployment whose true q-quantile sits near the budget is not excluded by
-    the noise of a few samples in its tail, and the allowance shrinks as samples accrue
-    (and widens as they age, so a stale exclusion is re-checked sooner)."""
-    if confidence <= 0.0 or weight <= 0.0:
+    the noise of a few samples in its tail, and the allowance shrinks as samples accrue.
+    Ageing does not widen it (the samples are as many, only older): a deployment last seen
+    over its budget is not re-admitted on age alone, but by a budget probe's news."""
+    if confidence <= 0.0 or samples <= 0.0:
         return q  # no evidence: the prior, at the level asked
-    return q - confidence * math.sqrt(q * (1.0 - q) / max(1.0, weight))
+    return q - confidence * math.sqrt(q * (1.0 - q) / max(1.0, samples))
 
 
 class Estimator:
     """Decayed estimates of one deployment, learnt from its observations."""
 
-    __slots__ = ("_decode", "_failed", "_failure_ms", "_last", "_ttft", "_ttft_mean",
-                 "half_life_s", "prior", "samples")
+    __slots__ = ("_decode", "_failed", "_failure_ms", "_last", "_ttft", "_ttft_long",
+                 "_ttft_mean", "half_life_s", "prior", "samples")
 
     def __init__(self, prior: Prior, half_life_s: float, now: float,
                  max_weight: float = math.inf) -> None:
@@ -237,6 +256,9 @@ class Estimator:
         self.half_life_s = half_life_s
         cap = max_weight
         self._ttft = DecayedHistogram(half_life_s, now)
+        # Capped, so it follows a change within ~max_weight samples; slow, so it outlives
+        # the recent evidence by many half-lives once traffic stops.
+        self._ttft_long = DecayedHistogram(half_life_s * _LONG_HORIZON, now, cap)
         self._ttft_mean = DecayedMean(half_life_s, now, cap)  # exact mean (bins are 10% wide)
         self._decode = DecayedMean(half_life_s, now, cap)
         self._failed = DecayedMean(half_life_s, now, cap)  # mean of 1 (failed) / 0 (ok)
@@ -246,6 +268,7 @@ class Estimator:
 
     def observe_ttft(self, ttft_ms: float, now: float) -> None:
         self._ttft.add(ttft_ms, now)
+        self._ttft_long.add(ttft_ms, now)
         self._ttft_mean.add(ttft_ms, now)
         self.samples += 1
         self._last = now
@@ -253,6 +276,7 @@ class Estimator:
     def observe_censored(self, at_least_ms: float, now: float) -> None:
         """An attempt abandoned before its first token after `at_least_ms`."""
         self._ttft.add_censored(at_least_ms, now)
+        self._ttft_long.add_censored(at_least_ms, now)
         # The mean moves to at least the bound's share: a lower bound on the truth.
         self._ttft_mean.add(max(at_least_ms, self._ttft.mean() or at_least_ms), now)
         self.samples += 1
@@ -279,7 +303,9 @@ class Estimator:
             return None
         return self._ttft.quantile(q)
 
-    def _failure_aware_quantile(self, q: float, error_rate: float) -> float | None:
+    @staticmethod
+    def _failure_aware_quantile(ttft: DecayedHistogram, q: float,
+                                error_rate: float) -> float | None:
         """The q-quantile of time to first token with requests that fail over elsewhere as
         outcomes slower than any success: the successes' q/(1-f) quantile, f = p**2 (a
         retry's wait is inside the observed TTFT; a request leaves after its retry fails
@@ -288,8 +314,8 @@ class Estimator:
         leaves = error_rate * error_rate
         level = q / (1.0 - leaves)
         if level < _TOP:
-            return self._ttft.quantile(level)
-        slowest = self._ttft.quantile(_TOP)
+            return ttft.quantile(level)
+        slowest = ttft.quantile(_TOP)
         return None if slowest is None else slowest * (1.0 + leaves / (1.0 - leaves))
 
     def _drift(self, now: float, confidence: float) -> float:
@@ -307,6 +333,17 @@ class Estimator:
             return 1.0
         return math.copysign(shift, recent - long_mean) / long_mean + 1.0
 
+    def _long_ttft_q(self, now: float, quantile: float, confidence: float,
+                     error_rate: float) -> float:
+        """What a stale budget quantile reverts to: the long horizon's (the last samples
+        seen, however old), itself reverting to the prior once its weight is below one.
+        A deployment last seen over its budget stays excluded until a budget probe finds
+        it within; a config prior, possibly wrong, does not re-admit it on age alone."""
+        weight = self._ttft_long.weight(now)
+        level = budget_level(quantile, self._ttft_long.effective_samples(), confidence)
+        long_q = self._failure_aware_quantile(self._ttft_long, level, error_rate)
+        return toward_prior(long_q, self.prior.ttft_ms, min(1.0, weight))
+
     def snapshot(self, now: float, quantile: float, confidence: float = 0.0) -> Snapshot:
         p = self.prior
         age = None if self._last is None else max(0.0, now - self._last)
@@ -321,11 +358,12 @@ class Estimator:
         ttft = toward_prior(self._ttft_mean.mean(), p.ttft_ms, trust)
         # The quantile budgets are held against keeps bad news until its weight fades (a
         # budget is a hard constraint: re-admitting on age alone would probe with misses).
-        level = budget_level(quantile, weight, confidence)
-        observed_q = self._failure_aware_quantile(level, error_rate)
+        level = budget_level(quantile, self._ttft.effective_samples(), confidence)
+        observed_q = self._failure_aware_quantile(self._ttft, level, error_rate)
         if observed_q is not None:
             observed_q *= self._drift(now, confidence)
-        ttft_q = toward_prior(observed_q, p.ttft_ms, min(1.0, weight))
+        ttft_q = toward_prior(observed_q, self._long_ttft_q(now, quantile, confidence,
+                                                            error_rate), min(1.0, weight))
         decode = toward_prior(self._decode.mean(), p.ms_per_token,
                               min(1.0, self._decode.weight(now)) * fresh)
         failure_ms = toward_prior(self._failure_ms.mean(), p.ttft_ms,

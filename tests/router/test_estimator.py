@@ -113,9 +113,53 @@ def test_a_stale_estimate_reverts_to_its_prior() -> None:
     later = [est.snapshot(t, 0.9).ttft_ms for t in (10.0, 30.0, 60.0, 200.0)]
     assert later == sorted(later, reverse=True)  # drifts back, never freezes
     assert later[-1] == pytest.approx(500.0, abs=1.0)
-    # The budget quantile keeps bad news until its evidence fades below one sample.
-    assert est.snapshot(20.0, 0.9).ttft_q_ms == pytest.approx(2000.0)
-    assert est.snapshot(200.0, 0.9).ttft_q_ms == pytest.approx(500.0, abs=1.0)
+    # The budget quantile keeps bad news far longer (the long horizon, 16 half-lives),
+    # then reverts to the prior too.
+    assert est.snapshot(200.0, 0.9).ttft_q_ms == pytest.approx(2000.0)
+    budget_later = [est.snapshot(t, 0.9).ttft_q_ms for t in (200.0, 500.0, 700.0, 3000.0)]
+    assert budget_later == sorted(budget_later, reverse=True)
+    assert budget_later[-1] == pytest.approx(500.0, abs=1.0)
+
+
+def test_a_stale_budget_quantile_reverts_to_what_was_last_seen_not_to_the_prior() -> None:
+    # Fast for a long while (and its config prior says fast), then slow; then unchosen.
+    est = Estimator(PRIOR, 10.0, 0.0, max_weight=20.0)
+    for i in range(600):
+        est.started(i / 10)
+        est.observe_ttft(200.0, i / 10)
+    for i in range(600, 640):
+        est.started(i / 10)
+        est.observe_ttft(2000.0, i / 10)
+    assert est.snapshot(64.0, 0.9, 1.0).ttft_q_ms >= 2000.0
+    # Twenty half-lives later the recent evidence weighs nothing; the budget quantile is
+    # the long horizon's (the last ~max_weight samples), not the prior's 500.
+    stale = est.snapshot(264.0, 0.9, 1.0)
+    assert stale.weight < 1e-6
+    assert stale.ttft_q_ms == pytest.approx(2000.0, rel=0.01)
+    assert est.snapshot(3000.0, 0.9, 1.0).ttft_q_ms == pytest.approx(500.0, abs=1.0)
+
+
+def test_ageing_alone_does_not_widen_the_budget_allowance() -> None:
+    # 5 slow of 20 (25%): over a p90 budget on the evidence. Three half-lives later the
+    # samples are older, not fewer: still excluded (a budget probe's news re-admits it).
+    est = Estimator(PRIOR, 10.0, 0.0)
+    for i in range(20):
+        est.observe_ttft(3000.0 if i < 5 else 300.0, 0.0)
+    assert est.snapshot(0.0, 0.9, 1.0).ttft_q_ms == pytest.approx(3000.0)
+    aged = est.snapshot(30.0, 0.9, 1.0)
+    assert aged.weight < 3.0 and aged.ttft_q_ms == pytest.approx(3000.0)
+    assert aged.level == pytest.approx(budget_level(0.9, 20.0, 1.0))
+
+
+def test_the_effective_sample_count_ignores_age_and_counts_unequal_weights() -> None:
+    h = DecayedHistogram(10.0, 0.0)
+    for _ in range(4):
+        h.add(100.0, 0.0)
+    assert h.effective_samples() == pytest.approx(4.0)
+    h.add(100.0, 10.0)  # the four now weigh half a fresh sample each: (2 + 1)^2 / (1 + 1)
+    assert h.effective_samples() == pytest.approx(4.5)
+    h.weight(1000.0)  # reading later changes nothing
+    assert h.effective_samples() == pytest.approx(4.5)
 
 
 def test_the_error_rate_is_decayed_and_shapes_the_budget_quantile() -> None:
