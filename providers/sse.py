@@ -152,6 +152,16 @@ class SSEDecoder:
                                        or self._skip_lf) and b"\r" not in chunk):
             return [SSEEvent("message", chunk[6:end].decode("utf-8", "replace"),
                              self._last_id, self._retry)]
+        if chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") and (
+                self._started and not (self._buf or self._data or self._event
+                                       or self._skip_lf) and b"\r" not in chunk):
+            # Several whole one-line events read at once (streams that were waiting for
+            # the loop): when the separators hold every LF of the chunk, no payload has one.
+            parts = chunk[6:-2].split(b"\n\ndata: ")
+            if chunk.count(b"\n") == 2 * len(parts):
+                last_id, retry = self._last_id, self._retry
+                return [SSEEvent("message", part.decode("utf-8", "replace"), last_id, retry)
+                        for part in parts]
         buf, end = self._lines(chunk)
         if end < 0:
             return []

@@ -280,3 +280,17 @@ def test_a_whole_event_chunk_after_pending_fields_keeps_them() -> None:
     assert dec.feed(b"data: a\n") == []
     assert dec.feed(b"data: b\n\n") == [SSEEvent("delta", "a\nb", None, None)]
     assert dec.feed(b"data: c\n\n") == [SSEEvent("message", "c", None, None)]
+
+
+def test_several_whole_events_in_one_read() -> None:
+    # Streams that waited for the loop get several events per read; the id set by an
+    # earlier read is carried, and a payload of several lines is still joined by LF.
+    dec = SSEDecoder()
+    dec.feed(b"id: 7\ndata: first\n\n")
+    events = dec.feed(b"data: a\n\ndata: \n\ndata: [DONE]\n\n")
+    assert [(e.data, e.id) for e in events] == [("a", "7"), ("", "7"), ("[DONE]", "7")]
+    assert dec.feed(b"data: a\n\ndata: b\ndata: c\n\n") == [
+        SSEEvent("message", "a", "7", None), SSEEvent("message", "b\nc", "7", None)]
+    assert dec.feed(b"data: a\n\ndata: b\n\n\n\n") == [
+        SSEEvent("message", "a", "7", None), SSEEvent("message", "b", "7", None)]
+    assert not dec.pending
