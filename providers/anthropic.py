@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 import orjson
 
-from providers.anthropic_request import ANSWER_TOOL, build_request, json_default
+from providers.anthropic_request import ANSWER_TOOL, build_request
 from providers.base import (
     Delta,
     FinishDelta,
@@ -56,6 +56,7 @@ from providers.base import (
     TextDelta,
     ToolCallDelta,
     UsageDelta,
+    json_default,
 )
 from providers.headers import parse_quota
 from providers.http import (

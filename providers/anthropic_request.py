@@ -19,14 +19,6 @@ ANSWER_TOOL = "json_answer"
 _TOOL_CHOICE = {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}}
 
 
-def json_default(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if isinstance(obj, Sequence) and not isinstance(obj, str | bytes):
-        return list(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
 
 def _user_blocks(content: Any) -> list[dict[str, Any]]:
     """OpenAI-shaped content (str or parts) -> Anthropic content blocks."""

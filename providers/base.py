@@ -86,6 +86,16 @@ def content_text(content: Any) -> str:
     return ""
 
 
+def json_default(obj: Any) -> Any:
+    """orjson's `default` for request bodies: the read-only mappings and tuples a
+    `ProviderRequest` holds become the dicts and lists JSON has."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, Sequence) and not isinstance(obj, str | bytes):
+        return list(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
 def estimate_tokens(text: str) -> int:
     """About four characters a token: the estimate used when nothing better is known."""
     return (len(text) + 3) // 4

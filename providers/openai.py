@@ -75,6 +75,7 @@ from providers.base import (
     TextDelta,
     ToolCallDelta,
     UsageDelta,
+    json_default,
 )
 from providers.headers import parse_quota
 from providers.http import (
@@ -119,14 +120,6 @@ def _map_error(payload: Any, secrets: Sequence[str], host: str) -> ProviderError
 
 
 # --- request ------------------------------------------------------------------------------
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if isinstance(obj, Sequence) and not isinstance(obj, str | bytes):
-        return list(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 def _tool_choice(choice: str) -> Any:
@@ -303,7 +296,7 @@ class OpenAIProvider(HTTPProvider):
     async def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
         options = {**self.settings.options, **request.options}
         headers = self._headers(options)
-        content = orjson.dumps(_build_request(request, options), default=_json_default)
+        content = orjson.dumps(_build_request(request, options), default=json_default)
         response = await open_stream(self._client, self._url, content=content, headers=headers,
                                      secrets=self._secrets)
         state = _State()
