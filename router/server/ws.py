@@ -44,6 +44,8 @@ from router.server.runs import RunError
 
 log = logging.getLogger("router.server")
 Ref = str | int | None  # the client's name for a message, echoed in `accepted`/`rejected`
+# The last event a reader has: it gets the ones after it (-1: from the start).
+Cursor = Annotated[int, Field(ge=-1, le=2**62, strict=True)]
 
 AUTH_TIMEOUT_S = 10.0
 POLICY_VIOLATION = 1008
@@ -65,7 +67,7 @@ class ResumeMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["resume"]
     request_id: str
-    after: Annotated[int, Field(ge=-1, le=2**62, strict=True)] = -1
+    after: Cursor = -1
     ref: Ref = None
 
 
@@ -73,7 +75,7 @@ class SubscribeMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["subscribe"]
     run_id: str
-    after: Annotated[int, Field(ge=-1, le=2**62, strict=True)] = -1
+    after: Cursor = -1
     ref: Ref = None
 
 
