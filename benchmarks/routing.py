@@ -1,7 +1,7 @@
 """Routing that learns, against an oracle: seeded drifting fleets, simulated time.
 
     python -m benchmarks.routing [--requests 3000] [--rate 12] [--seed 7] [--fleet edge]
-                                 [--plot routing.png]
+                                 [--plot routing.png] [--random-fleets N [--verbose]]
 
 Four fleets (`benchmarks.routing_sim.FLEETS`), each under `prefer: latency` and under
 `prefer: cost` with `max_latency_ms`. `drifting`, the issue's, has seven deployments that
@@ -25,6 +25,10 @@ distribution and load, random, static (best prior), and LiteLLM-style (mean of t
 latencies). Common random numbers: request i meets the same draws on deployment d under
 every policy. Every policy retries a failed attempt once after a backoff (a 429 after its
 retry-after) and then falls over to its next choice.
+
+`--random-fleets N` is the held-out check: N seeded random fleets nobody tuned on
+(`benchmarks.routing_fleets`), the router against the oracle only, and per objective the
+median and worst of each ratio over the fleets.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from benchmarks.routing_fleets import random_fleet
 from benchmarks.routing_sim import (
     BACKOFF_S,
     FLEETS,
@@ -273,6 +278,69 @@ def summary(results: list[tuple[str, str, list[Row], float | None]]) -> str:
     return "\n".join(lines)
 
 
+def _scenarios(ids: tuple[str, ...], budget_ms: float
+               ) -> list[tuple[str, RouteConstraints, float | None]]:
+    return [
+        ("prefer: latency", RouteConstraints(ids, "latency", INPUT_TOKENS, OUTPUT_TOKENS),
+         None),
+        (f"prefer: cost, max_latency_ms: {budget_ms:g}",
+         RouteConstraints(ids, "cost", INPUT_TOKENS, OUTPUT_TOKENS,
+                          max_latency_ms=budget_ms), budget_ms),
+    ]
+
+
+def _learned(sim: Simulation, cfg: RoutingConfig) -> Learned:
+    return Learned({t.id: t.deployment() for t in sim.fleet}, lambda: sim.now, cfg)
+
+
+def _ratios(rows: list[Row], budget: float | None) -> tuple[float, float, float, int]:
+    """(p95, cost, misses) of the router over the oracle's, and the router's failures.
+    The oracle's misses are floored at 10 (of 3,000) so a near-zero one does not divide."""
+    oracle, router = rows
+    p95 = _q(router.latencies(), 0.95) / _q(oracle.latencies(), 0.95)
+    cost = (statistics.fmean(o.cost_usd for o in router.outcomes)
+            / statistics.fmean(o.cost_usd for o in oracle.outcomes))
+    misses = (_misses(router, budget) / max(10, _misses(oracle, budget))
+              if budget is not None else math.nan)
+    return p95, cost, misses, sum(o.failed for o in router.outcomes)
+
+
+def random_fleets(args: argparse.Namespace, cfg: RoutingConfig) -> None:
+    """The held-out check: per objective, the median and worst of each ratio over
+    `args.random_fleets` random fleets (and the worst fleets, to look into)."""
+    per: dict[str, list[tuple[int, tuple[float, float, float, int]]]] = {}
+    for index in range(args.random_fleets):
+        fleet, lines = random_fleet(args.seed, index)
+        sim = Simulation(fleet, args.requests, args.rate, args.seed)
+        for title, c, budget in _scenarios(tuple(t.id for t in fleet), args.budget_ms):
+            rows = [Row(name, sim.run(make(sim), Oracle(sim), c)) for name, make in (
+                ("oracle", Oracle), ("router", lambda s: _learned(s, cfg)))]
+            r = _ratios(rows, budget)
+            per.setdefault(title, []).append((index, r))
+            if args.verbose:
+                misses = (f"misses {r[2]:.2f}x ({_misses(rows[1], budget)}/"
+                          f"{_misses(rows[0], budget)})" if budget is not None else "")
+                print(f"fleet {index} | {title} | p95 {r[0]:.2f}x | cost {r[1]:.3f}x | "
+                      f"{misses} | failed {r[3]}")
+        if args.verbose:
+            print("  " + "\n  ".join(lines))
+    print(f"{args.random_fleets} random fleets (seed {args.seed}), {args.requests} requests "
+          f"each, {args.rate:g}/s\n\n| objective | latency p95 vs oracle: median / worst | "
+          "cost vs oracle: median / worst | misses vs oracle: median / worst | fleets "
+          "meeting the targets | failed: total |\n|---|---:|---:|---:|---:|---:|")
+    for title, results in per.items():
+        cols = list(zip(*(r for _, r in results), strict=True))
+        budget = "cost" in title
+        met = sum(1 for _, (p95, cost, misses, failed) in results if failed == 0 and (
+            (cost <= 1.05 and misses <= 2.0) if budget else p95 <= 1.10))
+        cells = [f"{statistics.median(v):.2f} / {max(v):.2f}" for v in cols[:3]]
+        print(f"| {title} | {cells[0]}x | {cells[1]}x | "
+              f"{cells[2] + 'x' if budget else '-'} | {met}/{len(results)} | {sum(cols[3])} |")
+        worst = sorted(results, key=lambda ir: -(ir[1][2] if budget else ir[1][0]))[:3]
+        print("  worst: " + ", ".join(f"fleet {i} ({r[2] if budget else r[0]:.2f}x)"
+                                      for i, r in worst))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=3000)
@@ -282,8 +350,14 @@ def main() -> None:
     ap.add_argument("--fleet", action="append", choices=sorted(FLEETS),
                     help="fleets to run (repeatable; default: all)")
     ap.add_argument("--plot", default="routing.png", help="PNG path ('' for none)")
+    ap.add_argument("--random-fleets", type=int, default=0, metavar="N",
+                    help="the held-out check: N random fleets against the oracle")
+    ap.add_argument("--verbose", action="store_true", help="each random fleet's ratios")
     args = ap.parse_args()
     cfg = RoutingConfig(seed=args.seed)
+    if args.random_fleets:
+        random_fleets(args, cfg)
+        return
     results, plotted = [], []
     print(f"{args.requests} requests per run, {args.rate:g}/s Poisson arrivals, seed "
           f"{args.seed}, simulated clock\n")
@@ -293,20 +367,12 @@ def main() -> None:
         ids = tuple(t.id for t in fleet)
         makers: list[tuple[str, Callable[[Simulation], Policy]]] = [
             ("oracle", Oracle),
-            ("router", lambda s: Learned({t.id: t.deployment() for t in s.fleet},
-                                         lambda: s.now, cfg)),
+            ("router", lambda s: _learned(s, cfg)),
             ("litellm-mean10", lambda s: MeanOfTen(s.fleet)),
             ("static", lambda s: Static(s.fleet)),
             ("random", lambda s: Random(s.fleet, args.seed)),
         ]
-        scenarios = [
-            ("prefer: latency", RouteConstraints(ids, "latency", INPUT_TOKENS, OUTPUT_TOKENS),
-             None),
-            (f"prefer: cost, max_latency_ms: {args.budget_ms:g}",
-             RouteConstraints(ids, "cost", INPUT_TOKENS, OUTPUT_TOKENS,
-                              max_latency_ms=args.budget_ms), args.budget_ms),
-        ]
-        for title, c, budget in scenarios:
+        for title, c, budget in _scenarios(ids, args.budget_ms):
             rows = [Row(name, sim.run(make(sim), Oracle(sim), c)) for name, make in makers]
             print(f"### {fleet_name} ({len(fleet)} deployments), {title}\n\n"
                   f"{table(rows, budget)}\n")
