@@ -248,7 +248,7 @@ class Estimator:
     """Decayed estimates of one deployment, learnt from its observations."""
 
     __slots__ = ("_decode", "_failed", "_failure_ms", "_last", "_ttft", "_ttft_long",
-                 "_ttft_mean", "half_life_s", "prior", "samples")
+                 "_ttft_mean", "half_life_s", "last_ttft_ms", "prior", "samples")
 
     def __init__(self, prior: Prior, half_life_s: float, now: float,
                  max_weight: float = math.inf) -> None:
@@ -265,6 +265,7 @@ class Estimator:
         self._failure_ms = DecayedMean(half_life_s, now, cap)
         self._last: float | None = None
         self.samples = 0
+        self.last_ttft_ms: float | None = None  # the latest TTFT (a censored one's bound)
 
     def observe_ttft(self, ttft_ms: float, now: float) -> None:
         self._ttft.add(ttft_ms, now)
@@ -272,6 +273,7 @@ class Estimator:
         self._ttft_mean.add(ttft_ms, now)
         self.samples += 1
         self._last = now
+        self.last_ttft_ms = ttft_ms
 
     def observe_censored(self, at_least_ms: float, now: float) -> None:
         """An attempt abandoned before its first token after `at_least_ms`."""
@@ -281,6 +283,7 @@ class Estimator:
         self._ttft_mean.add(max(at_least_ms, self._ttft.mean() or at_least_ms), now)
         self.samples += 1
         self._last = now
+        self.last_ttft_ms = at_least_ms
 
     def started(self, now: float) -> None:
         """A request was sent: the recent means make room for its observations."""

@@ -143,18 +143,21 @@ def _optimistic(e: Estimate, cfg: RoutingConfig) -> float:
     return e.expected_ms * (1.0 - cfg.optimism / math.sqrt(1.0 + e.weight))
 
 
-def _probing(e: Estimate) -> bool:
-    """Its figures are mostly prior and a request is already finding out: one probe at a
-    time, so a burst does not herd onto a deployment nobody has measured lately."""
-    return e.weight < 1.0 and e.inflight > 0
+def _probing(e: Estimate, cfg: RoutingConfig) -> bool:
+    """Its figures are mostly prior, or old news (nothing heard for a half-life), and a
+    request is already finding out: one probe at a time, so a burst does not herd onto a
+    deployment nobody has measured lately (one re-admitted as its old estimate ages)."""
+    if e.inflight <= 0:
+        return False
+    return e.weight < 1.0 or (e.age_s is not None and e.age_s > cfg.half_life_s)
 
 
 def _rank_key(prefer: Prefer, pool: Sequence[Estimate],
               cfg: RoutingConfig) -> Callable[[Estimate], tuple[float, ...]]:
     if prefer == "cost":
-        return lambda e: (_probing(e), e.cost_usd, _optimistic(e, cfg))
+        return lambda e: (_probing(e, cfg), e.cost_usd, _optimistic(e, cfg))
     if prefer == "latency":
-        return lambda e: (_probing(e), _optimistic(e, cfg), e.cost_usd)
+        return lambda e: (_probing(e, cfg), _optimistic(e, cfg), e.cost_usd)
     if prefer == "quality":
         return lambda e: (-e.deployment.quality, e.cost_usd)
     max_cost = max((e.cost_usd for e in pool), default=0.0) or 1.0
@@ -166,7 +169,7 @@ def _rank_key(prefer: Prefer, pool: Sequence[Estimate],
             + 0.25 * (1 - e.cost_usd / max_cost)
             + 0.25 * (1 - _optimistic(e, cfg) / max_latency)
         )
-        return (_probing(e), -score, e.cost_usd)
+        return (_probing(e, cfg), -score, e.cost_usd)
 
     return balanced
 
@@ -194,9 +197,9 @@ class RoutingPolicy:
         self.inflight = inflight or stats.inflight
         self.backoff_ms = backoff_ms
         self.rng = rng or random.Random(self.cfg.seed)
-        # Probes sent to each candidate over a latency budget since it was last within its
-        # budgets (one entry per deployment at most).
-        self._budget_probes: dict[str, int] = {}
+        # Per candidate over a latency budget since it was last within its budgets (one
+        # entry per deployment at most): its probes that found it still over, and the last.
+        self._budget_probes: dict[str, _Probes] = {}
 
     def choose(self, c: RouteConstraints, deployments: Mapping[str, Deployment],
                unavailable: Unavailable) -> RouteDecision:
@@ -206,6 +209,8 @@ class RoutingPolicy:
         for e in eligible:
             if e.weight >= 1.0:  # measured within its budgets: later probes at full rate
                 self._budget_probes.pop(e.deployment.id, None)
+        for e in all_estimates:
+            self._judge_probe(e, c)
         key = _rank_key(c.prefer, eligible, self.cfg)
         ranked = sorted(eligible, key=key) if len(eligible) > 1 else eligible
         if not ranked:
@@ -248,8 +253,21 @@ class RoutingPolicy:
         chosen = pool[0]
         if chosen.over_latency_budget:
             dep = chosen.deployment.id
-            self._budget_probes[dep] = self._budget_probes.get(dep, 0) + 1
+            self._budget_probes[dep] = _Probes(self._probe_halvings(dep), self.stats.clock(),
+                                               chosen.samples)
         return chosen
+
+    def _judge_probe(self, e: Estimate, c: RouteConstraints) -> None:
+        """Once a budget probe's answer is in, count it if it was over the budget: only
+        a probe that found the deployment still slow halves the rate of the next."""
+        probes = self._budget_probes.get(e.deployment.id)
+        if probes is None or probes.pending is None or e.samples <= probes.pending:
+            return
+        last = self.stats.get(e.deployment.id).estimator.last_ttft_ms
+        probes.pending = None
+        # The probe was alone on the deployment (one at a time): its TTFT is load-free.
+        if last is None or not _within_latency_budgets(last, e, c):
+            probes.halvings = min(probes.halvings + 1.0, self.cfg.budget_probe_halvings)
 
     def _may_probe(self, e: Estimate, best: Estimate, prefer: Prefer, draw: float) -> bool:
         """Optimism under uncertainty for a latency budget, which is held against an
@@ -264,9 +282,36 @@ class RoutingPolicy:
         if (e.weight >= self.cfg.explore_below_weight or e.wait_ms > 0 or e.inflight > 0
                 or e.cost_usd > best.cost_usd or not _could_win(e, best, prefer)):
             return False
-        halvings = min(self._budget_probes.get(e.deployment.id, 0),
-                       self.cfg.budget_probe_halvings)
-        return draw < self.cfg.explore * 2.0 ** -halvings
+        return draw < self.cfg.explore * math.pow(2.0, -self._probe_halvings(e.deployment.id))
+
+    def _probe_halvings(self, dep: str) -> float:
+        """How many times `dep`'s probe rate is halved now: once per probe that found it
+        still over its budget (at most `budget_probe_halvings`), less one per
+        `budget_probe_recovery` half-lives since the last probe, so a deployment that
+        changes after its probes stopped is not left at the floor rate."""
+        probes = self._budget_probes.get(dep)
+        if probes is None:
+            return 0.0
+        recovered = (self.stats.clock() - probes.at) / (
+            self.cfg.half_life_s * self.cfg.budget_probe_recovery)
+        return max(0.0, probes.halvings - recovered)
+
+
+@dataclass(slots=True)
+class _Probes:
+    """The budget probes of one deployment over a latency budget."""
+
+    halvings: float  # of its probe rate at `at`: one per probe answered over the budget
+    at: float  # clock time of the last probe
+    pending: int | None  # its sample count when the last probe was sent, until it answers
+
+
+def _within_latency_budgets(ttft_ms: float, e: Estimate, c: RouteConstraints) -> bool:
+    """Whether a first token after `ttft_ms` (and the expected output) meets the budgets."""
+    if c.max_ttft_ms is not None and ttft_ms > c.max_ttft_ms:
+        return False
+    decode_ms = e.latency_q_ms - e.ttft_q_ms
+    return c.max_latency_ms is None or ttft_ms + decode_ms <= c.max_latency_ms
 
 
 def _could_win(e: Estimate, best: Estimate, prefer: Prefer) -> bool:

@@ -29,6 +29,10 @@ class RoutingConfig(BaseModel):
     # probe that finds it still over, down to explore / 2**budget_probe_halvings.
     budget_probes: bool = True
     budget_probe_halvings: int = Field(default=4, ge=0, le=16)
+    # Half-lives without a probe after which a halved probe rate doubles back: one that
+    # really is slow is still probed about once a minute (each probe a likely miss), one
+    # that changed after its probes stopped is found within minutes, not at the floor.
+    budget_probe_recovery: float = Field(default=4.0, gt=0)
     # Optimism under uncertainty: rank scores shrink by up to this share with no evidence.
     optimism: float = Field(default=0.1, ge=0, lt=1)
     # Expected-time penalty per request already in flight on a deployment (peak-EWMA style).

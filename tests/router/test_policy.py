@@ -560,7 +560,9 @@ def test_a_budget_probe_says_so() -> None:
 
 def test_probes_of_a_deployment_that_really_is_slow_back_off() -> None:
     # `budget` is as slow as its prior says: each probe finds it over the budget and halves
-    # the rate of the next, down to explore / 2**budget_probe_halvings.
+    # the rate of the next, down to explore / 2**budget_probe_halvings; the rate recovers
+    # one doubling per budget_probe_recovery half-lives without a probe (60 s), so it
+    # settles a little above that floor, far below the exploration share.
     n, explore = 4000, 0.2
     policy, clock = learning(explore=explore, seed=4)
     c = constraints(prefer="cost", max_ttft_ms=1000, output_tokens=10, input_tokens=100)
@@ -573,7 +575,7 @@ def test_probes_of_a_deployment_that_really_is_slow_back_off() -> None:
         policy.stats.observe_ttft(dep, TTFT[dep])
     probes = chosen.count("budget")
     floor = explore / 2 ** policy.cfg.budget_probe_halvings
-    assert probes / n == pytest.approx(floor, abs=0.004)  # not the 20% exploration share
+    assert floor <= probes / n <= 2 * floor  # not the 20% exploration share
 
 
 def test_budget_probes_share_the_exploration_draws() -> None:
