@@ -56,7 +56,7 @@ from router.server.compat import (
     sse_frames,
 )
 from router.server.openai_compat import error_of, error_response, problem_response
-from router.server.response_items import ItemStore
+from router.server.response_items import ItemStore, kept
 from router.server.responses_stream import ResponseWriter, collect, render
 from router.state.store import StateUnavailable
 
@@ -325,7 +325,8 @@ async def resolved_input(body: Mapping[str, Any], store: ItemStore,
         if conversation is None:
             raise RequestProblem(f"Previous response with id '{previous}' not found.",
                                  "previous_response_id", "previous_response_not_found")
-        out += conversation
+        out += kept(conversation, f"The conversation of response '{previous}'",
+                    "previous_response_id")
     for i, item in enumerate(items):
         if i not in refs:
             out.append(item)
@@ -333,7 +334,7 @@ async def resolved_input(body: Mapping[str, Any], store: ItemStore,
         ref = refs[i]
         if not isinstance(ref, str) or ref not in found or ref.startswith(_CONVERSATION):
             raise _bad(f"Item with id '{ref}' not found.", f"input[{i}].id", "item_not_found")
-        out.append(found[ref])
+        out.append(kept(found[ref], f"Item '{ref}'", f"input[{i}].id"))
     return out
 
 
