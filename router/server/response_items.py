@@ -26,7 +26,6 @@ from typing import Any, Protocol
 import orjson
 
 from router.config.schema import ResponsesConfig, ServerConfig, StateConfig
-from router.server.compat import RequestProblem
 from router.server.eventlog import owner_hash
 from router.state.store import StateUnavailable
 
@@ -65,17 +64,6 @@ def encoded(entries: Mapping[str, Any], max_bytes: int) -> dict[str, bytes]:
         data = orjson.dumps(value)
         out[entry_id] = data if len(data) <= max_bytes else orjson.dumps({OMITTED: len(data)})
     return out
-
-
-def kept(value: Any, what: str, param: str) -> Any:
-    """A remembered entry; a 400 naming `param` when only its over-the-bound marker was kept."""
-    size = value.get(OMITTED) if isinstance(value, dict) and len(value) == 1 else None
-    if size is None:
-        return value
-    raise RequestProblem(
-        f"{what} was not kept: its {size} bytes are over this server's bound of remembered "
-        "bytes per key (server.responses.max_bytes_per_key); send its items as input instead.",
-        param, "too_large_to_keep")
 
 
 class ItemStore(Protocol):

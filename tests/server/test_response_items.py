@@ -20,7 +20,8 @@ from router.config.schema import ResponsesConfig, StateConfig
 from router.core import Router
 from router.server.app import create_app
 from router.server.compat import RequestProblem
-from router.server.response_items import MemoryItems, RedisItems, kept
+from router.server.response_items import MemoryItems, RedisItems
+from router.server.responses_recall import kept
 from tests.server.conftest import RecordingRouter, key_entry, uvicorn_on_loopback
 from tests.server.test_openai_compat import CONFIG, KEY
 from tests.server.test_responses_api import TOOLS
