@@ -55,7 +55,7 @@ from router.server.compat import (
     scope_key_of,
     sse_frames,
 )
-from router.server.openai_compat import error_of, error_response, problem_response
+from router.server.openai_errors import error_of, error_response, problem_response
 from router.server.response_items import ItemStore
 from router.server.responses_recall import Remember, remembered, rememberer, resolved_input
 from router.server.responses_stream import ResponseWriter, collect, render
