@@ -75,13 +75,16 @@ class Learned(Policy):
                                                            key=lambda e: e.expected_ms)]
 
     def started(self, dep: str) -> None:
+        # The load it is sent under comes back to `first_token` from the simulation (the
+        # serving pipeline keeps it on the attempt): the same count, ours and the sim's.
         self.stats.attempt_started(dep, INPUT_TOKENS, OUTPUT_TOKENS)
 
     def ended(self, dep: str) -> None:
         self.stats.attempt_ended(dep)
 
-    def first_token(self, dep: str, ttft_ms: float) -> None:
-        self.stats.observe_ttft(dep, ttft_ms)
+    def first_token(self, dep: str, ttft_ms: float, sent_beside: int, retried: bool
+                    ) -> None:
+        self.stats.observe_ttft(dep, ttft_ms, sent_beside, retried)
 
     def finished(self, dep: str, latency_ms: float, decode_ms_per_token: float) -> None:
         self.stats.observe_rate(dep, 1000.0 / decode_ms_per_token)
