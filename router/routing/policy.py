@@ -14,18 +14,20 @@ the price.
 Eligible candidates are ranked by `prefer`. The latency objective, in one line: the
 expected time to a successful answer,
 
-    E = (latency + wait + p/(1-p) * (failure time + retry backoff)) * (1 + slope * in-flight)
+    E = TTFT * L + decode + wait + p/(1-p) * (failure time * L + retry backoff),
+    L = 1 + slope * in-flight
 
 with p the decayed error rate (a deployment failing half its calls costs one failed
 attempt per success) and slope the deployment's learnt load sensitivity
 (`router.routing.load_model`), then shrunk by up to `routing.optimism` for candidates with
 little evidence. `prefer: cost` ranks by price, ties by E. With probability
-`routing.explore` the most promising under-measured eligible candidate that could win the ranking is moved to the
-front instead (exploration; under `cost` none dearer than the best). A latency budget is
-held against an estimate, so a candidate excluded by it alone on little fresh evidence (a
-prior, or aged samples) may be that candidate too — a budget probe, at a rate halved per
-probe that finds it still over; never one dearer than the best. Exploration never breaks
-a `max_cost_usd` cap, a spend budget, a pin, a capability or an open breaker.
+`routing.explore` the most promising under-measured eligible candidate that could win the
+ranking is moved to the front instead (exploration; under `cost` none dearer than the
+best). A latency budget is held against an estimate, so a candidate excluded by it alone on
+little fresh evidence (a prior, or aged samples) may be that candidate too — a budget probe,
+at a rate halved per probe that finds it still over; never one dearer than the best.
+Exploration never breaks a `max_cost_usd` cap, a spend budget, a pin, a capability or an
+open breaker.
 """
 
 from __future__ import annotations
@@ -92,9 +94,10 @@ def expected_ms(s: Snapshot, output_tokens: int, wait_ms: float, loaded: float,
                 backoff_ms: float) -> float:
     p = min(s.error_rate, _MAX_ERROR_RATE)
     failures_per_success = p / (1.0 - p)
-    base = s.latency_ms(output_tokens) + wait_ms + failures_per_success * (
-        s.failure_ms + backoff_ms)
-    return base * loaded
+    # The load slows what it was learnt from (time to a first token, or to a failure), not
+    # the decode of the answer.
+    return (s.ttft_ms * loaded + output_tokens * s.ms_per_token + wait_ms
+            + failures_per_success * (s.failure_ms * loaded + backoff_ms))
 
 
 def _exclusion(dep: Deployment, c: RouteConstraints, ttft_q: float, latency_q: float,

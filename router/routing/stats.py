@@ -151,6 +151,8 @@ class StatsRegistry:
         others = s.inflight - 1 if sent_beside is None else sent_beside
         if not retried:
             s.load.observe(ttft_ms, others, now)
+            if self.journal is not None:
+                self.journal.append(("load", deployment_id, ttft_ms, float(others)))
         unloaded = self._unloaded(s, ttft_ms, others, now)
         s.estimator.observe_ttft(unloaded, now)
         if self.journal is not None:

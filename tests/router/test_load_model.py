@@ -116,7 +116,7 @@ def served_at_loads(stats: StatsRegistry, clock: Clock, dep_id: str, slope: floa
     """Requests sent beside 0..7 others (as counted by `attempt_started`), each answered
     with a TTFT `slope` slower per other one, and ended before the next batch."""
     rng = random.Random(11)
-    for i in range(n // 8):
+    for _ in range(n // 8):
         sent = [stats.attempt_started(dep_id) for _ in range(8)]
         assert sent == list(range(8))
         for k in sent:
