@@ -19,7 +19,10 @@ load teaches it. The residual noise itself starts from a prior of `_PRIOR_CV` re
 spread over `_PRIOR_DOF` pseudo-samples, so two or three points on a line do not claim
 certainty. The slope is bounded to [`FLOOR_SHARE` x prior, `MAX_SLOPE`] (or the prior, if
 larger): a deployment does not get faster with load (a negative fit is noise, or a drift the
-decay will forget).
+decay will forget), and one measured flat is still charged the prior (see `FLOOR_SHARE`), so
+the config's `load_penalty` is the least load penalty and the data only raises it. A TTFT
+more than `_CLIP` times the line's prediction is clipped to it (a heavy tail is not load),
+and each weighs the inverse of the variance the model expects of it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ _PRIOR_CV = 0.3  # the residual spread assumed before the fit has its own (logno
 _PRIOR_DOF = 2.0  # pseudo-samples of that assumption
 # The least share of the prior a slope reads as, even measured flat: a fleet that herds onto
 # one deployment learns of its drift late (an estimate moves only as its requests answer),
-# so a flat one still sheds a little load to the others.
+# so a flat one still sheds a little load to the others; and the prior's margin keeps a
+# deployment just over a latency budget out at load (on `benchmarks.routing`'s `edge`, 0.5
+# of the prior let its cheapest, just-over-budget deployment in twice as often).
 FLOOR_SHARE = 1.0
 _CLIP = 3.0  # a TTFT this many times the fitted line's is a tail, not a load effect
 _MIN_WEIGHT = 3.0  # below this much decayed weight a line through the points is not a fit
@@ -56,7 +61,8 @@ class LoadModel:
         self._half_life = half_life_s
         self._max_weight = max_weight
         self._t = now
-        # Decayed sums of w, w*k, w*y, w*k*k, w*k*y, w*y*y (y the TTFT in ms). Not held
+        # Decayed sums of w, w*k, w*y, w*k*k, w*k*y, w*y*y (y the TTFT in ms, w the
+        # observation's weight: 1 / (1 + slope * k)^2 when it was made). Not held
         # against the recent speed: load is autocorrelated, so a short-horizon level follows
         # the load too and flattens the slope (0.5 read as 0.45).
         self._sums = [0.0] * 6
@@ -128,5 +134,6 @@ class LoadModel:
         return min(max(blended, self.prior * FLOOR_SHARE), self._bound)
 
     def weight(self, now: float) -> float:
-        """The decayed sample weight behind the fit (1.0 = one observation just now)."""
+        """The decayed sample weight behind the fit (1.0 = one observation with nothing else
+        in flight, just now)."""
         return self._sums[0] * math.pow(2.0, -max(0.0, now - self._t) / self._half_life)

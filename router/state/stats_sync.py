@@ -7,9 +7,9 @@ this instance's new observations as ONE entry of the Redis Stream `stats` (bound
 `MAXLEN ~`) and reads the entries other instances appended since its last read, which it
 feeds to its own estimators as if it had observed them itself (now: they are at most one
 period old). So every instance's estimates (TTFT distribution, decode rate, error rate,
-load sensitivity) rest on every instance's traffic, and an instance routes on the others' observations at
-most `stats_sync_s` (plus one Redis timeout) late. Entries older than a minute are not
-applied (a new instance starts from the recent past, not from hours ago).
+load sensitivity) rest on every instance's traffic, and an instance routes on the others'
+observations at most `stats_sync_s` (plus one Redis timeout) late. Entries older than a
+minute are not applied (a new instance starts from the recent past, not from hours ago).
 
 The failure-rate breakers' windows ride along in the same round trip: each outcome a
 closed breaker of this instance takes is journaled (`breaker`), and the others' outcomes
