@@ -594,11 +594,14 @@ async def test_the_route_event_explains_each_estimate_and_load_returns_to_zero(
         assert cand.estimate.quantile == 0.9 and cand.estimate.samples == 0
         assert cand.estimate.level == 0.9  # no evidence: no allowance either
         assert cand.estimate.age_s is None and not cand.estimate.explore
+        # Nothing measured: the config's load penalty stands for its load sensitivity.
+        assert cand.estimate.load_slope == r.loaded.config.routing.load_penalty
     served = route.deployment
     assert served is not None
     assert r.stats.inflight(served) == 0  # counted at the attempt's start, freed at its end
     estimate = r.health()[served]["estimate"]
     assert estimate["samples"] == 1 and estimate["inflight"] == 0
+    assert estimate["load_slope"] == r.loaded.config.routing.load_penalty  # one load seen
     # One sample: the budget quantile is read one standard error lower (0.9 - 0.3).
     assert estimate["level"] == pytest.approx(0.6)
     again = (await fleet.collect(r, "hi", task="quick"))[0]
