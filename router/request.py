@@ -9,7 +9,7 @@ OpenAI shape (`{"type": "function", "function": {...}}`), the Anthropic shape
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Annotated, Any, Literal, NotRequired
@@ -173,6 +173,45 @@ class StreamParams:
 _PARAM_NAMES = tuple(f.name for f in fields(StreamParams))
 
 
+def _finite(low: float, high: float, *, above: bool) -> Callable[[Any], bool]:
+    if above:  # low excluded
+        return lambda v: type(v) is float and low < v <= high
+    return lambda v: type(v) is float and low <= v <= high
+
+
+def _is_str(v: Any) -> bool:
+    return type(v) is str
+
+
+# Values that `StreamArgs` accepts for certain, by checks narrower than the schema's (exact
+# types; a float's range comparisons are false for NaN, and infinity is out of range): a
+# request whose every argument passes its check is not run through pydantic (it would
+# pass). Anything else (an int for a float, messages, tools, ...) is, with its clear error.
+_PLAIN: dict[str, Callable[[Any], bool]] = {
+    "input": _is_str, "task": _is_str, "model": _is_str, "system": _is_str,
+    "tool_choice": _is_str, "stop": _is_str,
+    "prefer": lambda v: type(v) is str and v in PREFERS,
+    "max_ttft_ms": _finite(0, MAX_MS, above=True),
+    "max_latency_ms": _finite(0, MAX_MS, above=True),
+    "max_cost_usd": _finite(0, MAX_COST_USD, above=True),
+    "temperature": _finite(0, 2, above=False),
+    "max_tokens": lambda v: type(v) is int and 0 < v <= MAX_TOKENS,
+    "metadata": lambda v: type(v) is dict and all(type(k) is str for k in v),
+}
+
+
+def _check_params(params: StreamParams) -> None:
+    """`check_stream_args` of the arguments given (None and `{}` are not given), unless
+    each of them is plainly valid (`_PLAIN`)."""
+    given = {name: v for name in _PARAM_NAMES
+             if (v := getattr(params, name)) is not None and v != {}}
+    for name, value in given.items():
+        plain = _PLAIN.get(name)
+        if plain is None or not plain(value):
+            check_stream_args(given)
+            return
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedRequest:
     """A validated request: conversation, tools and routing constraints."""
@@ -241,8 +280,7 @@ def _tool_choice(choice: str | Mapping[str, Any] | None, tools: tuple[Tool, ...]
 
 
 def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
-    check_stream_args({name: v for name in _PARAM_NAMES
-                       if (v := getattr(params, name)) is not None and v != {}})
+    _check_params(params)
     system, messages = _messages(params)
     tools = tuple(_tool(i, t) for i, t in enumerate(params.tools or ()))
     cfg = loaded.config
