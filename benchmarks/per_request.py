@@ -17,7 +17,6 @@ requests instead (cumulative and own time, top 40).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import gc
 import os
