@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -52,6 +51,7 @@ from router.state.store import (
     StateUnavailable,
     Watch,
     WatchResult,
+    new_lease,
     to_nano,
     to_usd,
 )
@@ -180,7 +180,7 @@ class BudgetManager:
         if not lines:
             if self._closed_while_down():
                 raise StateUnavailable(self.state.name, "did not answer moments ago")
-            return BudgetReservation(self, scopes, [], 0, cap_usd, None)
+            return BudgetReservation(self, scopes, (), 0, cap_usd, None)
         now = self.clock()
         checks = [LimitCheck(self.held_key(ln.scope), self._spent_keys(ln, now), ln.budget.limit)
                   for ln in lines]
@@ -319,7 +319,7 @@ class BudgetReservation:
     __slots__ = ("amount", "booked", "bookings_made", "lease", "limit_scope", "limit_usd",
                  "lines", "local", "manager", "scopes", "settled")
 
-    def __init__(self, manager: BudgetManager, scopes: Mapping[str, str], lines: list[Line],
+    def __init__(self, manager: BudgetManager, scopes: Mapping[str, str], lines: Sequence[Line],
                  amount: int, limit_usd: float | None, limit_scope: str | None,
                  lease: str = "", local: bool = False) -> None:
         self.manager = manager
@@ -328,7 +328,7 @@ class BudgetReservation:
         self.amount = amount
         self.limit_usd = limit_usd
         self.limit_scope = limit_scope
-        self.lease = lease or uuid.uuid4().hex
+        self.lease = lease or new_lease()
         self.local = local  # leased in this process's memory (the store was unavailable)
         self.booked: dict[str, int] = {}  # nano-USD per deployment booked so far
         self.bookings_made = 0
