@@ -372,8 +372,11 @@ class Estimator:
         observed_q = self._failure_aware_quantile(self._ttft, level, error_rate)
         if observed_q is not None:
             observed_q *= self._drift(now, confidence)
-        ttft_q = toward_prior(observed_q, self._long_ttft_q(now, quantile, confidence,
-                                                            error_rate), min(1.0, weight))
+        if observed_q is not None and weight >= 1.0:
+            ttft_q = observed_q  # fully trusted: what it would revert to has no say
+        else:
+            ttft_q = toward_prior(observed_q, self._long_ttft_q(now, quantile, confidence,
+                                                                error_rate), min(1.0, weight))
         decode = toward_prior(self._decode.mean(), p.ms_per_token,
                               min(1.0, self._decode.weight(now)) * fresh)
         failure_ms = toward_prior(self._failure_ms.mean(), p.ttft_ms,
