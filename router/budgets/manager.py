@@ -266,20 +266,25 @@ class BudgetManager:
         """Book what the request spent since its last booking (`final`: and end its lease).
         Never raises for the store: what cannot reach it now is journaled."""
         now = self.clock()
-        parts = {k: to_nano(v) for k, v in (by_deployment or {}).items() if v > 0}
+        parts = {k: to_nano(v) for k, v in by_deployment.items() if v > 0} if by_deployment \
+            else {}
         if not parts and cost_usd > 0:
             parts = {UNATTRIBUTED: to_nano(cost_usd)}
-        delta = {dep: n - res.booked.get(dep, 0) for dep, n in parts.items()}
-        delta.update({dep: -n for dep, n in res.booked.items() if dep not in parts})
+        booked = res.booked
+        if booked:  # booked before (`progress`): book the difference
+            delta = {dep: n - booked.get(dep, 0) for dep, n in parts.items()}
+            delta.update({dep: -n for dep, n in booked.items() if dep not in parts})
+        else:
+            delta = parts  # neither is changed from here on
         if not final and not any(delta.values()):
             return []
         res.booked = parts
         res.bookings_made += 1
-        held = tuple(self.held_key(ln.scope) for ln in res.lines)
+        held = tuple(self.held_key(ln.scope) for ln in res.lines) if res.lines else ()
         entry = Settlement(held, max(0, sum(delta.values())),
                            tuple(self._bookings(res, delta, now)), res.lease,
                            f"{self.prefix}once|{res.lease}|{res.bookings_made}", final)
-        watches = self._watches(res, now) if watch else []
+        watches = self._watches(res, now) if watch and res.lines else []
         if res.local:  # reserved in this process: release it here, book in the store
             await self.local.settle(held, entry.amount, entry.bookings, (), lease=res.lease,
                                     final=final)
