@@ -68,8 +68,10 @@ class EventStream:
         self._agen = agen
         self.request_id = request_id
 
-    def __aiter__(self) -> EventStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[Event]:
+        # The pipeline's own generator: `async for` then reads it with no frame of ours per
+        # event (`__anext__` stays for callers that step the stream by hand).
+        return self._agen
 
     def __anext__(self) -> Any:
         return self._agen.__anext__()
