@@ -1,6 +1,7 @@
 """CPU per request of `router.stream` against raw aiohttp, one request at a time.
 
-    python -m benchmarks.per_request [--requests 2000] [--reps 5] [--chunks 1] [--profile]
+    python -m benchmarks.per_request [--requests 2000] [--reps 5] [--chunks 1]
+                                     [--profile | --steps]
 
 The work a request does once (validation, routing, the `route` event, the budget
 reservation, the attempt's books, settlement, `start`/`done`) is what a burst of simultaneous
@@ -11,7 +12,9 @@ default) in its own process, pinned apart where `taskset` exists, and in this pr
 clients as the concurrency benchmark's `aiohttp` and `router` rows, alternating `--reps`
 times after a warm-up. The table shows the median process CPU (`time.process_time`) per
 request of each and the router's excess. `--profile` prints a cProfile of the router's
-requests instead (cumulative and own time, top 40).
+requests instead (cumulative and own time, top 40); `--steps` the median time of each step
+of a request before its provider request is sent and at its end
+(`benchmarks.per_request_steps`).
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--chunks", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--steps", action="store_true")
     args = parser.parse_args()
     provider, port = start_provider(argparse.Namespace(ttft_ms=0, chunks=args.chunks,
                                                        gap_ms=0))
@@ -97,6 +101,10 @@ def main() -> None:
     try:
         if args.profile:
             uvloop.run(profile(url, args.requests))
+            return
+        if args.steps:
+            from benchmarks.per_request_steps import steps_table
+            print("\n".join(uvloop.run(steps_table(url, args.requests))))
             return
         raws, routers = uvloop.run(bench(url, args.requests, args.reps))
     finally:
