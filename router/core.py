@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from providers.base import Provider, ProviderSettings, create_provider
 from router.budgets.gate import BudgetGate, BudgetNotice
 from router.config import Deployment, LoadedConfig, load_config
-from router.config.catalog import Vendor
+from router.config.catalog import Vendor, load_catalog
 from router.errors import StreamError, error_for
 from router.events import (
     DoneEvent,
@@ -125,6 +125,9 @@ class Router:
         self._run_sinks: list[RunSink] = []
         self.resilience = Resilience(self.loaded)
         self._context: ServingContext | None = None
+        from router.serving.orchestrator import run_stream
+
+        self._run_stream = run_stream  # imported once here, not on every request
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None) -> Router:
@@ -163,8 +166,6 @@ class Router:
         cfg = self.loaded.config.providers[name]
         if cfg.vendor is None and cfg.kind not in ("openai", "openai_responses"):
             return None
-        from router.config.catalog import load_catalog
-
         return load_catalog().vendors.get(cfg.vendor or "openai")
 
     def _credentials(self, name: str) -> tuple[SecretStr | None, str | None]:
@@ -202,8 +203,6 @@ class Router:
                resume_from: PriorAnswer | None = None) -> EventStream:
         """`resume_from`: continue a stream whose serving instance died (the server's
         takeover), numbering events on from it."""
-        from router.serving.orchestrator import run_stream
-
         stream_params = StreamParams(
             input=input, task=task, model=model, prefer=prefer, max_ttft_ms=max_ttft_ms,
             max_latency_ms=max_latency_ms, max_cost_usd=max_cost_usd, max_tokens=max_tokens,
@@ -216,7 +215,7 @@ class Router:
 
             return EventStream(resume_stream(self._serving_context(), stream_params, rid,
                                              resume_from), rid)
-        return EventStream(run_stream(self._serving_context(), stream_params, rid), rid)
+        return EventStream(self._run_stream(self._serving_context(), stream_params, rid), rid)
 
     def _serving_context(self) -> ServingContext:
         # Rebuilt when a part was swapped (tests and embedders may swap `resilience` or

@@ -138,6 +138,9 @@ class BudgetManager:
         self.journal = Journal(self.state, self.settings.journal_max)
         # Prices and output limits, for an uncapped request's worst case (see `reserve`).
         self.deployments = deployments
+        from router.routing.cost import estimate_cost  # not at the top: config imports this
+
+        self._estimate_cost = estimate_cost  # once here, not on every request
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig,
@@ -220,8 +223,7 @@ class BudgetManager:
     def _worst_case(self, request: PreparedRequest, estimate_usd: float) -> float | None:
         if self.deployments is None:
             return None
-        from router.routing.cost import estimate_cost  # not at the top: config imports this module
-
+        estimate_cost = self._estimate_cost
         c = request.constraints
         worst = estimate_usd
         for dep_id in c.candidates:
