@@ -125,6 +125,8 @@ class Router:
         self._run_sinks: list[RunSink] = []
         self.resilience = Resilience(self.loaded)
         self._context: ServingContext | None = None
+        self._key_sources: dict[str, tuple[LoadedConfig, tuple[SecretStr | None, str | None,
+                                                               bool]]] = {}
         from router.serving.orchestrator import run_stream
 
         self._run_stream = run_stream  # imported once here, not on every request
@@ -171,18 +173,30 @@ class Router:
     def _credentials(self, name: str) -> tuple[SecretStr | None, str | None]:
         """The provider's key and the environment variable it comes from. A vendor row's
         variable is read from the environment when the config gives no key."""
-        cfg = self.loaded.config.providers[name]
-        vendor = self._vendor(name)
-        key_env = cfg.api_key_env or (vendor.api_key_env if vendor else None)
-        key = cfg.api_key
-        if key is None and cfg.api_key_env is None and key_env and os.environ.get(key_env):
+        key, key_env, from_env = self._key_source(name)
+        if from_env and key_env and os.environ.get(key_env):
             key = SecretStr(os.environ[key_env])
         return key, key_env
 
+    def _key_source(self, name: str) -> tuple[SecretStr | None, str | None, bool]:
+        """The configured key, its variable, and whether the key is read from that
+        variable (at each use). From the (frozen) config: looked up once per provider,
+        not for every candidate of every request."""
+        loaded = self.loaded
+        cached = self._key_sources.get(name)
+        if cached is not None and cached[0] is loaded:
+            return cached[1]
+        cfg = loaded.config.providers[name]
+        vendor = self._vendor(name)
+        key_env = cfg.api_key_env or (vendor.api_key_env if vendor else None)
+        source = (cfg.api_key, key_env, cfg.api_key is None and cfg.api_key_env is None)
+        self._key_sources[name] = (loaded, source)
+        return source
+
     def unavailable_reason(self, dep: Deployment) -> str | None:
         """Why `dep` cannot serve now, or None."""
-        key, key_env = self._credentials(dep.provider)
-        if key is None and key_env is not None:
+        key, key_env, from_env = self._key_source(dep.provider)
+        if key is None and key_env is not None and not (from_env and os.environ.get(key_env)):
             return f"missing_api_key: set {key_env}"
         return self.resilience.breakers.unavailable_reason(dep.id)
 
