@@ -127,6 +127,7 @@ class BudgetManager:
             Budget(b.scope, to_nano(b.limit_usd), Window.parse(b.window), b.window, b.warn_at)
             for b in budgets]
         self.state: StateBackend = state or create_state(StateConfig(), clock)
+        self._in_memory = isinstance(self.state, MemoryState)  # never unavailable
         self.prefix = prefix
         self.clock = clock
         # In-flight reservations (leases) expire after this long should a router die.
@@ -283,9 +284,12 @@ class BudgetManager:
         res.booked = parts
         res.bookings_made += 1
         held = tuple(self.held_key(ln.scope) for ln in res.lines) if res.lines else ()
+        # Only a settle that may be replayed (journaled when the store did not answer, and
+        # perhaps applied all the same) needs its once-only key; in this process's memory
+        # it would stay for ONCE_TTL_S per request.
+        once = "" if self._in_memory else f"{self.prefix}once|{res.lease}|{res.bookings_made}"
         entry = Settlement(held, max(0, sum(delta.values())),
-                           tuple(self._bookings(res, delta, now)), res.lease,
-                           f"{self.prefix}once|{res.lease}|{res.bookings_made}", final)
+                           tuple(self._bookings(res, delta, now)), res.lease, once, final)
         watches = self._watches(res, now) if watch and res.lines else []
         if res.local:  # reserved in this process: release it here, book in the store
             await self.local.settle(held, entry.amount, entry.bookings, (), lease=res.lease,
@@ -295,7 +299,7 @@ class BudgetManager:
             return []
         try:
             return await self.state.settle(entry.held_keys, entry.amount, entry.bookings,
-                                           watches, lease=entry.lease, once=entry.once,
+                                           watches, lease=entry.lease, once=entry.once or None,
                                            final=final)
         except StateUnavailable:
             self.journal.add(entry)
