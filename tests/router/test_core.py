@@ -608,3 +608,21 @@ async def test_the_route_event_explains_each_estimate_and_load_returns_to_zero(
     assert isinstance(again, RouteEvent)
     mine = next(c for c in again.candidates if c.deployment == served)
     assert mine.estimate is not None and mine.estimate.samples == 1
+
+
+def test_a_vendor_key_set_after_the_router_was_built_makes_its_deployment_available(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from router.config import parse_config
+
+    monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+    r = Router(parse_config({
+        "version": 1, "providers": {"oa": {"kind": "openai_compatible", "vendor": "deepseek"}},
+        "deployments": [{"id": "gpt", "provider": "oa", "model": "gpt-x",
+                         "price": {"input_per_mtok": 1, "output_per_mtok": 1}}]}))
+    dep = r.loaded.deployments["gpt"]
+    assert r.unavailable_reason(dep) == "missing_api_key: set DEEPSEEK_API_KEY"
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-later")
+    assert r.unavailable_reason(dep) is None  # read from the environment at each use
+    assert r.provider_settings("oa").api_key is not None
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "")
+    assert r.unavailable_reason(dep) == "missing_api_key: set DEEPSEEK_API_KEY"
