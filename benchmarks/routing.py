@@ -3,7 +3,7 @@
     python -m benchmarks.routing [--requests 3000] [--rate 12] [--seed 7] [--fleet edge]
                                  [--plot routing.png] [--random-fleets N [--verbose]]
 
-Four fleets (`benchmarks.routing_sim.FLEETS`), each under `prefer: latency` and under
+Five fleets (`benchmarks.routing_sim.FLEETS`), each under `prefer: latency` and under
 `prefer: cost` with `max_latency_ms`. `drifting`, the issue's, has seven deployments that
 drift the way production fleets do: `degrading` (150 ms -> 1.5 s TTFT,
 then recovers), `brownout` (50% errors for a while), `heavytail` (one reply in ten 8x
@@ -12,14 +12,16 @@ a 1 s budget on its tail), `quota` (cheap and fast, 240 requests a minute: then 
 `retry-after`, and `x-ratelimit-remaining-requests` shrinking on every reply) and `loaded`
 (latency rising with its own requests in flight). `edge` puts the cheapest deployments
 just over and just under the budget (and a cheap 5% tail), `inverse` orders prices and
-latencies inversely (the cheapest has a far too good prior), and in `shift` the cheap
-deployment slows past the budget mid-run while a pricier one speeds up. Requests arrive as
-a Poisson stream.
+latencies inversely (the cheapest has a far too good prior), in `shift` the cheap
+deployment slows past the budget mid-run while a pricier one speeds up, and `load` has one
+deployment 50% slower per request in flight beside it (the cheapest, fastest idle), one 25%
+and two that do not slow at all. Requests arrive as a Poisson stream.
 
 The REAL `RoutingPolicy` and `StatsRegistry` decide and learn, on a simulated clock (no
 sleeping): the simulation calls `choose()` and reports attempts exactly as the serving
-pipeline does (`attempt_started/ended`, `observe_ttft` from the first try on a deployment,
-`observe_outcome` with retry-after, `observe_quota` from the headers). Reference policies
+pipeline does (`attempt_started/ended`, `observe_ttft` from the first try on a deployment
+with the others in flight as that try was sent, `observe_outcome` with retry-after,
+`observe_quota` from the headers). Reference policies
 pin a deployment per request: an oracle that knows every deployment's true current
 distribution and load, random, static (best prior), and LiteLLM-style (mean of the last 10
 latencies). Common random numbers: request i meets the same draws on deployment d under
@@ -80,13 +82,16 @@ class Learned(Policy):
                                                            key=lambda e: e.expected_ms)]
 
     def started(self, dep: str) -> None:
+        # The load it is sent under comes back to `first_token` from the simulation (the
+        # serving pipeline keeps it on the attempt): the same count, ours and the sim's.
         self.stats.attempt_started(dep, INPUT_TOKENS, OUTPUT_TOKENS)
 
     def ended(self, dep: str) -> None:
         self.stats.attempt_ended(dep)
 
-    def first_token(self, dep: str, ttft_ms: float) -> None:
-        self.stats.observe_ttft(dep, ttft_ms)
+    def first_token(self, dep: str, ttft_ms: float, sent_beside: int, retried: bool
+                    ) -> None:
+        self.stats.observe_ttft(dep, ttft_ms, sent_beside, retried)
 
     def finished(self, dep: str, latency_ms: float, decode_ms_per_token: float) -> None:
         self.stats.observe_rate(dep, 1000.0 / decode_ms_per_token)

@@ -127,8 +127,19 @@ SHIFT: Fleet = (
     Truth("premium", (1.0, 3.0), 150, 1.5, lambda f: 150.0, load_slope=0.05),
 )
 
+# Load sensitivity, not assumed: the cheapest is the fastest idle but 50% slower per request
+# in flight beside it, one mid-priced slows 25%, and two (one cheap and slow, one dear and
+# fast) do not slow at all. The constant 5% the router assumed would herd onto the first and
+# spread off the flat ones.
+LOAD: Fleet = (
+    Truth("steep", (0.05, 0.2), 150, 2.0, lambda f: 150.0, load_slope=0.5),
+    Truth("flatcheap", (0.1, 0.4), 450, 2.5, lambda f: 450.0),
+    Truth("moderate", (0.3, 1.0), 220, 2.0, lambda f: 220.0, load_slope=0.25),
+    Truth("flatfast", (0.8, 2.5), 200, 1.5, lambda f: 200.0),
+)
+
 FLEETS: dict[str, Fleet] = {"drifting": DRIFTING, "edge": EDGE, "inverse": INVERSE,
-                            "shift": SHIFT}
+                            "shift": SHIFT, "load": LOAD}
 
 
 @dataclass
@@ -157,7 +168,8 @@ class Policy:
 
     def started(self, dep: str) -> None: ...
     def ended(self, dep: str) -> None: ...
-    def first_token(self, dep: str, ttft_ms: float) -> None: ...
+    def first_token(self, dep: str, ttft_ms: float, sent_beside: int, retried: bool
+                    ) -> None: ...
     def finished(self, dep: str, latency_ms: float, decode_ms_per_token: float) -> None: ...
     def failed(self, dep: str, duration_ms: float, code: str, retry_after: float | None
                ) -> None: ...
@@ -224,6 +236,7 @@ class Simulation:
         self.quotas = {t.id: Quota(t.rpm) for t in self.fleet if t.rpm}
         self._policy, self._events = policy, []
         self._first_try: dict[int, float] = {}
+        self._first_try_load: dict[int, int] = {}  # others in flight as it was sent
         self.outcomes = [Outcome(a) for a in self.arrivals]
         for i, a in enumerate(self.arrivals):
             self._push(a, Step("arrive", i, ()))
@@ -252,6 +265,7 @@ class Simulation:
         dep, t = step.ranked[0], self.truth[step.ranked[0]]
         if step.tries % TRIES_PER_DEPLOYMENT == 0:
             self._first_try[step.i] = self.now
+            self._first_try_load[step.i] = self.load[dep]
         draw = self._draw(step.i, dep, step.tries)
         self._policy.started(dep)
         quota = self.quotas.get(dep)
@@ -275,7 +289,9 @@ class Simulation:
     def _first_token(self, step: Step) -> None:
         dep, out = step.ranked[0], self.outcomes[step.i]
         out.ttft_ms = (self.now - out.arrival) * 1000
-        self._policy.first_token(dep, (self.now - self._first_try[step.i]) * 1000)
+        self._policy.first_token(dep, (self.now - self._first_try[step.i]) * 1000,
+                                 self._first_try_load[step.i],
+                                 step.tries % TRIES_PER_DEPLOYMENT != 0)
         decode = self.truth[dep].ms_per_token * self._draw(step.i, dep, -1).uniform(0.8, 1.2)
         self._push(self.now + OUTPUT_TOKENS * decode / 1000, replace(step, kind="done"))
 

@@ -51,11 +51,16 @@ def summary(done: DoneEvent) -> str:
 
 def estimate_text(e: Mapping[str, Any]) -> str:
     """One line of a deployment's live estimate: mean and budget-quantile TTFT, error rate,
-    evidence (observations, decayed weight, age) and requests in flight."""
+    evidence (observations, decayed weight, age), requests in flight and the slowdown
+    learnt per request in flight."""
     age = "never observed" if e["age_s"] is None else f"{e['age_s']:.0f} s ago"
     read_at = e.get("level")
     level = "" if read_at in (None, e["quantile"]) else f" (read at p{100 * read_at:.0f})"
     return (f"TTFT {e['ttft_ms']:.0f} ms, p{100 * e['quantile']:g} {e['ttft_q_ms']:.0f} ms"
             f"{level}, "
             f"err {100 * e['error_rate']:.1f}%, n={e['samples']} (w {e['weight']:.1f}), "
-            f"{age}, {e['inflight']} in flight")
+            f"{age}, {e['inflight']} in flight{_slope_text(e.get('load_slope'))}")
+
+
+def _slope_text(slope: float | None) -> str:
+    return "" if slope is None else f" (+{100 * slope:.0f}% TTFT each)"

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from providers.base import Provider, ProviderSettings, create_provider
 from router.budgets.gate import BudgetGate, BudgetNotice
 from router.config import Deployment, LoadedConfig, load_config
-from router.config.catalog import Vendor
+from router.config.catalog import Vendor, load_catalog
 from router.errors import StreamError, error_for
 from router.events import (
     DoneEvent,
@@ -68,8 +68,10 @@ class EventStream:
         self._agen = agen
         self.request_id = request_id
 
-    def __aiter__(self) -> EventStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[Event]:
+        # The pipeline's own generator: `async for` then reads it with no frame of ours per
+        # event (`__anext__` stays for callers that step the stream by hand).
+        return self._agen
 
     def __anext__(self) -> Any:
         return self._agen.__anext__()
@@ -123,6 +125,11 @@ class Router:
         self._run_sinks: list[RunSink] = []
         self.resilience = Resilience(self.loaded)
         self._context: ServingContext | None = None
+        self._key_sources: dict[str, tuple[LoadedConfig, tuple[SecretStr | None, str | None,
+                                                               bool]]] = {}
+        from router.serving.orchestrator import run_stream
+
+        self._run_stream = run_stream  # imported once here, not on every request
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None) -> Router:
@@ -161,25 +168,35 @@ class Router:
         cfg = self.loaded.config.providers[name]
         if cfg.vendor is None and cfg.kind not in ("openai", "openai_responses"):
             return None
-        from router.config.catalog import load_catalog
-
         return load_catalog().vendors.get(cfg.vendor or "openai")
 
     def _credentials(self, name: str) -> tuple[SecretStr | None, str | None]:
         """The provider's key and the environment variable it comes from. A vendor row's
         variable is read from the environment when the config gives no key."""
-        cfg = self.loaded.config.providers[name]
-        vendor = self._vendor(name)
-        key_env = cfg.api_key_env or (vendor.api_key_env if vendor else None)
-        key = cfg.api_key
-        if key is None and cfg.api_key_env is None and key_env and os.environ.get(key_env):
+        key, key_env, from_env = self._key_source(name)
+        if from_env and key_env and os.environ.get(key_env):
             key = SecretStr(os.environ[key_env])
         return key, key_env
 
+    def _key_source(self, name: str) -> tuple[SecretStr | None, str | None, bool]:
+        """The configured key, its variable, and whether the key is read from that
+        variable (at each use). From the (frozen) config: looked up once per provider,
+        not for every candidate of every request."""
+        loaded = self.loaded
+        cached = self._key_sources.get(name)
+        if cached is not None and cached[0] is loaded:
+            return cached[1]
+        cfg = loaded.config.providers[name]
+        vendor = self._vendor(name)
+        key_env = cfg.api_key_env or (vendor.api_key_env if vendor else None)
+        source = (cfg.api_key, key_env, cfg.api_key is None and cfg.api_key_env is None)
+        self._key_sources[name] = (loaded, source)
+        return source
+
     def unavailable_reason(self, dep: Deployment) -> str | None:
         """Why `dep` cannot serve now, or None."""
-        key, key_env = self._credentials(dep.provider)
-        if key is None and key_env is not None:
+        key, key_env, from_env = self._key_source(dep.provider)
+        if key is None and key_env is not None and not (from_env and os.environ.get(key_env)):
             return f"missing_api_key: set {key_env}"
         return self.resilience.breakers.unavailable_reason(dep.id)
 
@@ -200,8 +217,6 @@ class Router:
                resume_from: PriorAnswer | None = None) -> EventStream:
         """`resume_from`: continue a stream whose serving instance died (the server's
         takeover), numbering events on from it."""
-        from router.serving.orchestrator import run_stream
-
         stream_params = StreamParams(
             input=input, task=task, model=model, prefer=prefer, max_ttft_ms=max_ttft_ms,
             max_latency_ms=max_latency_ms, max_cost_usd=max_cost_usd, max_tokens=max_tokens,
@@ -214,7 +229,7 @@ class Router:
 
             return EventStream(resume_stream(self._serving_context(), stream_params, rid,
                                              resume_from), rid)
-        return EventStream(run_stream(self._serving_context(), stream_params, rid), rid)
+        return EventStream(self._run_stream(self._serving_context(), stream_params, rid), rid)
 
     def _serving_context(self) -> ServingContext:
         # Rebuilt when a part was swapped (tests and embedders may swap `resilience` or

@@ -47,7 +47,8 @@ class CandidateEstimate(_Model):
     `expected_ms` the ranking's expected time to a successful answer; `samples`
     observations ever, `weight` their decayed weight (below 1: drifting back to the
     prior), `age_s` since the last one (null: never observed); `wait_ms` a quota wait;
-    `explore`: chosen to re-measure it."""
+    `explore`: chosen to re-measure it; `load_slope` the learnt slowdown of its first token
+    per other request in flight (0.05: 5% each), which `inflight` was scaled by."""
 
     quantile: float
     ttft_q_ms: float
@@ -63,6 +64,7 @@ class CandidateEstimate(_Model):
     inflight: int
     wait_ms: float
     explore: bool = False
+    load_slope: float | None = None  # absent in older logs
 
 
 class Candidate(_Model):

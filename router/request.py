@@ -9,7 +9,7 @@ OpenAI shape (`{"type": "function", "function": {...}}`), the Anthropic shape
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Annotated, Any, Literal, NotRequired
@@ -171,6 +171,46 @@ class StreamParams:
 
 
 _PARAM_NAMES = tuple(f.name for f in fields(StreamParams))
+_NONE: frozenset[str] = frozenset()  # one for every request that requires nothing
+
+
+def _finite(low: float, high: float, *, above: bool) -> Callable[[Any], bool]:
+    if above:  # low excluded
+        return lambda v: type(v) is float and low < v <= high
+    return lambda v: type(v) is float and low <= v <= high
+
+
+def _is_str(v: Any) -> bool:
+    return type(v) is str
+
+
+# Values that `StreamArgs` accepts for certain, by checks narrower than the schema's (exact
+# types; a float's range comparisons are false for NaN, and infinity is out of range): a
+# request whose every argument passes its check is not run through pydantic (it would
+# pass). Anything else (an int for a float, messages, tools, ...) is, with its clear error.
+_PLAIN: dict[str, Callable[[Any], bool]] = {
+    "input": _is_str, "task": _is_str, "model": _is_str, "system": _is_str,
+    "tool_choice": _is_str, "stop": _is_str,
+    "prefer": lambda v: type(v) is str and v in PREFERS,
+    "max_ttft_ms": _finite(0, MAX_MS, above=True),
+    "max_latency_ms": _finite(0, MAX_MS, above=True),
+    "max_cost_usd": _finite(0, MAX_COST_USD, above=True),
+    "temperature": _finite(0, 2, above=False),
+    "max_tokens": lambda v: type(v) is int and 0 < v <= MAX_TOKENS,
+    "metadata": lambda v: type(v) is dict and all(type(k) is str for k in v),
+}
+
+
+def _check_params(params: StreamParams) -> None:
+    """`check_stream_args` of the arguments given (None and `{}` are not given), unless
+    each of them is plainly valid (`_PLAIN`)."""
+    given = {name: v for name in _PARAM_NAMES
+             if (v := getattr(params, name)) is not None and v != {}}
+    for name, value in given.items():
+        plain = _PLAIN.get(name)
+        if plain is None or not plain(value):
+            check_stream_args(given)
+            return
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,10 +281,9 @@ def _tool_choice(choice: str | Mapping[str, Any] | None, tools: tuple[Tool, ...]
 
 
 def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
-    check_stream_args({name: v for name in _PARAM_NAMES
-                       if (v := getattr(params, name)) is not None and v != {}})
+    _check_params(params)
     system, messages = _messages(params)
-    tools = tuple(_tool(i, t) for i, t in enumerate(params.tools or ()))
+    tools = tuple(_tool(i, t) for i, t in enumerate(params.tools)) if params.tools else ()
     cfg = loaded.config
     task_name = params.task
     if task_name is None and params.model is None:
@@ -278,17 +317,13 @@ def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
     output_tokens = max_tokens or (
         task.expected_output_tokens if task and task.expected_output_tokens else None
     ) or cfg.defaults.expected_output_tokens
-    text = (system or "") + "".join(_parts_text(m.get("content")) if not isinstance(
-        m.get("content"), str) else m["content"] for m in messages)
-    input_tokens = estimate_tokens(text) + 4 * len(messages)
-    if tools:
-        input_tokens += estimate_tokens(orjson.dumps([t.parameters for t in tools]).decode())
+    input_tokens = _input_tokens(system, messages, tools)
     requires = set(task.requires) if task else set()
     if tools and (params.tool_choice != "none"):
         requires.add("tools")
     try:
         response_format = check_response_format(params.response_format)
-        sampling = check_params(params.params)
+        sampling = check_params(params.params) if params.params else {}
     except RequestParamError as exc:
         raise RequestError("bad_request", str(exc)) from None
     if response_format is not None:
@@ -304,8 +339,8 @@ def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
             task.max_latency_ms if task else None),
         max_cost_usd=params.max_cost_usd if params.max_cost_usd is not None else (
             task.max_cost_usd if task else None),
-        requires=frozenset(requires),
-        params=frozenset(sampling) - ADVISORY_PARAMS,
+        requires=frozenset(requires) if requires else _NONE,
+        params=frozenset(sampling) - ADVISORY_PARAMS if sampling else _NONE,
         task=task_name,
         pinned=params.model is not None,
     )
@@ -324,6 +359,20 @@ def prepare(params: StreamParams, loaded: LoadedConfig) -> PreparedRequest:
         task=task_name,
         metadata=dict(params.metadata),
     )
+
+
+def _input_tokens(system: str | None, messages: list[Mapping[str, Any]],
+                  tools: tuple[Tool, ...]) -> int:
+    """The estimated input tokens of the conversation (and of the tools' schemas)."""
+    if len(messages) == 1 and type(content := messages[0].get("content")) is str:
+        text = (system or "") + content  # a prompt: the common case, without the join
+    else:
+        text = (system or "") + "".join(_parts_text(m.get("content")) if not isinstance(
+            m.get("content"), str) else m["content"] for m in messages)
+    tokens = estimate_tokens(text) + 4 * len(messages)
+    if tools:
+        tokens += estimate_tokens(orjson.dumps([t.parameters for t in tools]).decode())
+    return tokens
 
 
 def _prefer(value: str) -> Prefer:

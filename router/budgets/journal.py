@@ -33,12 +33,12 @@ class Settlement:
     amount: int
     bookings: tuple[Booking, ...]
     lease: str
-    once: str
+    once: str  # "": none (a settle that is never replayed)
     final: bool
 
     async def apply(self, state: StateBackend) -> None:
         await state.settle(self.held_keys, self.amount, self.bookings, (), lease=self.lease,
-                           once=self.once, final=self.final)
+                           once=self.once or None, final=self.final)
 
 
 class Journal:

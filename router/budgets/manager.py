@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -52,6 +51,7 @@ from router.state.store import (
     StateUnavailable,
     Watch,
     WatchResult,
+    new_lease,
     to_nano,
     to_usd,
 )
@@ -127,6 +127,7 @@ class BudgetManager:
             Budget(b.scope, to_nano(b.limit_usd), Window.parse(b.window), b.window, b.warn_at)
             for b in budgets]
         self.state: StateBackend = state or create_state(StateConfig(), clock)
+        self._in_memory = isinstance(self.state, MemoryState)  # never unavailable
         self.prefix = prefix
         self.clock = clock
         # In-flight reservations (leases) expire after this long should a router die.
@@ -138,6 +139,9 @@ class BudgetManager:
         self.journal = Journal(self.state, self.settings.journal_max)
         # Prices and output limits, for an uncapped request's worst case (see `reserve`).
         self.deployments = deployments
+        from router.routing.cost import estimate_cost  # not at the top: config imports this
+
+        self._estimate_cost = estimate_cost  # once here, not on every request
 
     @classmethod
     def from_config(cls, loaded: LoadedConfig,
@@ -180,7 +184,7 @@ class BudgetManager:
         if not lines:
             if self._closed_while_down():
                 raise StateUnavailable(self.state.name, "did not answer moments ago")
-            return BudgetReservation(self, scopes, [], 0, cap_usd, None)
+            return BudgetReservation(self, scopes, (), 0, cap_usd, None)
         now = self.clock()
         checks = [LimitCheck(self.held_key(ln.scope), self._spent_keys(ln, now), ln.budget.limit)
                   for ln in lines]
@@ -220,8 +224,7 @@ class BudgetManager:
     def _worst_case(self, request: PreparedRequest, estimate_usd: float) -> float | None:
         if self.deployments is None:
             return None
-        from router.routing.cost import estimate_cost  # not at the top: config imports this module
-
+        estimate_cost = self._estimate_cost
         c = request.constraints
         worst = estimate_usd
         for dep_id in c.candidates:
@@ -266,20 +269,28 @@ class BudgetManager:
         """Book what the request spent since its last booking (`final`: and end its lease).
         Never raises for the store: what cannot reach it now is journaled."""
         now = self.clock()
-        parts = {k: to_nano(v) for k, v in (by_deployment or {}).items() if v > 0}
+        parts = {k: to_nano(v) for k, v in by_deployment.items() if v > 0} if by_deployment \
+            else {}
         if not parts and cost_usd > 0:
             parts = {UNATTRIBUTED: to_nano(cost_usd)}
-        delta = {dep: n - res.booked.get(dep, 0) for dep, n in parts.items()}
-        delta.update({dep: -n for dep, n in res.booked.items() if dep not in parts})
+        booked = res.booked
+        if booked:  # booked before (`progress`): book the difference
+            delta = {dep: n - booked.get(dep, 0) for dep, n in parts.items()}
+            delta.update({dep: -n for dep, n in booked.items() if dep not in parts})
+        else:
+            delta = parts  # neither is changed from here on
         if not final and not any(delta.values()):
             return []
         res.booked = parts
         res.bookings_made += 1
-        held = tuple(self.held_key(ln.scope) for ln in res.lines)
+        held = tuple(self.held_key(ln.scope) for ln in res.lines) if res.lines else ()
+        # Only a settle that may be replayed (journaled when the store did not answer, and
+        # perhaps applied all the same) needs its once-only key; in this process's memory
+        # it would stay for ONCE_TTL_S per request.
+        once = "" if self._in_memory else f"{self.prefix}once|{res.lease}|{res.bookings_made}"
         entry = Settlement(held, max(0, sum(delta.values())),
-                           tuple(self._bookings(res, delta, now)), res.lease,
-                           f"{self.prefix}once|{res.lease}|{res.bookings_made}", final)
-        watches = self._watches(res, now) if watch else []
+                           tuple(self._bookings(res, delta, now)), res.lease, once, final)
+        watches = self._watches(res, now) if watch and res.lines else []
         if res.local:  # reserved in this process: release it here, book in the store
             await self.local.settle(held, entry.amount, entry.bookings, (), lease=res.lease,
                                     final=final)
@@ -288,7 +299,7 @@ class BudgetManager:
             return []
         try:
             return await self.state.settle(entry.held_keys, entry.amount, entry.bookings,
-                                           watches, lease=entry.lease, once=entry.once,
+                                           watches, lease=entry.lease, once=entry.once or None,
                                            final=final)
         except StateUnavailable:
             self.journal.add(entry)
@@ -319,7 +330,7 @@ class BudgetReservation:
     __slots__ = ("amount", "booked", "bookings_made", "lease", "limit_scope", "limit_usd",
                  "lines", "local", "manager", "scopes", "settled")
 
-    def __init__(self, manager: BudgetManager, scopes: Mapping[str, str], lines: list[Line],
+    def __init__(self, manager: BudgetManager, scopes: Mapping[str, str], lines: Sequence[Line],
                  amount: int, limit_usd: float | None, limit_scope: str | None,
                  lease: str = "", local: bool = False) -> None:
         self.manager = manager
@@ -328,7 +339,7 @@ class BudgetReservation:
         self.amount = amount
         self.limit_usd = limit_usd
         self.limit_scope = limit_scope
-        self.lease = lease or uuid.uuid4().hex
+        self.lease = lease or new_lease()
         self.local = local  # leased in this process's memory (the store was unavailable)
         self.booked: dict[str, int] = {}  # nano-USD per deployment booked so far
         self.bookings_made = 0

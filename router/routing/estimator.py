@@ -36,8 +36,8 @@ class DecayedHistogram:
     aging everything costs nothing: the scale cancels out of every quantile and mean.
     """
 
-    __slots__ = ("_half_life", "_hi", "_lo", "_max_weight", "_sum", "_sum_sq", "_t_ref",
-                 "_total", "_weight")
+    __slots__ = ("_half_life", "_hi", "_lo", "_max_weight", "_moments", "_sum", "_sum_sq",
+                 "_t_ref", "_total", "_weight")
 
     def __init__(self, half_life_s: float, now: float, max_weight: float = math.inf) -> None:
         self._half_life = half_life_s
@@ -50,6 +50,9 @@ class DecayedHistogram:
         # Only bins in [_lo, _hi) ever held weight: quantiles, means and spreads read those
         # (a few for a steady deployment) rather than all 160, on every routing decision.
         self._lo, self._hi = _BINS, 0
+        # (mean, std) until the next observation: every routing decision reads them, and
+        # a burst of requests is routed many times between two observations.
+        self._moments: tuple[float, float] | None = None
 
     @staticmethod
     def _bin(value: float) -> int:
@@ -66,6 +69,7 @@ class DecayedHistogram:
             self._sum *= factor
             self._sum_sq *= factor * factor
             self._t_ref, exponent = now, 0.0
+            self._moments = None
         return float(2.0 ** exponent)
 
     def add(self, value: float, now: float, weight: float = 1.0) -> None:
@@ -79,6 +83,7 @@ class DecayedHistogram:
         self._total[i] += w * value
         self._sum += w
         self._sum_sq += w * w
+        self._moments = None
         self._cap(now)
 
     def _cap(self, now: float) -> None:
@@ -106,6 +111,7 @@ class DecayedHistogram:
             self._total[i] *= grow
         self._sum += w
         self._sum_sq += w * w
+        self._moments = None
         self._cap(now)
 
     def weight(self, now: float) -> float:
@@ -133,17 +139,21 @@ class DecayedHistogram:
         return None  # unreachable but for rounding: q <= 1
 
     def mean(self) -> float | None:
-        return sum(self._total[self._lo:self._hi]) / self._sum if self._sum > 0.0 else None
+        return self._mean_std()[0] if self._sum > 0.0 else None
 
     def std(self) -> float:
         """The spread of the values (each bin at its mean: within-bin spread ignored)."""
-        if self._sum <= 0.0:
-            return 0.0
-        lo, hi = self._lo, self._hi
-        mean = sum(self._total[lo:hi]) / self._sum
-        second = sum(t * t / w for w, t in zip(self._weight[lo:hi], self._total[lo:hi],
-                                                strict=True) if w > 0.0) / self._sum
-        return math.sqrt(max(0.0, second - mean * mean))
+        return self._mean_std()[1] if self._sum > 0.0 else 0.0
+
+    def _mean_std(self) -> tuple[float, float]:
+        moments = self._moments
+        if moments is None:
+            lo, hi = self._lo, self._hi
+            mean = sum(self._total[lo:hi]) / self._sum
+            second = sum(t * t / w for w, t in zip(self._weight[lo:hi], self._total[lo:hi],
+                                                    strict=True) if w > 0.0) / self._sum
+            moments = self._moments = (mean, math.sqrt(max(0.0, second - mean * mean)))
+        return moments
 
 
 class DecayedMean:
@@ -365,8 +375,11 @@ class Estimator:
         observed_q = self._failure_aware_quantile(self._ttft, level, error_rate)
         if observed_q is not None:
             observed_q *= self._drift(now, confidence)
-        ttft_q = toward_prior(observed_q, self._long_ttft_q(now, quantile, confidence,
-                                                            error_rate), min(1.0, weight))
+        if observed_q is not None and weight >= 1.0:
+            ttft_q = observed_q  # fully trusted: what it would revert to has no say
+        else:
+            ttft_q = toward_prior(observed_q, self._long_ttft_q(now, quantile, confidence,
+                                                                error_rate), min(1.0, weight))
         decode = toward_prior(self._decode.mean(), p.ms_per_token,
                               min(1.0, self._decode.weight(now)) * fresh)
         failure_ms = toward_prior(self._failure_ms.mean(), p.ttft_ms,

@@ -14,17 +14,20 @@ the price.
 Eligible candidates are ranked by `prefer`. The latency objective, in one line: the
 expected time to a successful answer,
 
-    E = (latency + wait + p/(1-p) * (failure time + retry backoff)) * (1 + load * in-flight)
+    E = TTFT * L + decode + wait + p/(1-p) * (failure time * L + retry backoff),
+    L = 1 + slope * in-flight
 
 with p the decayed error rate (a deployment failing half its calls costs one failed
-attempt per success), then shrunk by up to `routing.optimism` for candidates with little
-evidence. `prefer: cost` ranks by price, ties by E. With probability `routing.explore` the
-most promising under-measured eligible candidate that could win the ranking is moved to the
-front instead (exploration; under `cost` none dearer than the best). A latency budget is
-held against an estimate, so a candidate excluded by it alone on little fresh evidence (a
-prior, or aged samples) may be that candidate too — a budget probe, at a rate halved per
-probe that finds it still over; never one dearer than the best. Exploration never breaks
-a `max_cost_usd` cap, a spend budget, a pin, a capability or an open breaker.
+attempt per success) and slope the deployment's learnt load sensitivity
+(`router.routing.load_model`), then shrunk by up to `routing.optimism` for candidates with
+little evidence. `prefer: cost` ranks by price, ties by E. With probability
+`routing.explore` the most promising under-measured eligible candidate that could win the
+ranking is moved to the front instead (exploration; under `cost` none dearer than the
+best). A latency budget is held against an estimate, so a candidate excluded by it alone on
+little fresh evidence (a prior, or aged samples) may be that candidate too — a budget probe,
+at a rate halved per probe that finds it still over; never one dearer than the best.
+Exploration never breaks a `max_cost_usd` cap, a spend budget, a pin, a capability or an
+open breaker.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from router.config.schema import Deployment, Prefer
 from router.routing.constraints import RouteConstraints
 from router.routing.cost import estimate_cost
 from router.routing.estimator import Snapshot
+from router.routing.load_model import load_factor
 from router.routing.settings import RoutingConfig
 from router.routing.stats import StatsRegistry
 
@@ -67,6 +71,7 @@ class Estimate:
     inflight: int = 0
     wait_ms: float = 0.0
     explore: bool = False
+    load_slope: float = 0.0  # the learnt slowdown per other request in flight
     # Excluded by max_ttft_ms / max_latency_ms alone: every hard constraint is met.
     over_latency_budget: bool = False
 
@@ -85,13 +90,14 @@ class RouteDecision:
         return "; ".join(f"{e.deployment.id}: {e.reason}" for e in self.candidates)
 
 
-def expected_ms(s: Snapshot, output_tokens: int, wait_ms: float, inflight: int,
-                cfg: RoutingConfig, backoff_ms: float) -> float:
+def expected_ms(s: Snapshot, output_tokens: int, wait_ms: float, loaded: float,
+                backoff_ms: float) -> float:
     p = min(s.error_rate, _MAX_ERROR_RATE)
     failures_per_success = p / (1.0 - p)
-    base = s.latency_ms(output_tokens) + wait_ms + failures_per_success * (
-        s.failure_ms + backoff_ms)
-    return base * (1.0 + cfg.load_penalty * inflight)
+    # The load slows what it was learnt from (time to a first token, or to a failure), not
+    # the decode of the answer.
+    return (s.ttft_ms * loaded + output_tokens * s.ms_per_token + wait_ms
+            + failures_per_success * (s.failure_ms * loaded + backoff_ms))
 
 
 def _exclusion(dep: Deployment, c: RouteConstraints, ttft_q: float, latency_q: float,
@@ -118,11 +124,11 @@ def _exclusion(dep: Deployment, c: RouteConstraints, ttft_q: float, latency_q: f
 def estimate(dep: Deployment, c: RouteConstraints, stats: StatsRegistry,
              unavailable: Unavailable, inflight: InFlight | None = None,
              backoff_ms: float = 0.0) -> Estimate:
-    cfg = stats.routing
     s = stats.snapshot(dep)
     wait = stats.wait_ms(dep, c.input_tokens, c.output_tokens)
     load = (inflight or stats.inflight)(dep.id)
-    loaded = stats.load_factor(load)  # the estimates are load-free: scale to the load now
+    slope = stats.load_slope(dep.id)
+    loaded = load_factor(slope, load)  # the estimates are load-free: scale to the load now
     decode_ms = c.output_tokens * s.ms_per_token
     ttft_q = s.ttft_q_ms * loaded + wait
     latency_q = ttft_q + decode_ms
@@ -134,8 +140,9 @@ def estimate(dep: Deployment, c: RouteConstraints, stats: StatsRegistry,
     return Estimate(
         dep, reason is None, reason, cost, s.ttft_ms * loaded, s.ttft_ms * loaded + decode_ms,
         ttft_q, latency_q, s.quantile, s.level,
-        expected_ms(s, c.output_tokens, wait, load, cfg, backoff_ms), s.samples, s.weight,
-        s.age_s, s.error_rate, load, wait, over_latency_budget=over_latency_budget)
+        expected_ms(s, c.output_tokens, wait, loaded, backoff_ms), s.samples, s.weight,
+        s.age_s, s.error_rate, load, wait, load_slope=slope,
+        over_latency_budget=over_latency_budget)
 
 
 def _optimistic(e: Estimate, cfg: RoutingConfig) -> float:
@@ -143,21 +150,18 @@ def _optimistic(e: Estimate, cfg: RoutingConfig) -> float:
     return e.expected_ms * (1.0 - cfg.optimism / math.sqrt(1.0 + e.weight))
 
 
-def _probing(e: Estimate, cfg: RoutingConfig) -> bool:
-    """Its figures are mostly prior, or old news (nothing heard for a half-life), and a
-    request is already finding out: one probe at a time, so a burst does not herd onto a
-    deployment nobody has measured lately (one re-admitted as its old estimate ages)."""
-    if e.inflight <= 0:
-        return False
-    return e.weight < 1.0 or (e.age_s is not None and e.age_s > cfg.half_life_s)
+def _probing(e: Estimate) -> bool:
+    """Its figures are mostly prior and a request is already finding out: one probe at a
+    time, so a burst does not herd onto a deployment nobody has measured lately."""
+    return e.weight < 1.0 and e.inflight > 0
 
 
 def _rank_key(prefer: Prefer, pool: Sequence[Estimate],
               cfg: RoutingConfig) -> Callable[[Estimate], tuple[float, ...]]:
     if prefer == "cost":
-        return lambda e: (_probing(e, cfg), e.cost_usd, _optimistic(e, cfg))
+        return lambda e: (_probing(e), e.cost_usd, _optimistic(e, cfg))
     if prefer == "latency":
-        return lambda e: (_probing(e, cfg), _optimistic(e, cfg), e.cost_usd)
+        return lambda e: (_probing(e), _optimistic(e, cfg), e.cost_usd)
     if prefer == "quality":
         return lambda e: (-e.deployment.quality, e.cost_usd)
     max_cost = max((e.cost_usd for e in pool), default=0.0) or 1.0
@@ -169,7 +173,7 @@ def _rank_key(prefer: Prefer, pool: Sequence[Estimate],
             + 0.25 * (1 - e.cost_usd / max_cost)
             + 0.25 * (1 - _optimistic(e, cfg) / max_latency)
         )
-        return (_probing(e, cfg), -score, e.cost_usd)
+        return (_probing(e), -score, e.cost_usd)
 
     return balanced
 

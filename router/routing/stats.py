@@ -12,11 +12,16 @@ from dataclasses import dataclass, field
 from providers.base import QuotaDelta
 from router.config.schema import Deployment
 from router.routing.estimator import Clock, Estimator, Prior, Snapshot
+from router.routing.load_model import LoadModel, load_factor
 from router.routing.settings import RoutingConfig
 
 # Decayed samples' worth of TTFT behind a hedge delay read from the distribution; with
 # less, twice the (prior-blended) mean stands for it.
 HEDGE_MIN_WEIGHT = 10.0
+# The load model's horizon against the estimator's: a slope needs loads of some spread, which
+# bursts bring now and then, not every half-life.
+LOAD_HALF_LIVES = 8.0
+LOAD_MAX_WEIGHTS = 50.0
 
 
 @dataclass(slots=True)
@@ -56,6 +61,7 @@ class Quota:
 @dataclass(slots=True)
 class DeploymentStats:
     estimator: Estimator
+    load: LoadModel
     requests: int = 0
     failures: int = 0
     last_error: str | None = None
@@ -94,9 +100,7 @@ class StatsRegistry:
         if s is None or self._priors.get(dep.id) != prior:
             self._priors[dep.id] = prior
             if s is None:
-                s = self._by_id[dep.id] = DeploymentStats(
-                    Estimator(prior, self.routing.half_life_s, self.clock(),
-                              self.routing.max_weight))
+                s = self._by_id[dep.id] = self._new_stats(prior)
             else:
                 s.estimator.prior = prior
         return s
@@ -105,37 +109,64 @@ class StatsRegistry:
         s = self._by_id.get(deployment_id)
         if s is None:  # observed before routing knew it: neutral priors until `know()`
             prior = Prior(1000.0, 10.0, self.routing.prior_error_rate)
-            s = self._by_id[deployment_id] = DeploymentStats(
-                Estimator(prior, self.routing.half_life_s, self.clock(),
-                              self.routing.max_weight))
+            s = self._by_id[deployment_id] = self._new_stats(prior)
         return s
+
+    def _new_stats(self, prior: Prior) -> DeploymentStats:
+        cfg, now = self.routing, self.clock()
+        return DeploymentStats(
+            Estimator(prior, cfg.half_life_s, now, cfg.max_weight),
+            LoadModel(cfg.load_penalty, cfg.half_life_s * LOAD_HALF_LIVES, now,
+                      cfg.max_weight * LOAD_MAX_WEIGHTS))
 
     # --- what the serving pipeline reports --------------------------------------------------
 
-    def load_factor(self, inflight: int) -> float:
-        """How much longer a first token takes beside `inflight` other requests (the
-        peak-EWMA-style `load_penalty` per request in flight)."""
-        return 1.0 + self.routing.load_penalty * max(0, inflight)
+    def load_slope(self, deployment_id: str) -> float:
+        """How much longer a first token takes per other request in flight on this
+        deployment: learnt from its TTFTs at the loads they were sent under, the config's
+        `load_penalty` until that says otherwise (`router.routing.load_model`)."""
+        s = self._by_id.get(deployment_id)
+        return s.load.slope(self.clock()) if s is not None else self.routing.load_penalty
 
-    def _unloaded(self, s: DeploymentStats, ms: float) -> float:
+    def load_factor(self, deployment_id: str, inflight: int) -> float:
+        """How much longer a first token of this deployment takes beside `inflight` other
+        requests than on an idle one."""
+        return load_factor(self.load_slope(deployment_id), inflight)
+
+    def _unloaded(self, s: DeploymentStats, ms: float, others: int, now: float) -> float:
         """A TTFT as it would have been on an idle deployment: the estimators learn
         load-free figures and the policy scales them by the load a request meets now, so
-        an estimate measured under a burst does not keep a drained deployment excluded
-        (the attempt itself is still counted in flight: the others are one fewer)."""
-        return ms / self.load_factor(s.inflight - 1)
+        an estimate measured under a burst does not keep a drained deployment excluded."""
+        return ms / load_factor(s.load.slope(now), others)
 
-    def observe_ttft(self, deployment_id: str, ttft_ms: float) -> None:
+    def observe_ttft(self, deployment_id: str, ttft_ms: float,
+                     sent_beside: int | None = None, retried: bool = False) -> None:
+        """A first token after `ttft_ms`, for a request sent while `sent_beside` others
+        were in flight on the deployment (`attempt_started`'s answer). Unknown (None): the
+        others in flight now (the attempt itself is still counted: one fewer). `retried`:
+        the time spans failed attempts and their backoff (or a 429's wait), which the load
+        did not cause, so the slope does not learn from it."""
         s = self.get(deployment_id)
-        unloaded = self._unloaded(s, ttft_ms)
-        s.estimator.observe_ttft(unloaded, self.clock())
+        now = self.clock()
+        others = s.inflight - 1 if sent_beside is None else sent_beside
+        if not retried:
+            s.load.observe(ttft_ms, others, now)
+            if self.journal is not None:
+                self.journal.append(("load", deployment_id, ttft_ms, float(others)))
+        unloaded = self._unloaded(s, ttft_ms, others, now)
+        s.estimator.observe_ttft(unloaded, now)
         if self.journal is not None:
             self.journal.append(("ttft", deployment_id, unloaded, 0.0))
 
-    def observe_censored(self, deployment_id: str, at_least_ms: float) -> None:
-        """An attempt given up before its first token (hedge loser, timeout)."""
+    def observe_censored(self, deployment_id: str, at_least_ms: float,
+                         sent_beside: int | None = None) -> None:
+        """An attempt given up before its first token (hedge loser, timeout). Not a point
+        on the load line (only a bound on it): the slope does not learn from it."""
         s = self.get(deployment_id)
-        unloaded = self._unloaded(s, at_least_ms)
-        s.estimator.observe_censored(unloaded, self.clock())
+        now = self.clock()
+        others = s.inflight - 1 if sent_beside is None else sent_beside
+        unloaded = self._unloaded(s, at_least_ms, others, now)
+        s.estimator.observe_censored(unloaded, now)
         if self.journal is not None:
             self.journal.append(("censored", deployment_id, unloaded, 0.0))
 
@@ -186,9 +217,12 @@ class StatsRegistry:
         q.tokens_reset_at = None if tokens_reset is None else now + tokens_reset
 
     def attempt_started(self, deployment_id: str, input_tokens: int = 0,
-                        output_tokens: int = 0) -> None:
-        """An attempt was sent, expected to use these tokens (for quotas and `tpm`)."""
+                        output_tokens: int = 0) -> int:
+        """An attempt was sent, expected to use these tokens (for quotas and `tpm`). Returns
+        how many others were in flight on the deployment as it was sent: the load its TTFT
+        is served under, for `observe_ttft` / `observe_censored`."""
         s = self.get(deployment_id)
+        others = s.inflight
         s.inflight += 1
         now = self.clock()
         s.estimator.started(now)
@@ -196,6 +230,7 @@ class StatsRegistry:
         if input_tokens + output_tokens:
             s.tokens_in_window.append((now, input_tokens + output_tokens))
         s.quota.take(input_tokens, output_tokens)
+        return others
 
     def attempt_ended(self, deployment_id: str) -> None:
         s = self.get(deployment_id)
@@ -253,7 +288,7 @@ class StatsRegistry:
         p95 = est.ttft_quantile(0.95, now, HEDGE_MIN_WEIGHT)
         if p95 is None:
             return 2 * self.estimate_ttft_ms(dep)
-        return p95 * self.load_factor(self.inflight(dep.id))
+        return p95 * self.load_factor(dep.id, self.inflight(dep.id))
 
     def describe(self, dep: Deployment) -> dict[str, float | int | None]:
         """The live estimates of `dep`, for `health()` and `llm-router deployments`."""
@@ -262,7 +297,8 @@ class StatsRegistry:
                 "level": s.level,
                 "ms_per_token": s.ms_per_token, "error_rate": s.error_rate,
                 "weight": s.weight, "samples": s.samples, "age_s": s.age_s,
-                "inflight": self.inflight(dep.id), "wait_ms": self.wait_ms(dep)}
+                "inflight": self.inflight(dep.id), "wait_ms": self.wait_ms(dep),
+                "load_slope": self.load_slope(dep.id)}
 
 
 def _tpm_wait_s(window: deque[tuple[float, int]], tpm: int, tokens: int, now: float) -> float:

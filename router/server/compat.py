@@ -158,9 +158,9 @@ class ObservedStream:
             hub.instrument(events, run_id=run_id, owner=owner) if hub is not None else events)
 
     def __aiter__(self) -> AsyncIterator[Event]:
-        # The wrapped stream itself: `async for` then reads it with no coroutine of ours in
-        # between (every event of every answer passes here).
-        return self._events
+        # The wrapped stream's own iterator (the router's pipeline generator): `async for`
+        # then reads it with no frame of ours in between (every event of every answer).
+        return aiter(self._events)
 
     def __anext__(self) -> Awaitable[Event]:
         return self._events.__anext__()

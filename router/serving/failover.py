@@ -327,8 +327,8 @@ class Failover:
         provider = self.ctx.provider(dep.provider)
         stats = self.ctx.stats
         attempt.inflight = True
-        stats.attempt_started(dep.id, self.input_estimate,
-                              self.req.constraints.output_tokens)
+        attempt.sent_beside = stats.attempt_started(dep.id, self.input_estimate,
+                                                    self.req.constraints.output_tokens)
         try:
             upstream, head = await open_upstream(provider, preq, started, self.timeouts.ttft_s,
                                                  self.timeouts.total_s, slot)
@@ -337,7 +337,7 @@ class Failover:
             permit.failure(err.code)
             waited_ms = (self.em.clock() - attempt.started_at) * 1000.0
             if err.code == "timeout":  # no first token for this long: at least this long
-                stats.observe_censored(dep.id, waited_ms)
+                stats.observe_censored(dep.id, waited_ms, attempt.sent_beside)
             stats.observe_outcome(dep.id, err.code, waited_ms, err.retry_after)
             raise
         except BaseException:
@@ -347,7 +347,7 @@ class Failover:
 
     def _censor(self, attempt: Attempt) -> None:
         waited_ms = (self.em.clock() - attempt.started_at) * 1000.0
-        self.ctx.stats.observe_censored(attempt.deployment.id, waited_ms)
+        self.ctx.stats.observe_censored(attempt.deployment.id, waited_ms, attempt.sent_beside)
 
     def abandon(self, attempt: Attempt, permit: Permit) -> None:
         """An attempt given up without an outcome (caller left, hedge lost): the provider

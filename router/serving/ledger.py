@@ -26,7 +26,7 @@ class Attempt:
 
     __slots__ = ("content_deltas", "deployment", "finish", "first_content_at", "hidden_chars",
                  "inflight", "input_estimate", "input_usd", "ledger", "number", "out_price",
-                 "output_tokens", "reasoning_tokens", "started_at", "usage")
+                 "output_tokens", "reasoning_tokens", "sent_beside", "started_at", "usage")
 
     def __init__(self, ledger: Ledger, dep: Deployment, number: int, input_estimate: int) -> None:
         self.ledger = ledger
@@ -44,6 +44,7 @@ class Attempt:
         self.started_at = ledger.em.clock()
         self.first_content_at: float | None = None
         self.inflight = False  # counted in its deployment's requests in flight
+        self.sent_beside = 0  # others in flight on its deployment as it was sent
 
     def add_output(self, text: str, reasoning: bool = False) -> bool:
         """Count one content delta; True when the next one would pass the spending limit."""
@@ -173,18 +174,22 @@ class Ledger:
         attempt.first_content_at = now
         if self.first_content_at is None:
             self.first_content_at = now
-        stats.observe_ttft(attempt.deployment.id, (now - self._first_try_at(attempt)) * 1000.0)
+        first = self._first_try(attempt)
+        stats.observe_ttft(attempt.deployment.id, (now - first.started_at) * 1000.0,
+                           first.sent_beside, retried=first is not attempt)
 
-    def _first_try_at(self, attempt: Attempt) -> float:
-        """When this request began trying `attempt`'s deployment: its TTFT includes the
-        failed attempts and retry backoff before it (what routing there costs a caller)."""
-        start = attempt.started_at
+    def _first_try(self, attempt: Attempt) -> Attempt:
+        """The attempt this request began trying `attempt`'s deployment with: its TTFT
+        includes the failed attempts and retry backoff since (what routing there costs a
+        caller), and is timed against the load that attempt was sent under."""
+        first = attempt
         for earlier in reversed(self.attempts[:self.attempts.index(attempt)]):
             if earlier.deployment is not attempt.deployment or (
                     earlier.first_content_at is not None):
                 break
-            start = min(start, earlier.started_at)
-        return start
+            if earlier.started_at <= first.started_at:
+                first = earlier
+        return first
 
     def end_attempt(self, stats: StatsRegistry | None = None) -> None:
         attempt = self.current

@@ -60,7 +60,7 @@ def route_event(em: Emitter, decision: RouteDecision) -> RouteEvent:
                 CandidateEstimate, quantile=e.quantile, level=e.level, ttft_q_ms=e.ttft_q_ms,
                 latency_q_ms=e.latency_q_ms, expected_ms=e.expected_ms, samples=e.samples,
                 weight=e.weight, age_s=e.age_s, error_rate=e.error_rate, inflight=e.inflight,
-                wait_ms=e.wait_ms, explore=e.explore),
+                wait_ms=e.wait_ms, explore=e.explore, load_slope=e.load_slope),
         )
         for e in decision.candidates
     ]

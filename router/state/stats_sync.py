@@ -6,10 +6,10 @@ bounded `journal`. Every `state.stats_sync_s` one task makes one round trip: it 
 this instance's new observations as ONE entry of the Redis Stream `stats` (bounded
 `MAXLEN ~`) and reads the entries other instances appended since its last read, which it
 feeds to its own estimators as if it had observed them itself (now: they are at most one
-period old). So every instance's estimates (TTFT distribution, decode rate, error rate)
-rest on every instance's traffic, and an instance routes on the others' observations at
-most `stats_sync_s` (plus one Redis timeout) late. Entries older than a minute are not
-applied (a new instance starts from the recent past, not from hours ago).
+period old). So every instance's estimates (TTFT distribution, decode rate, error rate,
+load sensitivity) rest on every instance's traffic, and an instance routes on the others'
+observations at most `stats_sync_s` (plus one Redis timeout) late. Entries older than a
+minute are not applied (a new instance starts from the recent past, not from hours ago).
 
 The failure-rate breakers' windows ride along in the same round trip: each outcome a
 closed breaker of this instance takes is journaled (`breaker`), and the others' outcomes
@@ -113,9 +113,11 @@ class StatsSync:
                 self.breakers.get(dep).learn_remote(value > 0.5)
                 self.applied += 1
             return
-        est = self.stats.get(dep).estimator
-        now = self.stats.clock()
-        if kind == "ttft":
+        stats = self.stats.get(dep)
+        est, now = stats.estimator, self.stats.clock()
+        if kind == "load":  # a TTFT and the others in flight (there) as it was sent
+            stats.load.observe(value, int(extra), now)
+        elif kind == "ttft":
             est.observe_ttft(value, now)
         elif kind == "censored":
             est.observe_censored(value, now)

@@ -281,6 +281,23 @@ async def test_settlement_is_exact_and_happens_once() -> None:
     assert abs(to_usd(total) - sum(costs)) < 1e-8
 
 
+async def test_an_in_memory_store_keeps_nothing_per_finished_request() -> None:
+    # Its settles are never replayed (only a store that can be unavailable has a journal),
+    # so they leave no once-only key behind: memory, and the periodic expiry sweep over
+    # every key, would otherwise grow with every request served for a week.
+    m = manager({"scope": "user", "limit_usd": 100.0})
+    state = m.state
+    assert isinstance(state, MemoryState)
+    for _ in range(10):
+        await spend(m, 0.01)
+    keys = len(state._expires) + len(state._ints)
+    for _ in range(100):
+        await spend(m, 0.01)
+    assert len(state._expires) + len(state._ints) == keys
+    assert to_usd((await state.totals([m.spend_key("user:ann", calendar_bucket(
+        "day", T0)[0])]))[0]) == pytest.approx(1.10)
+
+
 async def test_200_concurrent_requests_never_overspend_beyond_reservations() -> None:
     m = manager({"scope": "user", "limit_usd": 0.05, "window": "hour"})
     rng = random.Random(11)

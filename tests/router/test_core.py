@@ -594,14 +594,35 @@ async def test_the_route_event_explains_each_estimate_and_load_returns_to_zero(
         assert cand.estimate.quantile == 0.9 and cand.estimate.samples == 0
         assert cand.estimate.level == 0.9  # no evidence: no allowance either
         assert cand.estimate.age_s is None and not cand.estimate.explore
+        # Nothing measured: the config's load penalty stands for its load sensitivity.
+        assert cand.estimate.load_slope == r.loaded.config.routing.load_penalty
     served = route.deployment
     assert served is not None
     assert r.stats.inflight(served) == 0  # counted at the attempt's start, freed at its end
     estimate = r.health()[served]["estimate"]
     assert estimate["samples"] == 1 and estimate["inflight"] == 0
+    assert estimate["load_slope"] == r.loaded.config.routing.load_penalty  # one load seen
     # One sample: the budget quantile is read one standard error lower (0.9 - 0.3).
     assert estimate["level"] == pytest.approx(0.6)
     again = (await fleet.collect(r, "hi", task="quick"))[0]
     assert isinstance(again, RouteEvent)
     mine = next(c for c in again.candidates if c.deployment == served)
     assert mine.estimate is not None and mine.estimate.samples == 1
+
+
+def test_a_vendor_key_set_after_the_router_was_built_makes_its_deployment_available(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from router.config import parse_config
+
+    monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+    r = Router(parse_config({
+        "version": 1, "providers": {"oa": {"kind": "openai_compatible", "vendor": "deepseek"}},
+        "deployments": [{"id": "gpt", "provider": "oa", "model": "gpt-x",
+                         "price": {"input_per_mtok": 1, "output_per_mtok": 1}}]}))
+    dep = r.loaded.deployments["gpt"]
+    assert r.unavailable_reason(dep) == "missing_api_key: set DEEPSEEK_API_KEY"
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-later")
+    assert r.unavailable_reason(dep) is None  # read from the environment at each use
+    assert r.provider_settings("oa").api_key is not None
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "")
+    assert r.unavailable_reason(dep) == "missing_api_key: set DEEPSEEK_API_KEY"

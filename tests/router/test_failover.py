@@ -333,3 +333,51 @@ async def test_a_hedge_loser_is_recorded_as_censored(fleet: Fleet, make_router: 
     assert strong.samples == 1  # its slow first token was not dropped: at least 10 ms
     assert strong.ttft_ms >= 10.0
     assert r.stats.inflight("strong") == 0 and r.stats.inflight("mid") == 0
+
+
+async def test_a_ttft_is_learnt_at_the_load_its_attempt_was_sent_under(fleet: Fleet,
+                                                                       make_router: Make
+                                                                       ) -> None:
+    """Two requests already in flight on every deployment when this one is sent: its first
+    token is reported with those two, whatever the count is by then."""
+    r = make_router()
+    for dep in r.loaded.deployments:
+        for _ in range(2):
+            r.stats.attempt_started(dep)
+    seen: list[tuple[str, int | None, bool]] = []
+    observe = r.stats.observe_ttft
+
+    def spy(deployment_id: str, ttft_ms: float, sent_beside: int | None = None,
+            retried: bool = False) -> None:
+        seen.append((deployment_id, sent_beside, retried))
+        observe(deployment_id, ttft_ms, sent_beside, retried)
+
+    r.stats.observe_ttft = spy  # type: ignore[method-assign]
+    events = await fleet.collect(r, task="best")
+    done = events[-1]
+    assert isinstance(done, DoneEvent)
+    assert seen == [(done.deployment, 2, False)]
+
+
+def test_a_retried_ttft_is_unloaded_by_its_first_try_and_does_not_teach_the_slope(
+        fleet: Fleet) -> None:
+    from router.routing.stats import StatsRegistry
+
+    r = fleet.router()
+    mid = r.loaded.deployments["mid"]
+    now = [0.0]
+    em = Emitter("r")
+    em.clock = lambda: now[0]
+    ledger = Ledger(em, None)
+    stats = StatsRegistry(clock=lambda: now[0])
+    first = ledger.begin(mid, 10)  # sent beside 4 others, fails at 0.5 s
+    first.sent_beside = 4
+    now[0] = 0.5
+    ledger.end_attempt()
+    now[0] = 0.7
+    ledger.begin(mid, 10).sent_beside = 0  # the retry, alone by then
+    now[0] = 0.9
+    ledger.first_content(stats)
+    snap = stats.get("mid").estimator.snapshot(0.9, 0.9)
+    assert snap.ttft_ms == pytest.approx(900.0 / (1 + 4 * stats.routing.load_penalty))
+    assert stats.get("mid").load.weight(0.9) == 0.0

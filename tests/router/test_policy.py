@@ -526,7 +526,7 @@ def test_estimates_are_load_free_and_scaled_to_the_load_now() -> None:
         stats.attempt_started("fast")
     busy = next(e for e in policy.choose(c, FLEET, available).candidates
                 if e.deployment.id == "fast")
-    assert busy.ttft_ms == pytest.approx(200.0 * stats.load_factor(10))
+    assert busy.ttft_ms == pytest.approx(200.0 * stats.load_factor("fast", 10))
 
 
 # --- budget probes: a latency budget's estimate on little fresh evidence is re-measured ----

@@ -126,11 +126,32 @@ def test_tool_choice_shapes(loaded: LoadedConfig, choice: Any, normalized: str) 
     ({"max_cost_usd": float("nan")}, "max_cost_usd: Input should be a finite number"),
     ({"system": 5}, "system: Input should be a valid string"),
     ({"metadata": []}, "metadata: Input should be a valid dictionary"),
+    # At the edges of the checks that let plain arguments skip the schema (`_PLAIN`):
+    ({"max_ttft_ms": 0.0}, "max_ttft_ms: Input should be greater than 0"),
+    ({"max_latency_ms": float("inf")}, "max_latency_ms: Input should be a finite number"),
+    ({"max_ttft_ms": 86_400_000.5},
+     "max_ttft_ms: Input should be less than or equal to 86400000"),
+    ({"temperature": 2.5}, "temperature: Input should be less than or equal to 2"),
+    ({"temperature": -0.1}, "temperature: Input should be greater than or equal to 0"),
+    ({"max_tokens": 100_000_001}, "max_tokens: Input should be less than or equal to 100000000"),
+    ({"metadata": {1: "x"}}, "metadata[1]: Input should be a valid string"),
+    ({"prefer": "Cost"}, "prefer: Input should be 'cost', 'latency', 'quality' or 'balanced'"),
 ])
 def test_bad_options_are_refused_with_a_clear_message(loaded: LoadedConfig, kw: dict[str, Any],
                                                       message: str) -> None:
     err = refused(loaded, **kw)
     assert (err.code, err.message) == ("bad_request", message)
+
+
+@pytest.mark.parametrize("kw", [
+    {"max_ttft_ms": 86_400_000.0, "max_latency_ms": 1e-9, "max_cost_usd": 1e6,
+     "temperature": 0.0, "max_tokens": 100_000_000},
+    {"temperature": 2.0, "prefer": "cost", "stop": "END", "metadata": {"user": "ann"}},
+    {"max_ttft_ms": 500, "max_tokens": 10, "temperature": 1},  # ints where floats are asked
+])
+def test_valid_options_at_their_bounds_are_accepted(loaded: LoadedConfig,
+                                                    kw: dict[str, Any]) -> None:
+    prep(loaded, **kw)
 
 
 def test_default_task_applies_when_neither_task_nor_model_is_given(

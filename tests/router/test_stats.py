@@ -143,4 +143,4 @@ def test_p95_is_scaled_to_the_load_a_request_meets_now() -> None:
     idle = stats.p95_ttft_ms(dep())
     for _ in range(4):
         stats.attempt_started("d")
-    assert stats.p95_ttft_ms(dep()) == pytest.approx(idle * stats.load_factor(4))
+    assert stats.p95_ttft_ms(dep()) == pytest.approx(idle * stats.load_factor("d", 4))

@@ -23,17 +23,18 @@ async def test_what_one_instance_observed_reaches_the_other(redis_url: str, flee
     sync_a, sync_b = StatsSync(a, cfg, instance="A"), StatsSync(b, cfg, instance="B")
     try:
         prior_ttft = b.snapshot(dep).ttft_ms
-        for _ in range(30):  # A saw `mid` slow and failing; B saw nothing
-            a.observe_ttft("mid", 5000.0)
+        for i in range(30):  # A saw `mid` slow, failing and slower by half per request
+            a.observe_ttft("mid", 5000.0 * (1 + 0.5 * (i % 3)), i % 3)  # beside it; B: nothing
             a.observe_outcome("mid", "overloaded")
         await sync_a.sync_once()
         await sync_b.sync_once()
         seen = b.snapshot(dep)
         assert seen.ttft_ms > prior_ttft and seen.ttft_ms == a.snapshot(dep).ttft_ms
         assert seen.error_rate == a.snapshot(dep).error_rate
-        assert sync_b.applied == 60
+        assert b.load_slope("mid") == a.load_slope("mid") > 0.3
+        assert sync_b.applied == 90
         await sync_b.sync_once()  # nothing new: nothing learnt twice
-        assert sync_b.applied == 60 and b.snapshot(dep).samples == 30
+        assert sync_b.applied == 90 and b.snapshot(dep).samples == 30
         await sync_a.sync_once()  # its own entries are not learnt again
         assert a.snapshot(dep).samples == 30
     finally:
