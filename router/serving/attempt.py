@@ -155,7 +155,7 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                     text = splice.feed(text)
                     if splice.done:
                         splice = None
-                    if fed != len(text) and attempt.add_hidden(fed - len(text)):
+                    if fed != len(text) and ledger.add_hidden(attempt, fed - len(text)):
                         attempt.finish = "budget"  # billed repeats passed the limit
                         break
                     if not text:
@@ -166,7 +166,7 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                 seq = em.seq
                 em.seq = seq + 1
                 # Counted before it is handed over: a caller that stops here was shown it.
-                over = attempt.add_output(text)
+                over = ledger.add_output(attempt, text)
                 yield text_event(rid, seq, (clock() - t0) * 1000.0, text)
                 if over:
                     attempt.finish = "budget"
@@ -179,7 +179,7 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                 seq = em.seq
                 em.seq = seq + 1
                 # Counted before it is handed over: a caller that stops here was shown it.
-                over = attempt.add_output(text, reasoning=True)
+                over = ledger.add_output(attempt, text, reasoning=True)
                 yield reasoning_event(rid, seq, (clock() - t0) * 1000.0, text)
                 if over:
                     attempt.finish = "budget"
@@ -189,10 +189,10 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                 if fresh:
                     fresh = False
                     ledger.first_content(ctx.stats)
-                attempt.add_tool_fragment(delta)
+                ledger.add_tool_fragment(delta)
                 seq = em.seq
                 em.seq = seq + 1
-                over = attempt.add_output(delta.arguments)
+                over = ledger.add_output(attempt, delta.arguments)
                 yield tool_call_event(rid, seq, (clock() - t0) * 1000.0, delta.index,
                                       delta.id, delta.name, delta.arguments)
                 if over:
@@ -200,8 +200,8 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                     break
             elif kind is UsageDelta:
                 assert isinstance(delta, UsageDelta)
-                attempt.set_usage(delta)
-                if fresh and attempt.over_limit():  # input billed up front passed the limit
+                ledger.set_usage(attempt, delta)
+                if fresh and ledger.over_limit(attempt):  # input billed up front: past the limit
                     attempt.finish = "budget"
                     break
             elif kind is FinishDelta:
@@ -216,8 +216,8 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
             seq = em.seq
             em.seq = seq + 1
             yield text_event(rid, seq, (clock() - t0) * 1000.0, rest)
-            attempt.add_hidden(-len(rest))  # held back until now: counted as shown instead
-            attempt.add_output(rest)
+            ledger.add_hidden(attempt, -len(rest))  # held back until now: counted as shown
+            ledger.add_output(attempt, rest)
         outcome = None
     except ProviderError as err:
         outcome = err.code

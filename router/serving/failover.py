@@ -58,6 +58,10 @@ class Failover:
     """The serving state of one request; `run()` yields its events up to the terminal one,
     leaving `ledger.finish` (success) or `ledger.failure` set."""
 
+    __slots__ = ("_answer_from", "_attempt", "_extra_input", "_hedged_to", "_held", "ctx", "em",
+                 "error", "input_estimate", "ledger", "opened", "original", "ranked", "req",
+                 "res", "resumed", "t0", "timeouts")
+
     def __init__(self, ctx: ServingContext, req: PreparedRequest, ranked: list[Deployment],
                  em: Emitter, ledger: Ledger) -> None:
         self.ctx, self.req, self.ranked, self.em, self.ledger = ctx, req, ranked, em, ledger
@@ -70,8 +74,9 @@ class Failover:
         self.opened: Opened | None = None
         self._hedged_to: Deployment | None = None  # the hedge started by the last race
         self._answer_from = 0  # the first attempt of the answer the caller keeps (restarts)
-        self._permits: list[Permit] = []  # every breaker admission of this request
-        self._slots: list[Slot] = []  # every admission slot taken for this request
+        # Every breaker admission and admission slot taken for this request, released at
+        # its end (one list: each is one more object per live stream).
+        self._held: list[Permit | Slot] = []
         self._attempt: Attempt | None = None  # the attempt the last `start` event announced
         self._extra_input = 0  # input tokens a continuation request adds
         # Set for a stream taken over from a dead instance: the deployment that was serving
@@ -83,7 +88,7 @@ class Failover:
     def _admit(self, dep: Deployment) -> Permit | None:
         permit = self.res.breakers.admit(dep.id)
         if permit is not None:
-            self._permits.append(permit)
+            self._held.append(permit)
         return permit
 
     async def _take_slot(self, dep: Deployment) -> Slot | None:
@@ -93,7 +98,7 @@ class Failover:
         if admission is None:
             return None
         slot = await admission.slot(dep.id)
-        self._slots.append(slot)
+        self._held.append(slot)
         return slot
 
     async def run(self) -> AsyncGenerator[Event, None]:
@@ -127,6 +132,7 @@ class Failover:
                                                       i < len(ranked))) as events:
                     async for event in events:
                         yield event
+                del events  # closed: not kept (with its weakref) for the stream's lifetime
                 opened, self.opened = self.opened, None
                 if opened is None:
                     assert self.error is not None
@@ -154,10 +160,8 @@ class Failover:
         finally:
             # The caller may leave between an admission and its attempt's outcome (at a
             # `fallback`, `start` or `retry` event): free every slot still held.
-            for permit in self._permits:
-                permit.release()
-            for slot in self._slots:
-                slot.release()  # a no-op for those their upstream holds
+            for held in self._held:
+                held.release()  # a no-op for a slot its upstream holds, or a used permit
 
     def _resume_mode(self, sent: int) -> ResumeMode | None:
         """How the next candidate takes over an answer of which `sent` deltas were shown."""
@@ -355,7 +359,8 @@ class Failover:
         from providers.base import UsageDelta
 
         if attempt.usage is None:
-            attempt.set_usage(UsageDelta(attempt.input_estimate, attempt.output_tokens))
+            self.ledger.set_usage(attempt, UsageDelta(attempt.input_estimate,
+                                                      attempt.output_tokens))
         end_attempt(self.ctx, self.ledger, attempt)
         permit.release()
 
@@ -400,5 +405,5 @@ class Failover:
             if permit is None:
                 slot.release()
             else:
-                self._slots.append(slot)
+                self._held.append(slot)
         return slot, permit
