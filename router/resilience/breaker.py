@@ -23,7 +23,6 @@ import time (~100 ms or more): it is imported only when the first breaker is bui
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -209,8 +208,12 @@ class Breaker:
                 probe = False
         if before != "closed" and not probe:
             return  # admitted before the trip: only the probe decides now
-        with contextlib.suppress(_Failed):
+        try:
             self._cb.call(_raise_failed if failed else _succeed)
+        except _Failed as exc:
+            # Its traceback holds pybreaker's frames, one of which holds it: a cycle (with
+            # every caller's frame above) that only the cyclic collector would free.
+            exc.__traceback__ = None
         if before == "closed" and self._rate is not None and self._on_outcome is not None:
             share = self._on_outcome()
             if share is not None:

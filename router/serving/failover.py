@@ -54,6 +54,20 @@ if TYPE_CHECKING:
     from router.serving.emitter import Emitter
 
 
+def detached(err: ProviderError) -> ProviderError:
+    """`err` (and the errors it was raised from) without tracebacks, to be kept for later.
+    A traceback holds every frame the error passed through and each frame its locals, the
+    error among them: a reference cycle, the whole request's state in it, that only the
+    cyclic garbage collector would free. The error's code, message and status remain."""
+    link: BaseException | None = err
+    for _ in range(8):  # a chain is short; bounded all the same
+        if link is None:
+            break
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return err
+
+
 class Failover:
     """The serving state of one request; `run()` yields its events up to the terminal one,
     leaving `ledger.finish` (success) or `ledger.failure` set."""
@@ -207,6 +221,7 @@ class Failover:
         return self.ledger.cost_usd() + both < limit
 
     def _failed(self, dep: Deployment, err: ProviderError) -> tuple[Deployment, ProviderError]:
+        detached(err)
         if self.original is None:
             self.original = (err, dep.id)
         return dep, err
@@ -303,16 +318,16 @@ class Failover:
                                                        slot)
                 except AdmissionRefused as err:
                     permit.release()  # our own limit, not the deployment's failure
-                    self.error = err  # full here: the next candidate, not a retry
+                    self.error = detached(err)  # full here: the next candidate, not a retry
                     return
                 except ProviderError as err:
-                    attempt.failed(err)
+                    attempt.failed(detached(err))
                     continue
                 self.opened.splice = splice if splice is not None and not splice.done else None
                 attempt.succeeded()
                 return
         except ProviderError as err:
-            self.error = err
+            self.error = detached(err)
 
     def _current(self) -> Attempt:
         assert self._attempt is not None
@@ -389,7 +404,8 @@ class Failover:
                     race.add(second, self._open(hedge, hreq, second, hedge_permit, hedge_slot),
                              hedge_permit)
                 await race.wait(None)
-            self.opened, self.error = race.result()
+            self.opened, error = race.result()
+            self.error = None if error is None else detached(error)
         finally:
             await race.close_losers()
 
