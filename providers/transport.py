@@ -141,8 +141,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
                                          keepalive_timeout=self._keepalive_s, ssl=self._ssl)
+        # No `skip_auto_headers`: httpx's defaults (user agent, accept, accept-encoding)
+        # are in every request's headers, so aiohttp adds none of its own; a skip list
+        # would cost ~50 us per request (aiohttp sorts it and copies the headers).
         return aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                     skip_auto_headers=("User-Agent", "Accept-Encoding"),
                                      cookie_jar=aiohttp.DummyCookieJar())
 
     async def open(self, method: str, url: str,
