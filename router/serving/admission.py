@@ -175,6 +175,12 @@ class Admitted:
     def __aiter__(self) -> Admitted:
         return self
 
+    @property
+    def upstream(self) -> AsyncIterator[Delta]:
+        """The stream this one forwards to: a reader may read it directly (one call less
+        per chunk) as long as it closes this one."""
+        return self._upstream
+
     def __anext__(self) -> Awaitable[Delta]:
         return self._next()
 

@@ -35,7 +35,7 @@ from router.events import Event, reasoning_event, text_event, tool_call_event
 from router.resilience.breaker import Permit
 from router.resilience.continuation import Splice
 from router.resilience.watchdog import Watchdog
-from router.serving.admission import Slot
+from router.serving.admission import Admitted, Slot
 from router.serving.ledger import Attempt, Ledger
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class Opened:
 
     dep: Deployment
     upstream: AsyncIterator[Delta]
-    head: list[Delta]  # every delta read so far, the first content delta last
+    head: tuple[Delta, ...]  # every delta read so far, the first content delta last
     attempt: Attempt
     permit: Permit
     started: float  # loop time the attempt started
@@ -76,7 +76,7 @@ async def close_quietly(upstream: AsyncIterator[Delta]) -> None:
 
 async def open_upstream(provider: Provider, preq: ProviderRequest, started: float,
                         ttft_s: float, total_s: float, slot: Slot | None = None
-                        ) -> tuple[AsyncIterator[Delta], list[Delta]]:
+                        ) -> tuple[AsyncIterator[Delta], tuple[Delta, ...]]:
     """Open the stream (holding admission's `slot` until the upstream is closed) and read
     up to the first content delta. Raises `ProviderError` (`timeout` naming which
     deadline); the upstream is closed, and the slot given back, on every failure."""
@@ -106,7 +106,7 @@ async def open_upstream(provider: Provider, preq: ProviderRequest, started: floa
     except BaseException:
         await close_quietly(upstream)
         raise
-    return upstream, head
+    return upstream, tuple(head)
 
 
 def end_attempt(ctx: ServingContext, ledger: Ledger, attempt: Attempt) -> None:
@@ -130,7 +130,9 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                   got_content=True)
     fresh = True  # no content sent yet by this attempt
     buffered, splice = opened.head, opened.splice
-    anext_ = upstream.__anext__
+    opened.head = ()  # read from `buffered`, which ends as the empty tuple: nothing kept
+    # Read past admission's forwarding object (closing `upstream` still gives its slot back).
+    anext_ = (upstream.upstream if isinstance(upstream, Admitted) else upstream).__anext__
     em = ledger.em
     rid, clock, t0, time_ = em.request_id, em.clock, em.t0, wd.time
     current_task, loop = asyncio.current_task, asyncio.get_running_loop()
@@ -138,7 +140,7 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
     try:
         while True:
             if buffered:
-                delta = buffered.pop(0)
+                delta, buffered = buffered[0], buffered[1:]
             else:
                 wd.waiting_since = time_()
                 wd.task = current_task(loop)  # with the loop: ~3x cheaper

@@ -142,11 +142,16 @@ class Failover:
                 hedge = ranked[i] if i < len(ranked) and not sent else None
                 if hedge is not None and not self._hedge_affordable(dep, hedge):
                     hedge = None  # both would bill their input: the spending limit cannot pay
-                async with aclosing(self._first_token(dep, permit, hedge, mode == "continue",
-                                                      i < len(ranked))) as events:
+                # Closed in `finally` (no `aclosing` object: all the streams of a burst wait
+                # here at once), then dropped: not kept, with its weakref, for the answer.
+                events = self._first_token(dep, permit, hedge, mode == "continue",
+                                           i < len(ranked))
+                try:
                     async for event in events:
                         yield event
-                del events  # closed: not kept (with its weakref) for the stream's lifetime
+                finally:
+                    await events.aclose()
+                del events
                 opened, self.opened = self.opened, None
                 if opened is None:
                     assert self.error is not None
@@ -252,10 +257,12 @@ class Failover:
         preq = provider_request(dep, self.req)
         self._extra_input = 0
         if not continuing:
-            async with aclosing(self._retrying(dep, preq, permit, has_alternative, None,
-                                               hedge)) as events:
+            events = self._retrying(dep, preq, permit, has_alternative, None, hedge)
+            try:  # as in `run`: no `aclosing` object on the common path
                 async for event in events:
                     yield event
+            finally:
+                await events.aclose()
             return
         partial = self.ledger.text()
         ways = self.res.continuation_ways(dep)
