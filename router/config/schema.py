@@ -167,6 +167,9 @@ class ResponsesConfig(_Strict):
     `item_reference` and `previous_response_id` (`router.server.response_items`)."""
 
     max_items_per_key: int = Field(default=10_000, ge=1)
+    # A conversation is kept whole per turn, so a long `previous_response_id` chain grows
+    # with the square of its turns: bytes, not entries, are what bound the memory.
+    max_bytes_per_key: int = Field(default=64 * 1024 * 1024, ge=1024)
     ttl_s: float = Field(default=3600, gt=0, le=30 * 86400)
 
 

@@ -51,6 +51,7 @@ from router.server.remote import (
     publish_shared,
     run_batches,
     shared_logs,
+    status_log,
     stream_batches,
 )
 from router.server.response_items import item_store
@@ -140,11 +141,16 @@ async def post_stream(request: Request) -> Response | EventStreamResponse:
 
 
 async def get_stream(request: Request) -> Response:
-    slog, _ = await located(request.app.state.hub, STREAM, request.path_params["request_id"])
+    hub = request.app.state.hub
+    slog, snap = await located(hub, STREAM, request.path_params["request_id"])
     refused = _owned(request, slog, "stream")
     if refused is not None or slog is None:
         return refused or Response(status_code=404)
-    return _json(stream_status(slog))
+    if snap is None:
+        return _json(stream_status(slog))
+    status = stream_status(await status_log(hub, snap))
+    status["truncated"] = status["truncated"] or "lost" in snap.meta
+    return _json(status)
 
 
 async def stream_events(request: Request) -> Response | EventStreamResponse:

@@ -92,6 +92,16 @@ async def located(hub: StreamHub, kind: str, key: str) -> tuple[StreamLog | None
     return (snap.log if snap else None), snap
 
 
+async def status_log(hub: StreamHub, snap: Snapshot) -> StreamLog:
+    """The log a status poll of another instance's stream reads. A poll is a reader too: a
+    stream whose instance died is taken over first, so it goes on to its end instead of
+    reading `running` for ever. One with a hole (`lost`) is read as it is."""
+    shared = hub.shared
+    if shared is not None and "lost" not in snap.meta and await shared.orphaned(snap.meta):
+        await hub.take_over(snap)
+    return hub.streams.get(snap.log.key) or snap.log
+
+
 def lost_problem(snap: Snapshot | None) -> Response | None:
     """410 for a resume of a shared log with a hole: events its instance delivered while
     Redis was unavailable and could not keep for it (see `eventlog_backlog`)."""

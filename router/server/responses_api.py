@@ -30,7 +30,7 @@ The output side (the `Response` object and the `response.*` events) is in
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -55,8 +55,9 @@ from router.server.compat import (
     scope_key_of,
     sse_frames,
 )
-from router.server.openai_compat import error_of, error_response, problem_response
+from router.server.openai_errors import error_of, error_response, problem_response
 from router.server.response_items import ItemStore
+from router.server.responses_recall import Remember, remembered, rememberer, resolved_input
 from router.server.responses_stream import ResponseWriter, collect, render
 from router.state.store import StateUnavailable
 
@@ -290,7 +291,7 @@ async def create_response(request: Request) -> Response:
         items = await resolved_input(body, store, owner)
         input_ = to_chat_messages(items)
         kwargs = stream_kwargs(body, router, scope_key_of(request))
-        remember = None if body.get("store") is False else _rememberer(store, owner, items)
+        remember = None if body.get("store") is False else rememberer(store, owner, items)
         return routed_response(request, input_, kwargs, _renderer(body, remember))
     except RequestProblem as p:
         return problem_response(p)
@@ -298,70 +299,6 @@ async def create_response(request: Request) -> Response:
         return error_response(503, "The store of remembered response items (Redis) is "
                               "unavailable; retry, or send the items themselves.",
                               "server_error", None, "state_unavailable", retryable=True)
-
-
-async def resolved_input(body: Mapping[str, Any], store: ItemStore,
-                         owner: str) -> list[Any]:
-    """`input` as items: the conversation of `previous_response_id` first when given, then
-    each `item_reference` replaced by the item it names. Raises RequestProblem (400) naming
-    the field of an id this key has no item for."""
-    raw = body.get("input")
-    items = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
-    if not isinstance(items, list) or not items:
-        raise RequestProblem("Missing required parameter: 'input'.", "input",
-                             "missing_required_parameter")
-    previous = body.get("previous_response_id")
-    if previous is not None and not isinstance(previous, str):
-        raise _bad("Invalid 'previous_response_id': expected a string.", "previous_response_id")
-    refs = {i: item.get("id") for i, item in enumerate(items)
-            if isinstance(item, dict) and item.get("type") == "item_reference"}
-    wanted = [r for r in refs.values() if isinstance(r, str)]
-    if previous is not None:
-        wanted.append(_CONVERSATION + previous)
-    found = await store.get(owner, wanted) if wanted else {}
-    out: list[Any] = []
-    if previous is not None:
-        conversation = found.get(_CONVERSATION + previous)
-        if conversation is None:
-            raise RequestProblem(f"Previous response with id '{previous}' not found.",
-                                 "previous_response_id", "previous_response_not_found")
-        out += conversation
-    for i, item in enumerate(items):
-        if i not in refs:
-            out.append(item)
-            continue
-        ref = refs[i]
-        if not isinstance(ref, str) or ref not in found or ref.startswith(_CONVERSATION):
-            raise _bad(f"Item with id '{ref}' not found.", f"input[{i}].id", "item_not_found")
-        out.append(found[ref])
-    return out
-
-
-_CONVERSATION = "response:"  # a remembered response's conversation: `response:<resp id>`
-Remember = Callable[[str, list[dict[str, Any]]], Awaitable[None]]
-
-
-def _rememberer(store: ItemStore, owner: str, items: list[Any]) -> Remember:
-    async def remember(response_id: str, output: list[dict[str, Any]]) -> None:
-        entries: dict[str, Any] = {item["id"]: item for item in output}
-        entries[_CONVERSATION + response_id] = items + output
-        await store.put(owner, entries)
-
-    return remember
-
-
-async def _remembered(frames: AsyncIterator[bytes], writer: ResponseWriter,
-                      remember: Remember) -> AsyncIterator[bytes]:
-    """A streamed answer's frames; its output is remembered before `response.completed`
-    goes out, so a client's next request can already name it."""
-    try:
-        async for chunk in frames:
-            if writer.finished is not None:
-                finished, writer.finished = writer.finished, None
-                await remember(finished["id"], finished["output"])
-            yield chunk
-    finally:
-        await frames.aclose()  # type: ignore[attr-defined]
 
 
 def _renderer(body: Mapping[str, Any], remember: Remember | None) -> Render:
@@ -382,7 +319,7 @@ def _renderer(body: Mapping[str, Any], remember: Remember | None) -> Render:
         if body.get("stream"):
             frames = sse_frames(writer.opening(), head, rest, render, writer)
             return EventBody(frames if remember is None
-                             else _remembered(frames.chunks(), writer, remember), headers)
+                             else remembered(frames.chunks(), writer, remember), headers)
         end = collect(await drain(head, rest), writer)
         if isinstance(end, ErrorEvent):
             return error_of(end)

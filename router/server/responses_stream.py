@@ -31,7 +31,8 @@ from router.events import (
     TextEvent,
     ToolCallEvent,
 )
-from router.server.openai_compat import event_error, x_router
+from router.server.openai_compat import x_router
+from router.server.openai_errors import event_error
 
 # Our finish reason -> (response status, incomplete_details.reason).
 _STATUS: dict[str, tuple[str, str | None]] = {

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from router.server.openai_compat import error_response
+from router.server.openai_errors import error_response
 
 
 def _anthropic(status: int, type_: str, message: str, headers: dict[str, str]) -> Response:

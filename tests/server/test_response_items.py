@@ -16,10 +16,12 @@ import openai
 import pytest
 
 from router.config import parse_config
-from router.config.schema import ResponsesConfig
+from router.config.schema import ResponsesConfig, StateConfig
 from router.core import Router
 from router.server.app import create_app
-from router.server.response_items import MemoryItems
+from router.server.compat import RequestProblem
+from router.server.response_items import MemoryItems, RedisItems
+from router.server.responses_recall import kept
 from tests.server.conftest import RecordingRouter, key_entry, uvicorn_on_loopback
 from tests.server.test_openai_compat import CONFIG, KEY
 from tests.server.test_responses_api import TOOLS
@@ -167,3 +169,49 @@ async def test_the_store_keeps_at_most_its_bound_per_key_and_forgets_after_its_t
     assert await store.get("bob", ["i0", "i4"]) == {"i0": "bob's"}
     now[0] = 61.0
     assert await store.get("alice", ["i4"]) == {}
+
+
+async def test_the_store_is_bounded_in_bytes_and_says_why_an_entry_was_not_kept() -> None:
+    store = MemoryItems(ResponsesConfig(max_items_per_key=100, max_bytes_per_key=1024))
+    await store.put("alice", {f"i{n}": "x" * 300 for n in range(5)})  # ~1.5 kB in all
+    assert sorted(await store.get("alice", [f"i{n}" for n in range(5)])) == ["i2", "i3", "i4"]
+    await store.put("alice", {"big": "y" * 2000})
+    big = (await store.get("alice", ["big"]))["big"]
+    with pytest.raises(RequestProblem) as info:
+        kept(big, "Item 'big'", "input[0].id")
+    assert (info.value.param, info.value.code) == ("input[0].id", "too_large_to_keep")
+    assert "2002 bytes" in str(info.value)
+
+
+async def test_redis_store_is_bounded_in_bytes_across_puts(redis_url: str) -> None:
+    state = StateConfig(backend="redis", url=redis_url, prefix=f"rb{uuid.uuid4().hex[:6]}:")
+    store = RedisItems(ResponsesConfig(max_items_per_key=100, max_bytes_per_key=1024), state)
+    try:
+        for n in range(6):
+            await store.put("alice", {f"i{n}": "x" * 300})
+        assert sorted(await store.get("alice", [f"i{n}" for n in range(6)])) == [
+            "i3", "i4", "i5"]
+        await store.put("alice", {"big": "y" * 2000})
+        assert "omitted_bytes" in (await store.get("alice", ["big"]))["big"]
+        assert sorted(await store.get("alice", ["i3", "i4", "i5"])) == ["i3", "i4", "i5"]
+    finally:
+        await store.aclose()
+
+
+async def test_a_conversation_over_the_byte_bound_is_a_400_naming_previous_response_id(
+        ) -> None:
+    cfg = _config()
+    cfg["server"]["responses"] = {"max_bytes_per_key": 2048}
+    inner = Router(parse_config(cfg))
+    try:
+        async with uvicorn_on_loopback(create_app(inner)) as (_, url), _sdk(url) as client:
+            first = await client.responses.create(model="chat", input="z" * 3000)
+            assert first.status == "completed"  # the answer is served, only not kept
+            with pytest.raises(openai.BadRequestError) as info:
+                await client.responses.create(model="chat", input="more",
+                                              previous_response_id=first.id)
+    finally:
+        await inner.aclose()
+    error = info.value.body
+    assert isinstance(error, dict)
+    assert (error["param"], error["code"]) == ("previous_response_id", "too_large_to_keep")

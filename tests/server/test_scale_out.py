@@ -349,6 +349,28 @@ async def test_a_run_follower_alone_gets_an_orphaned_stream_taken_over(pair) -> 
     assert _text(on_b) == _text(uninterrupted)
 
 
+async def test_polling_the_status_of_an_orphaned_stream_gets_it_taken_over(pair) -> None:
+    """A client that only polls `GET /v1/streams/{id}` (no resume) after the instance
+    serving its detached stream died still sees the stream finish, not `running` forever."""
+    a, b = pair
+    seen: list[Frame] = []
+    async with a.client() as c, c.stream("POST", "/v1/stream", json={
+            "input": PROMPT, "detach": True}) as r:
+        it = frames(r)
+        while sum(x.event == "text" for x in seen) < 12:
+            seen.append(await _next_event(it))
+        a.kill()
+    rid = seen[0].data["request_id"]
+    async with b.client() as c:
+        for _ in range(600):  # the lease (0.6 s) expires, then the continuation runs
+            status = (await c.get(f"/v1/streams/{rid}")).json()
+            if status["state"] != "running":
+                break
+            await asyncio.sleep(0.05)
+    assert status["state"] == "done"
+    assert status["text"] == _text(await _answer(b))
+
+
 def _config_path(tmp: Path) -> Path:
     return tmp / "router.yaml"  # written by the `pair` fixture
 
