@@ -81,8 +81,11 @@ class SSEDecoder:
     )
 
     def __init__(self) -> None:
-        self._buf: list[bytes] = []  # pieces of the incomplete last line (no CR/LF in it)
-        self._data: list[bytes] = []
+        # Pieces of the incomplete last line (no CR/LF in it), and the data lines of the
+        # event being read: None while there are none (most of the time: a list each would
+        # be two more objects per live stream for the garbage collector to walk).
+        self._buf: list[bytes] | None = None
+        self._data: list[bytes] | None = None
         self._event = b""
         self._head = b""  # first bytes while we cannot yet tell whether they are a BOM
         self._last_id: str | None = None
@@ -100,7 +103,7 @@ class SSEDecoder:
         """What was not SSE: the stray lines and the unterminated tail, joined by LF.
         Read at end of stream to recognize a plain JSON error body sent instead of (or
         after) the events."""
-        return b"\n".join([*self.stray, b"".join(self._buf)])
+        return b"\n".join([*self.stray, b"".join(self._buf or ())])
 
     @property
     def last_event_id(self) -> str | None:
@@ -134,11 +137,11 @@ class SSEDecoder:
         end = chunk.find(b"\n")
         if end < 0:
             if chunk:
-                self._buf.append(chunk)  # a list: no quadratic re-copying of long lines
+                self._keep(chunk)
             return b"", -1
         if self._buf:
             head = b"".join(self._buf)
-            self._buf.clear()
+            self._buf = None
             return head + chunk, end + len(head)
         return chunk, end
 
@@ -167,7 +170,7 @@ class SSEDecoder:
             return []
         out: list[SSEEvent] = []
         start = 0
-        data = self._data
+        data = self._data if self._data is not None else []
         event = self._event
         while end >= 0:
             if end == start:  # blank line: dispatch (inlined: this loop is the hot path)
@@ -194,21 +197,32 @@ class SSEDecoder:
             else:  # rare fields: id, retry, bare names, unknown lines
                 self._data, self._event = data, event
                 self._field(buf[start:end])
-                data, event = self._data, self._event
+                data, event = self._data or [], self._event
             start = end + 1
             end = buf.find(b"\n", start)
-        self._data = data
+        self._data = data or None
         self._event = event
         if start < len(buf):
-            self._buf.append(buf[start:])
+            self._keep(buf[start:])
         return out
+
+    def _keep(self, piece: bytes) -> None:
+        """Buffer a piece of an incomplete line (in a list: no quadratic re-copying of a
+        long line arriving in many chunks)."""
+        if self._buf is None:
+            self._buf = [piece]
+        else:
+            self._buf.append(piece)
 
     def _field(self, line: bytes) -> None:
         name, colon, value = line.partition(b":")
         if colon and value[:1] == b" ":
             value = value[1:]
         if name == b"data":  # `data` without a colon: an empty line of data
-            self._data.append(value)
+            if self._data is None:
+                self._data = [value]
+            else:
+                self._data.append(value)
         elif name == b"event":
             self._event = value
         elif name == b"id":
