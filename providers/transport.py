@@ -91,6 +91,7 @@ class _Body(httpx.AsyncByteStream):
         connection = response.connection
         if read_timeout_s and connection is not None and connection.protocol is not None:
             connection.protocol.read_timeout = None  # from here on, ours
+            connection.protocol.start_timeout()  # (drops aiohttp's timer armed meanwhile)
             self._timer = self._loop.call_at(self._last + read_timeout_s, self._check,
                                              context=_TIMER_CONTEXT)
 

@@ -249,21 +249,21 @@ class Failover:
 
     # --- before the first token -----------------------------------------------------------
 
-    async def _first_token(self, dep: Deployment, permit: Permit, hedge: Deployment | None,
-                           continuing: bool, has_alternative: bool
-                           ) -> AsyncGenerator[Event, None]:
-        """Sets `self.opened`, or `self.error` with how `dep` failed."""
+    def _first_token(self, dep: Deployment, permit: Permit, hedge: Deployment | None,
+                     continuing: bool, has_alternative: bool) -> AsyncGenerator[Event, None]:
+        """The events up to `dep`'s first token (to iterate at once). Sets `self.opened`,
+        or `self.error` with how `dep` failed. A fresh answer gets the retry loop itself:
+        no generator in between for the streams of a burst to wait in."""
         self._hedged_to = None
         preq = provider_request(dep, self.req)
         self._extra_input = 0
         if not continuing:
-            events = self._retrying(dep, preq, permit, has_alternative, None, hedge)
-            try:  # as in `run`: no `aclosing` object on the common path
-                async for event in events:
-                    yield event
-            finally:
-                await events.aclose()
-            return
+            return self._retrying(dep, preq, permit, has_alternative, None, hedge)
+        return self._continuing(dep, preq, permit, has_alternative)
+
+    async def _continuing(self, dep: Deployment, preq: ProviderRequest, permit: Permit,
+                          has_alternative: bool) -> AsyncGenerator[Event, None]:
+        """`dep` asked for the rest of the answer, each way it may be asked in turn."""
         partial = self.ledger.text()
         ways = self.res.continuation_ways(dep)
         for n, way in enumerate(ways):
