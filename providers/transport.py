@@ -119,6 +119,10 @@ class _Body(httpx.AsyncByteStream):
         self._last = self._time()
         return chunk
 
+    def at_eof(self) -> bool:
+        """The whole body has been read (`providers.http.drain` need not wait for it)."""
+        return self._response.content.at_eof()
+
     async def aclose(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
