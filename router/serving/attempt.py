@@ -82,14 +82,13 @@ async def open_upstream(provider: Provider, preq: ProviderRequest, started: floa
     deadline); the upstream is closed, and the slot given back, on every failure."""
     first, total = started + ttft_s, started + total_s
     which, deadline = ("first token", ttft_s) if first <= total else ("total", total_s)
-    upstream: AsyncIterator[Delta] = provider.stream(preq)
-    if slot is not None:
-        upstream = slot.holding(upstream)
+    source = provider.stream(preq)
+    upstream = source if slot is None else slot.holding(source)
     head: list[Delta] = []
     scope = asyncio.timeout_at(min(first, total))
     try:
         async with scope:
-            anext_ = upstream.__anext__
+            anext_ = source.__anext__  # past admission's forwarding object, as below
             while True:
                 try:
                     delta = await anext_()
