@@ -76,8 +76,8 @@ class SSEDecoder:
         "_retry",
         "_skip_lf",
         "_started",
+        "_stray",
         "comments",
-        "stray",
     )
 
     def __init__(self) -> None:
@@ -93,7 +93,11 @@ class SSEDecoder:
         self._skip_lf = False  # previous chunk ended with CR: a leading LF belongs to it
         self._started = False
         self.comments = 0
-        self.stray: list[bytes] = []
+        self._stray: list[bytes] | None = None  # made at the first stray line
+
+    @property
+    def stray(self) -> list[bytes]:
+        return self._stray if self._stray is not None else []
 
     @property
     def pending(self) -> bool:
@@ -231,8 +235,10 @@ class SSEDecoder:
         elif name == b"retry":
             if value.isdigit() and value.isascii():
                 self._retry = int(value)
-        elif len(self.stray) < _STRAY_MAX_LINES:
-            self.stray.append(line)
+        elif self._stray is None:
+            self._stray = [line]
+        elif len(self._stray) < _STRAY_MAX_LINES:
+            self._stray.append(line)
 
 
 async def aiter_sse(
