@@ -46,7 +46,7 @@ class Watchdog:
         total = self.started + self.total_s
         if not self.got_content:
             first = self.started + self.ttft_s
-            return (first, "ttft") if first < total else (total, "total")
+            return (first, "ttft") if first <= total else (total, "total")
         since = self.waiting_since if self.waiting_since is not None else self.time()
         idle = since + self.idle_s
         return (idle, "idle") if idle < total else (total, "total")
@@ -64,6 +64,12 @@ class Watchdog:
             self.fired = which
             self._handle = None
             self.task.cancel()
+
+    def rearm(self) -> None:
+        """Arm the timer again (after `disarm`) for the deadline that applies now."""
+        self.disarm()
+        self._handle = self._loop.call_at(self._deadline()[0], self._check,
+                                          context=_TIMER_CONTEXT)
 
     def disarm(self) -> None:
         if self._handle is not None:

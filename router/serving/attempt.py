@@ -64,6 +64,7 @@ class Opened:
     attempt: Attempt
     permit: Permit
     started: float  # loop time the attempt started
+    watchdog: Watchdog  # disarmed: `stream_opened` arms it for the answer's deadlines
     splice: Splice | None = None
 
 
@@ -75,37 +76,43 @@ async def close_quietly(upstream: AsyncIterator[Delta]) -> None:
 
 
 async def open_upstream(provider: Provider, preq: ProviderRequest, started: float,
-                        ttft_s: float, total_s: float, slot: Slot | None = None
-                        ) -> tuple[AsyncIterator[Delta], tuple[Delta, ...]]:
+                        ttft_s: float, total_s: float, slot: Slot | None = None, *,
+                        idle_s: float = 0.0
+                        ) -> tuple[AsyncIterator[Delta], tuple[Delta, ...], Watchdog]:
     """Open the stream (holding admission's `slot` until the upstream is closed) and read
     up to the first content delta. Raises `ProviderError` (`timeout` naming which
-    deadline); the upstream is closed, and the slot given back, on every failure."""
-    first, total = started + ttft_s, started + total_s
-    which, deadline = ("first token", ttft_s) if first <= total else ("total", total_s)
+    deadline); the upstream is closed, and the slot given back, on every failure.
+
+    The deadlines are kept by a `Watchdog` (one lazy timer, no `asyncio.timeout` scope),
+    returned disarmed: `stream_opened` arms it again for the answer (`idle_s` is its idle
+    deadline), so an attempt builds one watchdog, not a timeout scope and a watchdog."""
+    wd = Watchdog(ttft_s, idle_s, total_s, started=started)
     source = provider.stream(preq)
     upstream = source if slot is None else slot.holding(source)
     head: list[Delta] = []
-    scope = asyncio.timeout_at(min(first, total))
+    wd.waiting_since = wd.time()  # on the provider from here to the first content delta
     try:
-        async with scope:
-            anext_ = source.__anext__  # past admission's forwarding object, as below
-            while True:
-                try:
-                    delta = await anext_()
-                except StopAsyncIteration:
-                    break
-                head.append(delta)
-                if isinstance(delta, CONTENT_TYPES):
-                    break
-    except TimeoutError:
+        anext_ = source.__anext__  # past admission's forwarding object, as below
+        while True:
+            try:
+                delta = await anext_()
+            except StopAsyncIteration:
+                break
+            head.append(delta)
+            if isinstance(delta, CONTENT_TYPES):
+                break
+    except BaseException as exc:
+        wd.disarm()  # first: closing the upstream below must not be cut by a deadline
+        timeout = wd.expired() if isinstance(exc, asyncio.CancelledError) else None
         await close_quietly(upstream)
-        if not scope.expired():
+        if timeout is not None:
+            raise timeout from None
+        if isinstance(exc, TimeoutError):  # not ours: a deadline within the provider call
             raise ProviderError("timeout", "timeout inside the provider call") from None
-        raise ProviderError("timeout", f"{which} timeout after {deadline:g} s") from None
-    except BaseException:
-        await close_quietly(upstream)
         raise
-    return upstream, tuple(head)
+    wd.disarm()
+    wd.waiting_since = None
+    return upstream, tuple(head), wd
 
 
 def end_attempt(ctx: ServingContext, ledger: Ledger, attempt: Attempt) -> None:
@@ -124,9 +131,9 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
     """Events of an opened attempt to its end. Sets `attempt.finish`; raises AttemptFailed."""
     dep, attempt, upstream = opened.dep, opened.attempt, opened.upstream
     ledger.current = attempt
-    timeouts = ctx.loaded.config.resilience.timeouts
-    wd = Watchdog(timeouts.ttft_s, timeouts.idle_s, timeouts.total_s, started=opened.started,
-                  got_content=True)
+    wd = opened.watchdog  # the first-token phase's, its total deadline kept
+    wd.got_content = True
+    wd.rearm()
     fresh = True  # no content sent yet by this attempt
     buffered, splice = opened.head, opened.splice
     opened.head = ()  # read from `buffered`, which ends as the empty tuple: nothing kept

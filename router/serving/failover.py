@@ -356,8 +356,10 @@ class Failover:
         stats.attempt_started(dep.id, self.input_estimate,
                               self.req.constraints.output_tokens)
         try:
-            upstream, head = await open_upstream(provider, preq, started, self.timeouts.ttft_s,
-                                                 self.timeouts.total_s, slot)
+            timeouts = self.timeouts
+            upstream, head, watchdog = await open_upstream(
+                provider, preq, started, timeouts.ttft_s, timeouts.total_s, slot,
+                idle_s=timeouts.idle_s)
         except ProviderError as err:
             end_attempt(self.ctx, self.ledger, attempt)
             permit.failure(err.code)
@@ -369,7 +371,7 @@ class Failover:
         except BaseException:
             self.abandon(attempt, permit)
             raise
-        return Opened(dep, upstream, head, attempt, permit, started)
+        return Opened(dep, upstream, head, attempt, permit, started, watchdog)
 
     def _censor(self, attempt: Attempt) -> None:
         waited_ms = (self.em.clock() - attempt.started_at) * 1000.0
