@@ -341,6 +341,9 @@ async def drain(
     opens a new TCP+TLS connection per request). `chunks` is the iterator the caller was
     reading (`aiter_body(...)` or `response.aiter_bytes()`). Bounded in bytes and time;
     True if the body ended cleanly."""
+    at_eof = getattr(chunks, "at_eof", None)  # the pool's own body reader has it
+    if at_eof is not None and at_eof():
+        return True  # the end came with the marker: no timer to arm (~8 us a request)
     size = 0
     try:
         async with asyncio.timeout(timeout_s):

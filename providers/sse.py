@@ -76,13 +76,16 @@ class SSEDecoder:
         "_retry",
         "_skip_lf",
         "_started",
+        "_stray",
         "comments",
-        "stray",
     )
 
     def __init__(self) -> None:
-        self._buf: list[bytes] = []  # pieces of the incomplete last line (no CR/LF in it)
-        self._data: list[bytes] = []
+        # Pieces of the incomplete last line (no CR/LF in it), and the data lines of the
+        # event being read: None while there are none (most of the time: a list each would
+        # be two more objects per live stream for the garbage collector to walk).
+        self._buf: list[bytes] | None = None
+        self._data: list[bytes] | None = None
         self._event = b""
         self._head = b""  # first bytes while we cannot yet tell whether they are a BOM
         self._last_id: str | None = None
@@ -90,7 +93,11 @@ class SSEDecoder:
         self._skip_lf = False  # previous chunk ended with CR: a leading LF belongs to it
         self._started = False
         self.comments = 0
-        self.stray: list[bytes] = []
+        self._stray: list[bytes] | None = None  # made at the first stray line
+
+    @property
+    def stray(self) -> list[bytes]:
+        return self._stray if self._stray is not None else []
 
     @property
     def pending(self) -> bool:
@@ -100,7 +107,7 @@ class SSEDecoder:
         """What was not SSE: the stray lines and the unterminated tail, joined by LF.
         Read at end of stream to recognize a plain JSON error body sent instead of (or
         after) the events."""
-        return b"\n".join([*self.stray, b"".join(self._buf)])
+        return b"\n".join([*self.stray, b"".join(self._buf or ())])
 
     @property
     def last_event_id(self) -> str | None:
@@ -134,11 +141,11 @@ class SSEDecoder:
         end = chunk.find(b"\n")
         if end < 0:
             if chunk:
-                self._buf.append(chunk)  # a list: no quadratic re-copying of long lines
+                self._keep(chunk)
             return b"", -1
         if self._buf:
             head = b"".join(self._buf)
-            self._buf.clear()
+            self._buf = None
             return head + chunk, end + len(head)
         return chunk, end
 
@@ -167,7 +174,7 @@ class SSEDecoder:
             return []
         out: list[SSEEvent] = []
         start = 0
-        data = self._data
+        data = self._data if self._data is not None else []
         event = self._event
         while end >= 0:
             if end == start:  # blank line: dispatch (inlined: this loop is the hot path)
@@ -194,21 +201,32 @@ class SSEDecoder:
             else:  # rare fields: id, retry, bare names, unknown lines
                 self._data, self._event = data, event
                 self._field(buf[start:end])
-                data, event = self._data, self._event
+                data, event = self._data or [], self._event
             start = end + 1
             end = buf.find(b"\n", start)
-        self._data = data
+        self._data = data or None
         self._event = event
         if start < len(buf):
-            self._buf.append(buf[start:])
+            self._keep(buf[start:])
         return out
+
+    def _keep(self, piece: bytes) -> None:
+        """Buffer a piece of an incomplete line (in a list: no quadratic re-copying of a
+        long line arriving in many chunks)."""
+        if self._buf is None:
+            self._buf = [piece]
+        else:
+            self._buf.append(piece)
 
     def _field(self, line: bytes) -> None:
         name, colon, value = line.partition(b":")
         if colon and value[:1] == b" ":
             value = value[1:]
         if name == b"data":  # `data` without a colon: an empty line of data
-            self._data.append(value)
+            if self._data is None:
+                self._data = [value]
+            else:
+                self._data.append(value)
         elif name == b"event":
             self._event = value
         elif name == b"id":
@@ -217,8 +235,10 @@ class SSEDecoder:
         elif name == b"retry":
             if value.isdigit() and value.isascii():
                 self._retry = int(value)
-        elif len(self.stray) < _STRAY_MAX_LINES:
-            self.stray.append(line)
+        elif self._stray is None:
+            self._stray = [line]
+        elif len(self._stray) < _STRAY_MAX_LINES:
+            self._stray.append(line)
 
 
 async def aiter_sse(

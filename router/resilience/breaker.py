@@ -23,7 +23,7 @@ import time (~100 ms or more): it is imported only when the first breaker is bui
 
 from __future__ import annotations
 
-import contextlib
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,8 +50,27 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def load_pybreaker() -> None:
+    """Import pybreaker without the redis client when redis is not loaded yet. pybreaker
+    imports redis only for its own Redis storage, which the router does not use (shared
+    breaker state goes through `router.state`); redis, with the OpenTelemetry packages it
+    imports, is ~11,000 objects (in the library benchmark's process) that every full
+    collection walks, and ~160 ms of import. A process that uses Redis has loaded it
+    already: no change. While pybreaker is imported, `import redis` fails in every
+    thread: breakers are built on the loop's thread at a deployment's first request,
+    where nothing else imports."""
+    if "pybreaker" in sys.modules or "redis" in sys.modules:
+        return
+    sys.modules["redis"] = None  # type: ignore[assignment]  # `import redis` fails
+    try:
+        import pybreaker  # noqa: F401
+    finally:
+        del sys.modules["redis"]
+
+
 def memory_storage(name: str) -> pybreaker.CircuitBreakerStorage:
     """pybreaker's in-process storage (the default)."""
+    load_pybreaker()
     import pybreaker
 
     return pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
@@ -133,6 +152,7 @@ class Breaker:
                  storage: pybreaker.CircuitBreakerStorage,
                  on_change: StateChange | None = None,
                  on_outcome: Callable[[], Outcome | None] | None = None) -> None:
+        load_pybreaker()
         import pybreaker
 
         self.deployment = deployment
@@ -209,8 +229,12 @@ class Breaker:
                 probe = False
         if before != "closed" and not probe:
             return  # admitted before the trip: only the probe decides now
-        with contextlib.suppress(_Failed):
+        try:
             self._cb.call(_raise_failed if failed else _succeed)
+        except _Failed as exc:
+            # Its traceback holds pybreaker's frames, one of which holds it: a cycle (with
+            # every caller's frame above) that only the cyclic collector would free.
+            exc.__traceback__ = None
         if before == "closed" and self._rate is not None and self._on_outcome is not None:
             share = self._on_outcome()
             if share is not None:

@@ -109,6 +109,7 @@ class Attempt:
         self._loop.finished = True
         if self._state is not None:
             self._state.set_result(None)
+        self._loop.drop_retrying()
 
 
 class _OverBudget(stop_base):
@@ -150,6 +151,11 @@ class RetryLoop:
         retrying.__aiter__()
         return retrying
 
+    def drop_retrying(self) -> None:
+        """Let go of tenacity's loop once done: it holds this loop's bound methods (a
+        reference cycle only the cyclic garbage collector would free)."""
+        self._retrying = None
+
     def _retries(self, error: BaseException) -> bool:
         return self._policy.retries(error, has_alternative=self._has_alternative)
 
@@ -173,6 +179,9 @@ class RetryLoop:
             first_error = self.last_error
             if first_error is None:
                 return Attempt(self, None, 0.0)
+            if not self._retries(first_error):  # what tenacity would decide, without it
+                self.finished = True
+                raise first_error
             # The first attempt failed: replay it into tenacity, which decides from here.
             retrying = self._retrying = self._start_retrying()
             first = await retrying.__anext__()
@@ -181,6 +190,7 @@ class RetryLoop:
         try:
             manager = await retrying.__anext__()
         except ProviderError as error:
+            self.drop_retrying()  # no more attempts
             raise error from None  # the last error, not tenacity's frames around it
         delay, self._pending_s = self._pending_s, 0.0
         return Attempt(self, manager.retry_state, delay)

@@ -7,8 +7,13 @@ keep-alive comments never reach the router as deltas, so they do not reset it.""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 from providers.base import ProviderError
+
+# `_check` reads no context variable: its timer runs in this one empty context instead of
+# a copy of the caller's made per timer (one object less per live stream).
+_TIMER_CONTEXT = contextvars.Context()
 
 
 class Watchdog:
@@ -34,14 +39,14 @@ class Watchdog:
         self.waiting_since: float | None = None
         self.fired: str | None = None
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(
-            self._deadline()[0], self._check
+            self._deadline()[0], self._check, context=_TIMER_CONTEXT
         )
 
     def _deadline(self) -> tuple[float, str]:
         total = self.started + self.total_s
         if not self.got_content:
             first = self.started + self.ttft_s
-            return (first, "ttft") if first < total else (total, "total")
+            return (first, "ttft") if first <= total else (total, "total")
         since = self.waiting_since if self.waiting_since is not None else self.time()
         idle = since + self.idle_s
         return (idle, "idle") if idle < total else (total, "total")
@@ -50,14 +55,21 @@ class Watchdog:
         now = self.time()
         when, which = self._deadline()
         if now < when:
-            self._handle = self._loop.call_at(when, self._check)
+            self._handle = self._loop.call_at(when, self._check, context=_TIMER_CONTEXT)
         elif self.waiting_since is None and which != "total":
             # The consumer holds the stream: the provider is not late. Look again later.
-            self._handle = self._loop.call_at(now + self.idle_s, self._check)
+            self._handle = self._loop.call_at(now + self.idle_s, self._check,
+                                              context=_TIMER_CONTEXT)
         elif self.task is not None:
             self.fired = which
             self._handle = None
             self.task.cancel()
+
+    def rearm(self) -> None:
+        """Arm the timer again (after `disarm`) for the deadline that applies now."""
+        self.disarm()
+        self._handle = self._loop.call_at(self._deadline()[0], self._check,
+                                          context=_TIMER_CONTEXT)
 
     def disarm(self) -> None:
         if self._handle is not None:

@@ -110,3 +110,29 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'inst', ARGV[2])
 return 1
 """
+
+# KEYS: per instance, its heartbeat key then its suspect key. ARGV: the lease in ms.
+# Per instance, 1 when it is dead: its heartbeat has been missing for a whole lease by
+# Redis's own clock, from the first time a reader found it missing. A heartbeat's expiry
+# alone is not enough: a Redis that was paused expires every heartbeat at once, and a live
+# instance refreshes its own (and clears the suspicion) within a third of a lease of Redis
+# answering again.
+DEAD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS, 2 do
+  local dead = 0
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    local since = tonumber(redis.call('GET', KEYS[i + 1]) or '')
+    if since == nil then
+      redis.call('SET', KEYS[i + 1], now, 'PX', lease * 3)
+    elseif now - since >= lease then
+      dead = 1
+    end
+  end
+  out[#out + 1] = dead
+end
+return out
+"""

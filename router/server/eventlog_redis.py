@@ -11,10 +11,13 @@ see an event once it is flushed (`StreamLog.flushed`).
 
 Readers elsewhere block in `XREAD BLOCK` (no polling). Each instance refreshes a heartbeat
 key `inst:<id>` every `stream_lease_s / 3`; a stream whose meta names an instance whose heartbeat
-expired is orphaned, and the first reader to claim it (one Lua step) continues it.
+has been missing for a whole lease (`eventlog_lua.DEAD`: counted from the first reader that
+found it missing, so a Redis pause that expired every heartbeat is not a death) is
+orphaned, and the first reader to claim it (one Lua step) continues it.
 
 Keys (under `state.prefix`): `log:<s|r>:<key>` (the Stream), `...:meta` (owner hash,
-state, instance, the request to rebuild), `log:r:<run>:n` (a run's counter), `inst:<id>`.
+state, instance, the request to rebuild), `log:r:<run>:n` (a run's counter), `inst:<id>`,
+`suspect:<id>`.
 When Redis fails, the events are delivered anyway (the instance keeps serving its own
 clients) and kept in a bounded backlog (`eventlog_backlog`): no write is tried again for
 `retry_s`, then the backlog is written, in order and at most once each (the scripts of
@@ -40,6 +43,7 @@ from router.server.eventlog import Entry, LogGap, StreamLog, owner_hash
 from router.server.eventlog_lua import (
     APPEND_RUN,
     CLAIM,
+    DEAD,
     pack,
     unpack,
 )
@@ -97,6 +101,7 @@ class SharedLogs:
                                                       + self.block_ms / 1000.0))
         self._append_run = self.redis.register_script(APPEND_RUN)
         self._claim = self.redis.register_script(CLAIM)
+        self._dead_script = self.redis.register_script(DEAD)
         self.streams_sink, self.runs_sink = _Sink(self, STREAM), _Sink(self, RUN)
         self.writer = LogWriter(
             self.redis, self.key, self.instance, max_events=max_events,
@@ -121,6 +126,15 @@ class SharedLogs:
 
     def _inst_key(self, instance: str) -> str:
         return f"{self.prefix}inst:{instance}"
+
+    async def _dead(self, instances: list[str]) -> list[bool]:
+        """Which of `instances` are dead (see `eventlog_lua.DEAD`); raises when Redis fails."""
+        if not instances:
+            return []
+        keys = [k for inst in instances
+                for k in (self._inst_key(inst), f"{self.prefix}suspect:{inst}")]
+        found = await self._dead_script(keys=keys, args=[int(self.lease_s * 1000)])
+        return [bool(d) for d in found]
 
     # --- writing ----------------------------------------------------------------------
 
@@ -168,8 +182,9 @@ class SharedLogs:
             async with asyncio.timeout(self.timeout_s * 2), self.redis.pipeline(
                     transaction=False) as pipe:
                 pipe.set(self._inst_key(self.instance), b"1", px=int(self.lease_s * 1000))
+                pipe.delete(f"{self.prefix}suspect:{self.instance}")
                 pipe.spop(self._cancel_key(self.instance), 256)
-                _, asked = await pipe.execute()
+                _, _, asked = await pipe.execute()
         return [rid.decode() for rid in asked or ()]
 
     async def _heartbeat(self) -> None:
@@ -246,13 +261,13 @@ class SharedLogs:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def orphaned(self, meta: dict[str, str]) -> bool:
-        """Is the stream of `meta` running on an instance whose heartbeat expired?"""
+        """Is the stream of `meta` running on an instance that is dead (see `_dead`)?"""
         inst = meta.get("inst")
         if meta.get("state") != "running" or not inst or inst == self.instance:
             return False
         try:
             async with asyncio.timeout(self.timeout_s * 2):
-                return not await self.redis.exists(self._inst_key(inst))
+                return (await self._dead([inst]))[0]
         except Exception:
             return False
 
@@ -270,13 +285,10 @@ class SharedLogs:
                 running = [(rid, inst.decode()) for rid, (state, inst) in zip(
                     rids, metas, strict=True) if state == b"running" and inst
                     and inst.decode() != self.instance]
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for _, inst in running:
-                        pipe.exists(self._inst_key(inst))
-                    alive = await pipe.execute()
+                dead = await self._dead([inst for _, inst in running])
         except Exception:
             return []
-        return [rid for (rid, _), up in zip(running, alive, strict=True) if not up]
+        return [rid for (rid, _), gone in zip(running, dead, strict=True) if gone]
 
     async def claim(self, snap: Snapshot) -> bool:
         """Make this instance the one serving an orphaned stream (one winner)."""

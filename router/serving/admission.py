@@ -161,22 +161,28 @@ class Slot:
 class Admitted:
     """`upstream` holding a slot of `deployment_id` that was already acquired, given back
     once, when this iterator is closed (or, as a backstop, garbage collected). Reading
-    forwards to `upstream` with no generator in between: this sits on the per-chunk path."""
+    forwards to `upstream` with no generator in between; the serving loop reads
+    `upstream` itself (see `router.serving.attempt`) and closes this one."""
 
-    __slots__ = ("_admission", "_deployment_id", "_next", "_upstream")
+    __slots__ = ("_admission", "_deployment_id", "_upstream")
 
     def __init__(self, admission: Admission, deployment_id: str,
                  upstream: AsyncIterator[Delta]) -> None:
         self._admission: Admission | None = admission
         self._deployment_id = deployment_id
         self._upstream = upstream
-        self._next = upstream.__anext__
 
     def __aiter__(self) -> Admitted:
         return self
 
+    @property
+    def upstream(self) -> AsyncIterator[Delta]:
+        """The stream this one forwards to: a reader may read it directly (one call less
+        per chunk) as long as it closes this one."""
+        return self._upstream
+
     def __anext__(self) -> Awaitable[Delta]:
-        return self._next()
+        return self._upstream.__anext__()
 
     def _release(self) -> None:
         admission, self._admission = self._admission, None

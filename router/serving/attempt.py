@@ -35,7 +35,7 @@ from router.events import Event, reasoning_event, text_event, tool_call_event
 from router.resilience.breaker import Permit
 from router.resilience.continuation import Splice
 from router.resilience.watchdog import Watchdog
-from router.serving.admission import Slot
+from router.serving.admission import Admitted, Slot
 from router.serving.ledger import Attempt, Ledger
 
 if TYPE_CHECKING:
@@ -60,10 +60,11 @@ class Opened:
 
     dep: Deployment
     upstream: AsyncIterator[Delta]
-    head: list[Delta]  # every delta read so far, the first content delta last
+    head: tuple[Delta, ...]  # every delta read so far, the first content delta last
     attempt: Attempt
     permit: Permit
     started: float  # loop time the attempt started
+    watchdog: Watchdog  # disarmed: `stream_opened` arms it for the answer's deadlines
     splice: Splice | None = None
 
 
@@ -75,38 +76,43 @@ async def close_quietly(upstream: AsyncIterator[Delta]) -> None:
 
 
 async def open_upstream(provider: Provider, preq: ProviderRequest, started: float,
-                        ttft_s: float, total_s: float, slot: Slot | None = None
-                        ) -> tuple[AsyncIterator[Delta], list[Delta]]:
+                        ttft_s: float, total_s: float, slot: Slot | None = None, *,
+                        idle_s: float = 0.0
+                        ) -> tuple[AsyncIterator[Delta], tuple[Delta, ...], Watchdog]:
     """Open the stream (holding admission's `slot` until the upstream is closed) and read
     up to the first content delta. Raises `ProviderError` (`timeout` naming which
-    deadline); the upstream is closed, and the slot given back, on every failure."""
-    first, total = started + ttft_s, started + total_s
-    which, deadline = ("first token", ttft_s) if first <= total else ("total", total_s)
-    upstream: AsyncIterator[Delta] = provider.stream(preq)
-    if slot is not None:
-        upstream = slot.holding(upstream)
+    deadline); the upstream is closed, and the slot given back, on every failure.
+
+    The deadlines are kept by a `Watchdog` (one lazy timer, no `asyncio.timeout` scope),
+    returned disarmed: `stream_opened` arms it again for the answer (`idle_s` is its idle
+    deadline), so an attempt builds one watchdog, not a timeout scope and a watchdog."""
+    wd = Watchdog(ttft_s, idle_s, total_s, started=started)
+    source = provider.stream(preq)
+    upstream = source if slot is None else slot.holding(source)
     head: list[Delta] = []
-    scope = asyncio.timeout_at(min(first, total))
+    wd.waiting_since = wd.time()  # on the provider from here to the first content delta
     try:
-        async with scope:
-            anext_ = upstream.__anext__
-            while True:
-                try:
-                    delta = await anext_()
-                except StopAsyncIteration:
-                    break
-                head.append(delta)
-                if isinstance(delta, CONTENT_TYPES):
-                    break
-    except TimeoutError:
+        anext_ = source.__anext__  # past admission's forwarding object, as below
+        while True:
+            try:
+                delta = await anext_()
+            except StopAsyncIteration:
+                break
+            head.append(delta)
+            if isinstance(delta, CONTENT_TYPES):
+                break
+    except BaseException as exc:
+        wd.disarm()  # first: closing the upstream below must not be cut by a deadline
+        timeout = wd.expired() if isinstance(exc, asyncio.CancelledError) else None
         await close_quietly(upstream)
-        if not scope.expired():
+        if timeout is not None:
+            raise timeout from None
+        if isinstance(exc, TimeoutError):  # not ours: a deadline within the provider call
             raise ProviderError("timeout", "timeout inside the provider call") from None
-        raise ProviderError("timeout", f"{which} timeout after {deadline:g} s") from None
-    except BaseException:
-        await close_quietly(upstream)
         raise
-    return upstream, head
+    wd.disarm()
+    wd.waiting_since = None
+    return upstream, tuple(head), wd
 
 
 def end_attempt(ctx: ServingContext, ledger: Ledger, attempt: Attempt) -> None:
@@ -125,12 +131,14 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
     """Events of an opened attempt to its end. Sets `attempt.finish`; raises AttemptFailed."""
     dep, attempt, upstream = opened.dep, opened.attempt, opened.upstream
     ledger.current = attempt
-    timeouts = ctx.loaded.config.resilience.timeouts
-    wd = Watchdog(timeouts.ttft_s, timeouts.idle_s, timeouts.total_s, started=opened.started,
-                  got_content=True)
+    wd = opened.watchdog  # the first-token phase's, its total deadline kept
+    wd.got_content = True
+    wd.rearm()
     fresh = True  # no content sent yet by this attempt
     buffered, splice = opened.head, opened.splice
-    anext_ = upstream.__anext__
+    opened.head = ()  # read from `buffered`, which ends as the empty tuple: nothing kept
+    # Read past admission's forwarding object (closing `upstream` still gives its slot back).
+    anext_ = (upstream.upstream if isinstance(upstream, Admitted) else upstream).__anext__
     em = ledger.em
     rid, clock, t0, time_ = em.request_id, em.clock, em.t0, wd.time
     current_task, loop = asyncio.current_task, asyncio.get_running_loop()
@@ -138,7 +146,7 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
     try:
         while True:
             if buffered:
-                delta = buffered.pop(0)
+                delta, buffered = buffered[0], buffered[1:]
             else:
                 wd.waiting_since = time_()
                 wd.task = current_task(loop)  # with the loop: ~3x cheaper
@@ -155,7 +163,7 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                     text = splice.feed(text)
                     if splice.done:
                         splice = None
-                    if fed != len(text) and attempt.add_hidden(fed - len(text)):
+                    if fed != len(text) and ledger.add_hidden(attempt, fed - len(text)):
                         attempt.finish = "budget"  # billed repeats passed the limit
                         break
                     if not text:
@@ -166,7 +174,7 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                 seq = em.seq
                 em.seq = seq + 1
                 # Counted before it is handed over: a caller that stops here was shown it.
-                over = attempt.add_output(text)
+                over = ledger.add_output(attempt, text)
                 yield text_event(rid, seq, (clock() - t0) * 1000.0, text)
                 if over:
                     attempt.finish = "budget"
@@ -179,7 +187,7 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                 seq = em.seq
                 em.seq = seq + 1
                 # Counted before it is handed over: a caller that stops here was shown it.
-                over = attempt.add_output(text, reasoning=True)
+                over = ledger.add_output(attempt, text, reasoning=True)
                 yield reasoning_event(rid, seq, (clock() - t0) * 1000.0, text)
                 if over:
                     attempt.finish = "budget"
@@ -189,10 +197,10 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                 if fresh:
                     fresh = False
                     ledger.first_content(ctx.stats)
-                attempt.add_tool_fragment(delta)
+                ledger.add_tool_fragment(delta)
                 seq = em.seq
                 em.seq = seq + 1
-                over = attempt.add_output(delta.arguments)
+                over = ledger.add_output(attempt, delta.arguments)
                 yield tool_call_event(rid, seq, (clock() - t0) * 1000.0, delta.index,
                                       delta.id, delta.name, delta.arguments)
                 if over:
@@ -200,8 +208,8 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
                     break
             elif kind is UsageDelta:
                 assert isinstance(delta, UsageDelta)
-                attempt.set_usage(delta)
-                if fresh and attempt.over_limit():  # input billed up front passed the limit
+                ledger.set_usage(attempt, delta)
+                if fresh and ledger.over_limit(attempt):  # input billed up front: past the limit
                     attempt.finish = "budget"
                     break
             elif kind is FinishDelta:
@@ -216,8 +224,8 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
             seq = em.seq
             em.seq = seq + 1
             yield text_event(rid, seq, (clock() - t0) * 1000.0, rest)
-            attempt.add_hidden(-len(rest))  # held back until now: counted as shown instead
-            attempt.add_output(rest)
+            ledger.add_hidden(attempt, -len(rest))  # held back until now: counted as shown
+            ledger.add_output(attempt, rest)
         outcome = None
     except ProviderError as err:
         outcome = err.code

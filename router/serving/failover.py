@@ -54,9 +54,27 @@ if TYPE_CHECKING:
     from router.serving.emitter import Emitter
 
 
+def detached(err: ProviderError) -> ProviderError:
+    """`err` (and the errors it was raised from) without tracebacks, to be kept for later.
+    A traceback holds every frame the error passed through and each frame its locals, the
+    error among them: a reference cycle, the whole request's state in it, that only the
+    cyclic garbage collector would free. The error's code, message and status remain."""
+    link: BaseException | None = err
+    for _ in range(8):  # a chain is short; bounded all the same
+        if link is None:
+            break
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return err
+
+
 class Failover:
     """The serving state of one request; `run()` yields its events up to the terminal one,
     leaving `ledger.finish` (success) or `ledger.failure` set."""
+
+    __slots__ = ("_answer_from", "_attempt", "_extra_input", "_hedged_to", "_held", "ctx", "em",
+                 "error", "input_estimate", "ledger", "opened", "original", "ranked", "req",
+                 "res", "resumed", "t0", "timeouts")
 
     def __init__(self, ctx: ServingContext, req: PreparedRequest, ranked: list[Deployment],
                  em: Emitter, ledger: Ledger) -> None:
@@ -70,8 +88,9 @@ class Failover:
         self.opened: Opened | None = None
         self._hedged_to: Deployment | None = None  # the hedge started by the last race
         self._answer_from = 0  # the first attempt of the answer the caller keeps (restarts)
-        self._permits: list[Permit] = []  # every breaker admission of this request
-        self._slots: list[Slot] = []  # every admission slot taken for this request
+        # Every breaker admission and admission slot taken for this request, released at
+        # its end (one list: each is one more object per live stream).
+        self._held: list[Permit | Slot] = []
         self._attempt: Attempt | None = None  # the attempt the last `start` event announced
         self._extra_input = 0  # input tokens a continuation request adds
         # Set for a stream taken over from a dead instance: the deployment that was serving
@@ -83,7 +102,7 @@ class Failover:
     def _admit(self, dep: Deployment) -> Permit | None:
         permit = self.res.breakers.admit(dep.id)
         if permit is not None:
-            self._permits.append(permit)
+            self._held.append(permit)
         return permit
 
     async def _take_slot(self, dep: Deployment) -> Slot | None:
@@ -93,7 +112,7 @@ class Failover:
         if admission is None:
             return None
         slot = await admission.slot(dep.id)
-        self._slots.append(slot)
+        self._held.append(slot)
         return slot
 
     async def run(self) -> AsyncGenerator[Event, None]:
@@ -123,10 +142,16 @@ class Failover:
                 hedge = ranked[i] if i < len(ranked) and not sent else None
                 if hedge is not None and not self._hedge_affordable(dep, hedge):
                     hedge = None  # both would bill their input: the spending limit cannot pay
-                async with aclosing(self._first_token(dep, permit, hedge, mode == "continue",
-                                                      i < len(ranked))) as events:
+                # Closed in `finally` (no `aclosing` object: all the streams of a burst wait
+                # here at once), then dropped: not kept, with its weakref, for the answer.
+                events = self._first_token(dep, permit, hedge, mode == "continue",
+                                           i < len(ranked))
+                try:
                     async for event in events:
                         yield event
+                finally:
+                    await events.aclose()
+                del events
                 opened, self.opened = self.opened, None
                 if opened is None:
                     assert self.error is not None
@@ -154,10 +179,8 @@ class Failover:
         finally:
             # The caller may leave between an admission and its attempt's outcome (at a
             # `fallback`, `start` or `retry` event): free every slot still held.
-            for permit in self._permits:
-                permit.release()
-            for slot in self._slots:
-                slot.release()  # a no-op for those their upstream holds
+            for held in self._held:
+                held.release()  # a no-op for a slot its upstream holds, or a used permit
 
     def _resume_mode(self, sent: int) -> ResumeMode | None:
         """How the next candidate takes over an answer of which `sent` deltas were shown."""
@@ -203,6 +226,7 @@ class Failover:
         return self.ledger.cost_usd() + both < limit
 
     def _failed(self, dep: Deployment, err: ProviderError) -> tuple[Deployment, ProviderError]:
+        detached(err)
         if self.original is None:
             self.original = (err, dep.id)
         return dep, err
@@ -225,19 +249,21 @@ class Failover:
 
     # --- before the first token -----------------------------------------------------------
 
-    async def _first_token(self, dep: Deployment, permit: Permit, hedge: Deployment | None,
-                           continuing: bool, has_alternative: bool
-                           ) -> AsyncGenerator[Event, None]:
-        """Sets `self.opened`, or `self.error` with how `dep` failed."""
+    def _first_token(self, dep: Deployment, permit: Permit, hedge: Deployment | None,
+                     continuing: bool, has_alternative: bool) -> AsyncGenerator[Event, None]:
+        """The events up to `dep`'s first token (to iterate at once). Sets `self.opened`,
+        or `self.error` with how `dep` failed. A fresh answer gets the retry loop itself:
+        no generator in between for the streams of a burst to wait in."""
         self._hedged_to = None
         preq = provider_request(dep, self.req)
         self._extra_input = 0
         if not continuing:
-            async with aclosing(self._retrying(dep, preq, permit, has_alternative, None,
-                                               hedge)) as events:
-                async for event in events:
-                    yield event
-            return
+            return self._retrying(dep, preq, permit, has_alternative, None, hedge)
+        return self._continuing(dep, preq, permit, has_alternative)
+
+    async def _continuing(self, dep: Deployment, preq: ProviderRequest, permit: Permit,
+                          has_alternative: bool) -> AsyncGenerator[Event, None]:
+        """`dep` asked for the rest of the answer, each way it may be asked in turn."""
         partial = self.ledger.text()
         ways = self.res.continuation_ways(dep)
         for n, way in enumerate(ways):
@@ -299,16 +325,16 @@ class Failover:
                                                        slot)
                 except AdmissionRefused as err:
                     permit.release()  # our own limit, not the deployment's failure
-                    self.error = err  # full here: the next candidate, not a retry
+                    self.error = detached(err)  # full here: the next candidate, not a retry
                     return
                 except ProviderError as err:
-                    attempt.failed(err)
+                    attempt.failed(detached(err))
                     continue
                 self.opened.splice = splice if splice is not None and not splice.done else None
                 attempt.succeeded()
                 return
         except ProviderError as err:
-            self.error = err
+            self.error = detached(err)
 
     def _current(self) -> Attempt:
         assert self._attempt is not None
@@ -330,8 +356,10 @@ class Failover:
         attempt.sent_beside = stats.attempt_started(dep.id, self.input_estimate,
                                                     self.req.constraints.output_tokens)
         try:
-            upstream, head = await open_upstream(provider, preq, started, self.timeouts.ttft_s,
-                                                 self.timeouts.total_s, slot)
+            timeouts = self.timeouts
+            upstream, head, watchdog = await open_upstream(
+                provider, preq, started, timeouts.ttft_s, timeouts.total_s, slot,
+                idle_s=timeouts.idle_s)
         except ProviderError as err:
             end_attempt(self.ctx, self.ledger, attempt)
             permit.failure(err.code)
@@ -343,7 +371,7 @@ class Failover:
         except BaseException:
             self.abandon(attempt, permit)
             raise
-        return Opened(dep, upstream, head, attempt, permit, started)
+        return Opened(dep, upstream, head, attempt, permit, started, watchdog)
 
     def _censor(self, attempt: Attempt) -> None:
         waited_ms = (self.em.clock() - attempt.started_at) * 1000.0
@@ -355,7 +383,8 @@ class Failover:
         from providers.base import UsageDelta
 
         if attempt.usage is None:
-            attempt.set_usage(UsageDelta(attempt.input_estimate, attempt.output_tokens))
+            self.ledger.set_usage(attempt, UsageDelta(attempt.input_estimate,
+                                                      attempt.output_tokens))
         end_attempt(self.ctx, self.ledger, attempt)
         permit.release()
 
@@ -384,7 +413,8 @@ class Failover:
                     race.add(second, self._open(hedge, hreq, second, hedge_permit, hedge_slot),
                              hedge_permit)
                 await race.wait(None)
-            self.opened, self.error = race.result()
+            self.opened, error = race.result()
+            self.error = None if error is None else detached(error)
         finally:
             await race.close_losers()
 
@@ -400,5 +430,5 @@ class Failover:
             if permit is None:
                 slot.release()
             else:
-                self._slots.append(slot)
+                self._held.append(slot)
         return slot, permit

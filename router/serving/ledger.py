@@ -22,79 +22,31 @@ if TYPE_CHECKING:
 
 
 class Attempt:
-    """One call to one deployment, as seen so far."""
+    """One call to one deployment, as seen so far. It holds no reference back to its
+    `Ledger` (whose methods taking an attempt count into it): a finished request is freed
+    by reference counting, with no cycle left for the garbage collector."""
 
     __slots__ = ("content_deltas", "deployment", "finish", "first_content_at", "hidden_chars",
-                 "inflight", "input_estimate", "input_usd", "ledger", "number", "out_price",
+                 "inflight", "input_estimate", "input_usd", "number", "out_price",
                  "output_tokens", "reasoning_tokens", "sent_beside", "started_at", "usage")
 
-    def __init__(self, ledger: Ledger, dep: Deployment, number: int, input_estimate: int) -> None:
-        self.ledger = ledger
+    def __init__(self, dep: Deployment, number: int, input_estimate: int,
+                 started_at: float) -> None:
         self.deployment = dep
         self.number = number
         self.input_estimate = input_estimate
         self.out_price = dep.price.output_per_mtok * PER_TOKEN
         self.input_usd = input_cost(dep.price, input_estimate)
         self.output_tokens = 0  # counted from deltas (an estimate)
-        self.hidden_chars = 0  # streamed but not (yet) shown: see add_hidden
+        self.hidden_chars = 0  # streamed but not (yet) shown: see Ledger.add_hidden
         self.reasoning_tokens = 0
         self.content_deltas = 0
         self.usage: UsageDelta | None = None
         self.finish: ProviderFinish | FinishReason | None = None
-        self.started_at = ledger.em.clock()
+        self.started_at = started_at
         self.first_content_at: float | None = None
         self.inflight = False  # counted in its deployment's requests in flight
         self.sent_beside = 0  # others in flight on its deployment as it was sent
-
-    def add_output(self, text: str, reasoning: bool = False) -> bool:
-        """Count one content delta; True when the next one would pass the spending limit."""
-        tokens = (len(text) + 3) >> 2 or 1
-        self.output_tokens += tokens
-        self.content_deltas += 1
-        ledger = self.ledger
-        if reasoning:
-            self.reasoning_tokens += tokens
-        else:
-            ledger.text_parts.append(text)
-        if ledger.limit_usd is None:
-            return False
-        running = ledger.spent_usd + self.input_usd + self.output_tokens * self.out_price
-        return running + tokens * self.out_price > ledger.limit_usd
-
-    def set_usage(self, usage: UsageDelta) -> None:
-        self.usage = usage
-        if self.ledger.limit_usd is not None:
-            self.input_usd = input_cost(
-                self.deployment.price, max(usage.input_tokens, self.input_estimate),
-                usage.cached_input_tokens)
-
-    def add_hidden(self, chars: int) -> bool:
-        """Count output the provider streamed (and bills) but the caller was not shown —
-        text a continuation repeated, which the splice drops or holds back (negative when
-        held text is released and counted as shown). True when the limit is passed."""
-        before = (self.hidden_chars + 3) >> 2
-        self.hidden_chars += chars
-        self.output_tokens += ((self.hidden_chars + 3) >> 2) - before
-        ledger = self.ledger
-        if ledger.limit_usd is None:
-            return False
-        running = ledger.spent_usd + self.input_usd + self.output_tokens * self.out_price
-        return running > ledger.limit_usd
-
-    def over_limit(self) -> bool:
-        """The spending limit is already passed (e.g. by input usage reported up front)."""
-        limit = self.ledger.limit_usd
-        return limit is not None and self.ledger.spent_usd + self.input_usd >= limit
-
-    def add_tool_fragment(self, delta: ToolCallDelta) -> None:
-        calls = self.ledger.tool_calls
-        call = calls.get(delta.index)
-        if call is None:
-            calls[delta.index] = [delta.id or "", delta.name or "", delta.arguments]
-        else:
-            call[0] = call[0] or delta.id or ""
-            call[1] = call[1] or delta.name or ""
-            call[2] += delta.arguments
 
     def usage_counts(self) -> tuple[int, int, int, int, bool]:
         """(input, cached input, output, reasoning tokens, estimated) to bill: the provider's
@@ -162,10 +114,61 @@ class Ledger:
         return out
 
     def begin(self, dep: Deployment, input_estimate: int) -> Attempt:
-        attempt = Attempt(self, dep, len(self.attempts) + 1, input_estimate)
+        attempt = Attempt(dep, len(self.attempts) + 1, input_estimate, self.em.clock())
         self.attempts.append(attempt)
         self.current = attempt
         return attempt
+
+    def add_output(self, attempt: Attempt, text: str, reasoning: bool = False) -> bool:
+        """Count one content delta of `attempt`; True when the next one would pass the
+        spending limit."""
+        tokens = (len(text) + 3) >> 2 or 1
+        attempt.output_tokens += tokens
+        attempt.content_deltas += 1
+        if reasoning:
+            attempt.reasoning_tokens += tokens
+        else:
+            self.text_parts.append(text)
+        limit = self.limit_usd
+        if limit is None:
+            return False
+        running = self.spent_usd + attempt.input_usd + attempt.output_tokens * attempt.out_price
+        return running + tokens * attempt.out_price > limit
+
+    def set_usage(self, attempt: Attempt, usage: UsageDelta) -> None:
+        attempt.usage = usage
+        if self.limit_usd is not None:
+            attempt.input_usd = input_cost(
+                attempt.deployment.price, max(usage.input_tokens, attempt.input_estimate),
+                usage.cached_input_tokens)
+
+    def add_hidden(self, attempt: Attempt, chars: int) -> bool:
+        """Count output the provider streamed (and bills) but the caller was not shown —
+        text a continuation repeated, which the splice drops or holds back (negative when
+        held text is released and counted as shown). True when the limit is passed."""
+        before = (attempt.hidden_chars + 3) >> 2
+        attempt.hidden_chars += chars
+        attempt.output_tokens += ((attempt.hidden_chars + 3) >> 2) - before
+        limit = self.limit_usd
+        if limit is None:
+            return False
+        running = self.spent_usd + attempt.input_usd + attempt.output_tokens * attempt.out_price
+        return running > limit
+
+    def over_limit(self, attempt: Attempt) -> bool:
+        """The spending limit is already passed (e.g. by input usage reported up front)."""
+        limit = self.limit_usd
+        return limit is not None and self.spent_usd + attempt.input_usd >= limit
+
+    def add_tool_fragment(self, delta: ToolCallDelta) -> None:
+        calls = self.tool_calls
+        call = calls.get(delta.index)
+        if call is None:
+            calls[delta.index] = [delta.id or "", delta.name or "", delta.arguments]
+        else:
+            call[0] = call[0] or delta.id or ""
+            call[1] = call[1] or delta.name or ""
+            call[2] += delta.arguments
 
     def first_content(self, stats: StatsRegistry) -> None:
         attempt = self.current

@@ -150,58 +150,46 @@ async def serve_to_end(prelude: Prelude) -> AsyncGenerator[Event, None]:
     em, ledger = failover.em, failover.ledger
     settled = False
     try:
-        booking = Progress(reservation, ledger, em)
-        clock = em.clock
+        # A long stream's spend is booked every `book_every_s` in the background (one
+        # booking at a time), so a process killed mid-stream loses at most the last
+        # increment. Plain locals: this loop is on the per-chunk path.
+        clock, every_s = em.clock, reservation.book_every_s
+        due = clock() + every_s
+        booking: asyncio.Task[None] | None = None
         events = failover.run()
         try:
             async for event in events:
                 yield event
-                if clock() >= booking.due:
-                    booking.start()
+                if clock() >= due:
+                    due = clock() + every_s
+                    if booking is None or booking.done():
+                        booking = asyncio.get_running_loop().create_task(reservation.progress(
+                            ledger.cost_usd(), ledger.costs_by_deployment()))
         finally:
             # Closing this generator must close the provider stream at once, not whenever
             # the abandoned inner generators are garbage collected.
             await events.aclose()
-        await booking.wait()
+        if booking is not None:
+            await asyncio.shield(booking)
         settled = True
         stopped = ledger.finish == "budget"
         for notice in await reservation.settle(ledger.cost_usd(), stopped,
                                                ledger.costs_by_deployment()):
             yield budget_event(em, notice)
-        failure = ledger.failure
-        if failure is None:
-            yield ledger.done_event(ledger.finish or "stop")
-        else:
-            err, dep_id = failure
-            yield em.error(err.code, err.message, retryable=err.retryable, deployment=dep_id,
-                           status=err.status)
+        yield terminal_event(em, ledger)
     finally:
         if not settled:  # cancelled by the caller: the spend still counts
             await reservation.settle(ledger.cost_usd(), False, ledger.costs_by_deployment())
 
 
-class Progress:
-    """Books a long stream's spend every `book_every_s` in the background (one booking at
-    a time), so a process killed mid-stream loses at most the last increment."""
-
-    __slots__ = ("due", "em", "ledger", "reservation", "task")
-
-    def __init__(self, reservation: Reservation, ledger: Ledger, em: Emitter) -> None:
-        self.reservation = reservation
-        self.ledger = ledger
-        self.em = em
-        self.due = em.clock() + reservation.book_every_s
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.due = self.em.clock() + self.reservation.book_every_s
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self.reservation.progress(
-                self.ledger.cost_usd(), self.ledger.costs_by_deployment()))
-
-    async def wait(self) -> None:
-        if self.task is not None:
-            await asyncio.shield(self.task)
+def terminal_event(em: Emitter, ledger: Ledger) -> Event:
+    """`done`, or the `error` the request failed with."""
+    failure = ledger.failure
+    if failure is None:
+        return ledger.done_event(ledger.finish or "stop")
+    err, dep_id = failure
+    return em.error(err.code, err.message, retryable=err.retryable, deployment=dep_id,
+                    status=err.status)
 
 
 def budget_event(em: Emitter, notice: BudgetNotice) -> BudgetEvent:

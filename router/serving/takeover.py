@@ -94,7 +94,7 @@ async def _resumed(ctx: ServingContext, params: StreamParams, request_id: str,
     ledger = Ledger(em, reservation.limit_usd)
     lost = ledger.begin(dead, estimate_tokens(req.system or "") + req.constraints.input_tokens)
     for part in prior.text_parts:
-        lost.add_output(part)
+        ledger.add_output(lost, part)
     ledger.end_attempt()
     failover = Failover(ctx, req, [e.deployment for e in decision.ranked], em, ledger)
     lost_instance = ProviderError("connection", "the instance serving the stream stopped",

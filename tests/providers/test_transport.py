@@ -78,6 +78,9 @@ async def test_direct_path_sends_what_httpx_sends() -> None:
         assert heads[0].split(b"\r\n")[0] == heads[1].split(b"\r\n")[0]
         assert _header_set(heads[1]) == _header_set(heads[0])
         assert ("x-team", "agents") in _header_set(heads[1])  # the client's own headers too
+        # Exactly the headers httpx itself builds for this request: none of aiohttp's own.
+        built = client.build_request("POST", url, content=b"{}", headers=headers)
+        assert _header_set(heads[1]) == {(k.lower(), v) for k, v in built.headers.items()}
 
 
 async def test_a_gzip_encoded_body_is_decoded_on_the_direct_path() -> None:

@@ -57,7 +57,7 @@ async def test_reads_up_to_the_first_content_delta_and_keeps_the_stream_open() -
     p = Scripted([(0, UsageDelta(10, 0)), (0, TextDelta("Hel")), (0, TextDelta("lo")),
                   (0, FinishDelta("stop"))])
     loop = asyncio.get_running_loop()
-    upstream, head = await open_upstream(p, REQ, loop.time(), 1.0, 10.0)
+    upstream, head, _ = await open_upstream(p, REQ, loop.time(), 1.0, 10.0)
     assert [type(d).__name__ for d in head] == ["UsageDelta", "TextDelta"]
     assert p.closed == 0
     rest = [d async for d in upstream]
@@ -111,5 +111,5 @@ async def test_cancellation_closes_the_upstream() -> None:
 async def test_a_stream_that_ends_before_content_returns_its_head() -> None:
     p = Scripted([(0, UsageDelta(3, 0)), (0, FinishDelta("content_filter"))])
     loop = asyncio.get_running_loop()
-    _, head = await open_upstream(p, REQ, loop.time(), 1.0, 10.0)
+    _, head, _ = await open_upstream(p, REQ, loop.time(), 1.0, 10.0)
     assert [type(d).__name__ for d in head] == ["UsageDelta", "FinishDelta"]

@@ -11,6 +11,7 @@ import pytest
 from providers.base import Delta, ProviderError, TextDelta
 from router.config import BreakerConfig, parse_config
 from router.resilience.breaker import BreakerRegistry, Permit
+from router.resilience.watchdog import Watchdog
 from router.serving.attempt import Opened
 from router.serving.hedge import Race
 from router.serving.ledger import Attempt, Ledger
@@ -62,7 +63,10 @@ class Harness:
             if fail is not None:
                 permit.failure(fail.code)
                 raise fail
-            return Opened(attempt.deployment, upstream, [TextDelta("x")], attempt, permit, 0.0)
+            watchdog = Watchdog(60.0, 60.0, 60.0, started=0.0)
+            watchdog.disarm()  # as `open_upstream` hands it over
+            return Opened(attempt.deployment, upstream, (TextDelta("x"),), attempt, permit, 0.0,
+                          watchdog)
 
         self.race.add(attempt, opening(), permit)
         return upstream

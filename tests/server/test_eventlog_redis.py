@@ -265,3 +265,39 @@ async def test_a_lost_stream_resumed_on_another_instance_is_a_410_over_sse_and_w
                 "rejected", 410, "events_lost")
     finally:
         await router.aclose()
+
+
+async def test_a_heartbeat_expired_by_a_redis_pause_is_not_a_death(redis_url: str) -> None:
+    """A paused Redis expires every instance's heartbeat at once: a reader that looks
+    right after it resumes must not take over streams whose instance is alive and about
+    to write them. Dead means missing for a whole lease from the first sighting."""
+    cfg = StateConfig(backend="redis", url=redis_url, prefix=f"d{uuid.uuid4().hex[:6]}:",
+                      stream_lease_s=0.3)
+    alive, reader = (SharedLogs(cfg, max_events=100, retention_s=60, stream_ttl_s=60)
+                     for _ in range(2))
+    client = redis.Redis.from_url(redis_url)
+    running_on = {"state": "running", "inst": alive.instance}
+    try:
+        await alive._beat_once()
+        assert not await reader.orphaned(running_on)
+        client.delete(f"{cfg.prefix}inst:{alive.instance}")  # what the pause did
+        assert not await reader.orphaned(running_on)
+        await alive._beat_once()  # Redis answers again: the instance beats, the doubt clears
+        client.delete(f"{cfg.prefix}inst:{alive.instance}")
+        assert not await reader.orphaned(running_on)
+        # An instance that never beats again is dead once a lease has passed.
+        gone = {"state": "running", "inst": "ghost"}
+        assert not await reader.orphaned(gone)
+        verdicts: list[bool] = []
+
+        async def look() -> None:
+            while not verdicts or not verdicts[-1]:
+                verdicts.append(await reader.orphaned(gone))
+                await asyncio.sleep(0.01)  # polling Redis's verdict, not timing it
+
+        await asyncio.wait_for(look(), 10)
+        assert verdicts[-1] and not verdicts[0]
+    finally:
+        client.close()
+        for shared in (alive, reader):
+            await shared.aclose()
