@@ -76,7 +76,9 @@ class Learned(Policy):
 
     def rank(self, now: float, f: float, c: RouteConstraints) -> list[str]:
         decision = self.policy.choose(c, self.deps, lambda d: None)
-        ranked = [e.deployment.id for e in decision.ranked]
+        # The backups (over the latency budget alone) are failed over to last, as the
+        # serving pipeline does.
+        ranked = [e.deployment.id for e in (*decision.ranked, *decision.backups)]
         # Nothing passes the budget: the sim still serves, as fastest-first.
         return ranked or [e.deployment.id for e in sorted(decision.candidates,
                                                            key=lambda e: e.expected_ms)]

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from router.config.schema import Deployment, Prefer
 from router.routing.constraints import RouteConstraints
@@ -81,6 +81,10 @@ class RouteDecision:
     ranked: list[Estimate]  # eligible candidates, best first
     candidates: list[Estimate]  # every candidate, in config order
     reason: str
+    # Excluded by a latency budget and nothing else, fastest first. A latency budget
+    # chooses, it does not refuse: these serve once every candidate within it has failed
+    # (a late answer rather than an error). A cost cap, a capability, a pin never yield.
+    backups: list[Estimate] = field(default_factory=list)
 
     @property
     def chosen(self) -> Estimate | None:
@@ -186,6 +190,16 @@ _WHY = {
 }
 
 
+def _backups(ranked: list[Estimate], candidates: list[Estimate]) -> list[Estimate]:
+    """The candidates over a latency budget alone, not ranked already, fastest first."""
+    over = [e for e in candidates if e.over_latency_budget]
+    if not over:
+        return over
+    taken = {e.deployment.id for e in ranked}
+    return sorted((e for e in over if e.deployment.id not in taken),
+                  key=lambda e: e.expected_ms)
+
+
 class RoutingPolicy:
     """The decision of one router: estimates, hard constraints, ranking, exploration.
 
@@ -220,7 +234,8 @@ class RoutingPolicy:
         if not ranked:
             return RouteDecision([], all_estimates, "no eligible candidate")
         if c.pinned:
-            return RouteDecision(ranked, all_estimates, f"pinned model {ranked[0].deployment.id}")
+            return RouteDecision(ranked, all_estimates, f"pinned model {ranked[0].deployment.id}",
+                                 _backups(ranked, all_estimates))
         reason = f"{_WHY[c.prefer]} (prefer={c.prefer}) of {len(ranked)} eligible"
         explored = self._explore(ranked, all_estimates, c.prefer, key)
         if explored is not None:
@@ -234,7 +249,7 @@ class RoutingPolicy:
                    f"weight {chosen.weight:.1f} < {self.cfg.explore_below_weight:g}")
             reason = (f"exploring {chosen.deployment.id} ({why}) instead of the "
                       f"{_WHY[c.prefer]} of {len(eligible)} eligible")
-        return RouteDecision(ranked, all_estimates, reason)
+        return RouteDecision(ranked, all_estimates, reason, _backups(ranked, all_estimates))
 
     def _explore(self, ranked: list[Estimate], candidates: list[Estimate], prefer: Prefer,
                  key: Callable[[Estimate], tuple[float, ...]]) -> Estimate | None:

@@ -72,13 +72,17 @@ class Failover:
     """The serving state of one request; `run()` yields its events up to the terminal one,
     leaving `ledger.finish` (success) or `ledger.failure` set."""
 
-    __slots__ = ("_answer_from", "_attempt", "_extra_input", "_hedged_to", "_held", "ctx", "em",
-                 "error", "input_estimate", "ledger", "opened", "original", "ranked", "req",
-                 "res", "resumed", "t0", "timeouts")
+    __slots__ = ("_answer_from", "_attempt", "_extra_input", "_hedgeable", "_hedged_to",
+                 "_held", "ctx", "em", "error", "input_estimate", "ledger", "opened",
+                 "original", "ranked", "req", "res", "resumed", "t0", "timeouts")
 
     def __init__(self, ctx: ServingContext, req: PreparedRequest, ranked: list[Deployment],
-                 em: Emitter, ledger: Ledger) -> None:
-        self.ctx, self.req, self.ranked, self.em, self.ledger = ctx, req, ranked, em, ledger
+                 em: Emitter, ledger: Ledger, backups: list[Deployment] | None = None) -> None:
+        self.ctx, self.req, self.em, self.ledger = ctx, req, em, ledger
+        # The routing's backups (over a latency budget alone) come after the ranked
+        # candidates; a hedge is only ever one of the ranked.
+        self.ranked = ranked + backups if backups else ranked
+        self._hedgeable = len(ranked)
         self.res = ctx.resilience
         self.timeouts = ctx.loaded.config.resilience.timeouts
         self.input_estimate = estimate_tokens(req.system or "") + req.constraints.input_tokens
@@ -139,7 +143,7 @@ class Failover:
                     self.ledger.text_parts.clear()
                     self.ledger.tool_calls.clear()
                     self._answer_from = len(self.ledger.attempts)
-                hedge = ranked[i] if i < len(ranked) and not sent else None
+                hedge = ranked[i] if i < self._hedgeable and not sent else None
                 if hedge is not None and not self._hedge_affordable(dep, hedge):
                     hedge = None  # both would bill their input: the spending limit cannot pay
                 # Closed in `finally` (no `aclosing` object: all the streams of a burst wait

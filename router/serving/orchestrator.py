@@ -127,7 +127,8 @@ async def _routed(ctx: ServingContext, params: StreamParams, request_id: str) ->
         yield em.error("budget_exceeded", reservation.message)
         return
     ledger = Ledger(em, reservation.limit_usd)
-    failover = Failover(ctx, req, [e.deployment for e in decision.ranked], em, ledger)
+    failover = Failover(ctx, req, [e.deployment for e in decision.ranked], em, ledger,
+                        [e.deployment for e in decision.backups])
     yield Served(failover, reservation)
 
 

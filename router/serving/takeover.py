@@ -96,7 +96,8 @@ async def _resumed(ctx: ServingContext, params: StreamParams, request_id: str,
     for part in prior.text_parts:
         ledger.add_output(lost, part)
     ledger.end_attempt()
-    failover = Failover(ctx, req, [e.deployment for e in decision.ranked], em, ledger)
+    failover = Failover(ctx, req, [e.deployment for e in decision.ranked], em, ledger,
+                        [e.deployment for e in decision.backups])
     lost_instance = ProviderError("connection", "the instance serving the stream stopped",
                                   retryable=True)
     failover.resumed, failover.original = (dead, lost_instance), (lost_instance, dead.id)

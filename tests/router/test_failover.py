@@ -21,7 +21,7 @@ from providers.base import (
     UsageDelta,
 )
 from router.core import Router
-from router.events import DoneEvent, ErrorEvent, Event, FallbackEvent
+from router.events import DoneEvent, ErrorEvent, Event, FallbackEvent, RouteEvent
 from router.request import StreamParams, prepare
 from router.resilience.policies import Resilience
 from router.serving.failover import Failover
@@ -381,3 +381,31 @@ def test_a_retried_ttft_is_unloaded_by_its_first_try_and_does_not_teach_the_slop
     snap = stats.get("mid").estimator.snapshot(0.9, 0.9)
     assert snap.ttft_ms == pytest.approx(900.0 / (1 + 4 * stats.routing.load_penalty))
     assert stats.get("mid").load.weight(0.9) == 0.0
+
+
+DOWN = {"error_rate": 1.0, "error_code": "overloaded"}
+
+
+async def test_when_every_candidate_within_the_latency_budget_fails_one_over_it_answers(
+        fleet: Fleet, make_router: Make) -> None:
+    # `strong` (prior 900 ms) is over the budget; `fast` and `mid` are within it and down.
+    r = make_router(options={"fast": DOWN, "mid": DOWN})
+    events = await fleet.collect(r, task="quick", max_ttft_ms=500)
+    route = events[0]
+    assert isinstance(route, RouteEvent) and route.deployment == "fast"
+    hops = [(f.from_deployment, f.to_deployment) for f in events
+            if isinstance(f, FallbackEvent)]
+    assert hops == [("fast", "mid"), ("mid", "strong")]
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and done.deployment == "strong"
+    assert text_of(events)
+
+
+async def test_a_cost_cap_never_yields_to_a_failure(fleet: Fleet, make_router: Make) -> None:
+    # The same, but `strong` is also over the caller's cost cap: the request fails.
+    r = make_router(options={"fast": DOWN, "mid": DOWN})
+    events = await fleet.collect(r, task="quick", max_ttft_ms=500, max_cost_usd=0.003)
+    assert not any(isinstance(f, FallbackEvent) and f.to_deployment == "strong"
+                   for f in events)
+    end = events[-1]
+    assert isinstance(end, ErrorEvent) and end.code == "overloaded"
