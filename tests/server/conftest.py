@@ -125,6 +125,14 @@ async def uvicorn_on_loopback(app: Any, **config: Any) -> AsyncIterator[tuple[uv
 
 
 @pytest.fixture
+async def base_url(router: Any) -> AsyncIterator[str]:
+    """The test module's `router` fixture served by a real uvicorn on loopback (a module
+    that builds its server otherwise defines its own `base_url`)."""
+    async with uvicorn_on_loopback(create_app(router)) as (_, url):
+        yield url
+
+
+@pytest.fixture
 async def serve(fleet: Any) -> AsyncIterator[Callable[..., Awaitable[Served]]]:
     """`await serve(keys={name: key}, server={...}, options={dep: {...}}, budgets=gate,
     config=None)`: the app serving a Router on a loopback port; stopped after the test."""

@@ -21,8 +21,6 @@ from playwright.async_api import Page, async_playwright, expect
 
 from router.config import parse_config
 from router.core import Router
-from router.server.app import create_app
-from tests.server.conftest import uvicorn_on_loopback
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -77,11 +75,6 @@ async def router() -> AsyncIterator[Router]:
     yield r
     await r.aclose()
 
-
-@pytest.fixture
-async def base_url(router: Router) -> AsyncIterator[str]:
-    async with uvicorn_on_loopback(create_app(router)) as (_, url):
-        yield url
 
 
 @pytest.fixture

@@ -44,11 +44,6 @@ async def router() -> AsyncIterator[RecordingRouter]:
     await inner.aclose()
 
 
-@pytest.fixture
-async def base_url(router: RecordingRouter) -> AsyncIterator[str]:
-    async with uvicorn_on_loopback(create_app(router)) as (_, url):  # type: ignore[arg-type]
-        yield url
-
 
 def _sdk(base_url: str, key: str = KEY) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0)

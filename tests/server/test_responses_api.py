@@ -32,11 +32,6 @@ async def router() -> AsyncIterator[RecordingRouter]:
     await inner.aclose()
 
 
-@pytest.fixture
-async def base_url(router: RecordingRouter) -> AsyncIterator[str]:
-    async with uvicorn_on_loopback(create_app(router)) as (_, url):  # type: ignore[arg-type]
-        yield url
-
 
 @pytest.fixture
 async def client(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
