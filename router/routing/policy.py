@@ -134,7 +134,12 @@ def estimate(dep: Deployment, c: RouteConstraints, stats: StatsRegistry,
     slope = stats.load_slope(dep.id)
     loaded = load_factor(slope, load)  # the estimates are load-free: scale to the load now
     decode_ms = c.output_tokens * s.ms_per_token
-    ttft_q = s.ttft_q_ms * loaded + wait
+    # A budget is held one request further up than the others in flight beside which it
+    # would be sent (as `benchmarks.routing`'s oracle holds it): a margin of one request's
+    # slowdown, which a deployment steep under load needs at a budget's edge (its p90 moves
+    # by its slope per request, more than the quantile's noise) and a flat one does not
+    # pay. An idle deployment is held at its estimate itself.
+    ttft_q = s.ttft_q_ms * load_factor(slope, load + 1 if load else 0) + wait
     latency_q = ttft_q + decode_ms
     cost = estimate_cost(dep.price, c.input_tokens, c.output_tokens)
     reason = _exclusion(dep, c, ttft_q, latency_q, cost, unavailable)
