@@ -38,8 +38,8 @@ _PRIOR_CV = 0.3  # the residual spread assumed before the fit has its own (logno
 _PRIOR_DOF = 2.0  # pseudo-samples of that assumption
 # Standard deviations of the posterior a slope below the prior is read above its estimate
 # (~97.5% one-sided): the prior's margin is given up as the evidence rules it out, not on
-# a noisy fit (a flat reading at 0.5 of the prior, always, let `benchmarks.routing`'s `edge`
-# admit its cheapest, just-over-budget deployment twice as often).
+# a noisy fit (a fixed floor of half the prior let `benchmarks.routing`'s `edge` admit its
+# cheapest, just-over-budget deployment twice as often; 1 or 3 sd did worse than 2).
 UPPER_Z = 2.0
 _CLIP = 3.0  # a TTFT this many times the fitted line's is a tail, not a load effect
 _MIN_WEIGHT = 3.0  # below this much decayed weight a line through the points is not a fit

@@ -7,9 +7,9 @@ request sets (`seed`, `top_p`, ...), or its estimate exceeds the request's budge
 `max_ttft_ms` and `max_latency_ms` are held against the `routing.quantile` (p90 by default)
 of the decayed TTFT distribution, read one standard error lower for the evidence behind it
 (`routing.budget_confidence`: excluded on evidence, not on noise) and scaled to the load
-now (the estimates are load-free), plus the decode time of the expected output, plus any
-quota wait (requests, tokens, `rpm`, `tpm`, a 429's retry-after); `max_cost_usd` against
-the price.
+now, one request further up when others are in flight (the estimates are load-free), plus
+the decode time of the expected output, plus any quota wait (requests, tokens, `rpm`,
+`tpm`, a 429's retry-after); `max_cost_usd` against the price.
 
 Eligible candidates are ranked by `prefer`. The latency objective, in one line: the
 expected time to a successful answer,
