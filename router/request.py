@@ -21,6 +21,7 @@ from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 from providers.base import ADVISORY_PARAMS, Tool, estimate_tokens
 from router.config.schema import LoadedConfig, Prefer
 from router.events import ErrorCode
+from router.records import fast_init
 from router.request_params import RequestParamError, check_params, check_response_format
 from router.routing.constraints import RouteConstraints
 
@@ -148,6 +149,7 @@ class RequestError(Exception):
         self.suggestion = suggestion
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StreamParams:
     """The arguments of `Router.stream()`."""
@@ -213,6 +215,7 @@ def _check_params(params: StreamParams) -> None:
             return
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PreparedRequest:
     """A validated request: conversation, tools and routing constraints."""

@@ -22,6 +22,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from router.records import fast_init
+
 Clock = Callable[[], float]
 
 _LOG_RATIO = math.log(1.1)  # bin width: 10% of the value
@@ -210,6 +212,7 @@ class Prior:
     error_rate: float = 0.01
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """One deployment's estimates at one instant, priors blended in by staleness."""

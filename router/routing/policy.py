@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from router.config.schema import Deployment, Prefer
+from router.records import fast_init
 from router.routing.constraints import RouteConstraints
 from router.routing.cost import estimate_cost
 from router.routing.estimator import Snapshot
@@ -51,6 +52,7 @@ InFlight = Callable[[str], int]
 _MAX_ERROR_RATE = 0.95  # beyond this the expected retries are effectively unbounded
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Estimate:
     deployment: Deployment
@@ -76,6 +78,7 @@ class Estimate:
     over_latency_budget: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     ranked: list[Estimate]  # eligible candidates, best first
