@@ -232,6 +232,10 @@ class RoutingPolicy:
                 self._budget_probes.pop(e.deployment.id, None)
         for e in all_estimates:
             self._judge_probe(e, c)
+        if c.pinned and len(eligible) == 1:  # a pin's one candidate: nothing to rank
+            return RouteDecision(eligible, all_estimates,
+                                 f"pinned model {eligible[0].deployment.id}",
+                                 _backups(eligible, all_estimates))
         key = _rank_key(c.prefer, eligible, self.cfg)
         ranked = sorted(eligible, key=key) if len(eligible) > 1 else eligible
         if not ranked:
