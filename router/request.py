@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cache
+from operator import attrgetter
 from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
@@ -173,6 +174,7 @@ class StreamParams:
 
 
 _PARAM_NAMES = tuple(f.name for f in fields(StreamParams))
+_PARAM_VALUES = attrgetter(*_PARAM_NAMES)  # all of them in one call
 _NONE: frozenset[str] = frozenset()  # one for every request that requires nothing
 
 
@@ -201,17 +203,17 @@ _PLAIN: dict[str, Callable[[Any], bool]] = {
     "max_tokens": lambda v: type(v) is int and 0 < v <= MAX_TOKENS,
     "metadata": lambda v: type(v) is dict and all(type(k) is str for k in v),
 }
+_PLAIN_CHECKS = tuple(_PLAIN.get(name) for name in _PARAM_NAMES)
 
 
 def _check_params(params: StreamParams) -> None:
     """`check_stream_args` of the arguments given (None and `{}` are not given), unless
     each of them is plainly valid (`_PLAIN`)."""
-    given = {name: v for name in _PARAM_NAMES
-             if (v := getattr(params, name)) is not None and v != {}}
-    for name, value in given.items():
-        plain = _PLAIN.get(name)
-        if plain is None or not plain(value):
-            check_stream_args(given)
+    values = _PARAM_VALUES(params)
+    for value, plain in zip(values, _PLAIN_CHECKS, strict=False):  # equal lengths
+        if value is not None and value != {} and (plain is None or not plain(value)):
+            check_stream_args({name: v for name, v in zip(_PARAM_NAMES, values, strict=False)
+                               if v is not None and v != {}})
             return
 
 
