@@ -1,13 +1,16 @@
 """`fast_init`: the same `__init__` for a frozen, slotted dataclass, without its cost.
 
 `@dataclass(frozen=True)` generates an `__init__` that stores each field through
-`object.__setattr__` (frozen blocks plain assignment): about 0.1 µs a field, and a request
-builds ~70 such fields (its parameters, the prepared request, its route constraints, one
-snapshot and estimate per candidate) before its provider request is sent. `fast_init`
-replaces that `__init__` by one with the same signature that stores each field through its
-slot's own descriptor, which skips the frozen check without weakening it: assignment after
-construction still raises `FrozenInstanceError`. Equality, hashing, `repr`,
-`dataclasses.replace` and `dataclasses.fields` stay the dataclass's own.
+`object.__setattr__` (frozen blocks plain assignment): ~0.1 µs a field, and a request builds
+~75 such fields (its parameters, the prepared request, its route constraints, one snapshot
+and estimate per candidate, the decision) before its provider request is sent.
+`fast_init` replaces that `__init__` by one with the same signature that, for an instance of
+the class itself, stores the fields while the instance is of a plain twin class with the
+same slots (assignment there is a plain slot store) and then gives it its class back
+(`__class__` assignment between classes of one layout, as Python allows). An instance of a
+subclass is set through the slots' own descriptors instead. Assignment after construction
+still raises `FrozenInstanceError`; equality, hashing, `repr`, `dataclasses.replace` and
+`dataclasses.fields` stay the dataclass's own.
 """
 
 from __future__ import annotations
@@ -38,8 +41,13 @@ def fast_init(cls: type[T]) -> type[T]:
         raise TypeError(f"{cls.__name__}: fast_init is for frozen, slotted dataclasses")
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__}: fast_init does not call __post_init__")
-    namespace: dict[str, Any] = {"_FACTORY": _FACTORY}
-    args, lines = [], []
+    # The twin: the same slots (so the same layout), no base but `object`, nothing else.
+    plain = cls.__bases__ == (object,)
+    twin = type(f"{cls.__name__}Fields", (), {"__slots__": vars(cls)["__slots__"],
+                                               "__module__": cls.__module__})
+    namespace: dict[str, Any] = {"_FACTORY": _FACTORY, "_cls": cls, "_twin": twin,
+                                 "_set_class": object.__setattr__}
+    args, stores, sets = [], [], []
     for i, f in enumerate(dataclasses.fields(cast(Any, cls))):
         if not f.init or f.kw_only:
             raise TypeError(f"{cls.__name__}.{f.name}: fast_init takes plain fields only")
@@ -54,9 +62,16 @@ def fast_init(cls: type[T]) -> type[T]:
             value = f"_factory{i}() if {f.name} is _FACTORY else {f.name}"
         else:
             args.append(f.name)
-        lines.append(f"    _set{i}(self, {value})\n")
-    # Generated source, as `dataclasses` itself builds `__init__`: one plain call per field.
-    source = f"def __init__(self, {', '.join(args)}):\n{''.join(lines) or '    pass'}\n"
+        stores.append(f"        self.{f.name} = {value}\n")
+        sets.append(f"        _set{i}(self, {value})\n")
+    # Generated source, as `dataclasses` itself builds `__init__`.
+    body = "".join(sets) or "        pass\n"
+    if plain and stores:
+        body = (f"    if type(self) is _cls:\n        _set_class(self, '__class__', _twin)\n"
+                f"{''.join(stores)}        self.__class__ = _cls\n    else:\n{body}")
+    else:
+        body = body.replace("\n    ", "\n").removeprefix("    ")
+    source = f"def __init__({', '.join(['self', *args])}):\n{body}"
     exec(source, namespace)  # built above from the dataclass's own field names only
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"

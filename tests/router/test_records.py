@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
+import pickle
 
 import pytest
 
@@ -95,3 +97,18 @@ def test_refuses_what_it_cannot_copy() -> None:
     for cls in (Mutable, NoSlots, PostInit):
         with pytest.raises(TypeError):
             fast_init(cls)
+
+
+def test_copies_pickles_and_subclasses_like_the_dataclass() -> None:
+    fast = _Fast(1, "x", [2])
+    assert type(fast) is _Fast
+    assert copy.copy(fast) == fast and copy.deepcopy(fast) == fast
+    assert pickle.loads(pickle.dumps(fast)) == fast
+
+    class Sub(_Fast):  # set through the slots' descriptors: not of the class itself
+        pass
+
+    sub = Sub(1, "y")
+    assert type(sub) is Sub and (sub.a, sub.b, sub.c) == (1, "y", [])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sub.a = 2  # type: ignore[misc]
