@@ -227,11 +227,12 @@ class RoutingPolicy:
         all_estimates = [estimate(deployments[d], c, self.stats, unavailable, self.inflight,
                                   self.backoff_ms) for d in c.candidates]
         eligible = [e for e in all_estimates if e.eligible]
-        for e in eligible:
-            if e.weight >= 1.0:  # measured within its budgets: later probes at full rate
-                self._budget_probes.pop(e.deployment.id, None)
-        for e in all_estimates:
-            self._judge_probe(e, c)
+        if self._budget_probes:  # none unless a deployment was over a latency budget
+            for e in eligible:
+                if e.weight >= 1.0:  # measured within its budgets: later probes at full rate
+                    self._budget_probes.pop(e.deployment.id, None)
+            for e in all_estimates:
+                self._judge_probe(e, c)
         if c.pinned and len(eligible) == 1:  # a pin's one candidate: nothing to rank
             return RouteDecision(eligible, all_estimates,
                                  f"pinned model {eligible[0].deployment.id}",
