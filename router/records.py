@@ -4,7 +4,7 @@
 `object.__setattr__` (frozen blocks plain assignment): ~0.1 µs a field, and a request builds
 ~75 such fields (its parameters, the prepared request, its route constraints, one snapshot
 and estimate per candidate, the decision) before its provider request is sent.
-`fast_init` replaces that `__init__` by one with the same signature that, for an instance of
+`fast_init` replaces that `__init__` by one with the same parameters that, for an instance of
 the class itself, stores the fields while the instance is of a plain twin class with the
 same slots (assignment there is a plain slot store) and then gives it its class back
 (`__class__` assignment between classes of one layout, as Python allows). An instance of a
@@ -64,6 +64,8 @@ def fast_init(cls: type[T]) -> type[T]:
             args.append(f.name)
         stores.append(f"        self.{f.name} = {value}\n")
         sets.append(f"        _set{i}(self, {value})\n")
+    if clash := {"self", *namespace} & {f.name for f in dataclasses.fields(cast(Any, cls))}:
+        raise TypeError(f"{cls.__name__}: fast_init cannot take a field named {clash.pop()}")
     # Generated source, as `dataclasses` itself builds `__init__`.
     body = "".join(sets) or "        pass\n"
     if plain and stores:

@@ -94,7 +94,11 @@ def test_refuses_what_it_cannot_copy() -> None:
         def __post_init__(self) -> None:
             pass
 
-    for cls in (Mutable, NoSlots, PostInit):
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Clash:  # a parameter named as a name the generated `__init__` uses
+        _twin: int
+
+    for cls in (Mutable, NoSlots, PostInit, Clash):
         with pytest.raises(TypeError):
             fast_init(cls)
 
