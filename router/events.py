@@ -285,7 +285,6 @@ def tool_call_event(request_id: str, seq: int, elapsed_ms: float, index: int, id
     return ev
 
 
-
 # The `route` event, once per request with one candidate (and its estimate) per candidate:
 # every field given, in the models' order, as `build` with all of them would set them,
 # without its defaults merge (these three were a third of the event's cost).
@@ -336,6 +335,7 @@ def make_route_event(*, request_id: str, seq: int, elapsed_ms: float, deployment
         "estimated_cost_usd": estimated_cost_usd, "estimated_ttft_ms": estimated_ttft_ms,
         "estimated_latency_ms": estimated_latency_ms, "candidates": candidates},
         _ROUTE_FIELDS)
+
 
 def encode_event(event: _Event) -> bytes:
     """Compact JSON of one event (the only encoder used by CLI, server and logs)."""
