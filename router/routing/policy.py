@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from router.config.schema import Deployment, Prefer
+from router.records import fast_init
 from router.routing.constraints import RouteConstraints
 from router.routing.cost import estimate_cost
 from router.routing.estimator import Snapshot
@@ -51,6 +52,7 @@ InFlight = Callable[[str], int]
 _MAX_ERROR_RATE = 0.95  # beyond this the expected retries are effectively unbounded
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Estimate:
     deployment: Deployment
@@ -76,6 +78,7 @@ class Estimate:
     over_latency_budget: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     ranked: list[Estimate]  # eligible candidates, best first
@@ -229,11 +232,16 @@ class RoutingPolicy:
         all_estimates = [estimate(deployments[d], c, self.stats, unavailable, self.inflight,
                                   self.backoff_ms) for d in c.candidates]
         eligible = [e for e in all_estimates if e.eligible]
-        for e in eligible:
-            if e.weight >= 1.0:  # measured within its budgets: later probes at full rate
-                self._budget_probes.pop(e.deployment.id, None)
-        for e in all_estimates:
-            self._judge_probe(e, c)
+        if self._budget_probes:  # none unless a deployment was over a latency budget
+            for e in eligible:
+                if e.weight >= 1.0:  # measured within its budgets: later probes at full rate
+                    self._budget_probes.pop(e.deployment.id, None)
+            for e in all_estimates:
+                self._judge_probe(e, c)
+        if c.pinned and len(eligible) == 1:  # a pin's one candidate: nothing to rank
+            return RouteDecision(eligible, all_estimates,
+                                 f"pinned model {eligible[0].deployment.id}",
+                                 _backups(eligible, all_estimates))
         key = _rank_key(c.prefer, eligible, self.cfg)
         ranked = sorted(eligible, key=key) if len(eligible) > 1 else eligible
         if not ranked:
