@@ -115,6 +115,51 @@ async def open_upstream(provider: Provider, preq: ProviderRequest, started: floa
     return upstream, tuple(head), wd
 
 
+async def open_attempt(ctx: ServingContext, ledger: Ledger, dep: Deployment,
+                       preq: ProviderRequest, attempt: Attempt, permit: Permit,
+                       slot: Slot | None, input_tokens: int, output_tokens: int) -> Opened:
+    """One attempt up to its first content delta, counted in flight on `dep` (sent beside
+    the others there, with the request's `input_tokens` and `output_tokens`). On failure
+    its books are closed, its breaker told, and the `ProviderError` raised."""
+    started = asyncio.get_running_loop().time()
+    stats = ctx.stats
+    attempt.inflight = True
+    attempt.sent_beside = stats.attempt_started(dep.id, input_tokens, output_tokens)
+    try:
+        timeouts = ctx.loaded.config.resilience.timeouts
+        upstream, head, watchdog = await open_upstream(
+            ctx.provider(dep.provider), preq, started, timeouts.ttft_s, timeouts.total_s, slot,
+            idle_s=timeouts.idle_s)
+    except ProviderError as err:
+        end_attempt(ctx, ledger, attempt)
+        permit.failure(err.code)
+        waited_ms = (ledger.em.clock() - attempt.started_at) * 1000.0
+        if err.code == "timeout":  # no first token for this long: at least this long
+            stats.observe_censored(dep.id, waited_ms, attempt.sent_beside)
+        stats.observe_outcome(dep.id, err.code, waited_ms, err.retry_after)
+        raise
+    except BaseException:
+        abandon_attempt(ctx, ledger, attempt, permit)
+        raise
+    return Opened(dep, upstream, head, attempt, permit, started, watchdog)
+
+
+def censor_attempt(ctx: ServingContext, ledger: Ledger, attempt: Attempt) -> None:
+    """`attempt` was cut before its first token: it would have taken at least this long."""
+    waited_ms = (ledger.em.clock() - attempt.started_at) * 1000.0
+    ctx.stats.observe_censored(attempt.deployment.id, waited_ms, attempt.sent_beside)
+
+
+def abandon_attempt(ctx: ServingContext, ledger: Ledger, attempt: Attempt,
+                    permit: Permit) -> None:
+    """An attempt given up without an outcome (caller left, hedge lost): the provider
+    may bill the prompt, so its input is counted."""
+    if attempt.usage is None:
+        ledger.set_usage(attempt, UsageDelta(attempt.input_estimate, attempt.output_tokens))
+    end_attempt(ctx, ledger, attempt)
+    permit.release()
+
+
 def end_attempt(ctx: ServingContext, ledger: Ledger, attempt: Attempt) -> None:
     """Close `attempt`'s books even when another attempt (a hedge) is the current one."""
     current = ledger.current
