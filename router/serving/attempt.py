@@ -64,7 +64,9 @@ class Opened:
     attempt: Attempt
     permit: Permit
     started: float  # loop time the attempt started
-    watchdog: Watchdog  # disarmed: `stream_opened` arms it for the answer's deadlines
+    # Still armed for the first token's deadline: `stream_opened` moves it on to the
+    # answer's (whoever drops an `Opened` unread disarms it).
+    watchdog: Watchdog
     splice: Splice | None = None
 
 
@@ -84,8 +86,9 @@ async def open_upstream(provider: Provider, preq: ProviderRequest, started: floa
     deadline); the upstream is closed, and the slot given back, on every failure.
 
     The deadlines are kept by a `Watchdog` (one lazy timer, no `asyncio.timeout` scope),
-    returned disarmed: `stream_opened` arms it again for the answer (`idle_s` is its idle
-    deadline), so an attempt builds one watchdog, not a timeout scope and a watchdog."""
+    returned still armed: `stream_opened` takes it over for the answer (`idle_s` is its idle
+    deadline), so an attempt builds one watchdog, not a timeout scope and a watchdog, and
+    mostly one timer. Whoever drops the result unread disarms it."""
     wd = Watchdog(ttft_s, idle_s, total_s, started=started)
     source = provider.stream(preq)
     upstream = source if slot is None else slot.holding(source)
@@ -110,8 +113,7 @@ async def open_upstream(provider: Provider, preq: ProviderRequest, started: floa
         if isinstance(exc, TimeoutError):  # not ours: a deadline within the provider call
             raise ProviderError("timeout", "timeout inside the provider call") from None
         raise
-    wd.disarm()
-    wd.waiting_since = None
+    wd.waiting_since = None  # the timer, if it fires now, looks again later
     return upstream, tuple(head), wd
 
 
@@ -177,8 +179,7 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
     dep, attempt, upstream = opened.dep, opened.attempt, opened.upstream
     ledger.current = attempt
     wd = opened.watchdog  # the first-token phase's, its total deadline kept
-    wd.got_content = True
-    wd.rearm()
+    wd.content_started()
     fresh = True  # no content sent yet by this attempt
     buffered, splice = opened.head, opened.splice
     opened.head = ()  # read from `buffered`, which ends as the empty tuple: nothing kept
