@@ -274,15 +274,27 @@ class OpenAIProvider(HTTPProvider):
         super().__init__(settings, client)
         self._url = (settings.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
         self._host = httpx.URL(self._url).host or settings.name
+        # With a key, the headers depend on the deployment's `auth_header` alone: built once
+        # per value and handed out as is (nothing changes them; the pool merges a copy).
+        self._keyed_headers: dict[object, dict[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(name={self.settings.name!r}, url={self._url!r})"
 
     def _headers(self, options: Mapping[str, Any]) -> dict[str, str]:
+        if self._secrets:
+            auth = options.get("auth_header")  # Azure: `api-key: <key>` instead of Bearer
+            headers = self._keyed_headers.get(auth)
+            if headers is None:
+                headers = self._keyed_headers[auth] = self._new_headers(options)
+            return headers
+        return self._new_headers(options)
+
+    def _new_headers(self, options: Mapping[str, Any]) -> dict[str, str]:
         headers = {**self.settings.headers, "content-type": "application/json",
                    "accept": "text/event-stream"}
         if self._secrets:
-            auth = options.get("auth_header")  # Azure: `api-key: <key>` instead of Bearer
+            auth = options.get("auth_header")
             if auth:
                 headers[str(auth)] = self._secrets[0]
             else:
@@ -294,7 +306,8 @@ class OpenAIProvider(HTTPProvider):
         return headers
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
-        options = {**self.settings.options, **request.options}
+        base, own = self.settings.options, request.options
+        options = {**base, **own} if base and own else own or base  # read only
         headers = self._headers(options)
         content = orjson.dumps(_build_request(request, options), default=json_default)
         response = await open_stream(self._client, self._url, content=content, headers=headers,
