@@ -209,7 +209,8 @@ class Ledger:
             return
         self.current = None
         i, cached, o, reasoning, estimated = attempt.usage_counts()
-        input_usd, output_usd = attempt.cost_parts()
+        price = attempt.deployment.price  # `cost_parts()`, from the counts already read
+        input_usd, output_usd = input_cost(price, i, cached), output_cost(price, o)
         self._input += i
         self._cached += cached
         self._output += o
