@@ -31,7 +31,7 @@ class Watchdog:
         # `started`/`got_content`: take over an attempt whose first token was awaited
         # elsewhere (retry loop, hedge race), keeping its total deadline.
         self._loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
+        self.task = asyncio.current_task(self._loop)
         self.ttft_s, self.idle_s, self.total_s = ttft_s, idle_s, total_s
         self.time = self._loop.time
         self.started = self.time() if started is None else started

@@ -13,7 +13,6 @@ point of a stream:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -73,8 +72,11 @@ class Opened:
 async def close_quietly(upstream: AsyncIterator[Delta]) -> None:
     close = getattr(upstream, "aclose", None)
     if close is not None:
-        with contextlib.suppress(ProviderError):  # a failure while closing changes nothing
+        # No `contextlib.suppress` object: this runs at every attempt's end.
+        try:  # noqa: SIM105
             await close()
+        except ProviderError:
+            pass  # a failure while closing changes nothing
 
 
 async def open_upstream(provider: Provider, preq: ProviderRequest, started: float,
@@ -306,6 +308,6 @@ def provider_request(dep: Deployment, req: PreparedRequest) -> ProviderRequest:
         temperature=req.temperature, tools=req.tools, tool_choice=req.tool_choice,
         stop=req.stop, response_format=req.response_format,
         # routing guaranteed the rest; advisory ones (`user`) go only where they can
-        params={k: v for k, v in req.params.items() if k in dep.params},
+        params={k: v for k, v in req.params.items() if k in dep.params} if req.params else {},
         options=dep.options,
     )

@@ -16,7 +16,8 @@ from router.serving.ledger import Ledger
 
 def content_sent(ledger: Ledger) -> int:
     """Content deltas the caller was shown, over every attempt."""
-    return sum(a.content_deltas for a in ledger.attempts)
+    attempts = ledger.attempts
+    return sum(a.content_deltas for a in attempts) if attempts else 0
 
 
 def resume_mode(resume: str, ledger: Ledger, sent: int) -> ResumeMode | None:
