@@ -224,7 +224,9 @@ def _parse_chunk(chunk: Mapping[str, Any], state: _State) -> list[Delta]:
     if choices:
         choice = choices[0]
         delta = choice.get("delta")
-        if delta:
+        if delta and len(delta) == 1 and (content := delta.get("content")):
+            out.append(TextDelta(content))  # the usual chunk: text alone, nothing else to read
+        elif delta:
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning and isinstance(reasoning, str):
                 out.append(ReasoningDelta(reasoning))
