@@ -107,6 +107,7 @@ BODY_OPTIONS = (
     "top_p", "seed", "reasoning_effort", "reasoning_format", "reasoning", "response_format",
     "user", "parallel_tool_calls", "service_tier", "frequency_penalty", "presence_penalty",
 )
+_BODY_OPTION_SET = frozenset(BODY_OPTIONS)
 _DONE = "[DONE]"
 _MALFORMED = (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, IndexError)
 
@@ -158,9 +159,10 @@ def _build_request(request: ProviderRequest, options: Mapping[str, Any]) -> dict
         ]
         if request.tool_choice:
             body["tool_choice"] = _tool_choice(request.tool_choice)
-    for key in BODY_OPTIONS:
-        if key in options:
-            body[key] = options[key]
+    if not _BODY_OPTION_SET.isdisjoint(options):  # (most deployments set none)
+        for key in BODY_OPTIONS:
+            if key in options:
+                body[key] = options[key]
     # Routing sent only parameters this kind lists (`PROVIDER_PARAMS`): our names are OpenAI's.
     body.update(request.params)
     if request.response_format is not None:
