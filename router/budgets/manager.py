@@ -91,8 +91,8 @@ def request_scopes(request: PreparedRequest, per_key: bool = True) -> dict[str, 
     is the key's own (`user:<key>/ann`), so tenants never share one by name."""
     scopes = {"global": "global"}
     meta = request.metadata
-    key = meta.get("key")
-    for kind in METADATA_SCOPES:
+    key = meta.get("key") if meta else None
+    for kind in METADATA_SCOPES if meta else ():
         value = meta.get(kind)
         if value is not None and value != "":
             if per_key and kind != "key" and key is not None and key != "":
@@ -177,7 +177,7 @@ class BudgetManager:
     async def reserve(self, request: PreparedRequest, estimate_usd: float,
                       cap_usd: float | None) -> Reservation | Refusal:
         scopes = request_scopes(request, self.settings.user_scopes == "per_key")
-        lines = self.lines(scopes)
+        lines = self.lines(scopes) if self.budgets else []
         amount = to_nano(cap_usd if cap_usd is not None else estimate_usd)
         if self.journal.full:
             raise StateUnavailable(self.state.name, "spend journal full")

@@ -7,8 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from router.config.schema import Prefer
+from router.records import fast_init
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RouteConstraints:
     """What one request asks of its route, after task defaults were applied."""

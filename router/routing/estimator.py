@@ -22,6 +22,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from router.records import fast_init
+
 Clock = Callable[[], float]
 
 _LOG_RATIO = math.log(1.1)  # bin width: 10% of the value
@@ -188,7 +190,8 @@ class DecayedMean:
             self._weight = self._max_weight
 
     def weight(self, now: float) -> float:
-        return self._weight * math.pow(2.0, -max(0.0, now - self._t) / self._half_life)
+        age = now - self._t
+        return self._weight * math.pow(2.0, -(age if age > 0.0 else 0.0) / self._half_life)
 
     def mean(self) -> float | None:
         return self._total / self._weight if self._weight > 0.0 else None
@@ -199,7 +202,7 @@ def toward_prior(observed: float | None, prior: float, weight: float) -> float:
     linearly back to the prior (a stale estimate reverts instead of freezing)."""
     if observed is None:
         return prior
-    trust = min(1.0, weight)
+    trust = weight if weight < 1.0 else 1.0  # min(1.0, weight), without the call
     return trust * observed + (1.0 - trust) * prior
 
 
@@ -210,6 +213,7 @@ class Prior:
     error_rate: float = 0.01
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """One deployment's estimates at one instant, priors blended in by staleness."""
@@ -251,7 +255,7 @@ def budget_level(q: float, samples: float, confidence: float) -> float:
     over its budget is not re-admitted on age alone, but by a budget probe's news."""
     if confidence <= 0.0 or samples <= 0.0:
         return q  # no evidence: the prior, at the level asked
-    return q - confidence * math.sqrt(q * (1.0 - q) / max(1.0, samples))
+    return q - confidence * math.sqrt(q * (1.0 - q) / (samples if samples > 1.0 else 1.0))
 
 
 class Estimator:
@@ -340,7 +344,8 @@ class Estimator:
         long_mean, recent = self._ttft.mean(), self._ttft_mean.mean()
         if not long_mean or recent is None:
             return 1.0
-        error = self._ttft.std() / math.sqrt(max(1.0, self._ttft_mean.weight(now)))
+        recent_weight = self._ttft_mean.weight(now)
+        error = self._ttft.std() / math.sqrt(recent_weight if recent_weight > 1.0 else 1.0)
         shift = abs(recent - long_mean) - confidence * error
         if shift <= 0.0:
             return 1.0
@@ -359,7 +364,10 @@ class Estimator:
 
     def snapshot(self, now: float, quantile: float, confidence: float = 0.0) -> Snapshot:
         p = self.prior
-        age = None if self._last is None else max(0.0, now - self._last)
+        # min() and max() below as comparisons: the same values, without the calls (this
+        # runs for every candidate of every request).
+        age = None if self._last is None else (
+            since if (since := now - self._last) > 0.0 else 0.0)
         # What was true `age` ago says less about now however much of it there was: the
         # trust in it halves every half-life without news (a mean-reverting drift).
         fresh = 1.0 if age is None else 2.0 ** (-age / self.half_life_s)
@@ -367,7 +375,7 @@ class Estimator:
         attempts = self._failed.weight(now) * fresh
         failed = attempts * (self._failed.mean() or 0.0)
         error_rate = (failed + _PRIOR_ATTEMPTS * p.error_rate) / (attempts + _PRIOR_ATTEMPTS)
-        trust = min(1.0, weight) * fresh
+        trust = (weight if weight < 1.0 else 1.0) * fresh
         ttft = toward_prior(self._ttft_mean.mean(), p.ttft_ms, trust)
         # The quantile budgets are held against keeps bad news until its weight fades (a
         # budget is a hard constraint: re-admitting on age alone would probe with misses).
@@ -379,10 +387,13 @@ class Estimator:
             ttft_q = observed_q  # fully trusted: what it would revert to has no say
         else:
             ttft_q = toward_prior(observed_q, self._long_ttft_q(now, quantile, confidence,
-                                                                error_rate), min(1.0, weight))
+                                                                error_rate),
+                                  weight if weight < 1.0 else 1.0)
+        decode_weight = self._decode.weight(now)
         decode = toward_prior(self._decode.mean(), p.ms_per_token,
-                              min(1.0, self._decode.weight(now)) * fresh)
+                              (decode_weight if decode_weight < 1.0 else 1.0) * fresh)
+        failure_weight = self._failure_ms.weight(now)
         failure_ms = toward_prior(self._failure_ms.mean(), p.ttft_ms,
-                                  min(1.0, self._failure_ms.weight(now)) * fresh)
-        return Snapshot(ttft, max(ttft_q, 0.0), quantile, decode, error_rate, failure_ms,
-                        weight * fresh, self.samples, age, level)
+                                  (failure_weight if failure_weight < 1.0 else 1.0) * fresh)
+        return Snapshot(ttft, 0.0 if ttft_q < 0.0 else ttft_q, quantile, decode, error_rate,
+                        failure_ms, weight * fresh, self.samples, age, level)

@@ -17,10 +17,13 @@ noise, the observations' decayed weight) against a prior of `PRIOR_SD`. A deploy
 served at the same load, or seldom, or long ago keeps the prior; a burst that spread its
 load teaches it. The residual noise itself starts from a prior of `_PRIOR_CV` relative
 spread over `_PRIOR_DOF` pseudo-samples, so two or three points on a line do not claim
-certainty. The slope is bounded to [`FLOOR_SHARE` x prior, `MAX_SLOPE`] (or the prior, if
-larger): a deployment does not get faster with load (a negative fit is noise, or a drift the
-decay will forget), and one measured flat is still charged the prior (see `FLOOR_SHARE`), so
-the config's `load_penalty` is the least load penalty and the data only raises it. A TTFT
+certainty. The slope is bounded to [0, `MAX_SLOPE`] (or the prior, if larger): a deployment
+does not get faster with load (a negative fit is noise, or a drift the decay will forget).
+Below the prior it reads the posterior's upper bound, `UPPER_Z` standard deviations above
+the estimate: a deployment is charged less than the config's `load_penalty` only as far as
+its evidence rules the prior out, so one seldom seen, or seen at one load, keeps the prior,
+and one seen flat over many loads reads ~0 (its TTFTs taken at 10 in flight are not
+"unloaded" as if it slowed 5% per request, which made it read too fast at low load). A TTFT
 more than `_CLIP` times the line's prediction is clipped to it (a heavy tail is not load),
 and each weighs the inverse of the variance the model expects of it.
 """
@@ -33,12 +36,11 @@ PRIOR_SD = 0.5  # how far from the config prior a slope is plausible before evid
 MAX_SLOPE = 2.0  # 3x slower per request in flight: a deployment serving one at a time
 _PRIOR_CV = 0.3  # the residual spread assumed before the fit has its own (lognormal-ish)
 _PRIOR_DOF = 2.0  # pseudo-samples of that assumption
-# The least share of the prior a slope reads as, even measured flat: a fleet that herds onto
-# one deployment learns of its drift late (an estimate moves only as its requests answer),
-# so a flat one still sheds a little load to the others; and the prior's margin keeps a
-# deployment just over a latency budget out at load (on `benchmarks.routing`'s `edge`, 0.5
-# of the prior let its cheapest, just-over-budget deployment in twice as often).
-FLOOR_SHARE = 1.0
+# Standard deviations of the posterior a slope below the prior is read above its estimate
+# (~97.5% one-sided): the prior's margin is given up as the evidence rules it out, not on
+# a noisy fit (a fixed floor of half the prior let `benchmarks.routing`'s `edge` admit its
+# cheapest, just-over-budget deployment twice as often; 1 or 3 sd did worse than 2).
+UPPER_Z = 2.0
 _CLIP = 3.0  # a TTFT this many times the fitted line's is a tail, not a load effect
 _MIN_WEIGHT = 3.0  # below this much decayed weight a line through the points is not a fit
 
@@ -125,13 +127,17 @@ class LoadModel:
 
     def slope(self, now: float) -> float:
         """The load sensitivity at `now`: the fit's, shrunk toward the prior by the
-        evidence behind it, which halves every half-life without news."""
+        evidence behind it, which halves every half-life without news; below the prior,
+        the posterior's upper bound (see the module)."""
         age = now - self._t
         precision = self._precision * (2.0 ** (-age / self._half_life) if age > 0 else 1.0)
         prior_precision = 1.0 / (PRIOR_SD * PRIOR_SD)
         blended = ((self._raw * precision + self.prior * prior_precision)
                    / (precision + prior_precision))
-        return min(max(blended, self.prior * FLOOR_SHARE), self._bound)
+        if blended >= self.prior:
+            return min(blended, self._bound)
+        upper = blended + UPPER_Z / math.sqrt(precision + prior_precision)
+        return min(self.prior, max(0.0, upper))
 
     def weight(self, now: float) -> float:
         """The decayed sample weight behind the fit (1.0 = one observation with nothing else

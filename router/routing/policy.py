@@ -7,9 +7,9 @@ request sets (`seed`, `top_p`, ...), or its estimate exceeds the request's budge
 `max_ttft_ms` and `max_latency_ms` are held against the `routing.quantile` (p90 by default)
 of the decayed TTFT distribution, read one standard error lower for the evidence behind it
 (`routing.budget_confidence`: excluded on evidence, not on noise) and scaled to the load
-now (the estimates are load-free), plus the decode time of the expected output, plus any
-quota wait (requests, tokens, `rpm`, `tpm`, a 429's retry-after); `max_cost_usd` against
-the price.
+now, one request further up when others are in flight (the estimates are load-free), plus
+the decode time of the expected output, plus any quota wait (requests, tokens, `rpm`,
+`tpm`, a 429's retry-after); `max_cost_usd` against the price.
 
 Eligible candidates are ranked by `prefer`. The latency objective, in one line: the
 expected time to a successful answer,
@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from router.config.schema import Deployment, Prefer
+from router.records import fast_init
 from router.routing.constraints import RouteConstraints
 from router.routing.cost import estimate_cost
 from router.routing.estimator import Snapshot
@@ -51,6 +52,7 @@ InFlight = Callable[[str], int]
 _MAX_ERROR_RATE = 0.95  # beyond this the expected retries are effectively unbounded
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Estimate:
     deployment: Deployment
@@ -76,6 +78,7 @@ class Estimate:
     over_latency_budget: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     ranked: list[Estimate]  # eligible candidates, best first
@@ -134,7 +137,12 @@ def estimate(dep: Deployment, c: RouteConstraints, stats: StatsRegistry,
     slope = stats.load_slope(dep.id)
     loaded = load_factor(slope, load)  # the estimates are load-free: scale to the load now
     decode_ms = c.output_tokens * s.ms_per_token
-    ttft_q = s.ttft_q_ms * loaded + wait
+    # A budget is held one request further up than the others in flight beside which it
+    # would be sent (as `benchmarks.routing`'s oracle holds it): a margin of one request's
+    # slowdown, which a deployment steep under load needs at a budget's edge (its p90 moves
+    # by its slope per request, more than the quantile's noise) and a flat one does not
+    # pay. An idle deployment is held at its estimate itself.
+    ttft_q = s.ttft_q_ms * load_factor(slope, load + 1 if load else 0) + wait
     latency_q = ttft_q + decode_ms
     cost = estimate_cost(dep.price, c.input_tokens, c.output_tokens)
     reason = _exclusion(dep, c, ttft_q, latency_q, cost, unavailable)
@@ -224,11 +232,16 @@ class RoutingPolicy:
         all_estimates = [estimate(deployments[d], c, self.stats, unavailable, self.inflight,
                                   self.backoff_ms) for d in c.candidates]
         eligible = [e for e in all_estimates if e.eligible]
-        for e in eligible:
-            if e.weight >= 1.0:  # measured within its budgets: later probes at full rate
-                self._budget_probes.pop(e.deployment.id, None)
-        for e in all_estimates:
-            self._judge_probe(e, c)
+        if self._budget_probes:  # none unless a deployment was over a latency budget
+            for e in eligible:
+                if e.weight >= 1.0:  # measured within its budgets: later probes at full rate
+                    self._budget_probes.pop(e.deployment.id, None)
+            for e in all_estimates:
+                self._judge_probe(e, c)
+        if c.pinned and len(eligible) == 1:  # a pin's one candidate: nothing to rank
+            return RouteDecision(eligible, all_estimates,
+                                 f"pinned model {eligible[0].deployment.id}",
+                                 _backups(eligible, all_estimates))
         key = _rank_key(c.prefer, eligible, self.cfg)
         ranked = sorted(eligible, key=key) if len(eligible) > 1 else eligible
         if not ranked:

@@ -36,8 +36,8 @@ class RoutingConfig(BaseModel):
     # Optimism under uncertainty: rank scores shrink by up to this share with no evidence.
     optimism: float = Field(default=0.1, ge=0, lt=1)
     # How much slower a first token is per request already in flight on a deployment: the
-    # prior of the slope each deployment's own TTFTs teach, and its least value
-    # (`router.routing.load_model`).
+    # prior of the slope each deployment's own TTFTs teach, and its least value until they
+    # rule it out (`router.routing.load_model`).
     load_penalty: float = Field(default=0.05, ge=0)
     # The error rate a deployment is assumed to have before it is observed.
     prior_error_rate: float = Field(default=0.01, ge=0, lt=1)

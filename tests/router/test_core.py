@@ -5,7 +5,7 @@ errors, routing seen from the stream, and cancellation closing the provider stre
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -628,3 +628,30 @@ def test_a_vendor_key_set_after_the_router_was_built_makes_its_deployment_availa
     assert r.provider_settings("oa").api_key is not None
     monkeypatch.setenv("DEEPSEEK_API_KEY", "")
     assert r.unavailable_reason(dep) == "missing_api_key: set DEEPSEEK_API_KEY"
+
+
+
+async def test_stream_passes_each_argument_to_its_own_field(make_router: MakeRouter) -> None:
+    # `Router.stream` builds `StreamParams` positionally: a swap of two arguments of one type
+    # would pass the type checker, not this.
+    import dataclasses
+
+    from router.request import StreamParams
+
+    r = make_router()
+    seen: list[StreamParams] = []
+    r._run_stream = lambda ctx, params, rid: seen.append(params) or _no_events()
+    given: dict[str, Any] = {
+        "task": "t", "model": "m", "prefer": "cost", "max_ttft_ms": 1.0,
+        "max_latency_ms": 2.0, "max_cost_usd": 3.0, "max_tokens": 4, "temperature": 0.5,
+        "system": "s", "tools": [{"name": "x"}], "tool_choice": "auto", "stop": "END",
+        "metadata": {"user": "u"}, "response_format": {"type": "text"},
+        "params": {"seed": 1}}
+    r.stream("hi", **given)
+    assert [f.name for f in dataclasses.fields(StreamParams)][1:] == list(given)
+    assert seen == [StreamParams("hi", **given)]
+
+
+async def _no_events() -> AsyncIterator[Any]:
+    return
+    yield

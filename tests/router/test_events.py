@@ -14,6 +14,7 @@ from router.events import (
     TERMINAL_TYPES,
     BudgetEvent,
     Candidate,
+    CandidateEstimate,
     Cost,
     DoneEvent,
     ErrorEvent,
@@ -30,6 +31,9 @@ from router.events import (
     build,
     decode_event,
     encode_event,
+    make_candidate,
+    make_candidate_estimate,
+    make_route_event,
 )
 
 BASE: dict[str, Any] = {"request_id": "r1", "seq": 0, "elapsed_ms": 1.5}
@@ -201,6 +205,27 @@ def test_build_fills_defaults_like_model_construct(kind: str) -> None:
     assert built == constructed and built.type == kind
     assert encode_event(built) == encode_event(constructed)
     assert built.model_fields_set == constructed.model_fields_set
+
+
+def test_route_event_builders_build_what_build_does() -> None:
+    estimate = {"quantile": 0.9, "level": 0.85, "ttft_q_ms": 130.0, "latency_q_ms": 1400.0,
+                "expected_ms": 1300.0, "samples": 3, "weight": 0.5, "age_s": None,
+                "error_rate": 0.01, "inflight": 2, "wait_ms": 0.0, "explore": False,
+                "load_slope": 0.05}
+    candidate = {**EXAMPLES["route"]["candidates"][0]}
+    route = {**BASE, **{k: v for k, v in EXAMPLES["route"].items() if k != "candidates"}}
+    fast_estimate = make_candidate_estimate(**estimate)
+    fast_candidate = make_candidate(**candidate, estimate=fast_estimate)
+    fast = make_route_event(**route, candidates=[fast_candidate])
+    built = build(RouteEvent, **route, candidates=[build(
+        Candidate, **candidate, estimate=build(CandidateEstimate, **estimate))])
+    assert encode_event(fast) == encode_event(built)
+    assert fast == built and fast.type == "route"
+    for ours, theirs in ((fast, built), (fast_candidate, built.candidates[0]),
+                         (fast_estimate, built.candidates[0].estimate)):
+        assert ours.model_fields_set == theirs.model_fields_set  # type: ignore[union-attr]
+        assert list(vars(ours)) == list(vars(theirs))
+    assert EVENT_ADAPTER.validate_python(fast.model_dump()) == fast
 
 
 def test_candidate_reason_may_be_null_and_estimates_are_required() -> None:

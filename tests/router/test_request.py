@@ -212,3 +212,24 @@ def test_stop_and_metadata_are_normalized(loaded: LoadedConfig) -> None:
     meta = {"user": "u1"}
     req = prep(loaded, metadata=meta)
     assert req.metadata == meta and req.metadata is not meta
+
+
+def test_every_argument_lands_in_its_own_field(loaded: LoadedConfig) -> None:
+    # `prepare` builds the request and its constraints positionally: a swap of two fields of
+    # one type would pass the type checker, not this.
+    req = prep(loaded, "hi", task="brief", prefer="cost", max_ttft_ms=101.0,
+               max_latency_ms=202.0, max_cost_usd=0.303, max_tokens=44, temperature=0.5,
+               system="S", tools=[{"name": "t", "parameters": SCHEMA}], tool_choice="t",
+               stop="END", metadata={"user": "u"}, response_format={"type": "json_object"},
+               params={"seed": 7})
+    assert (req.system, req.tool_choice, req.stop, req.max_tokens, req.temperature) == (
+        "S", "t", ("END",), 44, 0.5)
+    assert (req.tools[0].name, req.response_format, req.params, req.task, req.metadata) == (
+        "t", {"type": "json_object"}, {"seed": 7}, "brief", {"user": "u"})
+    assert req.messages == [{"role": "user", "content": "hi"}]
+    c = req.constraints
+    assert (c.candidates, c.prefer, c.output_tokens, c.max_ttft_ms, c.max_latency_ms,
+            c.max_cost_usd, c.task, c.pinned) == (
+        ("fast", "mid"), "cost", 44, 101.0, 202.0, 0.303, "brief", False)
+    assert c.requires == {"reasoning", "tools", "structured_output"} and c.params == {"seed"}
+    assert c.input_tokens > 0
