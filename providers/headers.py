@@ -64,8 +64,8 @@ def parse_quota(headers: Mapping[str, str], *, now: float | None = None) -> Quot
     """The remaining quota a response announces, or None when it announces none. Resets
     are OpenAI's durations ("1s", "6m0s", "20ms") or Anthropic's RFC 3339 instants; with
     only Anthropic's input/output token limits, the tokens reset at the later of theirs."""
-    if not any("ratelimit" in name.lower() for name in headers):
-        return None  # the usual answer of a mock or a self-hosted server: one scan, ~0.4 us
+    if "ratelimit" not in "\n".join(headers).lower():  # one scan, no generator
+        return None  # the usual answer of a mock or a self-hosted server
     split = [(header(headers, left), header(headers, reset))
              for left, reset in _SPLIT_TOKEN_HEADERS]
     split_resets = [r for r in (_reset_s(reset, now) for _, reset in split) if r is not None]

@@ -107,6 +107,7 @@ BODY_OPTIONS = (
     "top_p", "seed", "reasoning_effort", "reasoning_format", "reasoning", "response_format",
     "user", "parallel_tool_calls", "service_tier", "frequency_penalty", "presence_penalty",
 )
+_BODY_OPTION_SET = frozenset(BODY_OPTIONS)
 _DONE = "[DONE]"
 _MALFORMED = (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, IndexError)
 
@@ -158,9 +159,10 @@ def _build_request(request: ProviderRequest, options: Mapping[str, Any]) -> dict
         ]
         if request.tool_choice:
             body["tool_choice"] = _tool_choice(request.tool_choice)
-    for key in BODY_OPTIONS:
-        if key in options:
-            body[key] = options[key]
+    if not _BODY_OPTION_SET.isdisjoint(options):  # (most deployments set none)
+        for key in BODY_OPTIONS:
+            if key in options:
+                body[key] = options[key]
     # Routing sent only parameters this kind lists (`PROVIDER_PARAMS`): our names are OpenAI's.
     body.update(request.params)
     if request.response_format is not None:
@@ -224,7 +226,9 @@ def _parse_chunk(chunk: Mapping[str, Any], state: _State) -> list[Delta]:
     if choices:
         choice = choices[0]
         delta = choice.get("delta")
-        if delta:
+        if delta and len(delta) == 1 and (content := delta.get("content")):
+            out.append(TextDelta(content))  # the usual chunk: text alone, nothing else to read
+        elif delta:
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning and isinstance(reasoning, str):
                 out.append(ReasoningDelta(reasoning))
@@ -274,15 +278,27 @@ class OpenAIProvider(HTTPProvider):
         super().__init__(settings, client)
         self._url = (settings.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
         self._host = httpx.URL(self._url).host or settings.name
+        # With a key, the headers depend on the deployment's `auth_header` alone: built once
+        # per value and handed out as is (nothing changes them; the pool merges a copy).
+        self._keyed_headers: dict[object, dict[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(name={self.settings.name!r}, url={self._url!r})"
 
     def _headers(self, options: Mapping[str, Any]) -> dict[str, str]:
+        if self._secrets:
+            auth = options.get("auth_header")  # Azure: `api-key: <key>` instead of Bearer
+            headers = self._keyed_headers.get(auth)
+            if headers is None:
+                headers = self._keyed_headers[auth] = self._new_headers(options)
+            return headers
+        return self._new_headers(options)
+
+    def _new_headers(self, options: Mapping[str, Any]) -> dict[str, str]:
         headers = {**self.settings.headers, "content-type": "application/json",
                    "accept": "text/event-stream"}
         if self._secrets:
-            auth = options.get("auth_header")  # Azure: `api-key: <key>` instead of Bearer
+            auth = options.get("auth_header")
             if auth:
                 headers[str(auth)] = self._secrets[0]
             else:
@@ -294,7 +310,8 @@ class OpenAIProvider(HTTPProvider):
         return headers
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[Delta]:
-        options = {**self.settings.options, **request.options}
+        base, own = self.settings.options, request.options
+        options = {**base, **own} if base and own else own or base  # read only
         headers = self._headers(options)
         content = orjson.dumps(_build_request(request, options), default=json_default)
         response = await open_stream(self._client, self._url, content=content, headers=headers,

@@ -225,13 +225,25 @@ class PooledClient(httpx.AsyncClient):
         self._defaults = {k.lower(): v for k, v in self.headers.items()}
         self._read_timeout_s = timeout.read
         self._direct_limits = _client_timeout(timeout.pool, timeout.connect, timeout.read)
+        # The last request's headers and their merge with the defaults: an adapter builds
+        # its headers once and passes the same mapping to every request.
+        self._last: tuple[Mapping[str, str], dict[str, str]] | None = None
+
+    def _merged(self, headers: Mapping[str, str]) -> dict[str, str]:
+        last = self._last
+        if last is not None and last[0] is headers:
+            return last[1]
+        merged = self._defaults.copy()
+        for name, value in headers.items():
+            merged[name.lower()] = value
+        self._last = (headers, merged)
+        return merged
 
     async def post_streaming(self, url: str, content: bytes,
                              headers: Mapping[str, str]) -> DirectResponse:
         """POST `content` and return the response once its head arrived, body unread.
-        Raises the httpx exception that says what failed."""
-        merged = self._defaults.copy()
-        for name, value in headers.items():
-            merged[name.lower()] = value
-        response = await self.pool.open("POST", url, merged, content, self._direct_limits)
+        Raises the httpx exception that says what failed. `headers` must not be changed
+        once given (the same mapping given again is merged with the defaults once)."""
+        response = await self.pool.open("POST", url, self._merged(headers), content,
+                                        self._direct_limits)
         return DirectResponse(response, self._read_timeout_s)

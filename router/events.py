@@ -302,6 +302,20 @@ def _constructed(cls: type[_M], state: dict[str, Any], fields_set: set[str]) -> 
     return obj
 
 
+_GIVEN_FIELDS: dict[type[BaseModel], set[str]] = {}
+
+
+def build_whole(cls: type[_M], state: dict[str, Any], /) -> _M:
+    """`build` for a `state` that names every field of `cls` (`type` too) in the model's
+    order (the JSON's key order): no defaults merged, one fields set per class, `type`
+    left out of it as `build` leaves it (the `start` and `done` events and the latter's
+    parts). `state` is kept, not copied."""
+    fields = _GIVEN_FIELDS.get(cls)
+    if fields is None:
+        fields = _GIVEN_FIELDS[cls] = set(cls.model_fields) - {"type"}
+    return _constructed(cls, state, fields)
+
+
 def make_candidate_estimate(*, quantile: float, level: float | None, ttft_q_ms: float,
                             latency_q_ms: float, expected_ms: float, samples: int,
                             weight: float, age_s: float | None, error_rate: float,

@@ -240,17 +240,20 @@ class BudgetManager:
         return 2 * worst
 
     def _bookings(self, res: BudgetReservation, parts: Mapping[str, int],
-                  now: float) -> list[Booking]:
+                  now: float) -> tuple[Booking, ...]:
         """Bookings of `parts` (nano-USD per deployment) in every scope's UTC hour (reports
         sum hours into days and months) and the window of each budget of the request."""
+        if not any(parts.values()):
+            return ()
         hour, hour_ttl = HOUR.booking(now)
-        targets = {self.spend_key(scope, hour): hour_ttl for scope in res.scopes.values()}
+        spend = f"{self.prefix}spend|"  # `spend_key`, inlined: once per request
+        targets = {f"{spend}{scope}|{hour}": hour_ttl for scope in res.scopes.values()}
         for ln in res.lines:
             if ln.budget.window != HOUR:
                 bucket, ttl = ln.budget.window.booking(now)
                 targets[self.spend_key(ln.scope, bucket)] = ttl
-        return [Booking(key, dep, n, ttl) for key, ttl in targets.items()
-                for dep, n in parts.items() if n != 0]
+        return tuple([Booking(key, dep, n, ttl) for key, ttl in targets.items()
+                      for dep, n in parts.items() if n != 0])
 
     def _watches(self, res: BudgetReservation, now: float) -> list[Watch]:
         watches = []
@@ -288,26 +291,27 @@ class BudgetManager:
         # perhaps applied all the same) needs its once-only key; in this process's memory
         # it would stay for ONCE_TTL_S per request.
         once = "" if self._in_memory else f"{self.prefix}once|{res.lease}|{res.bookings_made}"
-        entry = Settlement(held, max(0, sum(delta.values())),
-                           tuple(self._bookings(res, delta, now)), res.lease, once, final)
+        amount = max(0, sum(delta.values()))
+        bookings = self._bookings(res, delta, now)
         watches = self._watches(res, now) if watch and res.lines else []
+        lease = res.lease
         if res.local:  # reserved in this process: release it here, book in the store
-            await self.local.settle(held, entry.amount, entry.bookings, (), lease=res.lease,
-                                    final=final)
-            entry = Settlement((), 0, entry.bookings, "", entry.once, final)
-        if not entry.held_keys and not entry.bookings:
+            await self.local.settle(held, amount, bookings, (), lease=lease, final=final)
+            held, amount, lease = (), 0, ""
+        if not held and not bookings:
             return []
         try:
-            return await self.state.settle(entry.held_keys, entry.amount, entry.bookings,
-                                           watches, lease=entry.lease, once=entry.once or None,
-                                           final=final)
-        except StateUnavailable:
-            self.journal.add(entry)
+            return await self.state.settle(held, amount, bookings, watches, lease=lease,
+                                           once=once or None, final=final)
+        except StateUnavailable:  # (its `Settlement` built only now: most settles need none)
+            self.journal.add(Settlement(held, amount, bookings, lease, once, final))
             return []
 
     async def settle(self, res: BudgetReservation, cost_usd: float, stopped: bool,
                      by_deployment: Mapping[str, float] | None) -> list[BudgetNotice]:
         results = await self.book(res, cost_usd, by_deployment, final=True, watch=True)
+        if not res.lines:
+            return []  # no budget to tell of
         notices = []
         for i, ln in enumerate(res.lines):
             limit = to_usd(ln.budget.limit)

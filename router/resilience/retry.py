@@ -78,11 +78,16 @@ class RetryPolicy:
                 return False  # the provider asks for longer than we wait: go elsewhere now
         return True
 
-    def loop(self, *, has_alternative: bool, started_at: float | None = None) -> RetryLoop:
+    def loop(self, *, has_alternative: bool, started_at: float | None = None,
+             failed_first: ProviderError | None = None) -> RetryLoop:
         """Attempts on one deployment. `started_at` (on `clock`) starts the retry budget;
-        pass the request's start so the budget spans all its deployments."""
-        return RetryLoop(self, has_alternative,
+        pass the request's start so the budget spans all its deployments. `failed_first`:
+        the first attempt was made without a loop (most need none) and failed so; the loop
+        begins with the decision on it."""
+        loop = RetryLoop(self, has_alternative,
                          self.clock() if started_at is None else started_at)
+        loop.last_error = failed_first
+        return loop
 
     def over_budget(self, started_at: float, upcoming_s: float) -> bool:
         return self.clock() - started_at + upcoming_s > self._budget_s

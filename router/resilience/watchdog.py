@@ -23,23 +23,24 @@ class Watchdog:
     the one to cancel, and a consumer may read the first events in one task and the rest in
     another (a server handing a stream over)."""
 
-    __slots__ = ("_handle", "_loop", "fired", "got_content", "idle_s", "started", "task",
-                 "time", "total_s", "ttft_s", "waiting_since")
+    __slots__ = ("_handle", "_loop", "_when", "fired", "got_content", "idle_s", "started",
+                 "task", "time", "total_s", "ttft_s", "waiting_since")
 
     def __init__(self, ttft_s: float, idle_s: float, total_s: float, *,
                  started: float | None = None, got_content: bool = False) -> None:
         # `started`/`got_content`: take over an attempt whose first token was awaited
         # elsewhere (retry loop, hedge race), keeping its total deadline.
         self._loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
+        self.task = asyncio.current_task(self._loop)
         self.ttft_s, self.idle_s, self.total_s = ttft_s, idle_s, total_s
         self.time = self._loop.time
         self.started = self.time() if started is None else started
         self.got_content = got_content
         self.waiting_since: float | None = None
         self.fired: str | None = None
+        self._when = self._deadline()[0]  # when the timer fires
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(
-            self._deadline()[0], self._check, context=_TIMER_CONTEXT
+            self._when, self._check, context=_TIMER_CONTEXT
         )
 
     def _deadline(self) -> tuple[float, str]:
@@ -55,10 +56,12 @@ class Watchdog:
         now = self.time()
         when, which = self._deadline()
         if now < when:
+            self._when = when
             self._handle = self._loop.call_at(when, self._check, context=_TIMER_CONTEXT)
         elif self.waiting_since is None and which != "total":
             # The consumer holds the stream: the provider is not late. Look again later.
-            self._handle = self._loop.call_at(now + self.idle_s, self._check,
+            self._when = now + self.idle_s
+            self._handle = self._loop.call_at(self._when, self._check,
                                               context=_TIMER_CONTEXT)
         elif self.task is not None:
             self.fired = which
@@ -68,8 +71,17 @@ class Watchdog:
     def rearm(self) -> None:
         """Arm the timer again (after `disarm`) for the deadline that applies now."""
         self.disarm()
-        self._handle = self._loop.call_at(self._deadline()[0], self._check,
-                                          context=_TIMER_CONTEXT)
+        self._when = self._deadline()[0]
+        self._handle = self._loop.call_at(self._when, self._check, context=_TIMER_CONTEXT)
+
+    def content_started(self) -> None:
+        """From the first content on, the idle and total deadlines apply. The timer armed
+        for the first token stays when it fires no later than an idle deadline can (it
+        moves itself on when it fires early): a timer armed and cancelled less per attempt;
+        otherwise, or if disarmed, it is armed again."""
+        self.got_content = True
+        if self._handle is None or self._when > self.time() + self.idle_s:
+            self.rearm()
 
     def disarm(self) -> None:
         if self._handle is not None:

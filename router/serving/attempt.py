@@ -13,7 +13,6 @@ point of a stream:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -64,15 +63,20 @@ class Opened:
     attempt: Attempt
     permit: Permit
     started: float  # loop time the attempt started
-    watchdog: Watchdog  # disarmed: `stream_opened` arms it for the answer's deadlines
+    # Still armed for the first token's deadline: `stream_opened` moves it on to the
+    # answer's (whoever drops an `Opened` unread disarms it).
+    watchdog: Watchdog
     splice: Splice | None = None
 
 
 async def close_quietly(upstream: AsyncIterator[Delta]) -> None:
     close = getattr(upstream, "aclose", None)
     if close is not None:
-        with contextlib.suppress(ProviderError):  # a failure while closing changes nothing
+        # No `contextlib.suppress` object: this runs at every attempt's end.
+        try:  # noqa: SIM105
             await close()
+        except ProviderError:
+            pass  # a failure while closing changes nothing
 
 
 async def open_upstream(provider: Provider, preq: ProviderRequest, started: float,
@@ -84,8 +88,9 @@ async def open_upstream(provider: Provider, preq: ProviderRequest, started: floa
     deadline); the upstream is closed, and the slot given back, on every failure.
 
     The deadlines are kept by a `Watchdog` (one lazy timer, no `asyncio.timeout` scope),
-    returned disarmed: `stream_opened` arms it again for the answer (`idle_s` is its idle
-    deadline), so an attempt builds one watchdog, not a timeout scope and a watchdog."""
+    returned still armed: `stream_opened` takes it over for the answer (`idle_s` is its idle
+    deadline), so an attempt builds one watchdog, not a timeout scope and a watchdog, and
+    mostly one timer. Whoever drops the result unread disarms it."""
     wd = Watchdog(ttft_s, idle_s, total_s, started=started)
     source = provider.stream(preq)
     upstream = source if slot is None else slot.holding(source)
@@ -110,9 +115,53 @@ async def open_upstream(provider: Provider, preq: ProviderRequest, started: floa
         if isinstance(exc, TimeoutError):  # not ours: a deadline within the provider call
             raise ProviderError("timeout", "timeout inside the provider call") from None
         raise
-    wd.disarm()
-    wd.waiting_since = None
+    wd.waiting_since = None  # the timer, if it fires now, looks again later
     return upstream, tuple(head), wd
+
+
+async def open_attempt(ctx: ServingContext, ledger: Ledger, dep: Deployment,
+                       preq: ProviderRequest, attempt: Attempt, permit: Permit,
+                       slot: Slot | None, input_tokens: int, output_tokens: int) -> Opened:
+    """One attempt up to its first content delta, counted in flight on `dep` (sent beside
+    the others there, with the request's `input_tokens` and `output_tokens`). On failure
+    its books are closed, its breaker told, and the `ProviderError` raised."""
+    started = asyncio.get_running_loop().time()
+    stats = ctx.stats
+    attempt.inflight = True
+    attempt.sent_beside = stats.attempt_started(dep.id, input_tokens, output_tokens)
+    try:
+        timeouts = ctx.loaded.config.resilience.timeouts
+        upstream, head, watchdog = await open_upstream(
+            ctx.provider(dep.provider), preq, started, timeouts.ttft_s, timeouts.total_s, slot,
+            idle_s=timeouts.idle_s)
+    except ProviderError as err:
+        end_attempt(ctx, ledger, attempt)
+        permit.failure(err.code)
+        waited_ms = (ledger.em.clock() - attempt.started_at) * 1000.0
+        if err.code == "timeout":  # no first token for this long: at least this long
+            stats.observe_censored(dep.id, waited_ms, attempt.sent_beside)
+        stats.observe_outcome(dep.id, err.code, waited_ms, err.retry_after)
+        raise
+    except BaseException:
+        abandon_attempt(ctx, ledger, attempt, permit)
+        raise
+    return Opened(dep, upstream, head, attempt, permit, started, watchdog)
+
+
+def censor_attempt(ctx: ServingContext, ledger: Ledger, attempt: Attempt) -> None:
+    """`attempt` was cut before its first token: it would have taken at least this long."""
+    waited_ms = (ledger.em.clock() - attempt.started_at) * 1000.0
+    ctx.stats.observe_censored(attempt.deployment.id, waited_ms, attempt.sent_beside)
+
+
+def abandon_attempt(ctx: ServingContext, ledger: Ledger, attempt: Attempt,
+                    permit: Permit) -> None:
+    """An attempt given up without an outcome (caller left, hedge lost): the provider
+    may bill the prompt, so its input is counted."""
+    if attempt.usage is None:
+        ledger.set_usage(attempt, UsageDelta(attempt.input_estimate, attempt.output_tokens))
+    end_attempt(ctx, ledger, attempt)
+    permit.release()
 
 
 def end_attempt(ctx: ServingContext, ledger: Ledger, attempt: Attempt) -> None:
@@ -132,8 +181,7 @@ async def stream_opened(ctx: ServingContext, opened: Opened,
     dep, attempt, upstream = opened.dep, opened.attempt, opened.upstream
     ledger.current = attempt
     wd = opened.watchdog  # the first-token phase's, its total deadline kept
-    wd.got_content = True
-    wd.rearm()
+    wd.content_started()
     fresh = True  # no content sent yet by this attempt
     buffered, splice = opened.head, opened.splice
     opened.head = ()  # read from `buffered`, which ends as the empty tuple: nothing kept
@@ -260,6 +308,6 @@ def provider_request(dep: Deployment, req: PreparedRequest) -> ProviderRequest:
         temperature=req.temperature, tools=req.tools, tool_choice=req.tool_choice,
         stop=req.stop, response_format=req.response_format,
         # routing guaranteed the rest; advisory ones (`user`) go only where they can
-        params={k: v for k, v in req.params.items() if k in dep.params},
+        params={k: v for k, v in req.params.items() if k in dep.params} if req.params else {},
         options=dep.options,
     )

@@ -15,6 +15,7 @@ from router.events import (
     RetryEvent,
     StartEvent,
     build,
+    build_whole,
 )
 
 if TYPE_CHECKING:
@@ -59,11 +60,10 @@ class Emitter:
         return seq
 
     def start(self, dep: Deployment, attempt: int, hedge: bool) -> StartEvent:
-        return build(
-            StartEvent,
-            request_id=self.request_id, seq=self._next(), elapsed_ms=self.elapsed_ms(),
-            deployment=dep.id, provider=dep.provider, model=dep.model, attempt=attempt,
-            hedge=hedge)
+        return build_whole(StartEvent, {
+            "request_id": self.request_id, "seq": self._next(), "elapsed_ms": self.elapsed_ms(),
+            "type": "start", "deployment": dep.id, "provider": dep.provider, "model": dep.model,
+            "attempt": attempt, "hedge": hedge})
 
     def retry(self, dep: Deployment, attempt: int, error: ErrorCode,
               delay_s: float) -> RetryEvent:

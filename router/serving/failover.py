@@ -14,11 +14,10 @@ from a continuation request or an open breaker.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from providers.base import (
     CLIENT_ERROR_CODES,
@@ -30,23 +29,25 @@ from providers.base import (
 from router.config.schema import Deployment
 from router.events import Event, ResumeMode, StartEvent
 from router.resilience.breaker import Permit
-from router.resilience.continuation import (
-    Splice,
-    Way,
-    added_input_tokens,
-    continuation_messages,
-)
-from router.routing.cost import input_cost
+from router.resilience.continuation import Splice, Way, added_input_tokens, continuation_messages
 from router.serving.admission import AdmissionRefused, Slot
 from router.serving.attempt import (
     AttemptFailed,
     Opened,
-    end_attempt,
-    open_upstream,
+    abandon_attempt,
+    censor_attempt,
+    open_attempt,
     provider_request,
     stream_opened,
 )
 from router.serving.ledger import Attempt, Ledger
+from router.serving.resume import (
+    affordable,
+    content_sent,
+    hedge_affordable,
+    resume_mode,
+    tokens_left,
+)
 
 if TYPE_CHECKING:
     from router.request import PreparedRequest
@@ -74,7 +75,7 @@ class Failover:
 
     __slots__ = ("_answer_from", "_attempt", "_extra_input", "_hedgeable", "_hedged_to",
                  "_held", "ctx", "em", "error", "input_estimate", "ledger", "opened",
-                 "original", "ranked", "req", "res", "resumed", "t0", "timeouts")
+                 "original", "ranked", "req", "res", "resumed", "t0")
 
     def __init__(self, ctx: ServingContext, req: PreparedRequest, ranked: list[Deployment],
                  em: Emitter, ledger: Ledger, backups: list[Deployment] | None = None) -> None:
@@ -84,7 +85,6 @@ class Failover:
         self.ranked = ranked + backups if backups else ranked
         self._hedgeable = len(ranked)
         self.res = ctx.resilience
-        self.timeouts = ctx.loaded.config.resilience.timeouts
         self.input_estimate = estimate_tokens(req.system or "") + req.constraints.input_tokens
         self.t0 = self.res.retry.clock()
         self.original: tuple[ProviderError, str] | None = None  # what the caller is told
@@ -115,7 +115,8 @@ class Failover:
         admission = self.ctx.admission
         if admission is None:
             return None
-        slot = await admission.slot(dep.id)
+        # A free slot with nobody queued (most requests) is taken without a coroutine.
+        slot = admission.try_slot(dep.id) or await admission.slot(dep.id)
         self._held.append(slot)
         return slot
 
@@ -133,8 +134,8 @@ class Failover:
                 permit = self._admit(dep)
                 if permit is None:
                     continue  # opened since routing: route elsewhere
-                sent = self._content_sent()
-                mode = self._resume_mode(sent)
+                sent = content_sent(self.ledger)
+                mode = resume_mode(self.res.cfg.resume, self.ledger, sent)
                 if not self._may_resume(dep, permit, sent, mode):
                     return
                 if failed_on is not None and failure is not None:
@@ -144,18 +145,45 @@ class Failover:
                     self.ledger.tool_calls.clear()
                     self._answer_from = len(self.ledger.attempts)
                 hedge = ranked[i] if i < self._hedgeable and not sent else None
-                if hedge is not None and not self._hedge_affordable(dep, hedge):
+                if hedge is not None and not hedge_affordable(self.ledger, dep, hedge,
+                                                              self.input_estimate):
                     hedge = None  # both would bill their input: the spending limit cannot pay
-                # Closed in `finally` (no `aclosing` object: all the streams of a burst wait
-                # here at once), then dropped: not kept, with its weakref, for the answer.
-                events = self._first_token(dep, permit, hedge, mode == "continue",
-                                           i < len(ranked))
-                try:
-                    async for event in events:
-                        yield event
-                finally:
-                    await events.aclose()
-                del events
+                after_s = None if hedge is None else self.res.hedge_after_s(
+                    self.req.task, dep, self.ctx.stats)
+                # Up to `dep`'s first token: sets `self.opened`, or `self.error` with how
+                # `dep` failed.
+                self._hedged_to, self._extra_input, self.error = None, 0, None
+                preq = provider_request(dep, self.req)
+                events: AsyncGenerator[Event, None] | None = None
+                if mode == "continue":
+                    events = self._continuing(dep, preq, permit, i < len(ranked))
+                elif after_s is not None:
+                    events = self._retrying(dep, preq, permit, i < len(ranked), None, hedge,
+                                            after_s)
+                else:
+                    # A fresh answer, no hedge (most requests): the first attempt runs here,
+                    # with no generator or retry loop in between; a failure builds them.
+                    try:
+                        slot = await self._take_slot(dep)
+                        yield self._start(dep, hedge=False)
+                        self.opened = await self._open(dep, preq, self._current(), permit,
+                                                       slot)
+                    except AdmissionRefused as err:
+                        permit.release()  # our own limit, not the deployment's failure
+                        self.error = detached(err)  # full: the next candidate, not a retry
+                    except ProviderError as err:
+                        events = self._retrying(dep, preq, permit, i < len(ranked), None,
+                                                None, None, detached(err))
+                if events is not None:
+                    # Closed in `finally` (no `aclosing` object: all the streams of a burst
+                    # wait here at once), then dropped: not kept, with its weakref, for the
+                    # answer.
+                    try:
+                        async for event in events:
+                            yield event
+                    finally:
+                        await events.aclose()
+                    events = None
                 opened, self.opened = self.opened, None
                 if opened is None:
                     assert self.error is not None
@@ -186,18 +214,13 @@ class Failover:
             for held in self._held:
                 held.release()  # a no-op for a slot its upstream holds, or a used permit
 
-    def _resume_mode(self, sent: int) -> ResumeMode | None:
-        """How the next candidate takes over an answer of which `sent` deltas were shown."""
-        if not sent:
-            return None
-        return "restart" if self.res.cfg.resume == "restart" or self.ledger.tool_calls \
-            else "continue"
-
     def _may_resume(self, dep: Deployment, permit: Permit, sent: int,
                     mode: ResumeMode | None) -> bool:
         """Decided before the `fallback` event: it must not announce a switch that is not
         made. The unused permit is released (a half-open breaker keeps its probe slot)."""
-        if sent and not self._affordable(dep, mode):
+        way = self.res.continuation_ways(dep)[0] if mode == "continue" else None
+        if sent and not affordable(self.ledger, dep, self.input_estimate, self.req.messages,
+                                   way):
             permit.release()
             self.ledger.finish = "budget"  # the spending limit cannot pay for a resume
             return False
@@ -207,27 +230,9 @@ class Failover:
             return False
         return True
 
-    def _affordable(self, dep: Deployment, mode: ResumeMode | None) -> bool:
-        """A resumed attempt bills its input (with the partial answer when continuing) before
-        its first chunk: start none the spending limit cannot pay for, so that the limit is
-        passed by one chunk at most."""
-        limit = self.ledger.limit_usd
-        if limit is None:
-            return True
-        tokens = self.input_estimate
-        if mode == "continue":  # the continuation request as it will be sent
-            messages, _ = continuation_messages(self.req.messages, self.ledger.text(),
-                                                self.res.continuation_ways(dep)[0])
-            tokens += added_input_tokens(self.req.messages, messages)
-        return self.ledger.cost_usd() + input_cost(dep.price, tokens) < limit
-
-    def _hedge_affordable(self, dep: Deployment, hedge: Deployment) -> bool:
-        limit = self.ledger.limit_usd
-        if limit is None:
-            return True
-        both = input_cost(dep.price, self.input_estimate) + input_cost(hedge.price,
-                                                                        self.input_estimate)
-        return self.ledger.cost_usd() + both < limit
+    def _tokens_left(self, dep: Deployment) -> int:
+        asked = provider_request(dep, self.req).max_tokens or 0
+        return tokens_left(asked, self.ledger, self._answer_from)
 
     def _failed(self, dep: Deployment, err: ProviderError) -> tuple[Deployment, ProviderError]:
         detached(err)
@@ -242,28 +247,7 @@ class Failover:
         return (ProviderError(code, "every candidate's circuit breaker is open", retryable=True),
                 self.ranked[0].id if self.ranked else "")
 
-    def _content_sent(self) -> int:
-        return sum(a.content_deltas for a in self.ledger.attempts)
-
-    def _tokens_left(self, dep: Deployment) -> int:
-        """What a continuation may still produce of the answer's `max_tokens`."""
-        asked = provider_request(dep, self.req).max_tokens or 0
-        sent = sum(a.output_tokens for a in self.ledger.attempts[self._answer_from:])
-        return asked - sent
-
     # --- before the first token -----------------------------------------------------------
-
-    def _first_token(self, dep: Deployment, permit: Permit, hedge: Deployment | None,
-                     continuing: bool, has_alternative: bool) -> AsyncGenerator[Event, None]:
-        """The events up to `dep`'s first token (to iterate at once). Sets `self.opened`,
-        or `self.error` with how `dep` failed. A fresh answer gets the retry loop itself:
-        no generator in between for the streams of a burst to wait in."""
-        self._hedged_to = None
-        preq = provider_request(dep, self.req)
-        self._extra_input = 0
-        if not continuing:
-            return self._retrying(dep, preq, permit, has_alternative, None, hedge)
-        return self._continuing(dep, preq, permit, has_alternative)
 
     async def _continuing(self, dep: Deployment, preq: ProviderRequest, permit: Permit,
                           has_alternative: bool) -> AsyncGenerator[Event, None]:
@@ -277,7 +261,7 @@ class Failover:
                                        max_tokens=max(1, self._tokens_left(dep)))
             self._extra_input = added_input_tokens(self.req.messages, messages)
             async with aclosing(self._retrying(dep, cont, permit, has_alternative, splice,
-                                               None)) as events:
+                                               None, None)) as events:
                 async for event in events:
                     yield event
             err = self.error
@@ -295,12 +279,16 @@ class Failover:
 
     async def _retrying(self, dep: Deployment, preq: ProviderRequest, permit: Permit,
                         has_alternative: bool, splice: Splice | None,
-                        hedge: Deployment | None) -> AsyncGenerator[Event, None]:
+                        hedge: Deployment | None, after_s: float | None,
+                        failed_first: ProviderError | None = None
+                        ) -> AsyncGenerator[Event, None]:
+        """Attempts on `dep` (racing `hedge` after `after_s` on the first), retried while
+        the retry policy allows; `failed_first`: the first attempt was made, and failed."""
         self.error = None
         retry = self.res.retry
         try:
             async for attempt in retry.loop(has_alternative=has_alternative,
-                                            started_at=self.t0):
+                                            started_at=self.t0, failed_first=failed_first):
                 if attempt.number > 1:
                     assert attempt.error is not None
                     next_permit = self._admit(dep)
@@ -310,11 +298,8 @@ class Failover:
                     permit = next_permit
                     yield self.em.retry(dep, attempt.number, attempt.error.code, attempt.delay_s)
                     await retry.sleep(attempt.delay_s)
-                after_s = None
-                if hedge is not None and attempt.number == 1:
-                    after_s = self.res.hedge_after_s(self.req.task, dep, self.ctx.stats)
                 try:
-                    if after_s is not None and hedge is not None:
+                    if after_s is not None and hedge is not None and attempt.number == 1:
                         async with aclosing(self._race(dep, preq, permit, hedge,
                                                        after_s)) as events:
                             async for event in events:
@@ -348,49 +333,16 @@ class Failover:
         self._attempt = self.ledger.begin(dep, self.input_estimate + self._extra_input)
         return self.em.start(dep, self._attempt.number, hedge)
 
-    async def _open(self, dep: Deployment, preq: ProviderRequest, attempt: Attempt,
-                    permit: Permit, slot: Slot | None) -> Opened:
-        """One attempt up to its first content delta. On failure its books are closed,
-        its breaker told, and the `ProviderError` raised."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        provider = self.ctx.provider(dep.provider)
-        stats = self.ctx.stats
-        attempt.inflight = True
-        attempt.sent_beside = stats.attempt_started(dep.id, self.input_estimate,
-                                                    self.req.constraints.output_tokens)
-        try:
-            timeouts = self.timeouts
-            upstream, head, watchdog = await open_upstream(
-                provider, preq, started, timeouts.ttft_s, timeouts.total_s, slot,
-                idle_s=timeouts.idle_s)
-        except ProviderError as err:
-            end_attempt(self.ctx, self.ledger, attempt)
-            permit.failure(err.code)
-            waited_ms = (self.em.clock() - attempt.started_at) * 1000.0
-            if err.code == "timeout":  # no first token for this long: at least this long
-                stats.observe_censored(dep.id, waited_ms, attempt.sent_beside)
-            stats.observe_outcome(dep.id, err.code, waited_ms, err.retry_after)
-            raise
-        except BaseException:
-            self.abandon(attempt, permit)
-            raise
-        return Opened(dep, upstream, head, attempt, permit, started, watchdog)
+    def _open(self, dep: Deployment, preq: ProviderRequest, attempt: Attempt,
+              permit: Permit, slot: Slot | None) -> Coroutine[Any, Any, Opened]:
+        return open_attempt(self.ctx, self.ledger, dep, preq, attempt, permit, slot,
+                            self.input_estimate, self.req.constraints.output_tokens)
 
     def _censor(self, attempt: Attempt) -> None:
-        waited_ms = (self.em.clock() - attempt.started_at) * 1000.0
-        self.ctx.stats.observe_censored(attempt.deployment.id, waited_ms, attempt.sent_beside)
+        censor_attempt(self.ctx, self.ledger, attempt)
 
     def abandon(self, attempt: Attempt, permit: Permit) -> None:
-        """An attempt given up without an outcome (caller left, hedge lost): the provider
-        may bill the prompt, so its input is counted."""
-        from providers.base import UsageDelta
-
-        if attempt.usage is None:
-            self.ledger.set_usage(attempt, UsageDelta(attempt.input_estimate,
-                                                      attempt.output_tokens))
-        end_attempt(self.ctx, self.ledger, attempt)
-        permit.release()
+        abandon_attempt(self.ctx, self.ledger, attempt, permit)
 
     # --- hedging --------------------------------------------------------------------------
 

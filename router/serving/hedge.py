@@ -56,6 +56,9 @@ class Race:
         """The winner, or the primary's failure when every contender failed."""
         if self._winner is not None:
             opened = self._winner.result()
+            # Its watchdog was armed in the race's task: disarmed until `stream_opened`
+            # arms it in the task that reads the answer.
+            opened.watchdog.disarm()
             # The answer's attempt is the last one in the books (`done` names it).
             attempts = self._ledger.attempts
             attempts.remove(opened.attempt)
@@ -81,5 +84,6 @@ class Race:
             if task.cancelled() or task.exception() is not None:
                 continue  # a failure: already accounted and reported to its breaker
             opened = task.result()  # got its first token just after the winner
+            opened.watchdog.disarm()
             await close_quietly(opened.upstream)
             self._abandon(attempt, permit)

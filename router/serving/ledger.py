@@ -13,7 +13,16 @@ import orjson
 
 from providers.base import ProviderError, ProviderFinish, ToolCallDelta, UsageDelta
 from router.config.schema import Deployment
-from router.events import Cost, DoneEvent, FinishReason, Latency, ToolCall, Usage, build
+from router.events import (
+    Cost,
+    DoneEvent,
+    FinishReason,
+    Latency,
+    ToolCall,
+    Usage,
+    build,
+    build_whole,
+)
 from router.routing.cost import PER_TOKEN, input_cost, output_cost
 from router.routing.stats import StatsRegistry
 
@@ -200,7 +209,8 @@ class Ledger:
             return
         self.current = None
         i, cached, o, reasoning, estimated = attempt.usage_counts()
-        input_usd, output_usd = attempt.cost_parts()
+        price = attempt.deployment.price  # `cost_parts()`, from the counts already read
+        input_usd, output_usd = input_cost(price, i, cached), output_cost(price, o)
         self._input += i
         self._cached += cached
         self._output += o
@@ -247,17 +257,21 @@ class Ledger:
             rate = last.usage_counts()[2] / (now - last.first_content_at)
         seq = em.seq
         em.seq += 1
-        return build(
-            DoneEvent, request_id=em.request_id, seq=seq, elapsed_ms=(now - em.t0) * 1000.0,
-            deployment=dep.id, provider=dep.provider, model=dep.model, finish_reason=finish,
-            tool_calls=self.parsed_tool_calls(),
-            usage=build(Usage, input_tokens=self._input, cached_input_tokens=self._cached,
-                        output_tokens=self._output, reasoning_tokens=self._reasoning,
-                        estimated=self._estimated),
-            cost_usd=self.spent_usd,
-            cost=build(Cost, input_usd=self._input_usd, output_usd=self._output_usd,
-                       total_usd=self.spent_usd),
-            latency=build(Latency, ttft_ms=ttft, total_ms=(now - em.t0) * 1000.0,
-                          tokens_per_s=rate),
-            attempts=len(self.attempts),
-        )
+        elapsed_ms = (now - em.t0) * 1000.0
+        # Every field, in each model's order (`build_whole`).
+        return build_whole(DoneEvent, {
+            "request_id": em.request_id, "seq": seq, "elapsed_ms": elapsed_ms, "type": "done",
+            "deployment": dep.id, "provider": dep.provider, "model": dep.model,
+            "finish_reason": finish,
+            "tool_calls": self.parsed_tool_calls() if self.tool_calls else [],
+            "usage": build_whole(Usage, {
+                "input_tokens": self._input, "cached_input_tokens": self._cached,
+                "output_tokens": self._output, "reasoning_tokens": self._reasoning,
+                "estimated": self._estimated}),
+            "cost_usd": self.spent_usd,
+            "cost": build_whole(Cost, {"input_usd": self._input_usd,
+                                       "output_usd": self._output_usd,
+                                       "total_usd": self.spent_usd}),
+            "latency": build_whole(Latency, {"ttft_ms": ttft, "total_ms": elapsed_ms,
+                                             "tokens_per_s": rate}),
+            "attempts": len(self.attempts)})

@@ -250,7 +250,8 @@ class MemoryState:
             if once is not None:
                 self._ints[once] = 1
                 self._expires[once] = now + ONCE_TTL_S
-            self._release(held_keys, amount, lease, final)
+            if held_keys:
+                self._release(held_keys, amount, lease, final)
             for b in bookings:
                 self._alive(b.key)  # an expired window starts again from zero
                 h = self._hashes.setdefault(b.key, {})

@@ -374,3 +374,17 @@ async def test_azure_style_api_key_header() -> None:
                                url="https://res.openai.azure.com/openai/v1/chat/completions")
     sent = route.calls.last.request
     assert sent.headers["api-key"] == KEY and "authorization" not in sent.headers
+
+
+async def test_each_deployments_auth_header_gets_its_own_headers() -> None:
+    """The headers are built once per `auth_header` value: two deployments of one provider,
+    one Azure-style and one not, each keep sending their own."""
+    settings = ProviderSettings(name="azure", kind="openai_compatible", api_key=SecretStr(KEY),
+                                base_url="https://res.openai.azure.com/openai/v1")
+    async with httpx.AsyncClient() as client:
+        provider = OpenAIProvider(settings, client)
+        for _ in range(2):
+            bearer = provider._headers({})
+            azure = provider._headers({"auth_header": "api-key"})
+            assert bearer["authorization"] == f"Bearer {KEY}" and "api-key" not in bearer
+            assert azure["api-key"] == KEY and "authorization" not in azure

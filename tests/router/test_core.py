@@ -174,6 +174,8 @@ def assert_stream_invariants(events: list[Event]) -> None:
         # The hot path builds events with model_construct: the schema must still hold.
         assert EVENT_ADAPTER.validate_python(ev.model_dump()) == ev
         assert decode_event(encode_event(ev)) == ev
+        # ... and its JSON is the validated event's, key order included.
+        assert encode_event(decode_event(encode_event(ev))) == encode_event(ev)
 
 
 async def _run_scenario(fleet: Any, sc: dict[str, Any]) -> None:
