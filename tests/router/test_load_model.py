@@ -124,9 +124,11 @@ def test_faster_under_load_is_noise_not_a_negative_slope() -> None:
 
 def test_the_slope_is_bounded() -> None:
     model = LoadModel(PRIOR, HALF_LIFE, 0.0)
-    for i in range(2000):  # 11x slower beside one other request
+    # 11x slower beside one other request. 300 s, not 200: the early clipped TTFTs at k=3
+    # rise with the slope read, a drift in time the fit now holds apart from load.
+    for i in range(3000):
         model.observe(10.0 * (1 + 10 * (i % 4)), i % 4, i * 0.1)
-    assert model.slope(200.0) == MAX_SLOPE
+    assert model.slope(300.0) == MAX_SLOPE
 
 
 # --- in the statistics: learnt from the load each request was SENT under -----------------
