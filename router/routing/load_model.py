@@ -7,7 +7,9 @@ gradient `base * slope`. `LoadModel` fits that line by weighted least squares on
 sums (each observation's weight halves every `half_life_s`, and at most `max_weight`
 samples' worth is held, so a change of behaviour is followed; a TTFT's spread grows with it,
 so each also weighs 1 / (1 + slope * k)^2 by the slope so far), and reads the slope as
-gradient / intercept. `k` is the count of OTHER requests in flight when the request was
+gradient / intercept, with a linear drift of the TTFT in time fitted alongside (a
+deployment speeding up while its load happens to fall is drifting, not load-sensitive). `k`
+is the count of OTHER requests in flight when the request was
 SENT, which is what its TTFT was served under: at the first token the count has already
 moved (the requests ahead of it have finished, new ones have joined).
 
