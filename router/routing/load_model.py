@@ -7,9 +7,7 @@ gradient `base * slope`. `LoadModel` fits that line by weighted least squares on
 sums (each observation's weight halves every `half_life_s`, and at most `max_weight`
 samples' worth is held, so a change of behaviour is followed; a TTFT's spread grows with it,
 so each also weighs 1 / (1 + slope * k)^2 by the slope so far), and reads the slope as
-gradient / intercept, with a linear drift of the TTFT in time fitted alongside (a
-deployment speeding up while its load happens to fall is drifting, not load-sensitive). `k`
-is the count of OTHER requests in flight when the request was
+gradient / intercept. `k` is the count of OTHER requests in flight when the request was
 SENT, which is what its TTFT was served under: at the first token the count has already
 moved (the requests ahead of it have finished, new ones have joined).
 
@@ -45,7 +43,6 @@ _PRIOR_DOF = 2.0  # pseudo-samples of that assumption
 UPPER_Z = 2.0
 _CLIP = 3.0  # a TTFT this many times the fitted line's is a tail, not a load effect
 _MIN_WEIGHT = 3.0  # below this much decayed weight a line through the points is not a fit
-_SUMS = 10  # the decayed sums `LoadModel` fits from (listed in its `__init__`)
 
 
 def load_factor(slope: float, inflight: int) -> float:
@@ -66,12 +63,11 @@ class LoadModel:
         self._half_life = half_life_s
         self._max_weight = max_weight
         self._t = now
-        # Decayed sums of w, w*k, w*y, w*k*k, w*k*y, w*y*y, w*d, w*d*d, w*d*k, w*d*y (y the
-        # TTFT in ms, d its age in seconds before `_t`, negative, w the observation's weight:
-        # 1 / (1 + slope * k)^2 when it was made). Not held against the recent speed: load is
-        # autocorrelated, so a short-horizon level follows the load too and flattens the
-        # slope (0.5 read as 0.45); the trend in `d` is fitted jointly instead (see `_fit`).
-        self._sums = [0.0] * _SUMS
+        # Decayed sums of w, w*k, w*y, w*k*k, w*k*y, w*y*y (y the TTFT in ms, w the
+        # observation's weight: 1 / (1 + slope * k)^2 when it was made). Not held
+        # against the recent speed: load is autocorrelated, so a short-horizon level follows
+        # the load too and flattens the slope (0.5 read as 0.45).
+        self._sums = [0.0] * 6
         # The fit at `_t`: the data's slope and its precision (1 / variance), so reading the
         # slope later only ages the precision.
         self._raw = 0.0
@@ -92,57 +88,37 @@ class LoadModel:
         # A heavy tail's outliers (one reply in ten 8x slower) are clipped to `_CLIP` times
         # the line's prediction: they say nothing about load, at any load alike.
         y = min(ttft_ms, _CLIP * self._base * loaded) if self._base > 0.0 else ttft_ms
-        for i, v in enumerate((1.0, k, y, k * k, k * y, y * y)):  # d = 0: it is now
+        for i, v in enumerate((1.0, k, y, k * k, k * y, y * y)):
             s[i] += w * v
         if s[0] > self._max_weight:  # shrinking every weight alike: ageing them
             shrink = self._max_weight / s[0]
-            for i in range(_SUMS):
+            for i in range(6):
                 s[i] *= shrink
         self._raw, self._precision, self._base = self._fit()
 
     def _age_to(self, now: float) -> None:
         if now > self._t:
-            gap = now - self._t
-            factor = 2.0 ** (-gap / self._half_life)
-            s = self._sums
-            for i in range(_SUMS):
-                s[i] *= factor
-            # Every age grows by `gap`: d -> d - gap in the sums that hold it.
-            s[7] -= 2.0 * gap * s[6] - gap * gap * s[0]
-            s[6] -= gap * s[0]
-            s[8] -= gap * s[1]
-            s[9] -= gap * s[2]
+            factor = 2.0 ** (-(now - self._t) / self._half_life)
+            for i in range(6):
+                self._sums[i] *= factor
             self._t = now
 
     def _fit(self) -> tuple[float, float, float]:
         """(slope, its precision, intercept) from the sums alone; zeros when they say
         nothing."""
-        w, sk, sy, skk, sky, syy, sd, sdd, sdk, sdy = self._sums
+        w, sk, sy, skk, sky, syy = self._sums
         if w < _MIN_WEIGHT:
             return 0.0, 0.0, 0.0
-        mean_k, mean_y, mean_d = sk / w, sy / w, sd / w
+        mean_k, mean_y = sk / w, sy / w
         sxx = skk - sk * mean_k  # the spread of the loads seen
-        sxy = sky - sk * mean_y
-        syy_c = syy - sy * mean_y
-        # The gradient is read with the TTFT's linear drift in time held fixed (the
-        # Frisch-Waugh partial regression): a deployment speeding up while its load happened
-        # to fall is not load-sensitive (`shift`'s `riser` read 0.14-0.67, true 0, and was
-        # then only admitted at loads that could not prove it wrong). Only the load spread
-        # not explained by time counts as evidence.
-        stt = sdd - sd * mean_d
-        if stt > 1e-9 * w:
-            stk, sty = sdk - sd * mean_k, sdy - sd * mean_y
-            sxx -= stk * stk / stt
-            sxy -= stk * sty / stt
-            syy_c -= sty * sty / stt
         if sxx <= 1e-9 * w or mean_y <= 0.0:
             return 0.0, 0.0, 0.0
-        gradient = sxy / sxx
+        gradient = (sky - sk * mean_y) / sxx
         base = mean_y - gradient * mean_k
         if base <= 0.0:  # a line through zero or below at no load: not this model
             return 0.0, 0.0, 0.0
-        residual = max(0.0, syy_c - gradient * sxy)
-        noise = (residual + _PRIOR_DOF * (_PRIOR_CV * mean_y) ** 2) / (w - 3.0 + _PRIOR_DOF)
+        residual = max(0.0, syy - sy * mean_y - gradient * (sky - sk * mean_y))
+        noise = (residual + _PRIOR_DOF * (_PRIOR_CV * mean_y) ** 2) / (w - 2.0 + _PRIOR_DOF)
         slope = gradient / base
         # The delta method on gradient / base with the least-squares (co)variances of both:
         # var(slope) = noise / base^2 * ((1 + slope * mean_k)^2 / sxx + slope^2 / w).

@@ -124,11 +124,9 @@ def test_faster_under_load_is_noise_not_a_negative_slope() -> None:
 
 def test_the_slope_is_bounded() -> None:
     model = LoadModel(PRIOR, HALF_LIFE, 0.0)
-    # 11x slower beside one other request. 300 s, not 200: the early clipped TTFTs at k=3
-    # rise with the slope read, a drift in time the fit now holds apart from load.
-    for i in range(3000):
+    for i in range(2000):  # 11x slower beside one other request
         model.observe(10.0 * (1 + 10 * (i % 4)), i % 4, i * 0.1)
-    assert model.slope(300.0) == MAX_SLOPE
+    assert model.slope(200.0) == MAX_SLOPE
 
 
 # --- in the statistics: learnt from the load each request was SENT under -----------------
@@ -220,44 +218,3 @@ def test_the_policy_and_the_hedge_delay_scale_by_the_learnt_slope() -> None:
     idle_p95 = stats.know(dep()).estimator.ttft_quantile(0.95, clock.now, 10.0)
     assert idle_p95 is not None
     assert stats.p95_ttft_ms(dep()) == pytest.approx(idle_p95 * (1 + 4 * slope))
-
-
-# --- drift in time is not load ----------------------------------------------------------
-
-def ramp(model: LoadModel, slope: float, n: int = 1200, seed: int = 3,
-         drift: float = 900.0) -> float:
-    """`shift`'s `riser`: a deployment whose TTFT falls by `drift` ms from 1,200 ms over the
-    run while the load it is sent beside happens to fall too (busy early, idle late):
-    `slope` slower per request in flight on top of that. Returns the clock at the end."""
-    rng = random.Random(seed)
-    now = 0.0
-    for i in range(n):
-        now += 0.1
-        frac = i / n
-        level = 1200.0 - drift * frac
-        k = max(0, round(3 * (1 - frac) + rng.choice((-1, 0, 1))))
-        model.observe(level * (1 + slope * k) * math.exp(0.1 * rng.gauss(0, 1)), k, now)
-    return now
-
-
-def test_a_drift_in_time_beside_a_falling_load_is_not_a_slope() -> None:
-    # Read against load alone the falling TTFT and the falling load make a steep line
-    # (0.36 here, true 0); held apart from the drift, the load explains nothing.
-    model = LoadModel(PRIOR, HALF_LIFE, 0.0, max_weight=1000.0)
-    now = ramp(model, 0.0)
-    assert model.slope(now) <= PRIOR
-
-
-def test_a_load_falling_in_time_still_teaches_its_slope() -> None:
-    # No drift: the time term must not swallow a load effect just because the load trends.
-    model = LoadModel(PRIOR, HALF_LIFE, 0.0, max_weight=1000.0)
-    now = ramp(model, 0.5, n=3000, drift=0.0)
-    assert model.slope(now) == pytest.approx(0.5, rel=0.1)
-
-
-def test_a_load_slope_is_read_through_a_drift_in_time() -> None:
-    # The drift is fitted as a line added to the TTFT, while the load multiplies it, so a
-    # steep drift still leaks a little (0.63; against load alone 1.25).
-    model = LoadModel(PRIOR, HALF_LIFE, 0.0, max_weight=1000.0)
-    now = ramp(model, 0.5, n=3000)
-    assert model.slope(now) == pytest.approx(0.5, rel=0.3)
