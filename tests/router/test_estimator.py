@@ -7,9 +7,8 @@ import random
 
 import pytest
 
+from router.routing.decayed import DecayedHistogram, DecayedMean
 from router.routing.estimator import (
-    DecayedHistogram,
-    DecayedMean,
     Estimator,
     Prior,
     budget_level,
@@ -258,3 +257,23 @@ def test_mean_and_spread_read_between_observations_follow_every_observation() ->
         (read_all_along.add if kind == "add" else read_all_along.add_censored)(value, at)
         fresh = replayed(i)
         assert (read_all_along.mean(), read_all_along.std()) == (fresh.mean(), fresh.std())
+
+
+def test_the_kept_mean_and_spread_equal_a_pass_over_the_bins() -> None:
+    # The mean and spread are kept as observations land, not summed over the bins on each
+    # read: after adds, censored adds, rescaling (50 half-lives quiet) and the weight cap
+    # they must equal their definition, each bin taken at its mean.
+    rng = random.Random(11)
+    h = DecayedHistogram(half_life_s=1.0, now=0.0, max_weight=20.0)
+    now = 0.0
+    for _ in range(3000):
+        now += rng.choice([0.01, 0.1, 1.0, 50.0])
+        value = rng.lognormvariate(6.0, 0.8)
+        (h.add if rng.random() < 0.8 else h.add_censored)(value, now)
+        bins = [(w, t) for w, t in zip(h._weight, h._total, strict=True) if w > 0.0]
+        total_weight = sum(w for w, _ in bins)
+        mean = sum(t for _, t in bins) / total_weight
+        second = sum(t * t / w for w, t in bins) / total_weight
+        assert h.mean() == pytest.approx(mean, rel=1e-9)
+        assert h.std() == pytest.approx(max(0.0, second - mean * mean) ** 0.5, rel=1e-6,
+                                        abs=1e-6 * mean)
