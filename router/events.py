@@ -285,70 +285,24 @@ def tool_call_event(request_id: str, seq: int, elapsed_ms: float, index: int, id
     return ev
 
 
-# The `route` event, once per request with one candidate (and its estimate) per candidate:
-# every field given, in the models' order, as `build` with all of them would set them,
-# without its defaults merge (these three were a third of the event's cost).
-_ESTIMATE_FIELDS = set(CandidateEstimate.model_fields)
-_CANDIDATE_FIELDS = set(Candidate.model_fields)
-_ROUTE_FIELDS = set(RouteEvent.model_fields) - {"type"}  # `type` is left at its default
-
-
-def _constructed(cls: type[_M], state: dict[str, Any], fields_set: set[str]) -> _M:
-    obj = _new(cls)
-    _set_dict(obj, state)
-    _set_fields_set(obj, fields_set)
-    _set_extra(obj, None)
-    _set_private(obj, None)
-    return obj
-
-
 _GIVEN_FIELDS: dict[type[BaseModel], set[str]] = {}
 
 
 def build_whole(cls: type[_M], state: dict[str, Any], /) -> _M:
     """`build` for a `state` that names every field of `cls` (`type` too) in the model's
     order (the JSON's key order): no defaults merged, one fields set per class, `type`
-    left out of it as `build` leaves it (the `start` and `done` events and the latter's
-    parts). `state` is kept, not copied."""
+    left out of it as `build` leaves it (the per-request `route`, `start` and `done`
+    events and their parts: the defaults merge was a third of their cost). `state` is
+    kept, not copied."""
     fields = _GIVEN_FIELDS.get(cls)
     if fields is None:
         fields = _GIVEN_FIELDS[cls] = set(cls.model_fields) - {"type"}
-    return _constructed(cls, state, fields)
-
-
-def make_candidate_estimate(*, quantile: float, level: float | None, ttft_q_ms: float,
-                            latency_q_ms: float, expected_ms: float, samples: int,
-                            weight: float, age_s: float | None, error_rate: float,
-                            inflight: int, wait_ms: float, explore: bool,
-                            load_slope: float | None) -> CandidateEstimate:
-    return _constructed(CandidateEstimate, {
-        "quantile": quantile, "ttft_q_ms": ttft_q_ms, "latency_q_ms": latency_q_ms,
-        "expected_ms": expected_ms, "level": level, "samples": samples, "weight": weight,
-        "age_s": age_s, "error_rate": error_rate, "inflight": inflight, "wait_ms": wait_ms,
-        "explore": explore, "load_slope": load_slope}, _ESTIMATE_FIELDS)
-
-
-def make_candidate(*, deployment: str, eligible: bool, reason: str | None,
-                   estimated_cost_usd: float, estimated_ttft_ms: float,
-                   estimated_latency_ms: float, estimate: CandidateEstimate | None) -> Candidate:
-    return _constructed(Candidate, {
-        "deployment": deployment, "eligible": eligible, "reason": reason,
-        "estimated_cost_usd": estimated_cost_usd, "estimated_ttft_ms": estimated_ttft_ms,
-        "estimated_latency_ms": estimated_latency_ms, "estimate": estimate},
-        _CANDIDATE_FIELDS)
-
-
-def make_route_event(*, request_id: str, seq: int, elapsed_ms: float, deployment: str | None,
-                     provider: str | None, model: str | None, reason: str,
-                     estimated_cost_usd: float | None, estimated_ttft_ms: float | None,
-                     estimated_latency_ms: float | None,
-                     candidates: list[Candidate]) -> RouteEvent:
-    return _constructed(RouteEvent, {
-        "request_id": request_id, "seq": seq, "elapsed_ms": elapsed_ms, "type": "route",
-        "deployment": deployment, "provider": provider, "model": model, "reason": reason,
-        "estimated_cost_usd": estimated_cost_usd, "estimated_ttft_ms": estimated_ttft_ms,
-        "estimated_latency_ms": estimated_latency_ms, "candidates": candidates},
-        _ROUTE_FIELDS)
+    obj = _new(cls)
+    _set_dict(obj, state)
+    _set_fields_set(obj, fields)
+    _set_extra(obj, None)
+    _set_private(obj, None)
+    return obj
 
 
 def encode_event(event: _Event) -> bytes:

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 from router.budgets.gate import BudgetNotice, Refusal, Reservation
 from router.events import (
     BudgetEvent,
+    Candidate,
+    CandidateEstimate,
     Event,
     RouteEvent,
     build,
-    make_candidate,
-    make_candidate_estimate,
-    make_route_event,
+    build_whole,
 )
 from router.request import RequestError, StreamParams, prepare
 from router.routing.policy import RouteDecision
@@ -49,34 +49,35 @@ def _missing_keys_hint(decision: RouteDecision) -> str | None:
 
 
 def route_event(em: Emitter, decision: RouteDecision) -> RouteEvent:
+    # Every field, in each model's order (`build_whole`).
     chosen = decision.chosen
     candidates = [
-        make_candidate(
-            deployment=e.deployment.id, eligible=e.eligible,
-            reason=e.reason if not e.eligible else ("chosen" if e is chosen else "eligible"),
-            estimated_cost_usd=e.cost_usd, estimated_ttft_ms=e.ttft_ms,
-            estimated_latency_ms=e.latency_ms,
-            estimate=make_candidate_estimate(
-                quantile=e.quantile, level=e.level, ttft_q_ms=e.ttft_q_ms,
-                latency_q_ms=e.latency_q_ms, expected_ms=e.expected_ms, samples=e.samples,
-                weight=e.weight, age_s=e.age_s, error_rate=e.error_rate, inflight=e.inflight,
-                wait_ms=e.wait_ms, explore=e.explore, load_slope=e.load_slope),
-        )
+        build_whole(Candidate, {
+            "deployment": e.deployment.id, "eligible": e.eligible,
+            "reason": e.reason if not e.eligible else ("chosen" if e is chosen else "eligible"),
+            "estimated_cost_usd": e.cost_usd, "estimated_ttft_ms": e.ttft_ms,
+            "estimated_latency_ms": e.latency_ms,
+            "estimate": build_whole(CandidateEstimate, {
+                "quantile": e.quantile, "ttft_q_ms": e.ttft_q_ms,
+                "latency_q_ms": e.latency_q_ms, "expected_ms": e.expected_ms,
+                "level": e.level, "samples": e.samples, "weight": e.weight, "age_s": e.age_s,
+                "error_rate": e.error_rate, "inflight": e.inflight, "wait_ms": e.wait_ms,
+                "explore": e.explore, "load_slope": e.load_slope})})
         for e in decision.candidates
     ]
     seq = em.seq
     em.seq += 1
-    return make_route_event(
-        request_id=em.request_id, seq=seq, elapsed_ms=em.elapsed_ms(),
-        deployment=chosen.deployment.id if chosen else None,
-        provider=chosen.deployment.provider if chosen else None,
-        model=chosen.deployment.model if chosen else None,
-        reason=decision.reason,
-        estimated_cost_usd=chosen.cost_usd if chosen else None,
-        estimated_ttft_ms=chosen.ttft_ms if chosen else None,
-        estimated_latency_ms=chosen.latency_ms if chosen else None,
-        candidates=candidates,
-    )
+    return build_whole(RouteEvent, {
+        "request_id": em.request_id, "seq": seq, "elapsed_ms": em.elapsed_ms(),
+        "type": "route",
+        "deployment": chosen.deployment.id if chosen else None,
+        "provider": chosen.deployment.provider if chosen else None,
+        "model": chosen.deployment.model if chosen else None,
+        "reason": decision.reason,
+        "estimated_cost_usd": chosen.cost_usd if chosen else None,
+        "estimated_ttft_ms": chosen.ttft_ms if chosen else None,
+        "estimated_latency_ms": chosen.latency_ms if chosen else None,
+        "candidates": candidates})
 
 
 class Served:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from router.events import (
     EVENT_ADAPTER,
@@ -29,11 +29,9 @@ from router.events import (
     ToolCallEvent,
     Usage,
     build,
+    build_whole,
     decode_event,
     encode_event,
-    make_candidate,
-    make_candidate_estimate,
-    make_route_event,
 )
 
 BASE: dict[str, Any] = {"request_id": "r1", "seq": 0, "elapsed_ms": 1.5}
@@ -207,16 +205,21 @@ def test_build_fills_defaults_like_model_construct(kind: str) -> None:
     assert built.model_fields_set == constructed.model_fields_set
 
 
-def test_route_event_builders_build_what_build_does() -> None:
+def test_build_whole_of_a_route_event_builds_what_build_does() -> None:
     estimate = {"quantile": 0.9, "level": 0.85, "ttft_q_ms": 130.0, "latency_q_ms": 1400.0,
                 "expected_ms": 1300.0, "samples": 3, "weight": 0.5, "age_s": None,
                 "error_rate": 0.01, "inflight": 2, "wait_ms": 0.0, "explore": False,
                 "load_slope": 0.05}
     candidate = {**EXAMPLES["route"]["candidates"][0]}
     route = {**BASE, **{k: v for k, v in EXAMPLES["route"].items() if k != "candidates"}}
-    fast_estimate = make_candidate_estimate(**estimate)
-    fast_candidate = make_candidate(**candidate, estimate=fast_estimate)
-    fast = make_route_event(**route, candidates=[fast_candidate])
+    def in_order(cls: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+        return {name: values[name] for name in cls.model_fields}
+
+    fast_estimate = build_whole(CandidateEstimate, in_order(CandidateEstimate, estimate))
+    fast_candidate = build_whole(Candidate, in_order(Candidate, {**candidate,
+                                                                 "estimate": fast_estimate}))
+    fast = build_whole(RouteEvent, in_order(RouteEvent, {**route, "type": "route",
+                                                         "candidates": [fast_candidate]}))
     built = build(RouteEvent, **route, candidates=[build(
         Candidate, **candidate, estimate=build(CandidateEstimate, **estimate))])
     assert encode_event(fast) == encode_event(built)
