@@ -246,8 +246,7 @@ class BudgetManager:
         if not any(parts.values()):
             return ()
         hour, hour_ttl = HOUR.booking(now)
-        spend = f"{self.prefix}spend|"  # `spend_key`, inlined: once per request
-        targets = {f"{spend}{scope}|{hour}": hour_ttl for scope in res.scopes.values()}
+        targets = {self.spend_key(scope, hour): hour_ttl for scope in res.scopes.values()}
         for ln in res.lines:
             if ln.budget.window != HOUR:
                 bucket, ttl = ln.budget.window.booking(now)
