@@ -238,17 +238,15 @@ class RoutingPolicy:
                     self._budget_probes.pop(e.deployment.id, None)
             for e in all_estimates:
                 self._judge_probe(e, c)
-        if c.pinned and len(eligible) == 1:  # a pin's one candidate: nothing to rank
-            return RouteDecision(eligible, all_estimates,
-                                 f"pinned model {eligible[0].deployment.id}",
-                                 _backups(eligible, all_estimates))
-        key = _rank_key(c.prefer, eligible, self.cfg)
-        ranked = sorted(eligible, key=key) if len(eligible) > 1 else eligible
-        if not ranked:
+        if not eligible:
             return RouteDecision([], all_estimates, "no eligible candidate")
-        if c.pinned:
+        if c.pinned:  # a pin's one candidate (the usual case) has nothing to rank
+            ranked = eligible if len(eligible) == 1 else sorted(
+                eligible, key=_rank_key(c.prefer, eligible, self.cfg))
             return RouteDecision(ranked, all_estimates, f"pinned model {ranked[0].deployment.id}",
                                  _backups(ranked, all_estimates))
+        key = _rank_key(c.prefer, eligible, self.cfg)
+        ranked = sorted(eligible, key=key) if len(eligible) > 1 else eligible
         reason = f"{_WHY[c.prefer]} (prefer={c.prefer}) of {len(ranked)} eligible"
         explored = self._explore(ranked, all_estimates, c.prefer, key)
         if explored is not None:
