@@ -19,7 +19,7 @@ class DecayedHistogram:
     aging everything costs nothing: the scale cancels out of every quantile and mean.
     """
 
-    __slots__ = ("_half_life", "_hi", "_lo", "_mass", "_max_weight", "_moments", "_second",
+    __slots__ = ("_half_life", "_hi", "_lo", "_mass", "_max_weight", "_second",
                  "_sum", "_sum_sq", "_t_ref", "_total", "_weight")
 
     def __init__(self, half_life_s: float, now: float, max_weight: float = math.inf) -> None:
@@ -38,9 +38,6 @@ class DecayedHistogram:
         # the sum of the bins' totals, and of total^2 / weight (each bin at its mean).
         self._mass = 0.0
         self._second = 0.0
-        # (mean, std) until the next observation: every routing decision reads them, and
-        # a burst of requests is routed many times between two observations.
-        self._moments: tuple[float, float] | None = None
 
     @staticmethod
     def _bin(value: float) -> int:
@@ -59,7 +56,6 @@ class DecayedHistogram:
             self._mass *= factor
             self._second *= factor
             self._t_ref, exponent = now, 0.0
-            self._moments = None
         return float(2.0 ** exponent)
 
     def add(self, value: float, now: float, weight: float = 1.0) -> None:
@@ -78,7 +74,6 @@ class DecayedHistogram:
         self._mass += w * value
         self._sum += w
         self._sum_sq += w * w
-        self._moments = None
         self._cap(now)
 
     def _cap(self, now: float) -> None:
@@ -114,7 +109,6 @@ class DecayedHistogram:
         self._second += (grow - 1.0) * second_above
         self._sum += w
         self._sum_sq += w * w
-        self._moments = None
         self._cap(now)
 
     def weight(self, now: float) -> float:
@@ -142,19 +136,14 @@ class DecayedHistogram:
         return None  # unreachable but for rounding: q <= 1
 
     def mean(self) -> float | None:
-        return self._mean_std()[0] if self._sum > 0.0 else None
+        return self._mass / self._sum if self._sum > 0.0 else None
 
     def std(self) -> float:
         """The spread of the values (each bin at its mean: within-bin spread ignored)."""
-        return self._mean_std()[1] if self._sum > 0.0 else 0.0
-
-    def _mean_std(self) -> tuple[float, float]:
-        moments = self._moments
-        if moments is None:
-            mean = self._mass / self._sum
-            second = self._second / self._sum
-            moments = self._moments = (mean, math.sqrt(max(0.0, second - mean * mean)))
-        return moments
+        if self._sum <= 0.0:
+            return 0.0
+        mean = self._mass / self._sum
+        return math.sqrt(max(0.0, self._second / self._sum - mean * mean))
 
 
 class DecayedMean:
