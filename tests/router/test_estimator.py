@@ -236,29 +236,6 @@ def test_answers_arriving_after_traffic_stopped_do_not_displace_earlier_ones() -
     assert capped_on_answer.mean() > 1500.0  # capped as they answer: the slow ones dominate
 
 
-def test_mean_and_spread_read_between_observations_follow_every_observation() -> None:
-    # Routing reads them on every request and they are kept between observations: each
-    # kind of observation (and the rescaling a long quiet spell triggers) must show.
-    rng = random.Random(5)
-    ops: list[tuple[str, float, float]] = []
-    now = 0.0
-    for _ in range(40):
-        now += rng.choice([0.1, 1.0, 50.0])  # 50 half-lives: the weights are rescaled
-        ops.append((rng.choice(["add", "add", "censored"]), rng.uniform(50, 2000), now))
-
-    def replayed(upto: int) -> DecayedHistogram:
-        h = DecayedHistogram(half_life_s=1.0, now=0.0, max_weight=20.0)
-        for kind, value, at in ops[:upto]:
-            (h.add if kind == "add" else h.add_censored)(value, at)
-        return h
-
-    read_all_along = DecayedHistogram(half_life_s=1.0, now=0.0, max_weight=20.0)
-    for i, (kind, value, at) in enumerate(ops, start=1):
-        (read_all_along.add if kind == "add" else read_all_along.add_censored)(value, at)
-        fresh = replayed(i)
-        assert (read_all_along.mean(), read_all_along.std()) == (fresh.mean(), fresh.std())
-
-
 def test_the_kept_mean_and_spread_equal_a_pass_over_the_bins() -> None:
     # The mean and spread are kept as observations land, not summed over the bins on each
     # read: after adds, censored adds, rescaling (50 half-lives quiet) and the weight cap
