@@ -26,6 +26,8 @@ ranking is moved to the front instead (exploration; under `cost` none dearer tha
 best). A latency budget is held against an estimate, so a candidate excluded by it alone on
 little fresh evidence (a prior, or aged samples) may be that candidate too — a budget probe,
 at a rate halved per probe that finds it still over; never one dearer than the best.
+When no candidate is within a latency budget, those over it alone serve, fastest expected
+first (the budget chooses, it does not refuse), with the same budget probes among them.
 Exploration never breaks a `max_cost_usd` cap, a spend budget, a pin, a capability or an
 open breaker.
 """
@@ -239,7 +241,7 @@ class RoutingPolicy:
             for e in all_estimates:
                 self._judge_probe(e, c)
         if not eligible:
-            return RouteDecision([], all_estimates, "no eligible candidate")
+            return self._none_within(all_estimates)
         if c.pinned:  # a pin's one candidate (the usual case) has nothing to rank
             ranked = eligible if len(eligible) == 1 else sorted(
                 eligible, key=_rank_key(c.prefer, eligible, self.cfg))
@@ -262,6 +264,34 @@ class RoutingPolicy:
                       f"{_WHY[c.prefer]} of {len(eligible)} eligible")
         return RouteDecision(ranked, all_estimates, reason, _backups(ranked, all_estimates))
 
+    def _none_within(self, candidates: list[Estimate]) -> RouteDecision:
+        """No candidate is eligible. If some are excluded by a latency budget alone, the
+        budget chooses without refusing: the fastest expected of them serves (a late answer
+        rather than an error), or, at the exploration rate, a budget probe of one whose
+        estimate rests on little fresh evidence (a wrong prior, or aged samples) — with
+        every candidate over the budget, nothing else would ever measure it again."""
+        backups = _backups([], candidates)
+        if not backups:
+            return RouteDecision([], candidates, "no eligible candidate")
+        reason = f"none within the latency budget: fastest expected of {len(backups)} over it"
+        if self.cfg.explore <= 0:
+            return RouteDecision(backups, candidates, reason)
+        draw = self.rng.random()
+        if draw < self.cfg.explore:
+            # Never dearer than the fastest, which serves otherwise (a spend budget that
+            # admits it admits the probe).
+            probes = [e for e in backups[1:] if self._may_probe(e, backups[0].cost_usd, draw)]
+            if probes:
+                chosen = replace(probes[0], explore=True)  # the fastest expected of them
+                self._record_probe(chosen)
+                backups = [chosen, *(e for e in backups if e.deployment is not chosen.deployment)]
+                candidates = [chosen if e.deployment is chosen.deployment else e
+                              for e in candidates]
+                reason = (f"exploring {chosen.deployment.id} (its estimate over the latency "
+                          f"budget rests on weight {chosen.weight:.1f} < "
+                          f"{self.cfg.explore_below_weight:g}): none within the budget")
+        return RouteDecision(backups, candidates, reason)
+
     def _explore(self, ranked: list[Estimate], candidates: list[Estimate], prefer: Prefer,
                  key: Callable[[Estimate], tuple[float, ...]]) -> Estimate | None:
         """The candidate to re-measure now, or None (serve the best). Only a candidate that
@@ -276,16 +306,21 @@ class RoutingPolicy:
         best = ranked[0]
         under = [e for e in ranked[1:]
                  if e.weight < self.cfg.explore_below_weight and _could_win(e, best, prefer)]
-        probes = [e for e in candidates if self._may_probe(e, best, prefer, draw)]
+        probes = [e for e in candidates if _could_win(e, best, prefer)
+                  and self._may_probe(e, best.cost_usd, draw)]
         pool = sorted(under + probes, key=key)  # the most promising of them
         if not pool:
             return None
         chosen = pool[0]
         if chosen.over_latency_budget:
-            dep = chosen.deployment.id
-            self._budget_probes[dep] = _Probes(self._probe_halvings(dep), self.stats.clock(),
-                                               chosen.samples)
+            self._record_probe(chosen)
         return chosen
+
+    def _record_probe(self, e: Estimate) -> None:
+        """A budget probe of `e` is sent: its answer is judged by `_judge_probe`."""
+        dep = e.deployment.id
+        self._budget_probes[dep] = _Probes(self._probe_halvings(dep), self.stats.clock(),
+                                           e.samples)
 
     def _judge_probe(self, e: Estimate, c: RouteConstraints) -> None:
         """Once a budget probe's answer is in, count it if it was over the budget: only
@@ -299,18 +334,18 @@ class RoutingPolicy:
         if last is None or not _within_latency_budgets(last, e, c):
             probes.halvings = min(probes.halvings + 1.0, self.cfg.budget_probe_halvings)
 
-    def _may_probe(self, e: Estimate, best: Estimate, prefer: Prefer, draw: float) -> bool:
+    def _may_probe(self, e: Estimate, ceiling_usd: float, draw: float) -> bool:
         """Optimism under uncertainty for a latency budget, which is held against an
         estimate: one excluded by it alone, on little fresh evidence (its prior, or aged
         samples), may be re-measured, so a recovered or cheaper deployment is found again.
-        Never one dearer than the best (a cap or spend budget that admits the best admits
-        it), one with a known quota wait, or a second probe while one is in flight; and
-        each probe that finds it still over halves the rate of the next, so one that
-        really is slow costs few misses."""
+        Never one dearer than `ceiling_usd` (the best's price: a cap or spend budget that
+        admits the best admits it), one with a known quota wait, or a second probe while
+        one is in flight; and each probe that finds it still over halves the rate of the
+        next, so one that really is slow costs few misses."""
         if not (self.cfg.budget_probes and e.over_latency_budget):
             return False
         if (e.weight >= self.cfg.explore_below_weight or e.wait_ms > 0 or e.inflight > 0
-                or e.cost_usd > best.cost_usd or not _could_win(e, best, prefer)):
+                or e.cost_usd > ceiling_usd):
             return False
         return draw < self.cfg.explore * math.pow(2.0, -self._probe_halvings(e.deployment.id))
 

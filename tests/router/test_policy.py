@@ -174,14 +174,27 @@ def test_unavailable_deployments_are_excluded_first_with_their_reason() -> None:
 
 
 def test_no_eligible_candidate_explains_each_exclusion() -> None:
-    decision = route(constraints(max_cost_usd=0.00005, max_ttft_ms=1000))
-    assert decision.chosen is None and decision.ranked == []
+    decision = route(constraints(max_cost_usd=0.00005, max_ttft_ms=1000,
+                                 requires=frozenset({"tools"})))
+    assert decision.chosen is None and decision.ranked == [] and decision.backups == []
     assert decision.reason == "no eligible candidate"
     assert decision.explain_exclusions() == (
         "fast: max_cost_usd: estimated $0.0003 > $5e-05; "
         "mid: max_cost_usd: estimated $0.0024 > $5e-05; "
         "strong: max_cost_usd: estimated $0.0105 > $5e-05; "
-        "budget: max_ttft_ms: estimated 2000 ms > 1000 ms")
+        "budget: capability: lacks tools")
+
+
+def test_when_every_candidate_is_over_a_latency_budget_the_fastest_serves() -> None:
+    # A latency budget chooses, it does not refuse: `budget` is over max_ttft_ms alone
+    # (the others are over the cost cap), so it serves, a late answer rather than none;
+    # with the cap lifted, every candidate is over the budget and the fastest serves.
+    decision = route(constraints(max_cost_usd=0.0002, max_ttft_ms=1000))
+    assert ranked_ids(decision) == ["budget"]
+    assert decision.reason == "none within the latency budget: fastest expected of 1 over it"
+    assert reasons(decision)["budget"] == "max_ttft_ms: estimated 2000 ms > 1000 ms"
+    decision = route(constraints(prefer="cost", max_ttft_ms=50))
+    assert ranked_ids(decision) == ["fast", "mid", "strong", "budget"]
 
 
 def test_pinned_model_is_the_only_candidate() -> None:
@@ -317,11 +330,19 @@ def test_exploration_never_routes_outside_hard_constraints(
             assert max_cost is None or e.cost_usd <= max_cost
             assert pinned is None or d.id == pinned
             # A latency budget is held against an estimate: only a probe on little fresh
-            # evidence may be over it, never dearer than the best within it.
-            if max_ttft is not None and e.ttft_q_ms > max_ttft:
-                assert e.explore and e is decision.chosen and not pinned
-                assert e.weight < policy.cfg.explore_below_weight
-                assert e.cost_usd <= min(r.cost_usd for r in decision.ranked[1:])
+            # evidence may be over it, never dearer than the best within it; when none is
+            # within it, every one is over it, fastest first, a probe never dearer than
+            # the fastest.
+            if max_ttft is None or e.ttft_q_ms <= max_ttft or e is not decision.chosen:
+                assert max_ttft is None or e.ttft_q_ms <= max_ttft or not any(
+                    r.eligible for r in decision.ranked)
+                continue
+            if e.explore:
+                assert not pinned and e.weight < policy.cfg.explore_below_weight
+                within = [r for r in decision.ranked[1:] if r.eligible]
+                assert e.cost_usd <= min(r.cost_usd for r in within or decision.ranked[1:2])
+            else:
+                assert decision.reason.startswith("none within the latency budget")
         if decision.chosen is not None:
             dep = decision.chosen.deployment.id
             clock.now += 1.0
@@ -545,6 +566,18 @@ def test_a_deployment_whose_prior_is_over_budget_is_found_when_it_is_fast() -> N
     assert chosen[-50:].count("budget") == 50
 
 
+def test_with_every_candidate_over_the_budget_an_unmeasured_one_is_still_probed() -> None:
+    # Every prior is over max_ttft_ms 100, so `fast` (120 ms) serves as the fastest;
+    # `budget`, the cheapest, says 2000 ms but answers in 60. With nothing within the
+    # budget, only a probe would ever measure it: one finds it, and then it serves.
+    policy, clock = learning(explore=0.05, seed=2)
+    c = constraints(prefer="cost", max_ttft_ms=100, output_tokens=10, input_tokens=100)
+    chosen = serve(policy, clock, c, 300, {**TTFT, "budget": 60.0})
+    assert chosen[0] == "fast"
+    assert 0 < chosen.index("budget") < 150
+    assert chosen[-50:].count("budget") == 50
+
+
 def test_a_budget_probe_says_so() -> None:
     policy, _ = learning(explore=0.5, seed=2)
     c = constraints(prefer="cost", max_ttft_ms=1000, output_tokens=10, input_tokens=100)
@@ -622,9 +655,11 @@ def test_budget_probes_never_break_a_cap_a_pin_a_capability_or_a_spend_budget(
         assert max_cost is None or chosen.cost_usd <= max_cost
         assert pinned is None or (d.id == pinned and not chosen.explore)
         # A spend budget reserves the chosen's cost: a probe is never dearer than the best
-        # candidate within every budget, so a budget that admits that one admits it.
+        # candidate within every budget (or, none within, than the fastest over it, which
+        # serves otherwise), so a budget that admits that one admits it.
         if chosen.explore and chosen.ttft_q_ms > 150:
-            assert chosen.cost_usd <= min(e.cost_usd for e in within)
+            displaced = [e for e in within if e.eligible] or within[:1]
+            assert chosen.cost_usd <= min(e.cost_usd for e in displaced)
         clock.now += 30.0
         policy.stats.observe_ttft(d.id, TTFT[d.id])
 
