@@ -8,11 +8,13 @@ sample's worth of weight an estimate slides linearly back to the config prior. T
 quantile slides back to a long-horizon estimate first (the last ~max_weight samples,
 fading 16x slower), so a deployment the fleet has seen slow is not re-admitted by a
 possibly wrong prior, and its allowance counts effective samples, which ageing leaves
-unchanged. Quantiles come from a decayed log-binned histogram (bins 10% wide; each bin
-also keeps its weighted mean, so one sample's quantile is that sample). An attempt given
-up before its first token (a hedge loser, a timeout) is right-censored — "at least this
-long" — and its weight is spread over the longer bins in proportion to their mass (the
-Kaplan-Meier redistribution), never dropped. The clock is injected: a simulation drives
+unchanged. The budget quantile's distribution fades 4x slower than the estimate (a tail
+needs samples), shifted with the recent mean when that has moved. Quantiles come from a
+decayed log-binned histogram (bins 10% wide; each bin also keeps its weighted mean, so one
+sample's quantile is that sample). An attempt given up before its first token (a hedge
+loser, a timeout) is right-censored — "at least this long" — and its weight is spread
+over the longer bins in proportion to their mass (the Kaplan-Meier redistribution), never
+dropped. The clock is injected: a simulation drives
 it without sleeping.
 """
 
@@ -72,6 +74,12 @@ _TOP = 0.999  # the highest quantile read from a histogram
 # so) fades this many half-lives slower than the recent estimate, so a stale budget
 # quantile reverts to it first and to the config prior only over many minutes.
 _LONG_HORIZON = 16.0
+# The budget quantile's horizon: its histogram fades this many times slower than the
+# estimate, so a tail is read from ~4x the samples (at 10-20 effective samples one standard
+# error of a p90 is 0.07-0.09 of level: a deployment a few points either side of its budget
+# flapped in and out). A drift is not lost by it: `_drift` moves the quantile with the
+# recent mean, and the staleness blend reads the recent evidence's weight.
+_TAIL_HORIZON = 2.0
 # Pseudo-attempts of the prior error rate: one fresh failure in few attempts shows at once.
 _PRIOR_ATTEMPTS = 2.0
 
@@ -93,7 +101,8 @@ class Estimator:
     """Decayed estimates of one deployment, learnt from its observations."""
 
     __slots__ = ("_decode", "_failed", "_failure_ms", "_last", "_ttft", "_ttft_long",
-                 "_ttft_mean", "half_life_s", "last_ttft_ms", "prior", "samples")
+                 "_ttft_mean", "_ttft_tail", "half_life_s", "last_ttft_ms", "prior",
+                 "samples")
 
     def __init__(self, prior: Prior, half_life_s: float, now: float,
                  max_weight: float = math.inf) -> None:
@@ -101,6 +110,7 @@ class Estimator:
         self.half_life_s = half_life_s
         cap = max_weight
         self._ttft = DecayedHistogram(half_life_s, now)
+        self._ttft_tail = DecayedHistogram(half_life_s * _TAIL_HORIZON, now)
         # Capped, so it follows a change within ~max_weight samples; slow, so it outlives
         # the recent evidence by many half-lives once traffic stops.
         self._ttft_long = DecayedHistogram(half_life_s * _LONG_HORIZON, now, cap)
@@ -114,6 +124,7 @@ class Estimator:
 
     def observe_ttft(self, ttft_ms: float, now: float) -> None:
         self._ttft.add(ttft_ms, now)
+        self._ttft_tail.add(ttft_ms, now)
         self._ttft_long.add(ttft_ms, now)
         self._ttft_mean.add(ttft_ms, now)
         self.samples += 1
@@ -123,6 +134,7 @@ class Estimator:
     def observe_censored(self, at_least_ms: float, now: float) -> None:
         """An attempt abandoned before its first token after `at_least_ms`."""
         self._ttft.add_censored(at_least_ms, now)
+        self._ttft_tail.add_censored(at_least_ms, now)
         self._ttft_long.add_censored(at_least_ms, now)
         # The mean moves to at least the bound's share: a lower bound on the truth.
         self._ttft_mean.add(max(at_least_ms, self._ttft.mean() or at_least_ms), now)
@@ -168,15 +180,16 @@ class Estimator:
 
     def _drift(self, now: float, confidence: float) -> float:
         """How far the recent TTFTs (the mean capped at `max_weight` samples) have moved
-        from the distribution's (a half-life of evidence), as a scale factor: the shift
-        beyond `confidence` standard errors of the recent mean (no change, 1.0). The
+        from the budget distribution's (`_TAIL_HORIZON` half-lives of evidence), as a scale
+        factor: the shift beyond `confidence` standard errors of the recent mean (no
+        change, 1.0). The
         distribution keeps its shape from all its evidence (tails need many samples)
         and follows a drift within about `max_weight` requests."""
-        long_mean, recent = self._ttft.mean(), self._ttft_mean.mean()
+        long_mean, recent = self._ttft_tail.mean(), self._ttft_mean.mean()
         if not long_mean or recent is None:
             return 1.0
         recent_weight = self._ttft_mean.weight(now)
-        error = self._ttft.std() / math.sqrt(recent_weight if recent_weight > 1.0 else 1.0)
+        error = self._ttft_tail.std() / math.sqrt(recent_weight if recent_weight > 1.0 else 1.0)
         shift = abs(recent - long_mean) - confidence * error
         if shift <= 0.0:
             return 1.0
@@ -210,8 +223,8 @@ class Estimator:
         ttft = toward_prior(self._ttft_mean.mean(), p.ttft_ms, trust)
         # The quantile budgets are held against keeps bad news until its weight fades (a
         # budget is a hard constraint: re-admitting on age alone would probe with misses).
-        level = budget_level(quantile, self._ttft.effective_samples(), confidence)
-        observed_q = self._failure_aware_quantile(self._ttft, level, error_rate)
+        level = budget_level(quantile, self._ttft_tail.effective_samples(), confidence)
+        observed_q = self._failure_aware_quantile(self._ttft_tail, level, error_rate)
         if observed_q is not None:
             observed_q *= self._drift(now, confidence)
         if observed_q is not None and weight >= 1.0:
