@@ -8,14 +8,13 @@ sample's worth of weight an estimate slides linearly back to the config prior. T
 quantile slides back to a long-horizon estimate first (the last ~max_weight samples,
 fading 16x slower), so a deployment the fleet has seen slow is not re-admitted by a
 possibly wrong prior, and its allowance counts effective samples, which ageing leaves
-unchanged. The budget quantile's distribution fades 4x slower than the estimate (a tail
+unchanged. The budget quantile's distribution fades 2x slower than the estimate (a tail
 needs samples), shifted with the recent mean when that has moved. Quantiles come from a
 decayed log-binned histogram (bins 10% wide; each bin also keeps its weighted mean, so one
 sample's quantile is that sample). An attempt given up before its first token (a hedge
 loser, a timeout) is right-censored — "at least this long" — and its weight is spread
 over the longer bins in proportion to their mass (the Kaplan-Meier redistribution), never
-dropped. The clock is injected: a simulation drives
-it without sleeping.
+dropped. The clock is injected: a simulation drives it without sleeping.
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ _TOP = 0.999  # the highest quantile read from a histogram
 # quantile reverts to it first and to the config prior only over many minutes.
 _LONG_HORIZON = 16.0
 # The budget quantile's horizon: its histogram fades this many times slower than the
-# estimate, so a tail is read from ~4x the samples (at 10-20 effective samples one standard
+# estimate, so a tail is read from ~2x the samples (at 10-20 effective samples one standard
 # error of a p90 is 0.07-0.09 of level: a deployment a few points either side of its budget
 # flapped in and out). A drift is not lost by it: `_drift` moves the quantile with the
 # recent mean, and the staleness blend reads the recent evidence's weight.
@@ -182,9 +181,8 @@ class Estimator:
         """How far the recent TTFTs (the mean capped at `max_weight` samples) have moved
         from the budget distribution's (`_TAIL_HORIZON` half-lives of evidence), as a scale
         factor: the shift beyond `confidence` standard errors of the recent mean (no
-        change, 1.0). The
-        distribution keeps its shape from all its evidence (tails need many samples)
-        and follows a drift within about `max_weight` requests."""
+        change, 1.0). The distribution keeps its shape from all its evidence (tails need
+        many samples) and follows a drift within about `max_weight` requests."""
         long_mean, recent = self._ttft_tail.mean(), self._ttft_mean.mean()
         if not long_mean or recent is None:
             return 1.0

@@ -253,15 +253,9 @@ class RoutingPolicy:
         explored = self._explore(ranked, all_estimates, c.prefer, key)
         if explored is not None:
             chosen = replace(explored, eligible=True, reason=None, explore=True)
-            ranked = [chosen, *(e for e in ranked if e.deployment is not chosen.deployment)]
-            all_estimates = [chosen if e.deployment is chosen.deployment else e
-                             for e in all_estimates]
-            why = (f"its estimate over the latency budget rests on weight "
-                   f"{chosen.weight:.1f} < {self.cfg.explore_below_weight:g}"
-                   if explored.over_latency_budget else
-                   f"weight {chosen.weight:.1f} < {self.cfg.explore_below_weight:g}")
-            reason = (f"exploring {chosen.deployment.id} ({why}) instead of the "
-                      f"{_WHY[c.prefer]} of {len(eligible)} eligible")
+            ranked, all_estimates = _to_front(chosen, ranked), _in_place(chosen, all_estimates)
+            reason = (f"exploring {chosen.deployment.id} ({self._why_explored(explored)}) "
+                      f"instead of the {_WHY[c.prefer]} of {len(eligible)} eligible")
         return RouteDecision(ranked, all_estimates, reason, _backups(ranked, all_estimates))
 
     def _none_within(self, candidates: list[Estimate]) -> RouteDecision:
@@ -284,13 +278,15 @@ class RoutingPolicy:
             if probes:
                 chosen = replace(probes[0], explore=True)  # the fastest expected of them
                 self._record_probe(chosen)
-                backups = [chosen, *(e for e in backups if e.deployment is not chosen.deployment)]
-                candidates = [chosen if e.deployment is chosen.deployment else e
-                              for e in candidates]
-                reason = (f"exploring {chosen.deployment.id} (its estimate over the latency "
-                          f"budget rests on weight {chosen.weight:.1f} < "
-                          f"{self.cfg.explore_below_weight:g}): none within the budget")
+                backups, candidates = _to_front(chosen, backups), _in_place(chosen, candidates)
+                reason = (f"exploring {chosen.deployment.id} ({self._why_explored(chosen)}): "
+                          f"none within the budget")
         return RouteDecision(backups, candidates, reason)
+
+    def _why_explored(self, e: Estimate) -> str:
+        weight = f"weight {e.weight:.1f} < {self.cfg.explore_below_weight:g}"
+        return f"its estimate over the latency budget rests on {weight}" if (
+            e.over_latency_budget) else weight
 
     def _explore(self, ranked: list[Estimate], candidates: list[Estimate], prefer: Prefer,
                  key: Callable[[Estimate], tuple[float, ...]]) -> Estimate | None:
@@ -369,6 +365,16 @@ class _Probes:
     halvings: float  # of its probe rate at `at`: one per probe answered over the budget
     at: float  # clock time of the last probe
     pending: int | None  # its sample count when the last probe was sent, until it answers
+
+
+def _to_front(chosen: Estimate, ranked: list[Estimate]) -> list[Estimate]:
+    """`ranked` with `chosen` first, in place of its deployment's entry."""
+    return [chosen, *(e for e in ranked if e.deployment is not chosen.deployment)]
+
+
+def _in_place(chosen: Estimate, candidates: list[Estimate]) -> list[Estimate]:
+    """`candidates` (in config order) with `chosen` for its deployment's entry."""
+    return [chosen if e.deployment is chosen.deployment else e for e in candidates]
 
 
 def _within_latency_budgets(ttft_ms: float, e: Estimate, c: RouteConstraints) -> bool:
