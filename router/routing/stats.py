@@ -226,8 +226,14 @@ class StatsRegistry:
         s.inflight += 1
         now = self.clock()
         s.estimator.started(now)
-        s.started_in_window.append(now)
-        if input_tokens + output_tokens:
+        # The windows of a config `rpm` / `tpm` only, pruned here too (a route may not read
+        # them): kept for every deployment, they grew by an entry per request for ever.
+        limits = self._known.get(deployment_id)
+        if limits is not None and limits.rpm is not None:
+            _prune(s.started_in_window, now)
+            s.started_in_window.append(now)
+        if limits is not None and limits.tpm is not None and input_tokens + output_tokens:
+            _prune_tokens(s.tokens_in_window, now)
             s.tokens_in_window.append((now, input_tokens + output_tokens))
         s.quota.take(input_tokens, output_tokens)
         return others
@@ -263,8 +269,7 @@ class StatsRegistry:
             wait = max(wait, q.tokens_reset_at - now)
         if dep.rpm is not None:
             window = s.started_in_window
-            while window and window[0] <= now - 60.0:
-                window.popleft()
+            _prune(window, now)
             if len(window) >= dep.rpm:
                 wait = max(wait, window[0] + 60.0 - now)
         if dep.tpm is not None:
@@ -303,8 +308,7 @@ class StatsRegistry:
 
 def _tpm_wait_s(window: deque[tuple[float, int]], tpm: int, tokens: int, now: float) -> float:
     """Seconds until `tokens` more fit in the last minute's `tpm` (0: they fit now)."""
-    while window and window[0][0] <= now - 60.0:
-        window.popleft()
+    _prune_tokens(window, now)
     used = sum(n for _, n in window)
     need = used + max(1, tokens) - tpm
     if need <= 0:
@@ -314,3 +318,14 @@ def _tpm_wait_s(window: deque[tuple[float, int]], tpm: int, tokens: int, now: fl
         if need <= 0:
             return started + 60.0 - now
     return 60.0  # more than the whole quota: never fits, one window stands for it
+
+
+def _prune(window: deque[float], now: float) -> None:
+    """Drop the requests sent more than a minute before `now` (oldest first)."""
+    while window and window[0] <= now - 60.0:
+        window.popleft()
+
+
+def _prune_tokens(window: deque[tuple[float, int]], now: float) -> None:
+    while window and window[0][0] <= now - 60.0:
+        window.popleft()

@@ -144,3 +144,44 @@ def test_p95_is_scaled_to_the_load_a_request_meets_now() -> None:
     for _ in range(4):
         stats.attempt_started("d")
     assert stats.p95_ttft_ms(dep()) == pytest.approx(idle * stats.load_factor("d", 4))
+
+
+def _growth_over(stats: StatsRegistry, clock: Clock, deployment_id: str, attempts: int
+                 ) -> int:
+    """Bytes the process kept after `attempts` more attempts (one a second) on one
+    deployment, each started and ended as the serving pipeline does."""
+    import tracemalloc
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            clock.now += 1.0
+            stats.attempt_started(deployment_id, 500, 100)
+            stats.observe_ttft(deployment_id, 100.0)
+            stats.observe_outcome(deployment_id, None)
+            stats.attempt_ended(deployment_id)
+
+    run(200)  # warm: every structure has its steady size
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        run(attempts)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    return sum(s.size_diff for s in after.compare_to(before, "filename"))
+
+
+@pytest.mark.parametrize("limits", [{}, {"rpm": 100, "tpm": 100_000}])
+def test_memory_does_not_grow_with_the_requests_served(limits: dict[str, int]) -> None:
+    # Each attempt was appended to the `rpm` and `tpm` windows whether or not the
+    # deployment had such a limit, and only a limit's check pruned them: a server kept a
+    # float and a tuple per request for ever. Without a limit nothing is kept; with one,
+    # the last minute (at one attempt a second: 60 entries), pruned as attempts start.
+    import dataclasses
+
+    clock = Clock()
+    stats = registry(clock)
+    stats.know(dataclasses.replace(dep(), **limits))
+    # Bounded structures may fill in (a histogram's 160 bins get their own floats once
+    # rescaled: ~40 KB in all); a leak of ~12 bytes a request or more fails.
+    assert _growth_over(stats, clock, "d", 20_000) < 250_000  # the leak kept ~2.5 MB
