@@ -178,6 +178,9 @@ class ServerConfig(_Strict):
     port: int = Field(default=8080, ge=0, le=65535)
     heartbeat_s: float = Field(default=15, gt=0)
     retention_s: float = Field(default=300, ge=0)
+    # Finished streams kept for resume, all together: past it the longest finished go
+    # first (memory would otherwise grow with throughput times `retention_s`).
+    max_retained_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     max_log_events: int = Field(default=20000, ge=16)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     cors_origins: list[str] = Field(default_factory=list)

@@ -102,7 +102,7 @@ async def pumped_frames(hub: StreamHub, started: Started) -> AsyncIterator[bytes
 
 async def healthz(request: Request) -> Response:
     hub: StreamHub = request.app.state.hub
-    return _json({"status": "ok", "active_streams": len(hub.streams.active())})
+    return _json({"status": "ok", "active_streams": hub.streams.running()})
 
 
 async def post_stream(request: Request) -> Response | EventStreamResponse:
@@ -264,7 +264,8 @@ def create_app(router: Any, settings: ServerConfig | None = None, *,
     section; `close_router` closes the router when the app shuts down."""
     if settings is None:
         settings = router.loaded.config.server
-    streams = EventLog(settings.max_log_events, settings.retention_s)
+    streams = EventLog(settings.max_log_events, settings.retention_s,
+                       max_retained_bytes=settings.max_retained_bytes)
     limits = settings.limits
     runs = RunRegistry(EventLog(settings.max_log_events, settings.retention_s,
                                 expire_idle=True),

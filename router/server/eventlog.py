@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -161,18 +162,33 @@ class StreamLog:
                 yield first + i, entry
 
 
+# What one kept entry costs beside its JSON (the tuple, the bytes object's header, its
+# slot in the deque), so `max_retained_bytes` bounds memory, not only payload.
+_ENTRY_OVERHEAD = 100
+
+
 class EventLog:
-    """The logs of one kind (routed streams, or run channels), by key."""
+    """The logs of one kind (routed streams, or run channels), by key.
+
+    Finished logs (closed through `close`) are kept `retention_s`, and together at most
+    `max_retained_bytes`: past it the longest finished go first, so memory does not grow
+    with throughput times retention. They are kept in the order they finished, so a sweep
+    reads only the expired ones."""
 
     def __init__(self, max_events: int, retention_s: float, *, expire_idle: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 max_retained_bytes: float = math.inf) -> None:
         # Run channels have no terminal event of their own: they expire after idling.
         self.expire_idle = expire_idle
         self.max_events = max_events
         self.retention_s = retention_s
+        self.max_retained_bytes = max_retained_bytes
         self.clock = clock
         self.sink: LogSink | None = None  # given to every log opened (the shared log)
         self._logs: dict[str, StreamLog] = {}
+        # Finished logs in the order they finished: (their size, when).
+        self._finished: dict[str, tuple[int, float]] = {}
+        self.retained_bytes = 0  # of the finished logs kept
 
     def __len__(self) -> int:
         return len(self._logs)
@@ -187,19 +203,53 @@ class EventLog:
             log.sink = self.sink
         return log
 
+    def close(self, log: StreamLog) -> None:
+        """`log` has its terminal entry: close it, and keep it for resume within the
+        bounds (the longest finished dropped first past `max_retained_bytes`)."""
+        now = self.clock()
+        log.close(now)
+        key = log.key
+        if self._logs.get(key) is not log or key in self._finished:
+            return
+        entries = log.entries
+        size = sum(len(data) for _, data in entries) + _ENTRY_OVERHEAD * len(entries)
+        self._finished[key] = (size, now)
+        self.retained_bytes += size
+        while self.retained_bytes > self.max_retained_bytes:
+            self._drop(next(iter(self._finished)))
+
     def active(self) -> list[StreamLog]:
         return [log for log in self._logs.values() if not log.closed]
 
+    def running(self) -> int:
+        """How many logs are open and not finished (`active()`'s length, without the scan)."""
+        return len(self._logs) - len(self._finished)
+
+    def _drop(self, key: str) -> StreamLog:
+        log = self._logs.pop(key)
+        size, _ = self._finished.pop(key, (0, 0.0))
+        self.retained_bytes -= size
+        log.sink = None  # its retention in the shared store is the store's own
+        return log
+
     def sweep(self) -> int:
-        """Drop logs closed (or idle) longer than `retention_s`; returns how many."""
+        """Drop logs finished (or, for run channels, idle) longer than `retention_s`;
+        returns how many."""
         horizon = self.clock() - self.retention_s
-        stale = [k for k, log in self._logs.items()
-                 if log.touched_at <= horizon and (log.closed or self.expire_idle)]
+        expired = []
+        for key, (_, finished_at) in self._finished.items():
+            if finished_at > horizon:
+                break
+            expired.append(key)
+        for key in expired:
+            self._drop(key)
+        if not self.expire_idle:
+            return len(expired)
+        stale = [k for k, log in self._logs.items() if log.touched_at <= horizon]
         for key in stale:
-            log = self._logs.pop(key)
-            log.sink = None  # its retention in the shared store is the store's own
+            log = self._drop(key)
             log.close(log.touched_at)
-        return len(stale)
+        return len(expired) + len(stale)
 
 
 def owner_hash(name: str) -> str:

@@ -128,7 +128,7 @@ class StreamHub:
             self._record(slog, run, ev)
         if head[-1].type in TERMINAL_TYPES:
             await gen.aclose()
-            slog.close(self.streams.clock())
+            self.streams.close(slog)
             return Started(slog, head)
         if not spawn:
             return Started(slog, head, gen, run, t0)
@@ -194,7 +194,7 @@ class StreamHub:
                                 "terminal event")
         finally:
             await gen.aclose()
-            slog.close(self.streams.clock())
+            self.streams.close(slog)
             metrics.active.dec()
 
     def _on_cancel(self, slog: StreamLog, run: StreamLog | None, t0: float

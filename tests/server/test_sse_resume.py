@@ -79,12 +79,52 @@ def test_sweep_keeps_closed_logs_for_retention() -> None:
     now = [0.0]
     logs = EventLog(max_events=16, retention_s=30, clock=lambda: now[0])
     done, running = logs.open("done", None), logs.open("running", None)
-    done.close(now[0])
+    logs.close(done)
     now[0] = 29.0
     assert logs.sweep() == 0
     now[0] = 31.0
     assert logs.sweep() == 1
     assert logs.get("done") is None and logs.get("running") is running
+
+
+def test_finished_logs_kept_are_bounded_in_bytes_oldest_first() -> None:
+    # Finished streams were kept for `retention_s` however many there were: memory grew
+    # with throughput x retention (500 streams a second of 40 events, kept 300 s: ~1 GB).
+    # Past `max_retained_bytes` the longest-finished are dropped first; running ones stay.
+    now = [0.0]
+    logs = EventLog(max_events=1000, retention_s=300, clock=lambda: now[0],
+                    max_retained_bytes=10_000)
+    running = logs.open("running", None)
+    for _ in range(50):
+        running.append("text", b"x" * 200)
+    for i in range(20):  # each ~1,000 bytes of events once finished
+        log = logs.open(f"done{i}", None)
+        for _ in range(5):
+            log.append("text", b"y" * 100)
+        now[0] += 1.0
+        logs.close(log)
+    kept = [i for i in range(20) if logs.get(f"done{i}") is not None]
+    assert kept == list(range(20 - len(kept), 20))  # the newest, in one run
+    assert 5 <= len(kept) < 20
+    assert logs.retained_bytes <= 10_000
+    assert logs.get("running") is running and not running.closed
+    assert len(logs.active()) == 1
+
+
+def test_sweep_of_finished_logs_reads_only_the_expired() -> None:
+    now = [0.0]
+    logs = EventLog(max_events=16, retention_s=30, clock=lambda: now[0])
+    for i in range(3):
+        log = logs.open(f"d{i}", None)
+        log.append("done", b"{}")
+        logs.close(log)
+        now[0] += 10.0
+    now[0] = 45.0  # d0 closed at 0 and d1 at 10 are past 30 s; d2 at 20 is not
+    assert logs.sweep() == 2
+    assert [k for k in ("d0", "d1", "d2") if logs.get(k)] == ["d2"]
+    assert logs.retained_bytes > 0
+    now[0] = 51.0
+    assert logs.sweep() == 1 and logs.retained_bytes == 0
 
 
 async def _drop_after(c, body, n_text: int):
@@ -170,6 +210,26 @@ async def test_stream_expires_after_retention(serve) -> None:
         rid = r.headers["x-request-id"]
         srv.app.state.streams.sweep()
         assert (await c.get(f"/v1/streams/{rid}")).status_code == 404
+
+
+async def test_finished_streams_beyond_the_memory_bound_are_gone_newest_kept(serve) -> None:
+    probe = await serve()
+    async with probe.client() as c:
+        await c.post("/v1/stream", json={"input": "x"})
+    one_stream = probe.app.state.streams.retained_bytes
+    assert one_stream > 0
+    srv = await serve(server={"max_retained_bytes": 5 * one_stream})
+    async with srv.client() as c:
+        rids = []
+        for _ in range(12):
+            r = await c.post("/v1/stream", json={"input": "x"})
+            rids.append(r.headers["x-request-id"])
+        found = [(await c.get(f"/v1/streams/{rid}")).status_code for rid in rids]
+    # The newest kept (five streams' worth: four or five, as their sizes differ by a few
+    # digits), the oldest went first.
+    assert 4 <= found.count(200) <= 5
+    assert found == [404] * found.count(404) + [200] * found.count(200)
+    assert srv.app.state.streams.retained_bytes <= 5 * one_stream
 
 
 async def test_resumed_reader_gets_heartbeats_while_the_provider_thinks(serve) -> None:
