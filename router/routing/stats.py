@@ -66,8 +66,8 @@ class DeploymentStats:
     failures: int = 0
     last_error: str | None = None
     inflight: int = 0
-    started_in_window: deque[float] = field(default_factory=deque)  # for `rpm`
-    tokens_in_window: deque[tuple[float, int]] = field(default_factory=deque)  # for `tpm`
+    # The last minute's attempts (sent at, tokens expected), for a config `rpm` / `tpm`.
+    sent_in_window: deque[tuple[float, int]] = field(default_factory=deque)
     quota: Quota = field(default_factory=Quota)
 
     @property
@@ -229,12 +229,9 @@ class StatsRegistry:
         # The windows of a config `rpm` / `tpm` only, pruned here too (a route may not read
         # them): kept for every deployment, they grew by an entry per request for ever.
         limits = self._known.get(deployment_id)
-        if limits is not None and limits.rpm is not None:
-            _prune(s.started_in_window, now)
-            s.started_in_window.append(now)
-        if limits is not None and limits.tpm is not None and input_tokens + output_tokens:
-            _prune_tokens(s.tokens_in_window, now)
-            s.tokens_in_window.append((now, input_tokens + output_tokens))
+        if limits is not None and (limits.rpm is not None or limits.tpm is not None):
+            _prune(s.sent_in_window, now)
+            s.sent_in_window.append((now, input_tokens + output_tokens))
         s.quota.take(input_tokens, output_tokens)
         return others
 
@@ -268,12 +265,12 @@ class StatsRegistry:
                 and q.short_of_tokens(input_tokens, output_tokens)):
             wait = max(wait, q.tokens_reset_at - now)
         if dep.rpm is not None:
-            window = s.started_in_window
+            window = s.sent_in_window
             _prune(window, now)
             if len(window) >= dep.rpm:
-                wait = max(wait, window[0] + 60.0 - now)
+                wait = max(wait, window[0][0] + 60.0 - now)
         if dep.tpm is not None:
-            wait = max(wait, _tpm_wait_s(s.tokens_in_window, dep.tpm,
+            wait = max(wait, _tpm_wait_s(s.sent_in_window, dep.tpm,
                                          input_tokens + output_tokens, now))
         return wait * 1000.0
 
@@ -308,7 +305,7 @@ class StatsRegistry:
 
 def _tpm_wait_s(window: deque[tuple[float, int]], tpm: int, tokens: int, now: float) -> float:
     """Seconds until `tokens` more fit in the last minute's `tpm` (0: they fit now)."""
-    _prune_tokens(window, now)
+    _prune(window, now)
     used = sum(n for _, n in window)
     need = used + max(1, tokens) - tpm
     if need <= 0:
@@ -320,12 +317,7 @@ def _tpm_wait_s(window: deque[tuple[float, int]], tpm: int, tokens: int, now: fl
     return 60.0  # more than the whole quota: never fits, one window stands for it
 
 
-def _prune(window: deque[float], now: float) -> None:
-    """Drop the requests sent more than a minute before `now` (oldest first)."""
-    while window and window[0] <= now - 60.0:
-        window.popleft()
-
-
-def _prune_tokens(window: deque[tuple[float, int]], now: float) -> None:
+def _prune(window: deque[tuple[float, int]], now: float) -> None:
+    """Drop the attempts sent more than a minute before `now` (oldest first)."""
     while window and window[0][0] <= now - 60.0:
         window.popleft()

@@ -222,7 +222,8 @@ class EventLog:
         return [log for log in self._logs.values() if not log.closed]
 
     def running(self) -> int:
-        """How many logs are open and not finished (`active()`'s length, without the scan)."""
+        """How many logs are open and not finished through `close` (for routed streams,
+        which all finish through it: `active()`'s length, without the scan)."""
         return len(self._logs) - len(self._finished)
 
     def _drop(self, key: str) -> StreamLog:
