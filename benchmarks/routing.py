@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from benchmarks import plot_path
 from benchmarks.routing_fleets import random_fleet
 from benchmarks.routing_sim import (
     BACKOFF_S,
@@ -370,6 +371,7 @@ def main() -> None:
     if args.random_fleets:
         random_fleets(args, cfg)
         return
+    args.plot = plot_path(args.plot)
     results, plotted = [], []
     print(f"{args.requests} requests per run, {args.rate:g}/s Poisson arrivals, seed "
           f"{args.seed}, simulated clock\n")

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks import plot_path
 from benchmarks.server_load import (
     Sample,
     _config,
@@ -278,6 +279,7 @@ def main() -> None:
     p.add_argument("--tokens-per-s", type=float, default=300.0)
     p.add_argument("--plot", default="scale.png", help="PNG to write ('' for none)")
     args = p.parse_args()
+    args.plot = plot_path(args.plot)
     try:  # the load generator's own cost competes with the servers for the same cores
         import uvloop
 
