@@ -15,6 +15,7 @@ from router.config import LoadedConfig
 from router.config.schema import ServerConfig
 from router.errors import ConfigError
 from router.server.app import create_app
+from router.server.background_log import write_logs_in_background
 from router.server.hub import StreamHub
 from router.server.limits import DrainingServer, server_options
 
@@ -92,6 +93,7 @@ def serve_loaded(loaded: LoadedConfig | str, options: dict[str, Any],
     app = create_app(Router(loaded), settings, close_router=True)
     hub: StreamHub = app.state.hub
     uv_config = uvicorn.Config(app, **options, **server_options(settings))
+    write_logs_in_background()  # the handlers uvicorn.Config's logging config just built
     # What is built by now (modules, config, the app) lives as long as the process: out of
     # the collector's generations, a burst of arrivals is not slowed by full collections
     # walking it (in the library benchmark: 73 -> 47 ms of GC in a 500-stream burst).

@@ -59,7 +59,10 @@ class ServedProcess:
 async def served_process(tmp_path: Path, config: Mapping[str, Any], *,
                          keys: Mapping[str, str] | None = None,
                          server: Mapping[str, Any] | None = None,
-                         args: Sequence[str] = ()) -> AsyncIterator[ServedProcess]:
+                         args: Sequence[str] = (), unread_pipe: bool = False
+                         ) -> AsyncIterator[ServedProcess]:
+    """`unread_pipe`: the server's output goes to a pipe the test reads only when it wants
+    (`ServedProcess.proc.stdout`), like a log shipper that falls behind; else to a file."""
     data = dict(config)
     data["server"] = {**data.get("server", {}), **(server or {}),
                       "api_keys": [key_entry(n, k) for n, k in (keys or {}).items()]}
@@ -70,7 +73,8 @@ async def served_process(tmp_path: Path, config: Mapping[str, Any], *,
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
             LLM_ROUTER, "serve", "--config", str(path), "--port", str(port),
-            *args, stdout=log_file, stderr=subprocess.STDOUT,
+            *args, stdout=subprocess.PIPE if unread_pipe else log_file,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     srv = ServedProcess(proc, f"http://127.0.0.1:{port}", log_path)
     try:

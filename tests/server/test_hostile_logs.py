@@ -73,3 +73,29 @@ async def test_no_key_reaches_the_log(tmp_path: Path, fleet: Any) -> None:
         for form in (key, quote(key), key[-16:]):
             assert form not in log, f"{form} in the log"
     assert "Traceback" not in log
+
+
+async def test_a_log_reader_that_falls_behind_does_not_stall_the_server(
+        tmp_path: Path, fleet: Any) -> None:
+    # The server's output is a pipe nobody reads until the end (a stalled log shipper):
+    # ~400 KB of log lines (one per stream, with its prompt) against a 64 KB pipe. Writing
+    # them on the event loop froze every request at its next log line.
+    prompt = "p" * 4000
+    async with served_process(tmp_path, fleet.config(), server={"log_prompts": True},
+                              unread_pipe=True) as srv:
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=10) as c:
+            async def one(i: int) -> int:
+                r = await c.post("/v1/stream", json={"input": f"{i} {prompt}", "model": "fast"})
+                return r.status_code
+
+            statuses = await asyncio.wait_for(
+                asyncio.gather(*(one(i) for i in range(100))), 60)
+            assert statuses == [200] * 100
+            assert (await c.get("/healthz")).status_code == 200
+        assert srv.proc.stdout is not None
+        output, code = await asyncio.wait_for(
+            asyncio.gather(srv.proc.stdout.read(), srv.terminate()), 30)
+    assert code in (0, -15)  # uvicorn re-raises the signal it handled
+    # Once read, the log holds every stream's line: the backlog was kept, not lost.
+    assert output.count(b"stream ") >= 100, output[-2000:]
+    assert b"Traceback" not in output

@@ -59,8 +59,8 @@ async def test_slow_clients_are_closed_and_a_legitimate_client_is_served(tmp_pat
         for _, w in slow + extra:
             w.close()
         after = await httpx.AsyncClient(base_url=srv.base_url).get("/healthz")
-        log = srv.log()
         await srv.terminate()
+        log = srv.log()  # after the exit: the log is written by a thread, flushed at exit
 
     assert ok.status_code == 200 and "event: done" in ok.text
     assert not any(held)  # the slow ones were still open while the legitimate client ran

@@ -76,7 +76,7 @@ async def test_a_worker_closes_a_slowloris_connection_with_408(
         answers = await asyncio.gather(*[_answer(r) for r, _ in slow])
         for _, w in slow:
             w.close()
-        log = srv.log()
+    log = srv.log()  # after the exit: the log is written by a thread, flushed at exit
 
     assert ok.status_code == 200 and "event: done" in ok.text
     for answer in answers:  # a 408 in our JSON shape, then closed (read() reached EOF)
