@@ -9,12 +9,14 @@ callgrind, which counts the instructions the process executes while inside `math
 not depend on what else the machine runs: on a shared machine it tells a difference of a
 few percent that CPU time cannot (it does not see cache misses, so it is a proxy for CPU
 time, not a measure of it). The collector is off while counting (its collections would be
-counted where they happen to fall). Needs `valgrind`; ~1 minute per chunk count.
+counted where they happen to fall). Needs `valgrind`; ~1 minute at 1 chunk, ~5 more with
+`--chunks 201`.
 
 Each client runs with one chunk per response; with `--chunks N` (N > 1) also with N, and
 the table adds the cost per chunk with the request's own taken out: (count at N - count at
 1) / (N - 1). (The zero-delay provider may send several chunks in one read, as a real one
-does to a reader that fell behind: at N chunks runs differ by ~1%.)
+does to a reader that fell behind, and how they fall into reads varies: at 201 chunks the
+per-chunk counts of runs differ by 1-2%, so compare a few.)
 """
 
 from __future__ import annotations
