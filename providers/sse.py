@@ -152,23 +152,29 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Decode the next bytes; return the events completed by them (often none)."""
         # The usual network chunk is one whole event, `data: <payload>\n\n`, arriving with
-        # nothing pending: one scan for its first line end says so, no line loop.
+        # nothing pending: one scan for its first line end says so, no line loop. A chunk
+        # starting with `data: ` holds no BOM, so the first one of a stream takes the fast
+        # paths too (unless the bytes of a possible BOM are held).
         end = chunk.find(b"\n")
         if end == len(chunk) - 2 and chunk.startswith(b"data: ") and chunk[-1] == 0x0A and (
-                self._started and not (self._buf or self._data or self._event
-                                       or self._skip_lf) and b"\r" not in chunk):
+                not (self._head or self._buf or self._data or self._event or self._skip_lf)
+                and b"\r" not in chunk):
+            self._started = True
             return [SSEEvent("message", chunk[6:end].decode("utf-8", "replace"),
                              self._last_id, self._retry)]
         if chunk.startswith(b"data: ") and chunk.endswith(b"\n\n") and (
-                self._started and not (self._buf or self._data or self._event
-                                       or self._skip_lf) and b"\r" not in chunk):
-            # Several whole one-line events read at once (streams that were waiting for
-            # the loop): when the separators hold every LF of the chunk, no payload has one.
-            parts = chunk[6:-2].split(b"\n\ndata: ")
+                not (self._head or self._buf or self._data or self._event or self._skip_lf)
+                and b"\r" not in chunk):
+            # Several whole one-line events read at once (a stream that waited for the loop;
+            # often most of a short answer, in its first read): when the separators hold
+            # every LF of the chunk, no payload has one. Decoded once, then split: the
+            # separators are ASCII, which UTF-8 never uses inside a character, so no payload
+            # (nor a replaced invalid sequence) spans one.
+            self._started = True
+            parts = chunk[6:-2].decode("utf-8", "replace").split("\n\ndata: ")
             if chunk.count(b"\n") == 2 * len(parts):
                 last_id, retry = self._last_id, self._retry
-                return [SSEEvent("message", part.decode("utf-8", "replace"), last_id, retry)
-                        for part in parts]
+                return [SSEEvent("message", part, last_id, retry) for part in parts]
         buf, end = self._lines(chunk)
         if end < 0:
             return []

@@ -294,3 +294,16 @@ def test_several_whole_events_in_one_read() -> None:
     assert dec.feed(b"data: a\n\ndata: b\n\n\n\n") == [
         SSEEvent("message", "a", "7", None), SSEEvent("message", "b", "7", None)]
     assert not dec.pending
+
+
+def test_whole_events_that_start_a_stream() -> None:
+    # The first read of a short answer often holds most of it: it takes the whole-event
+    # paths too (no BOM can precede `data: `), invalid UTF-8 replaced in its own payload,
+    # unless the first bytes of a possible BOM are held, which then belong to the line.
+    events = SSEDecoder().feed(b"data: a\xe2\x82\n\ndata: \xffb\n\ndata: [DONE]\n\n")
+    assert [e.data for e in events] == ["a\ufffd", "\ufffdb", "[DONE]"]
+    assert SSEDecoder().feed(b"data: x\n\n") == [SSEEvent("message", "x", None, None)]
+    dec = SSEDecoder()
+    assert dec.feed(b"\xef\xbb") == []
+    assert [e.data for e in dec.feed(b"data: x\n\ndata: y\n\n")] == ["y"]
+    assert dec.stray == [b"\xef\xbbdata: x"]
