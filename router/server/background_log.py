@@ -38,7 +38,7 @@ class _Enqueue(logging.handlers.QueueHandler):
         try:
             self.queue.put_nowait(record)
         except queue.Full:
-            self.dropped += 1  # one writer reads this: no lock needed for its count
+            self.dropped += 1  # under the handler's lock (`Handler.handle` holds it)
 
 
 class _Writer(logging.handlers.QueueListener):
