@@ -21,8 +21,10 @@ class GatedHandler(logging.Handler):
         self.gate = threading.Event()
         self.lines: list[str] = []
         self.saw_last = threading.Event()
+        self.writing = threading.Event()  # the writer holds a record, waiting at the gate
 
     def emit(self, record: logging.LogRecord) -> None:
+        self.writing.set()
         self.gate.wait()
         self.lines.append(record.getMessage())
         if record.getMessage() == "last":
@@ -40,7 +42,9 @@ def test_a_slow_reader_costs_dropped_lines_not_a_blocked_caller(
     background_log.write_logs_in_background(("test.background_log.slow",))
     assert handler not in logger.handlers  # the logger now only enqueues
 
-    caller = threading.Thread(target=lambda: [logger.info("line %d", i) for i in range(50)])
+    logger.info("line 0")
+    assert handler.writing.wait(10)  # line 0 is in the handler's hands: the queue is empty
+    caller = threading.Thread(target=lambda: [logger.info("line %d", i) for i in range(1, 50)])
     caller.start()
     caller.join(10)  # a blocked caller would still be waiting on the gate
     assert not caller.is_alive()
@@ -51,10 +55,9 @@ def test_a_slow_reader_costs_dropped_lines_not_a_blocked_caller(
     assert handler.saw_last.wait(10)
     kept = [line for line in handler.lines if line.startswith("line ")]
     notices = [line for line in handler.lines if "log lines dropped" in line]
-    assert kept == [f"line {i}" for i in range(len(kept))]  # the oldest kept, in order
-    assert 1 <= len(kept) <= 6  # one in the handler's hands, five queued
-    assert notices == [f"{50 - len(kept)} log lines dropped: the log output was not read "
-                       "fast enough"]
+    # The oldest kept, in order: one in the handler's hands, five queued.
+    assert kept == [f"line {i}" for i in range(6)]
+    assert notices == ["44 log lines dropped: the log output was not read fast enough"]
     assert handler.lines[-1] == "last"
 
 
