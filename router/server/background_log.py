@@ -47,7 +47,7 @@ class _Writer(logging.handlers.QueueListener):
     def __init__(self, pending: queue.Queue[logging.LogRecord | None],
                  handler: logging.Handler, source: _Enqueue) -> None:
         super().__init__(pending, handler, respect_handler_level=True)
-        self._pending = pending
+        self._pending = pending  # `self.queue` too, but typed for `get` only: stop puts
         self._source = source
         self._reported = 0
 
