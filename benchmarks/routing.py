@@ -343,8 +343,11 @@ def random_fleets(args: argparse.Namespace, cfg: RoutingConfig) -> None:
     for title, results in per.items():
         cols = list(zip(*(r for _, r in results), strict=True))
         budget = "cost" in title
-        met = sum(1 for _, (p95, cost, misses, failed, _) in results if failed == 0 and (
-            (cost <= 1.05 and misses <= 2.0) if budget else p95 <= 1.10))
+        # "0 failed requests" where the fleet can serve every request; where its quotas
+        # cannot (the oracle fails some too), no more than the oracle fails.
+        met = sum(1 for _, (p95, cost, misses, failed, oracle_failed) in results
+                  if failed <= oracle_failed and (
+                      (cost <= 1.05 and misses <= 2.0) if budget else p95 <= 1.10))
         cells = [f"{statistics.median(v):.2f} / {max(v):.2f}" for v in cols[:3]]
         print(f"| {title} | {cells[0]}x | {cells[1]}x | "
               f"{cells[2] + 'x' if budget else '-'} | {met}/{len(results)} | {sum(cols[3])} "
