@@ -52,8 +52,8 @@ class Truth:
         ttft = m * (1 - self.tail_p + self.tail_p * self.tail_x)
         return ttft + OUTPUT_TOKENS * self.ms_per_token
 
-    def q_latency_ms(self, f: float, load: int, q: float) -> float:
-        """The q-quantile of total latency: bisection on the tail mixture's CDF."""
+    def _latency_cdf(self, f: float, load: int) -> Callable[[float], float]:
+        """P(one try's total latency <= x ms): the tail mixture of log-normals, plus decode."""
         med, decode = self.median_ms(f, load), OUTPUT_TOKENS * self.ms_per_token
 
         def cdf(x: float) -> float:
@@ -64,7 +64,37 @@ class Truth:
             tail = phi(math.log(t / (med * self.tail_x)) / self.sigma)
             return (1 - self.tail_p) * body + self.tail_p * tail
 
-        lo, hi = decode, decode + med * 100
+        return cdf
+
+    def q_latency_ms(self, f: float, load: int, q: float) -> float:
+        """The q-quantile of one try's total latency: bisection on its CDF."""
+        return self._quantile(self._latency_cdf(f, load), q, f, load)
+
+    def q_success_ms(self, f: float, load: int, q: float) -> float:
+        """The q-quantile of the time to a successful answer as `Simulation` serves it: a
+        first try fails with the error rate p after a uniform share of its TTFT, the retry
+        follows `BACKOFF_S` later; a request whose retry fails too leaves (slower than any
+        success). Infinite when fewer than q of the requests succeed here."""
+        p = self.error(f)
+        if (1 - p) * (1 + p) < q:
+            return math.inf
+        cdf = self._latency_cdf(f, load)
+        # The failed try's duration: a uniform share of a TTFT, at four quadrature points
+        # of the share times the mean TTFT.
+        mean_ttft = self.median_ms(f, load) * math.exp(self.sigma ** 2 / 2) * (
+            1 - self.tail_p + self.tail_p * self.tail_x)
+        delays = [BACKOFF_S * 1000 + u * mean_ttft for u in (0.125, 0.375, 0.625, 0.875)]
+
+        def success_cdf(x: float) -> float:
+            retried = sum(cdf(x - d) for d in delays) / len(delays)
+            return (1 - p) * cdf(x) + p * (1 - p) * retried
+
+        return self._quantile(success_cdf, q, f, load)
+
+    def _quantile(self, cdf: Callable[[float], float], q: float, f: float, load: int
+                  ) -> float:
+        decode = OUTPUT_TOKENS * self.ms_per_token
+        lo, hi = decode, decode + self.median_ms(f, load) * 100 + BACKOFF_S * 2000
         for _ in range(50):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
@@ -217,6 +247,8 @@ class Simulation:
         self.now = 0.0
         self.load: dict[str, int] = {}
         self.quotas: dict[str, Quota] = {}
+        # The oracle's budget quantiles, shared by its runs on this fleet (memoised there).
+        self.q_success: dict[tuple[str, int, int], float] = {}
 
     def _draw(self, i: int, dep: str, attempt: int) -> random.Random:
         # Common random numbers: the draws of request i on deployment d, whatever policy.
