@@ -66,10 +66,6 @@ class Truth:
 
         return cdf
 
-    def q_latency_ms(self, f: float, load: int, q: float) -> float:
-        """The q-quantile of one try's total latency: bisection on its CDF."""
-        return self._quantile(self._latency_cdf(f, load), q, f, load)
-
     def q_success_ms(self, f: float, load: int, q: float) -> float:
         """The q-quantile of the time to a successful answer as `Simulation` serves it: a
         first try fails with the error rate p after a uniform share of its TTFT, the retry
