@@ -134,10 +134,11 @@ class Oracle(Policy):
                 return False
             # Memoised per 1/2000 of the run (an eighth of a second at the defaults): the
             # quantile is a bisection over a mixture, asked for every request of every run.
-            key = (t.id, round(f * 2000), self.sim.load[t.id] + 1)
+            held_at = self.sim.load[t.id] + 1
+            key = (t.id, round(f * 2000), held_at)
             q = self.sim.q_success.get(key)
             if q is None:
-                q = self.sim.q_success[key] = t.q_success_ms(f, self.sim.load[t.id] + 1, 0.9)
+                q = self.sim.q_success[key] = t.q_success_ms(f, held_at, 0.9)
             return q <= budget
 
         budget = c.max_latency_ms

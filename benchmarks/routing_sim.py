@@ -47,10 +47,12 @@ class Truth:
     def median_ms(self, f: float, load: int) -> float:
         return self.ttft_ms(f) * (1.0 + self.load_slope * load)
 
-    def mean_latency_ms(self, f: float, load: int) -> float:
+    def mean_ttft_ms(self, f: float, load: int) -> float:
         m = self.median_ms(f, load) * math.exp(self.sigma ** 2 / 2)
-        ttft = m * (1 - self.tail_p + self.tail_p * self.tail_x)
-        return ttft + OUTPUT_TOKENS * self.ms_per_token
+        return m * (1 - self.tail_p + self.tail_p * self.tail_x)
+
+    def mean_latency_ms(self, f: float, load: int) -> float:
+        return self.mean_ttft_ms(f, load) + OUTPUT_TOKENS * self.ms_per_token
 
     def _latency_cdf(self, f: float, load: int) -> Callable[[float], float]:
         """P(one try's total latency <= x ms): the tail mixture of log-normals, plus decode."""
@@ -77,23 +79,18 @@ class Truth:
         cdf = self._latency_cdf(f, load)
         # The failed try's duration: a uniform share of a TTFT, at four quadrature points
         # of the share times the mean TTFT.
-        mean_ttft = self.median_ms(f, load) * math.exp(self.sigma ** 2 / 2) * (
-            1 - self.tail_p + self.tail_p * self.tail_x)
+        mean_ttft = self.mean_ttft_ms(f, load)
         delays = [BACKOFF_S * 1000 + u * mean_ttft for u in (0.125, 0.375, 0.625, 0.875)]
 
         def success_cdf(x: float) -> float:
             retried = sum(cdf(x - d) for d in delays) / len(delays)
             return (1 - p) * cdf(x) + p * (1 - p) * retried
 
-        return self._quantile(success_cdf, q, f, load)
-
-    def _quantile(self, cdf: Callable[[float], float], q: float, f: float, load: int
-                  ) -> float:
         decode = OUTPUT_TOKENS * self.ms_per_token
         lo, hi = decode, decode + self.median_ms(f, load) * 100 + BACKOFF_S * 2000
-        for _ in range(50):
+        for _ in range(50):  # bisection on the CDF
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+            lo, hi = (mid, hi) if success_cdf(mid) < q else (lo, mid)
         return hi
 
 
