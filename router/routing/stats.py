@@ -22,6 +22,9 @@ HEDGE_MIN_WEIGHT = 10.0
 # bursts bring now and then, not every half-life.
 LOAD_HALF_LIVES = 8.0
 LOAD_MAX_WEIGHTS = 50.0
+# The window a TTFT is compared within, against the estimator's half-life: a level is taken
+# as steady over it, so a drift slower than that is not read as load.
+LOAD_WINDOW_HALF_LIVES = 0.5
 
 
 @dataclass(slots=True)
@@ -117,7 +120,7 @@ class StatsRegistry:
         return DeploymentStats(
             Estimator(prior, cfg.half_life_s, now, cfg.max_weight),
             LoadModel(cfg.load_penalty, cfg.half_life_s * LOAD_HALF_LIVES, now,
-                      cfg.max_weight * LOAD_MAX_WEIGHTS))
+                      cfg.max_weight * LOAD_MAX_WEIGHTS, cfg.half_life_s * LOAD_WINDOW_HALF_LIVES))
 
     # --- what the serving pipeline reports --------------------------------------------------
 
