@@ -375,8 +375,11 @@ def main() -> None:
     ap.add_argument("--random-fleets", type=int, default=0, metavar="N",
                     help="the held-out check: N random fleets against the oracle")
     ap.add_argument("--verbose", action="store_true", help="each random fleet's ratios")
+    ap.add_argument("--explore-seed", type=int, default=None,
+                    help="seed of the router's exploration draws alone (default: --seed): "
+                         "what a difference between two variants must beat")
     args = ap.parse_args()
-    cfg = RoutingConfig(seed=args.seed)
+    cfg = RoutingConfig(seed=args.seed if args.explore_seed is None else args.explore_seed)
     if args.random_fleets:
         random_fleets(args, cfg)
         return
