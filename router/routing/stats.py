@@ -23,7 +23,7 @@ HEDGE_MIN_WEIGHT = 10.0
 LOAD_HALF_LIVES = 8.0
 LOAD_MAX_WEIGHTS = 50.0
 # The window a TTFT is compared within, against the estimator's half-life: a level is taken
-# as steady over it, so a drift slower than that is not read as load.
+# as steady over it, so a level that moves between windows is not read as load.
 LOAD_WINDOW_HALF_LIVES = 0.5
 
 

@@ -223,7 +223,7 @@ def test_a_level_that_falls_while_the_loads_vary_is_not_a_slope() -> None:
     # What `benchmarks.routing`'s `shift` did to its riser: a flat deployment measured
     # beside 0-1 others while still slow (~700 ms), then probed idle now and then while it
     # sped up to ~300 ms, then served idle. Against one level for all, the slow loaded
-    # replies read as a steep slope (0.64), which kept it idle, so nothing refuted it;
+    # replies read as a steep slope (0.63), which kept it idle, so nothing refuted it;
     # against a level that moves with time they say nothing about load.
     model = LoadModel(PRIOR, 120.0, 0.0)
     rng = random.Random(2)
@@ -242,7 +242,7 @@ def test_a_level_that_falls_while_the_loads_vary_is_not_a_slope() -> None:
 
 def test_a_level_that_drifts_does_not_hide_a_real_slope() -> None:
     # A deployment 0.5 slower per request in flight whose level doubles over the sweep:
-    # the time trend takes the drift, the slope stays what the loads show.
+    # compared within windows, the drift is not load, and the slope stays what the loads show.
     model = LoadModel(PRIOR, HALF_LIFE, 0.0, max_weight=1000.0)
     rng = random.Random(9)
     k, now = 0, 0.0
